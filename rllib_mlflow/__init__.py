@@ -1,0 +1,38 @@
+"""rllib-mlflow: every RLlib checkpoint as a standard model, logged and registered in MLflow.
+
+Public API (imported lazily, so that loading a policy never imports Ray or torch):
+
+    export_checkpoint(checkpoint, output_dir, formats=..., module_id=None, verify=True)
+    log_checkpoint(checkpoint, registered_model_name, *, training_iteration=None, ...)
+    load_policy("models:/NAME@best") -> Policy
+    download_checkpoint("models:/NAME/3") -> local RLlib checkpoint directory
+    MLflowLoggerCallback, MLflowCheckpointCallback   (Ray Tune callbacks)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "export_checkpoint": "rllib_mlflow.export",
+    "ExportedPolicy": "rllib_mlflow.export",
+    "FORMATS": "rllib_mlflow.export",
+    "log_checkpoint": "rllib_mlflow.logging",
+    "load_policy": "rllib_mlflow.registry",
+    "find_version": "rllib_mlflow.registry",
+    "download_checkpoint": "rllib_mlflow.registry",
+    "Policy": "rllib_mlflow.serving",
+    "MLflowLoggerCallback": "rllib_mlflow.tune",
+    "MLflowCheckpointCallback": "rllib_mlflow.tune",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rllib_mlflow' has no attribute {name!r}")

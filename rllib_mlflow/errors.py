@@ -1,0 +1,25 @@
+"""Errors raised by rllib-mlflow. Each message names the problem and what to do next."""
+
+
+class RLlibMLflowError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class CheckpointError(RLlibMLflowError, ValueError):
+    """The path is not a readable RLlib checkpoint, or it lacks the module asked for."""
+
+
+class UnsupportedModuleError(RLlibMLflowError):
+    """The policy cannot be rebuilt in the requested format."""
+
+
+class ParityError(RLlibMLflowError):
+    """An export does not act like the RLlib policy it came from."""
+
+
+class RegistryError(RLlibMLflowError, ValueError):
+    """A registered model, version, alias or iteration is invalid or cannot be found."""
+
+
+class TrackingError(RLlibMLflowError):
+    """The MLflow tracking server is unreachable or refuses the request."""

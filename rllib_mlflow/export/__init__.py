@@ -1,0 +1,218 @@
+"""Export RLlib checkpoints to TF SavedModel, Keras `.h5` and ONNX, verified against RLlib.
+
+`export_checkpoint` is the entry point. Each module is exported into a temporary
+directory beside the output, checked for parity, and only then moved into place, so a
+failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rllib_mlflow import checkpoint
+from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.snapshot import PolicySnapshot
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("saved_model", "h5", "onnx")
+FORMAT_FILES = {"saved_model": "saved_model", "h5": "model.h5", "onnx": "model.onnx"}
+POLICY_FILE = "policy.json"
+POLICY_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportedPolicy:
+    """One exported module: where it is and what it holds."""
+
+    module_id: str
+    path: Path
+    formats: tuple[str, ...]
+    policy: dict[str, Any]  # the content of policy.json
+
+    @property
+    def parity(self) -> dict[str, Any] | None:
+        return self.policy.get("parity")
+
+
+def export_checkpoint(
+    checkpoint_path: checkpoint.CheckpointLike,
+    output_dir: str | os.PathLike,
+    formats: tuple[str, ...] | list[str] = FORMATS,
+    module_id: str | None = None,
+    verify: bool = True,
+    *,
+    overwrite: bool = False,
+    parity_observations: int | None = None,
+) -> list[ExportedPolicy]:
+    """Export an RLlib checkpoint's policies to standard model formats.
+
+    Args:
+        checkpoint_path: an Algorithm, MultiRLModule or RLModule checkpoint directory,
+            a URI such as ``s3://bucket/run/checkpoint_000003``, or a ``ray.tune.Checkpoint``.
+        output_dir: where to write. A single module's files go directly into it; for a
+            multi-module checkpoint, one sub-directory per module id.
+        formats: any of ``"saved_model"``, ``"h5"``, ``"onnx"``.
+        module_id: export only this module of a multi-module checkpoint.
+        verify: compare every export with RLlib's own policy on sampled observations
+            and fail (writing nothing) beyond tolerance. The report goes to policy.json.
+        overwrite: replace existing export files in ``output_dir``.
+        parity_observations: number of observations for the parity check (default 1000).
+
+    Returns:
+        One `ExportedPolicy` per exported module.
+    """
+    formats = _validate_formats(formats)
+    output = Path(output_dir)
+    snapshots = checkpoint.read_snapshots(checkpoint_path, module_id)
+    single = len(snapshots) == 1
+    targets = {s.module_id: output if single else output / s.module_id for s in snapshots}
+    for target in targets.values():
+        _check_target(target, overwrite)
+    for snapshot in snapshots:
+        _check_supported(snapshot, formats)
+    return [
+        export_snapshot(s, targets[s.module_id], formats, verify, parity_observations)
+        for s in snapshots
+    ]
+
+
+def export_snapshot(
+    snapshot: PolicySnapshot,
+    target: Path,
+    formats: tuple[str, ...],
+    verify: bool = True,
+    parity_observations: int | None = None,
+) -> ExportedPolicy:
+    """Write one module's exports into `target`, atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        _write_formats(snapshot, staging, formats)
+        parity = None
+        if verify:
+            from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity
+
+            count = parity_observations or DEFAULT_OBSERVATIONS
+            parity = check_parity(snapshot, str(staging), list(formats), count)
+        policy = policy_json(snapshot, formats, parity)
+        (staging / POLICY_FILE).write_text(json.dumps(policy, indent=2))
+        _move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Exported module %r to %s (%s)", snapshot.module_id, target, ", ".join(formats))
+    return ExportedPolicy(snapshot.module_id, target, formats, policy)
+
+
+def policy_json(
+    snapshot: PolicySnapshot, formats: tuple[str, ...], parity: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Everything a consumer needs to use the exports without RLlib."""
+    rule = snapshot.action_rule
+    return {
+        "format_version": POLICY_FORMAT_VERSION,
+        "module_id": snapshot.module_id,
+        "algorithm": snapshot.algorithm,
+        "env_id": snapshot.env_id,
+        "source_checkpoint": snapshot.source_checkpoint,
+        "training_iteration": snapshot.training_iteration,
+        "metrics": snapshot.metrics,
+        "observation_space": snapshot.observation_space,
+        "action_space": snapshot.action_space,
+        "input": {
+            "name": "observations",
+            "dtype": "float32",
+            "shape": [None, *snapshot.input_shape],
+            "description": (
+                "gymnasium.spaces.flatten(observation_space, obs) as float32"
+                if snapshot.flatten_observations
+                else "the raw observation as the environment returns it, as float32"
+            ),
+        },
+        "preprocessing": snapshot.preprocessing_json(),
+        "action_rule": rule.to_json(),
+        "outputs": {
+            "actions": "the action the environment receives from RLlib with explore=False",
+            "action_dist_inputs": f"inputs of the {rule.distribution} distribution",
+        },
+        "files": {fmt: FORMAT_FILES[fmt] for fmt in formats},
+        "formats": list(formats),
+        "module_class": snapshot.module_class,
+        "model_config": snapshot.model_config,
+        "versions": library_versions(),
+        "parity": parity,
+    }
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("rllib-mlflow", "ray", "torch", "tensorflow", "keras", "onnx", "mlflow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def _validate_formats(formats) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",")]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
+    return tuple(dict.fromkeys(formats))
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{target} already exists and is not empty. Choose another output directory "
+            "or pass overwrite=True (--overwrite)."
+        )
+
+
+def _check_supported(snapshot: PolicySnapshot, formats: tuple[str, ...]) -> None:
+    keras_formats = [f for f in formats if f in ("saved_model", "h5")]
+    if snapshot.network is None and keras_formats:
+        raise UnsupportedModuleError(
+            f"Cannot export {keras_formats} for module {snapshot.module_id!r}: "
+            f"{snapshot.unsupported_reason} Use formats=['onnx'] (--formats onnx)."
+        )
+
+
+def _write_formats(snapshot: PolicySnapshot, staging: Path, formats: tuple[str, ...]) -> None:
+    if "saved_model" in formats or "h5" in formats:
+        from rllib_mlflow.export.keras import build_keras_model
+        from rllib_mlflow.export.tensorflow import write_h5, write_saved_model
+
+        model = build_keras_model(snapshot)
+        if "h5" in formats:
+            write_h5(model, str(staging / FORMAT_FILES["h5"]))
+        if "saved_model" in formats:
+            path = str(staging / FORMAT_FILES["saved_model"])
+            write_saved_model(model, snapshot.action_rule, snapshot.input_shape, path)
+    if "onnx" in formats:
+        from rllib_mlflow.export.onnx import write_onnx
+
+        write_onnx(snapshot, str(staging / FORMAT_FILES["onnx"]))
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        destination = target / item.name
+        if destination.is_dir():
+            shutil.rmtree(destination)
+        elif destination.exists():
+            destination.unlink()
+        os.replace(item, destination)

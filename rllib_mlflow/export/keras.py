@@ -1,0 +1,133 @@
+"""Rebuild a policy's inference network in Keras, from standard layers only.
+
+The model maps raw observations to `action_dist_inputs`, preprocessing included, so
+that `keras.models.load_model("model.h5")` needs no custom objects and runs in safe
+mode. Operations Keras has no layer for are composed from standard layers: clipping
+is Rescaling + hard_tanh, a mean over features is GlobalAveragePooling1D.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.snapshot import Layer, MeanStdFilter, Network, PolicySnapshot
+
+
+def build_keras_model(snapshot: PolicySnapshot):
+    """A Keras model: raw observations -> action_dist_inputs, with the snapshot's weights."""
+
+    if snapshot.network is None:
+        raise UnsupportedModuleError(snapshot.unsupported_reason or "No rebuildable network.")
+    network = snapshot.network
+    observations = keras.Input(snapshot.input_shape, dtype="float32", name="observations")
+    x = observations
+    if snapshot.mean_std_filter is not None:
+        x = _mean_std_filter(x, snapshot.mean_std_filter)
+    for layer in network.encoder:
+        x = _apply(layer, x)
+    outputs = _head(x, network)
+    return keras.Model(observations, outputs, name=f"policy_{_safe(snapshot.module_id)}")
+
+
+def _mean_std_filter(x, spec: MeanStdFilter):
+
+    mean = spec.mean if spec.demean else np.zeros_like(spec.mean)
+    std = spec.std + spec.epsilon if spec.destd else np.ones_like(spec.std)
+    axes = tuple(range(1, spec.mean.ndim + 1))
+    x = keras.layers.Normalization(
+        axis=axes,
+        mean=mean.astype(np.float32),
+        variance=np.square(std).astype(np.float32),
+    )(x)
+    return _clip(x, spec.clip) if spec.clip else x
+
+
+def _clip(x, bound: float):
+    """clip(x, -bound, bound) from standard layers: bound * hard_tanh(x / bound)."""
+
+    x = keras.layers.Rescaling(1.0 / bound)(x)
+    x = keras.layers.Activation("hard_tanh")(x)
+    return keras.layers.Rescaling(float(bound))(x)
+
+
+def _head(features, network: Network):
+
+    head = list(network.head)
+    x = features
+    for layer in head[:-1]:
+        x = _apply(layer, x)
+    if network.log_std_clip is None:
+        outputs = _apply(head[-1], x)
+    else:
+        outputs = _gaussian_output(x, head[-1], network.log_std_clip)
+    if network.value_head is not None:
+        value = features
+        for layer in network.value_head:
+            value = _apply(layer, value)
+        outputs = _dueling(outputs, value)
+    return keras.layers.Identity(name="action_dist_inputs")(outputs)
+
+
+def _gaussian_output(x, last: Layer, clip: float):
+    """The last dense layer split in two, the log-std half clipped, as RLlib's head does."""
+
+    kernel, bias = last.weights
+    half = kernel.shape[1] // 2
+    mean = _dense(x, kernel[:, :half], bias[:half])
+    log_std = _clip(_dense(x, kernel[:, half:], bias[half:]), clip)
+    return keras.layers.Concatenate(axis=-1)([mean, log_std])
+
+
+def _dueling(advantages, value):
+    """Q = V + (A - mean(A)), RLlib's dueling combination."""
+
+    n = advantages.shape[-1]
+    mean = keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((n, 1))(advantages))
+    mean = keras.layers.Flatten()(keras.layers.RepeatVector(n)(mean))
+    value = keras.layers.Flatten()(keras.layers.RepeatVector(n)(value))
+    centered = keras.layers.Subtract()([advantages, mean])
+    return keras.layers.Add()([value, centered])
+
+
+def _apply(layer: Layer, x):
+
+    if layer.kind == "dense":
+        return _dense(x, *layer.weights)
+    if layer.kind == "activation":
+        return keras.layers.Activation(layer.config["name"])(x)
+    if layer.kind == "conv2d":
+        kernel, bias = layer.weights
+        conv = keras.layers.Conv2D(
+            layer.config["filters"],
+            tuple(layer.config["kernel"]),
+            strides=tuple(layer.config["strides"]),
+            padding="valid",
+        )
+        y = conv(x)
+        conv.set_weights([kernel, bias])
+        return y
+    if layer.kind == "pad2d":
+        c = layer.config
+        return keras.layers.ZeroPadding2D(((c["top"], c["bottom"]), (c["left"], c["right"])))(x)
+    if layer.kind == "flatten":
+        return keras.layers.Flatten()(x)
+    if layer.kind == "layer_norm":
+        norm = keras.layers.LayerNormalization(epsilon=layer.config["epsilon"])
+        y = norm(x)
+        norm.set_weights(list(layer.weights))
+        return y
+    raise UnsupportedModuleError(f"Layer kind {layer.kind!r} has no Keras equivalent.")
+
+
+def _dense(x, kernel: np.ndarray, bias: np.ndarray):
+
+    dense = keras.layers.Dense(kernel.shape[1])
+    y = dense(x)
+    dense.set_weights([kernel, bias])
+    return y
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name)

@@ -1,0 +1,62 @@
+"""Write the Keras policy as a TF SavedModel (with the action rule) and as Keras `.h5`."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rllib_mlflow.snapshot import ActionRule
+
+
+def ensure_eager() -> None:
+    """Undo RLlib's `try_import_tf()`, which switches TF to v1 graph mode when RLlib is
+    imported before TensorFlow; Keras 3 and SavedModel export need eager execution."""
+    if not tf.executing_eagerly():
+        tf.compat.v1.enable_v2_behavior()
+
+
+def write_h5(model, path: str) -> None:
+    """The network alone (observations -> action_dist_inputs), in the legacy H5 format."""
+    model.save(path)
+
+
+def write_saved_model(model, rule: ActionRule, input_shape: tuple[int, ...], path: str) -> None:
+    """A SavedModel whose serving_default returns `actions` and `action_dist_inputs`."""
+
+    def serve(observations):
+        dist_inputs = model(observations)
+        return {
+            "actions": tf_actions(dist_inputs, rule),
+            "action_dist_inputs": dist_inputs,
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="observations")],
+    )
+    archive.write_out(path, verbose=False)
+
+
+def tf_actions(dist_inputs, rule: ActionRule):
+    """The deterministic action RLlib sends to the env, in TensorFlow ops."""
+    if rule.distribution == "categorical":
+        return tf.argmax(dist_inputs, axis=-1)
+    if rule.distribution == "multi_categorical":
+        parts = tf.split(dist_inputs, list(rule.input_lens), axis=-1)
+        return tf.stack([tf.argmax(p, axis=-1) for p in parts], axis=-1)
+    size = rule.input_lens[0]
+    actions = dist_inputs[:, :size]
+    low, high = _bounds(rule)
+    if rule.normalize_actions:
+        actions = tf.clip_by_value(low + (actions + 1.0) * (high - low) / 2.0, low, high)
+    elif rule.clip_actions:
+        actions = tf.clip_by_value(actions, low, high)
+    return actions
+
+
+def _bounds(rule: ActionRule) -> tuple[np.ndarray, np.ndarray]:
+    return rule.low.astype(np.float32), rule.high.astype(np.float32)

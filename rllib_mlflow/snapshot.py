@@ -1,0 +1,149 @@
+"""A framework-neutral description of one trained policy's inference path.
+
+`checkpoint.py` reads an RLlib checkpoint into a `PolicySnapshot`; the exporters turn
+it into Keras, TensorFlow and ONNX models. Nothing here imports Ray, torch or TF.
+
+The inference path is always the same three stages, mirroring RLlib's connectors:
+
+    raw observation --preprocess--> module input --network--> action_dist_inputs
+                    --action rule--> action the environment receives
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a sequential stack; weights are in Keras layout.
+
+    kind: "dense" (kernel [in, out], bias), "conv2d" (kernel [h, w, in, out], bias,
+    NHWC), "pad2d" (config: top, bottom, left, right), "flatten", "activation"
+    (config: name), "layer_norm" (gamma, beta; config: epsilon).
+    """
+
+    kind: str
+    config: dict[str, Any] = field(default_factory=dict)
+    weights: tuple[np.ndarray, ...] = ()
+
+
+@dataclass(frozen=True)
+class Network:
+    """The module's deterministic inference network: encoder, then head(s).
+
+    `value_head` is set only for dueling Q-networks, whose action_dist_inputs are
+    Q = V + A - mean(A) with A = head(encoder(x)) and V = value_head(encoder(x)).
+    `log_std_clip` is set for Gaussian heads: RLlib clips the second half of the head's
+    output (the log standard deviations) to [-log_std_clip, log_std_clip].
+    """
+
+    encoder: tuple[Layer, ...]
+    head: tuple[Layer, ...]
+    value_head: tuple[Layer, ...] | None = None
+    log_std_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class MeanStdFilter:
+    """RLlib's MeanStdFilter connector, frozen at its checkpointed running statistics."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    demean: bool
+    destd: bool
+    clip: float | None
+    epsilon: float = 1e-8  # RLlib's SMALL_NUMBER, added to std before dividing
+    rllib_state: dict[str, Any] | None = None  # RLlib's RunningStat state, for parity checks
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "mean_std_filter",
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "demean": self.demean,
+            "destd": self.destd,
+            "clip": self.clip,
+            "epsilon": self.epsilon,
+            "formula": "clip((x - mean) / (std + epsilon), -clip, clip)",
+        }
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """How RLlib turns action_dist_inputs into the action the environment receives.
+
+    distribution: "categorical" (argmax), "multi_categorical" (argmax per slice of
+    `input_lens`), "diag_gaussian" (mean = first half), "squashed_gaussian"
+    (deterministic: the pre-tanh mean, as RLlib 2.60; sampled: tanh of a sample).
+    Then, for Box actions, RLlib's NormalizeAndClipActions connector: `normalize_actions` unsquashes from [-1, 1] to
+    [low, high] (and clips to them), else `clip_actions` clips to [low, high].
+    """
+
+    distribution: str
+    input_lens: tuple[int, ...]
+    normalize_actions: bool = False
+    clip_actions: bool = False
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    action_shape: tuple[int, ...] = ()
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.distribution in ("categorical", "multi_categorical")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "distribution": self.distribution,
+            "input_lens": list(self.input_lens),
+            "normalize_actions": self.normalize_actions,
+            "clip_actions": self.clip_actions,
+            "low": None if self.low is None else self.low.tolist(),
+            "high": None if self.high is None else self.high.tolist(),
+            "action_shape": list(self.action_shape),
+            "deterministic": _DETERMINISTIC_RULES[self.distribution],
+        }
+
+
+_DETERMINISTIC_RULES = {
+    "categorical": "argmax(action_dist_inputs)",
+    "multi_categorical": "argmax of each slice of action_dist_inputs sized input_lens",
+    "diag_gaussian": "mean = first half of action_dist_inputs (second half is log std)",
+    # RLlib 2.60's TorchSquashedGaussian.to_deterministic() returns the pre-tanh mean;
+    # the exports do the same, because they must act exactly like RLlib.
+    "squashed_gaussian": "mean = first half of action_dist_inputs (pre-tanh, as RLlib)",
+}
+
+
+@dataclass
+class PolicySnapshot:
+    """Everything needed to rebuild one module's inference path outside RLlib."""
+
+    module_id: str
+    observation_space: dict[str, Any]  # see spaces.space_to_json
+    action_space: dict[str, Any]
+    input_shape: tuple[int, ...]  # one raw observation, as the exported models take it
+    flatten_observations: bool  # Dict/Tuple/Discrete observations: gymnasium flatten
+    mean_std_filter: MeanStdFilter | None
+    network: Network | None  # None when the module cannot be rebuilt in Keras
+    unsupported_reason: str | None  # why `network` is None, naming the class
+    action_rule: ActionRule
+    module_dir: str  # local directory of the RLlib module checkpoint (for ONNX/parity)
+    module_class: str
+    algorithm: str | None = None
+    env_id: str | None = None
+    source_checkpoint: str | None = None
+    training_iteration: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_config: dict[str, Any] = field(default_factory=dict)
+
+    def preprocessing_json(self) -> list[dict[str, Any]]:
+        steps: list[dict[str, Any]] = []
+        if self.flatten_observations:
+            steps.append({"type": "flatten", "how": "gymnasium.spaces.flatten"})
+        if self.mean_std_filter is not None:
+            steps.append(self.mean_std_filter.to_json())
+        return steps

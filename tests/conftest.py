@@ -1,0 +1,293 @@
+"""Shared fixtures: one Ray session and a cache of small, really trained RLlib checkpoints.
+
+Every configuration trains tiny networks for one or two iterations with num_env_runners=0
+(the environment runs in the driver), so a checkpoint costs a few seconds. A checkpoint is
+trained the first time a test asks for it and reused for the rest of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token auth for a local test cluster
+
+from tests import envs  # noqa: E402  (registers the test environments)
+
+SMALL_NET = [16, 16]
+
+
+@dataclass(frozen=True)
+class TrainedCheckpoint:
+    """A checkpoint written by `Algorithm.save()` after a short real training run."""
+
+    name: str  # key in CONFIGS, e.g. "ppo_cartpole"
+    path: str  # the checkpoint directory (what Tune would hand to on_checkpoint)
+    env_id: str  # gymnasium id, or the Tune-registered name for the multi-agent env
+    algo_name: str  # "PPO", "APPO", "IMPALA", "DQN", "SAC"
+    config: Any  # the AlgorithmConfig it was trained with
+    training_iteration: int
+    train_seconds: float = 0.0
+    module_ids: tuple[str, ...] = field(default=("default_policy",))
+    multi_agent: bool = False
+
+    def make_env(self):
+        """A fresh instance of the environment this checkpoint was trained on."""
+        return envs.make_env(self.env_id)
+
+
+def _model_config(**overrides: Any):
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    kwargs: dict[str, Any] = {
+        "fcnet_hiddens": SMALL_NET,
+        "head_fcnet_hiddens": [],
+        "vf_share_layers": False,
+    }
+    kwargs.update(overrides)
+    return DefaultModelConfig(**kwargs)
+
+
+def _common(config, env_id: str, *, seed: int = 0):
+    return (
+        config.environment(env_id)
+        .framework("torch")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+        .learners(num_learners=0)
+        .debugging(seed=seed, log_level="ERROR")
+        .reporting(min_time_s_per_iteration=0, metrics_num_episodes_for_smoothing=5)
+    )
+
+
+def _ppo(env_id: str, *, model: dict | None = None, **training: Any):
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    train_kwargs: dict[str, Any] = {
+        "train_batch_size_per_learner": 200,
+        "minibatch_size": 100,
+        "num_epochs": 2,
+    }
+    train_kwargs.update(training)
+    return (
+        _common(PPOConfig(), env_id)
+        .training(**train_kwargs)
+        .rl_module(model_config=_model_config(**(model or {})))
+    )
+
+
+def _impala_like(config_cls, env_id: str):
+    return (
+        _common(config_cls(), env_id)
+        .env_runners(rollout_fragment_length=50)
+        # With num_learners=0 the learner runs synchronously and updates once per
+        # `train_batch_size_per_learner` sampled steps; by default an iteration samples only
+        # one fragment, so ask for 200 steps per iteration to get real updates.
+        .training(train_batch_size_per_learner=100)
+        .reporting(min_sample_timesteps_per_iteration=200)
+        .rl_module(model_config=_model_config())
+    )
+
+
+def _appo():
+    from ray.rllib.algorithms.appo import APPOConfig
+
+    return _impala_like(APPOConfig, "CartPole-v1")
+
+
+def _impala():
+    from ray.rllib.algorithms.impala import IMPALAConfig
+
+    return _impala_like(IMPALAConfig, "CartPole-v1")
+
+
+def _dqn(*, dueling: bool):
+    from ray.rllib.algorithms.dqn import DQNConfig
+
+    return (
+        _common(DQNConfig(), "CartPole-v1")
+        .env_runners(rollout_fragment_length=50)
+        .training(
+            train_batch_size_per_learner=32,
+            num_steps_sampled_before_learning_starts=100,
+            dueling=dueling,
+            double_q=True,
+            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000},
+        )
+        .reporting(min_sample_timesteps_per_iteration=200)
+        .rl_module(model_config=_model_config())
+    )
+
+
+def _sac():
+    from ray.rllib.algorithms.sac import SACConfig
+
+    return (
+        _common(SACConfig(), "Pendulum-v1")
+        .env_runners(rollout_fragment_length=50)
+        .training(
+            train_batch_size_per_learner=32,
+            num_steps_sampled_before_learning_starts=100,
+            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000},
+        )
+        .reporting(min_sample_timesteps_per_iteration=200)
+        .rl_module(model_config=_model_config())
+    )
+
+
+def _ppo_meanstd():
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+
+    return _ppo("CartPole-v1").env_runners(
+        env_to_module_connector=lambda env, spaces, device: MeanStdFilter()
+    )
+
+
+def _ppo_multiagent():
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    return (
+        _ppo(envs.MULTI_AGENT)
+        .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=envs.policy_mapping_fn)
+        .rl_module(
+            rl_module_spec=MultiRLModuleSpec(
+                rl_module_specs={"p0": RLModuleSpec(), "p1": RLModuleSpec()}
+            ),
+        )
+    )
+
+
+# name -> (algo_name, env_id, config builder, training iterations)
+CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
+    "ppo_cartpole": ("PPO", "CartPole-v1", lambda: _ppo("CartPole-v1"), 2),
+    "ppo_cartpole_shared": (
+        "PPO",
+        "CartPole-v1",
+        lambda: _ppo(
+            "CartPole-v1",
+            model={"vf_share_layers": True, "fcnet_activation": "relu", "head_fcnet_hiddens": [8]},
+        ),
+        2,
+    ),
+    "appo_cartpole": ("APPO", "CartPole-v1", _appo, 2),
+    "impala_cartpole": ("IMPALA", "CartPole-v1", _impala, 2),
+    "dqn_cartpole": ("DQN", "CartPole-v1", lambda: _dqn(dueling=True), 2),
+    "dqn_cartpole_plain": ("DQN", "CartPole-v1", lambda: _dqn(dueling=False), 2),
+    "sac_pendulum": ("SAC", "Pendulum-v1", _sac, 2),
+    "ppo_pendulum": ("PPO", "Pendulum-v1", lambda: _ppo("Pendulum-v1"), 2),
+    "ppo_widebox": (
+        "PPO",
+        envs.WIDE_BOX,
+        lambda: _ppo(envs.WIDE_BOX).environment(normalize_actions=True, clip_actions=False),
+        2,
+    ),
+    "ppo_widebox_clip": (
+        "PPO",
+        envs.WIDE_BOX,
+        lambda: _ppo(envs.WIDE_BOX).environment(normalize_actions=False, clip_actions=True),
+        2,
+    ),
+    "ppo_multidiscrete": (
+        "PPO",
+        envs.MULTI_DISCRETE_CORRIDOR,
+        lambda: _ppo(envs.MULTI_DISCRETE_CORRIDOR),
+        2,
+    ),
+    "ppo_image": (
+        "PPO",
+        envs.TINY_IMAGE,
+        lambda: _ppo(
+            envs.TINY_IMAGE,
+            model={"conv_filters": [[8, 4, 2], [16, 3, 2]], "fcnet_hiddens": [16]},
+        ),
+        2,
+    ),
+    "ppo_meanstd": ("PPO", "CartPole-v1", _ppo_meanstd, 2),
+    "ppo_multiagent": ("PPO", envs.MULTI_AGENT, _ppo_multiagent, 2),
+    "ppo_lstm": (
+        "PPO",
+        "CartPole-v1",
+        lambda: _ppo(
+            "CartPole-v1",
+            model={"use_lstm": True, "lstm_cell_size": 16, "max_seq_len": 10},
+        ),
+        1,
+    ),
+}
+
+
+def train_checkpoint(name: str, directory: str | Path) -> TrainedCheckpoint:
+    """Train configuration `name` briefly and save it under `directory`/`name`.
+
+    Needs an initialised Ray (the `ray_session` fixture)."""
+    algo_name, env_id, build, iterations = CONFIGS[name]
+    config = build()
+    start = time.perf_counter()
+    algo = config.build_algo()
+    try:
+        result: dict[str, Any] = {}
+        for _ in range(iterations):
+            result = algo.train()
+        path = Path(directory) / name
+        path.mkdir(parents=True, exist_ok=True)
+        algo.save(str(path))
+        iteration = int(result.get("training_iteration", iterations))
+    finally:
+        algo.stop()
+    multi_agent = config.is_multi_agent
+    return TrainedCheckpoint(
+        name=name,
+        path=str(path),
+        env_id=env_id,
+        algo_name=algo_name,
+        config=config,
+        training_iteration=iteration,
+        train_seconds=time.perf_counter() - start,
+        module_ids=tuple(sorted(config.policies)) if multi_agent else ("default_policy",),
+        multi_agent=multi_agent,
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A local Ray with 2 CPUs for the whole session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], TrainedCheckpoint]:
+    """Factory: `trained_checkpoint("ppo_cartpole")` -> TrainedCheckpoint (cached per session).
+
+    Names are the keys of `tests.conftest.CONFIGS`."""
+    root = tmp_path_factory.mktemp("rllib_checkpoints")
+    cache: dict[str, TrainedCheckpoint] = {}
+
+    def get(name: str) -> TrainedCheckpoint:
+        if name not in CONFIGS:
+            raise KeyError(f"unknown checkpoint config {name!r}; known: {sorted(CONFIGS)}")
+        if name not in cache:
+            cache[name] = train_checkpoint(name, root)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def checkpoints(trained_checkpoint: Callable[[str], TrainedCheckpoint]):
+    """Alias of `trained_checkpoint`."""
+    return trained_checkpoint

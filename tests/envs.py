@@ -1,0 +1,218 @@
+"""Small gymnasium environments for the tests.
+
+Each one exercises a different shape of policy input or output (multi-discrete actions,
+image observations, asymmetric Box bounds, several agents) while staying cheap enough that
+RLlib trains on it for an iteration in a few seconds. Importing this module registers the
+environments; `register_test_envs()` is idempotent and may be called again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+MULTI_DISCRETE_CORRIDOR = "rllib_mlflow_tests/MultiDiscreteCorridor-v0"
+TINY_IMAGE = "rllib_mlflow_tests/TinyImage-v0"
+WIDE_BOX = "rllib_mlflow_tests/WideBox-v0"
+MULTI_AGENT = "rllib_mlflow_tests_multiagent"
+
+WIDE_BOX_LOW = np.array([-2.0, 0.0, -10.0], dtype=np.float32)
+WIDE_BOX_HIGH = np.array([1.0, 5.0, 10.0], dtype=np.float32)
+
+
+class MultiDiscreteCorridor(gym.Env):
+    """Walk along a corridor with a [direction, speed] action.
+
+    Observation: Box(4,) = (position, goal, step fraction, bias 1.0).
+    Action: MultiDiscrete([3, 2]): direction (left, stay, right) and speed (1 or 2).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, length: int = 10, max_steps: int = 30):
+        config = dict(config or {})
+        self.length = int(config.get("length", length))
+        self.max_steps = int(config.get("max_steps", max_steps))
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.action_space = spaces.MultiDiscrete([3, 2])
+        self._pos = 0
+        self._goal = 0
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array(
+            [
+                self._pos / self.length,
+                self._goal / self.length,
+                self._t / self.max_steps,
+                1.0,
+            ],
+            dtype=np.float32,
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._pos = int(self.np_random.integers(-self.length, self.length + 1))
+        self._goal = int(self.np_random.integers(-self.length, self.length + 1))
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        direction, speed = int(action[0]) - 1, int(action[1]) + 1
+        before = abs(self._goal - self._pos)
+        self._pos = int(np.clip(self._pos + direction * speed, -self.length, self.length))
+        self._t += 1
+        after = abs(self._goal - self._pos)
+        terminated = after == 0
+        reward = float(before - after) + (1.0 if terminated else 0.0)
+        truncated = self._t >= self.max_steps
+        return self._obs(), reward, terminated, truncated, {}
+
+
+class TinyImage(gym.Env):
+    """Pick the colour channel that is brightest in a small random image.
+
+    Observation: Box(0, 1, (16, 16, 3), float32). Action: Discrete(3). Reward 1 when the
+    chosen channel has the highest mean, else 0. Episodes last `max_steps` (20) steps.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, max_steps: int = 20):
+        config = dict(config or {})
+        self.max_steps = int(config.get("max_steps", max_steps))
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(16, 16, 3), dtype=np.float32)
+        self.action_space = spaces.Discrete(3)
+        self._img = np.zeros((16, 16, 3), dtype=np.float32)
+        self._t = 0
+
+    def _new_image(self) -> np.ndarray:
+        img = self.np_random.uniform(0.0, 0.5, size=(16, 16, 3)).astype(np.float32)
+        bright = int(self.np_random.integers(3))
+        img[..., bright] += 0.4
+        return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._img = self._new_image()
+        return self._img, {}
+
+    def step(self, action):
+        reward = float(int(action) == int(np.argmax(self._img.mean(axis=(0, 1)))))
+        self._t += 1
+        self._img = self._new_image()
+        return self._img, reward, False, self._t >= self.max_steps, {}
+
+
+class WideBox(gym.Env):
+    """Continuous control with asymmetric, per-dimension action bounds.
+
+    Observation: Box(5,) (a target in action units, scaled to about [-1, 1], plus noise).
+    Action: Box(low=[-2, 0, -10], high=[1, 5, 10]). Reward is minus the normalised distance
+    between the action and the target, so the bounds matter for a correct export.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, max_steps: int = 25):
+        config = dict(config or {})
+        self.max_steps = int(config.get("max_steps", max_steps))
+        self.observation_space = spaces.Box(-5.0, 5.0, shape=(5,), dtype=np.float32)
+        self.action_space = spaces.Box(WIDE_BOX_LOW, WIDE_BOX_HIGH, dtype=np.float32)
+        self._target = np.zeros(3, dtype=np.float32)
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        span = WIDE_BOX_HIGH - WIDE_BOX_LOW
+        scaled = 2.0 * (self._target - WIDE_BOX_LOW) / span - 1.0
+        noise = self.np_random.normal(0.0, 1.0, size=2)
+        return np.concatenate([scaled, noise]).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._target = self.np_random.uniform(WIDE_BOX_LOW, WIDE_BOX_HIGH).astype(np.float32)
+        return self._obs(), {}
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float32), WIDE_BOX_LOW, WIDE_BOX_HIGH)
+        span = WIDE_BOX_HIGH - WIDE_BOX_LOW
+        reward = -float(np.abs((action - self._target) / span).sum())
+        self._t += 1
+        self._target = self.np_random.uniform(WIDE_BOX_LOW, WIDE_BOX_HIGH).astype(np.float32)
+        return self._obs(), reward, False, self._t >= self.max_steps, {}
+
+
+class TwoAgentBalance(MultiAgentEnv):
+    """Two agents ("a0", "a1"), each balancing its own CartPole; the episode ends when both are
+    done. Observation Box(4,), action Discrete(2) per agent."""
+
+    AGENTS = ("a0", "a1")
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self._envs = {aid: gym.make("CartPole-v1") for aid in self.AGENTS}
+        self.possible_agents = list(self.AGENTS)
+        self.agents = list(self.AGENTS)
+        obs_space = self._envs["a0"].observation_space
+        act_space = self._envs["a0"].action_space
+        self.observation_spaces = {aid: obs_space for aid in self.AGENTS}
+        self.action_spaces = {aid: act_space for aid in self.AGENTS}
+        self._done: set[str] = set()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._done = set()
+        self.agents = list(self.AGENTS)
+        obs, infos = {}, {}
+        for i, (aid, env) in enumerate(self._envs.items()):
+            obs[aid], infos[aid] = env.reset(seed=None if seed is None else seed + i)
+        return obs, infos
+
+    def step(self, action_dict):
+        obs, rewards, terminateds, truncateds, infos = {}, {}, {}, {}, {}
+        for aid, action in action_dict.items():
+            o, r, term, trunc, info = self._envs[aid].step(action)
+            obs[aid], rewards[aid], infos[aid] = o, r, info
+            terminateds[aid], truncateds[aid] = term, trunc
+            if term or trunc:
+                self._done.add(aid)
+        all_done = len(self._done) == len(self.AGENTS)
+        terminateds["__all__"] = all_done
+        truncateds["__all__"] = False
+        self.agents = [aid for aid in self.AGENTS if aid not in self._done]
+        return obs, rewards, terminateds, truncateds, infos
+
+
+def policy_mapping_fn(agent_id: str, episode: Any = None, **kwargs: Any) -> str:
+    """Map agent "a0" to module "p0" and "a1" to "p1"."""
+    return "p" + str(agent_id)[-1]
+
+
+def make_env(env_id: str, config: dict | None = None) -> gym.Env | MultiAgentEnv:
+    """Create an environment by the id a test checkpoint was trained on (gymnasium ids, and
+    the Tune-registered multi-agent name, which gymnasium does not know)."""
+    if env_id == MULTI_AGENT:
+        return TwoAgentBalance(config)
+    return gym.make(env_id)
+
+
+def register_test_envs() -> None:
+    """Register the test environments with gymnasium and Ray Tune (idempotent)."""
+    from ray.tune.registry import register_env
+
+    for env_id, cls in (
+        (MULTI_DISCRETE_CORRIDOR, MultiDiscreteCorridor),
+        (TINY_IMAGE, TinyImage),
+        (WIDE_BOX, WideBox),
+    ):
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=cls)
+    register_env(MULTI_AGENT, lambda config: TwoAgentBalance(config))
+
+
+register_test_envs()

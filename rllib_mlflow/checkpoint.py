@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rllib_mlflow import _tensorflow_first  # noqa: F401 - must precede any ray.rllib import
 from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.snapshot import (
     ActionRule,
@@ -259,8 +260,13 @@ def _read_algorithm_info(root: Path) -> dict[str, Any]:
             info[name] = [(cls.__name__, kw) for cls, _, kw in kwargs["connectors"]]
             if name == "env_to_module" and args:
                 info["env_observation_space"] = args[0]
-            if name == "env_to_module" and (pipeline / "state.pkl").exists():
-                info["env_to_module_state"] = _load_pickle(pipeline / "state.pkl")
+            if name == "env_to_module":
+                # Each connector with state keeps it in a sub-directory named after it.
+                info["env_to_module_state"] = {
+                    sub.name: _load_pickle(sub / "state.pkl")
+                    for sub in pipeline.iterdir()
+                    if (sub / "state.pkl").exists()
+                }
     return info
 
 
@@ -428,7 +434,9 @@ def _action_rule(module, act_space, module_to_env: list[tuple[str, dict]]) -> Ac
     dist_cls = module.get_inference_action_dist_cls()
     if isinstance(dist_cls, functools.partial):
         dist_cls = dist_cls.func
-    name = _DISTRIBUTIONS.get(getattr(dist_cls, "__name__", ""))
+    # RLlib may hand out a generated subclass (a "DistributionPartial"): use its base.
+    bases = getattr(dist_cls, "__mro__", ())
+    name = next((_DISTRIBUTIONS[c.__name__] for c in bases if c.__name__ in _DISTRIBUTIONS), None)
     if name is None:
         raise UnsupportedModuleError(
             f"Action distribution {dist_cls!r} of {type(module).__name__} is not supported; "

@@ -79,8 +79,9 @@ class ActionRule:
     distribution: "categorical" (argmax), "multi_categorical" (argmax per slice of
     `input_lens`), "diag_gaussian" (mean = first half), "squashed_gaussian"
     (deterministic: the pre-tanh mean, as RLlib 2.60; sampled: tanh of a sample).
-    Then, for Box actions, RLlib's NormalizeAndClipActions connector: `normalize_actions` unsquashes from [-1, 1] to
-    [low, high] (and clips to them), else `clip_actions` clips to [low, high].
+    Then, for Box actions, RLlib's NormalizeAndClipActions connector: `normalize_actions`
+    unsquashes from [-1, 1] to [low, high] (and clips to them), else `clip_actions` clips
+    to [low, high].
     """
 
     distribution: str

@@ -9,8 +9,13 @@ PYTHON="${PYTHON:-python3.11}"
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
-# Quiet and idempotent: a no-op when everything is already installed.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+# Reinstall only when the requirements changed since the last install (the install is
+# editable, so code changes need none).
+STAMP=.venv/.rllib-mlflow-installed
+if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" || constraints.txt -nt "$STAMP" ]]; then
+    .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+    touch "$STAMP"
+fi
 
 export PATH="$ROOT/.venv/bin:$PATH"
 # TensorFlow's C++ info logs drown the output otherwise.

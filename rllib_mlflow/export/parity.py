@@ -72,10 +72,6 @@ def check_parity(
 
 
 def _run_format(fmt: str, export_dir: str, batch: np.ndarray, rule: dict):
-    if fmt in ("saved_model", "h5"):
-        from rllib_mlflow.export.tensorflow import ensure_eager
-
-        ensure_eager()
     if fmt == "onnx":
         import onnxruntime
 

@@ -6,14 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rllib_mlflow import _tensorflow_first  # noqa: F401 - before Keras builds anything
 from rllib_mlflow.snapshot import ActionRule
-
-
-def ensure_eager() -> None:
-    """Undo RLlib's `try_import_tf()`, which switches TF to v1 graph mode when RLlib is
-    imported before TensorFlow; Keras 3 and SavedModel export need eager execution."""
-    if not tf.executing_eagerly():
-        tf.compat.v1.enable_v2_behavior()
 
 
 def write_h5(model, path: str) -> None:

@@ -1,0 +1,200 @@
+"""The `rllib_mlflow` MLflow flavor: an exported RLlib policy as an MLflow model.
+
+Same four verbs as MLflow's own flavors. A saved model holds the exports under `data/`
+(saved_model/, model.h5, model.onnx, policy.json) and the pyfunc loader under
+`code/rllib_mlflow_serving.py`, a copy of `rllib_mlflow.serving`, so that serving needs
+only mlflow, numpy and one inference backend: never Ray, torch or rllib-mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import pyfunc
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
+from mlflow.models.utils import _save_example
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.utils.environment import (
+    _CONDA_ENV_FILE_NAME,
+    _PYTHON_ENV_FILE_NAME,
+    _REQUIREMENTS_FILE_NAME,
+    _process_pip_requirements,
+    _PythonEnv,
+)
+from mlflow.utils.file_utils import write_to
+from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+from rllib_mlflow import serving
+
+FLAVOR_NAME = "rllib_mlflow"
+DATA_DIR = "data"
+CODE_DIR = "code"
+LOADER_MODULE = "rllib_mlflow_serving"
+_EXAMPLE_ROWS = 2
+
+
+def get_default_pip_requirements(backend: str = "onnxruntime") -> list[str]:
+    """mlflow, numpy and one inference backend, pinned to the installed versions."""
+    package = {"onnxruntime": "onnxruntime", "tensorflow": "tensorflow"}[backend]
+    return [_get_pinned_requirement(p) for p in ("mlflow", "numpy", package)]
+
+
+def save_model(
+    export_dir: str | os.PathLike,
+    path: str | os.PathLike,
+    mlflow_model: Model | None = None,
+    *,
+    backend: str | None = None,
+    pip_requirements: list[str] | None = None,
+    extra_pip_requirements: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    """Save one exported policy directory (from `export_checkpoint`) as an MLflow model."""
+    export_dir, path = Path(export_dir), Path(path).resolve()
+    policy = json.loads((export_dir / serving.POLICY_FILE).read_text())
+    backend = backend or ("onnxruntime" if "onnx" in policy["formats"] else "tensorflow")
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} already exists and is not empty.")
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(export_dir, path / DATA_DIR)
+    (path / CODE_DIR).mkdir()
+    shutil.copy(serving.__file__, path / CODE_DIR / f"{LOADER_MODULE}.py")
+
+    mlflow_model = mlflow_model or Model()
+    mlflow_model.signature = policy_signature(policy)
+    if metadata is not None:
+        mlflow_model.metadata = metadata
+    _save_example(mlflow_model, _input_example(policy), str(path))
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module=LOADER_MODULE,
+        data=DATA_DIR,
+        code=CODE_DIR,
+        conda_env=_CONDA_ENV_FILE_NAME,
+        python_env=_PYTHON_ENV_FILE_NAME,
+    )
+    mlflow_model.add_flavor(
+        FLAVOR_NAME,
+        data=DATA_DIR,
+        code=CODE_DIR,
+        backend=backend,
+        formats=policy["formats"],
+        module_id=policy["module_id"],
+        training_iteration=policy["training_iteration"],
+        algorithm=policy["algorithm"],
+        env_id=policy["env_id"],
+    )
+    mlflow_model.save(str(path / MLMODEL_FILE_NAME))
+    _write_environment(path, backend, pip_requirements, extra_pip_requirements)
+
+
+def log_model(
+    export_dir: str | os.PathLike,
+    name: str,
+    *,
+    step: int = 0,
+    run_id: str | None = None,
+    registered_model_name: str | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> ModelInfo:
+    """Log an exported policy as a LoggedModel of a run at `step` (and optionally register)."""
+    import rllib_mlflow.flavor as flavor_module
+
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=flavor_module,
+        export_dir=export_dir,
+        step=step,
+        run_id=run_id,
+        registered_model_name=registered_model_name,
+        params=params,
+        tags=tags,
+        **kwargs,
+    )
+
+
+def load_model(
+    model_uri: str,
+    dst_path: str | None = None,
+    backend: str | None = None,
+    tracking_uri: str | None = None,
+):
+    """Load a logged policy as `rllib_mlflow.serving.Policy` (no Ray, no torch)."""
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri,
+        dst_path=dst_path,
+        tracking_uri=tracking_uri,
+        registry_uri=tracking_uri,
+    )
+    conf = Model.load(os.path.join(local, MLMODEL_FILE_NAME)).flavors.get(FLAVOR_NAME)
+    if conf is None:
+        raise ValueError(f"{model_uri} is not an rllib-mlflow model (no {FLAVOR_NAME} flavor).")
+    return serving.Policy(os.path.join(local, conf["data"]), backend=backend)
+
+
+def _load_pyfunc(path: str):
+    return serving._load_pyfunc(path)
+
+
+def policy_signature(policy: dict[str, Any]) -> ModelSignature:
+    """Tensor signature: raw observations in, actions out; explore/seed as params."""
+    shape = tuple(-1 if d is None else d for d in policy["input"]["shape"])
+    rule = policy["action_rule"]
+    discrete = rule["distribution"] in ("categorical", "multi_categorical")
+    action_shape = (-1, *rule["action_shape"])
+    action_type = np.dtype(np.int64) if discrete else np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape, "observations")]),
+        outputs=Schema([TensorSpec(action_type, action_shape, "actions")]),
+        params=ParamSchema(
+            [
+                ParamSpec("explore", "boolean", False),
+                ParamSpec("seed", "long", None),
+                ParamSpec("return_dist_inputs", "boolean", False),
+            ]
+        ),
+    )
+
+
+def _input_example(policy: dict[str, Any]) -> np.ndarray:
+    from rllib_mlflow.spaces import space_from_json
+
+    space = space_from_json(policy["observation_space"])
+    space.seed(0)
+    shape = tuple(policy["input"]["shape"][1:])
+    if any(step["type"] == "flatten" for step in policy["preprocessing"]):
+        import gymnasium as gym
+
+        rows = [gym.spaces.flatten(space, space.sample()) for _ in range(_EXAMPLE_ROWS)]
+    else:
+        rows = [np.clip(space.sample(), -1e3, 1e3) for _ in range(_EXAMPLE_ROWS)]
+    return np.asarray(rows, dtype=np.float32).reshape(_EXAMPLE_ROWS, *shape)
+
+
+def _write_environment(
+    path: Path,
+    backend: str,
+    pip_requirements: list[str] | None,
+    extra_pip_requirements: list[str] | None,
+) -> None:
+    import yaml
+
+    default = None if pip_requirements else get_default_pip_requirements(backend)
+    conda_env, requirements, _ = _process_pip_requirements(
+        default, pip_requirements, extra_pip_requirements
+    )
+    with open(path / _CONDA_ENV_FILE_NAME, "w") as stream:
+        yaml.safe_dump(conda_env, stream=stream, default_flow_style=False)
+    write_to(str(path / _REQUIREMENTS_FILE_NAME), "\n".join(requirements))
+    _PythonEnv.current().to_yaml(str(path / _PYTHON_ENV_FILE_NAME))

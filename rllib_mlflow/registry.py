@@ -1,0 +1,319 @@
+"""The MLflow Model Registry side: names, tags, aliases, lookups and loading.
+
+Each registered version is one checkpoint of one module of one trial, identified by the
+version tags `trial_id`, `training_iteration` and `module_id`. Aliases:
+
+- `best` points at the version with the best `best_metric` so far (default
+  `episode_return_mean`, max). It only moves on strict improvement.
+- `iter-N` points at the most recently registered version for training iteration N.
+  When several trials feed one registered model, `iter-N` is therefore the last trial to
+  reach iteration N; `find_version(name, training_iteration=N, trial=...)` picks a given
+  trial's version, and without `trial` it refuses to guess and lists the trials.
+
+This module imports neither Ray nor torch: `load_policy` runs on machines without them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+from rllib_mlflow.errors import RegistryError, TrackingError
+
+ALIAS_BEST = "best"
+TAG_ITERATION = "training_iteration"
+TAG_TRIAL_ID = "trial_id"
+TAG_TRIAL_NAME = "trial_name"
+TAG_MODULE_ID = "module_id"
+TAG_CHECKPOINT_URI = "checkpoint_uri"
+TAG_CHECKPOINT_ARTIFACT = "rllib_checkpoint_artifact"
+TAG_BEST_METRIC = "best_metric"
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))?/?$")
+_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+
+
+def iteration_alias(training_iteration: int) -> str:
+    return f"iter-{int(training_iteration)}"
+
+
+def validate_registered_model_name(name: str) -> str:
+    """Refuse names MLflow would reject, before any export work is done."""
+    if not isinstance(name, str) or not name.strip():
+        raise RegistryError(
+            "registered_model_name must be a non-empty string, e.g. 'cartpole-ppo'."
+        )
+    bad = [c for c in ("/", ":", "@", "\\") if c in name] or (["'"] if "'" in name else [])
+    if bad or name != name.strip() or len(name) > 256:
+        raise RegistryError(
+            f"Invalid registered model name {name!r}: names may not contain {bad or 'edge spaces'} "
+            "and must be at most 256 characters. Use letters, digits, '-', '_' and '.', "
+            "e.g. 'cartpole-ppo'."
+        )
+    return name
+
+
+def validate_alias(alias: str) -> str:
+    if not re.fullmatch(r"[\w\-]+", alias or "") or _RESERVED_ALIAS.match(alias):
+        raise RegistryError(
+            f"Invalid alias {alias!r}: use letters, digits, '_' and '-', and not 'latest' or "
+            "'v<number>' (reserved by MLflow)."
+        )
+    return alias
+
+
+def client(tracking_uri: str | None = None):
+    """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def check_tracking_server(mlflow_client) -> None:
+    """Fail fast, with the URI, when the tracking server is unreachable or refuses us."""
+    from mlflow.exceptions import MlflowException
+
+    uri = mlflow_client.tracking_uri
+    try:
+        mlflow_client.search_registered_models(max_results=1)
+    except MlflowException as error:
+        raise TrackingError(
+            f"The MLflow tracking server at {_redact(uri)} refused the request: "
+            f"{error.message[:300]}. Check MLFLOW_TRACKING_URI and, with authentication, "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."
+        ) from error
+    except Exception as error:
+        raise TrackingError(
+            f"Cannot reach the MLflow tracking server at {_redact(uri)} "
+            f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
+            "reachable server (unset, MLflow uses sqlite:///mlflow.db in this directory)."
+        ) from error
+
+
+def find_versions(
+    mlflow_client,
+    name: str,
+    *,
+    training_iteration: int | None = None,
+    trial: str | None = None,
+    module_id: str | None = None,
+) -> list:
+    """Registered versions of `name` matching the given tags, newest first."""
+    filters = [f"name = '{name}'"]
+    if training_iteration is not None:
+        filters.append(f"tags.{TAG_ITERATION} = '{int(training_iteration)}'")
+    if module_id is not None:
+        filters.append(f"tags.{TAG_MODULE_ID} = '{module_id}'")
+    versions = _search_all(mlflow_client, " AND ".join(filters))
+    if trial is not None:
+        versions = [
+            v for v in versions if trial in (v.tags.get(TAG_TRIAL_ID), v.tags.get(TAG_TRIAL_NAME))
+        ]
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def find_version(
+    model: str,
+    *,
+    training_iteration: int | None = None,
+    trial: str | None = None,
+    tracking_uri: str | None = None,
+):
+    """The ModelVersion named by a models:/ URI, or by a name plus training iteration."""
+    mlflow_client = client(tracking_uri)
+    match = _MODEL_URI.match(model)
+    name = match.group("name") if match else model
+    if match and match.group("version"):
+        return _get_version(mlflow_client, name, match.group("version"))
+    if match and match.group("alias"):
+        return _get_alias(mlflow_client, name, match.group("alias"))
+    if training_iteration is None:
+        raise RegistryError(
+            f"Say which version of {name!r}: 'models:/{name}/<version>', "
+            f"'models:/{name}@best', or training_iteration=N."
+        )
+    matches = find_versions(mlflow_client, name, training_iteration=training_iteration, trial=trial)
+    if not matches:
+        raise RegistryError(
+            f"{name!r} has no version for training_iteration={training_iteration}"
+            f"{f' and trial {trial!r}' if trial else ''}. Registered iterations: "
+            f"{_registered_iterations(mlflow_client, name)}."
+        )
+    trials = {v.tags.get(TAG_TRIAL_ID) for v in matches}
+    if len(trials) > 1:
+        raise RegistryError(
+            f"Several trials registered training_iteration={training_iteration} in {name!r}: "
+            f"{sorted(t or '' for t in trials)}. Pass trial=<trial id or name>."
+        )
+    return matches[0]
+
+
+def load_policy(
+    model: str,
+    *,
+    training_iteration: int | None = None,
+    trial: str | None = None,
+    backend: str | None = None,
+    tracking_uri: str | None = None,
+):
+    """Load a registered policy without Ray or torch.
+
+    Args:
+        model: ``models:/NAME/3``, ``models:/NAME@best``, ``models:/NAME@iter-20``, or a
+            registered model name together with ``training_iteration``.
+        training_iteration: pick the version registered for this iteration.
+        trial: trial id or name, when several trials registered that iteration.
+        backend: ``"onnxruntime"`` or ``"tensorflow"``; default: ONNX Runtime if installed.
+
+    Returns:
+        `rllib_mlflow.serving.Policy`, with ``compute_actions(obs)``,
+        ``action_dist_inputs(obs)`` and ``metadata``.
+    """
+    from rllib_mlflow.flavor import load_model
+
+    version = find_version(
+        model, training_iteration=training_iteration, trial=trial, tracking_uri=tracking_uri
+    )
+    uri = f"models:/{version.name}/{version.version}"
+    policy = load_model(uri, backend=backend, tracking_uri=tracking_uri)
+    policy.metadata = {
+        **policy.metadata,
+        "registered_model": version.name,
+        "version": version.version,
+    }
+    return policy
+
+
+def download_checkpoint(
+    model: str, dst_path: str | None = None, *, tracking_uri: str | None = None
+) -> str:
+    """A local directory with the RLlib checkpoint a version came from.
+
+    The result is accepted by ``Algorithm.from_checkpoint`` to resume training. The
+    checkpoint is fetched from the run's artifacts when it was logged there
+    (``log_rllib_checkpoint=True``), else from the recorded checkpoint URI.
+    """
+    version = find_version(model, tracking_uri=tracking_uri)
+    dst = dst_path or tempfile.mkdtemp(prefix="rllib_checkpoint_")
+    artifact = version.tags.get(TAG_CHECKPOINT_ARTIFACT)
+    if artifact:
+        import mlflow
+
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
+        )
+    source = version.tags.get(TAG_CHECKPOINT_URI)
+    if not source:
+        raise RegistryError(f"Version {version.version} of {version.name!r} records no checkpoint.")
+    if "://" not in source:
+        if not os.path.isdir(source):
+            raise RegistryError(
+                f"The checkpoint of version {version.version} of {version.name!r} was at "
+                f"{source}, which no longer exists. Log checkpoints with "
+                "log_rllib_checkpoint=True to keep them in MLflow."
+            )
+        target = os.path.join(dst, os.path.basename(source.rstrip("/")))
+        shutil.copytree(source, target)
+        return target
+    from ray.tune import Checkpoint  # remote storage: pyarrow through Ray, as Tune wrote it
+
+    return Checkpoint(source).to_directory(dst)
+
+
+def set_iteration_alias(mlflow_client, name: str, version) -> None:
+    iteration = version.tags.get(TAG_ITERATION)
+    if iteration is not None:
+        mlflow_client.set_registered_model_alias(
+            name, iteration_alias(int(iteration)), version.version
+        )
+
+
+def update_best_alias(
+    mlflow_client, name: str, version, metric: str, mode: str, value: float | None
+) -> bool:
+    """Point `best` at `version` if its `metric` strictly improves on the current best."""
+    if value is None:
+        return False
+    current = _alias_or_none(mlflow_client, name, ALIAS_BEST)
+    if current is not None:
+        best = current.tags.get(f"metric.{metric}")
+        if best is not None and not _improves(value, float(best), mode):
+            return False
+    mlflow_client.set_registered_model_alias(name, ALIAS_BEST, version.version)
+    return True
+
+
+def _improves(value: float, best: float, mode: str) -> bool:
+    return value > best if mode == "max" else value < best
+
+
+def _alias_or_none(mlflow_client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _get_version(mlflow_client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, version)
+    except MlflowException as error:
+        raise RegistryError(
+            f"{name!r} has no version {version}. Existing versions: "
+            f"{_existing_versions(mlflow_client, name)}."
+        ) from error
+
+
+def _get_alias(mlflow_client, name: str, alias: str):
+    version = _alias_or_none(mlflow_client, name, alias)
+    if version is None:
+        aliases = _existing_aliases(mlflow_client, name)
+        raise RegistryError(f"{name!r} has no alias {alias!r}. Existing aliases: {aliases}.")
+    return version
+
+
+def _search_all(mlflow_client, filter_string: str) -> list:
+    versions, token = [], None
+    while True:
+        page = mlflow_client.search_model_versions(
+            filter_string, max_results=1000, page_token=token
+        )
+        versions.extend(page)
+        token = page.token
+        if not token:
+            return versions
+
+
+def _existing_versions(mlflow_client, name: str) -> list[int]:
+    try:
+        return sorted(int(v.version) for v in _search_all(mlflow_client, f"name = '{name}'"))
+    except Exception:
+        return []
+
+
+def _existing_aliases(mlflow_client, name: str) -> list[str]:
+    try:
+        return sorted(mlflow_client.get_registered_model(name).aliases)
+    except Exception:
+        return []
+
+
+def _registered_iterations(mlflow_client, name: str) -> list[int]:
+    versions = _search_all(mlflow_client, f"name = '{name}'")
+    return sorted({int(v.tags[TAG_ITERATION]) for v in versions if TAG_ITERATION in v.tags})
+
+
+def _redact(uri: str) -> str:
+    """A URI without its user:password@ part, for messages."""
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+def version_tags(**tags: Any) -> dict[str, str]:
+    """Version tags as MLflow stores them: strings, with empty values dropped."""
+    return {k: str(v) for k, v in tags.items() if v is not None and v != ""}

@@ -1,0 +1,313 @@
+"""Log a checkpoint to MLflow: export it, log a LoggedModel per module at the checkpoint's
+training iteration, register a version, tag it and move the aliases."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rllib_mlflow import registry
+from rllib_mlflow.export import FORMATS, ExportedPolicy, export_checkpoint
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BEST_METRIC = "episode_return_mean"
+# Metric names as Tune flattens RLlib results, and the short names tags use.
+TAGGED_METRICS = {
+    "env_runners/episode_return_mean": "episode_return_mean",
+    "env_runners/num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
+    "num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
+    "episode_return_mean": "episode_return_mean",
+    "evaluation/env_runners/episode_return_mean": "evaluation_episode_return_mean",
+}
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """What to register and how to pick `best`: checked once, before any export work."""
+
+    registered_model_name: str
+    best_metric: str = DEFAULT_BEST_METRIC
+    best_mode: str = "max"
+    formats: tuple[str, ...] = FORMATS
+    log_rllib_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        registry.validate_registered_model_name(self.registered_model_name)
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', not {self.best_mode!r}.")
+
+
+def log_checkpoint(
+    checkpoint,
+    registered_model_name: str,
+    *,
+    training_iteration: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    formats: tuple[str, ...] | list[str] = FORMATS,
+    module_id: str | None = None,
+    trial_id: str | None = None,
+    trial_name: str | None = None,
+    best_metric: str = DEFAULT_BEST_METRIC,
+    best_mode: str = "max",
+    log_rllib_checkpoint: bool = False,
+    verify: bool = True,
+    tracking_uri: str | None = None,
+    metrics_logged: bool = False,
+) -> list:
+    """Export an RLlib checkpoint, log it to MLflow and register one version per module.
+
+    Args:
+        checkpoint: checkpoint directory, URI (s3://...) or ``ray.tune.Checkpoint``.
+        registered_model_name: the registered model. A multi-module checkpoint registers
+            each module as ``<name>-<module_id>``.
+        training_iteration: the LoggedModel's step; default: read from the checkpoint.
+        metrics: the iteration's results (nested or flattened with '/'); numeric values
+            are logged at the step and linked to the LoggedModel.
+        run_id: the run to log into; default: the active run, else a new run.
+        tags: extra version tags.
+        formats: export formats (see `export_checkpoint`).
+        trial_id, trial_name: recorded as version tags; one version per trial, iteration
+            and module, so logging the same checkpoint twice returns the first version.
+        best_metric, best_mode: the `best` alias moves to a version that improves on it.
+        log_rllib_checkpoint: also upload the RLlib checkpoint as run artifacts, so that
+            `download_checkpoint` does not depend on the original storage.
+        metrics_logged: the metrics are already in the run at this step (Tune callback).
+
+    Returns:
+        The registered ``ModelVersion`` of each module.
+    """
+    settings = RegistrationSettings(
+        registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
+    )
+    mlflow_client = registry.client(tracking_uri)
+    registry.check_tracking_server(mlflow_client)
+    flat_metrics = flatten_metrics(metrics or {})
+    run_id, created_run = _resolve_run(mlflow_client, run_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_") as workdir:
+            exported = export_checkpoint(checkpoint, workdir, settings.formats, module_id, verify)
+            return [
+                _log_and_register(
+                    mlflow_client,
+                    policy,
+                    settings,
+                    model_name=_model_name(registered_model_name, policy, len(exported)),
+                    run_id=run_id,
+                    training_iteration=_iteration(training_iteration, policy),
+                    metrics=flat_metrics or flatten_metrics(policy.policy["metrics"]),
+                    metrics_logged=metrics_logged,
+                    trial=(trial_id, trial_name),
+                    checkpoint=checkpoint,
+                    extra_tags=dict(tags or {}),
+                )
+                for policy in exported
+            ]
+    finally:
+        if created_run:
+            mlflow_client.set_terminated(run_id)
+
+
+def flatten_metrics(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a (nested) result dict, keyed 'a/b/c' as Tune flattens them."""
+    import math
+
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, f"{name}/"))
+        elif isinstance(value, bool):
+            continue
+        elif hasattr(value, "__float__"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                flat[name] = number
+    return flat
+
+
+def _log_and_register(
+    mlflow_client,
+    policy: ExportedPolicy,
+    settings: RegistrationSettings,
+    *,
+    model_name: str,
+    run_id: str,
+    training_iteration: int,
+    metrics: dict[str, float],
+    metrics_logged: bool,
+    trial: tuple[str | None, str | None],
+    checkpoint,
+    extra_tags: dict[str, Any],
+):
+    from rllib_mlflow import flavor
+
+    trial_id, trial_name = trial
+    existing = registry.find_versions(
+        mlflow_client,
+        model_name,
+        training_iteration=training_iteration,
+        trial=trial_id,
+        module_id=policy.module_id,
+    )
+    existing = [v for v in existing if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
+    if existing:
+        logger.info(
+            "%s iteration %s is already version %s",
+            model_name,
+            training_iteration,
+            existing[-1].version,
+        )
+        return existing[-1]
+    if not metrics_logged and metrics:
+        _log_metrics(mlflow_client, run_id, metrics, training_iteration)
+    info = flavor.log_model(
+        policy.path,
+        name=_logged_model_name(training_iteration, policy.module_id, trial_name),
+        step=training_iteration,
+        run_id=run_id,
+        tags={"module_id": policy.module_id, "training_iteration": training_iteration},
+    )
+    checkpoint_artifact = (
+        _upload_checkpoint(mlflow_client, run_id, checkpoint, training_iteration)
+        if settings.log_rllib_checkpoint
+        else None
+    )
+    tags = _version_tags(
+        policy, settings, metrics, training_iteration, trial, checkpoint, checkpoint_artifact
+    )
+    tags.update({k: str(v) for k, v in extra_tags.items()})
+    _ensure_registered_model(mlflow_client, model_name)
+    version = mlflow_client.create_model_version(
+        name=model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    registry.set_iteration_alias(mlflow_client, model_name, version)
+    best_value = _metric(metrics, settings.best_metric)
+    moved = registry.update_best_alias(
+        mlflow_client, model_name, version, settings.best_metric, settings.best_mode, best_value
+    )
+    logger.info(
+        "Registered %s version %s (iteration %s%s)",
+        model_name,
+        version.version,
+        training_iteration,
+        ", now @best" if moved else "",
+    )
+    return version
+
+
+def _version_tags(policy, settings, metrics, training_iteration, trial, checkpoint, artifact):
+    from rllib_mlflow import __version__
+    from rllib_mlflow.checkpoint import checkpoint_uri
+
+    meta = policy.policy
+    versions = meta["versions"]
+    tags = registry.version_tags(
+        training_iteration=training_iteration,
+        module_id=policy.module_id,
+        trial_id=trial[0],
+        trial_name=trial[1],
+        algorithm=meta["algorithm"],
+        env_id=meta["env_id"],
+        checkpoint_uri=checkpoint_uri(checkpoint),
+        rllib_checkpoint_artifact=artifact,
+        formats=",".join(policy.formats),
+        parity_max_abs_diff=None
+        if policy.parity is None
+        else f"{policy.parity['max_abs_diff']:.3g}",
+        ray_version=versions.get("ray"),
+        mlflow_version=versions.get("mlflow"),
+        rllib_mlflow_version=__version__,
+        best_metric=settings.best_metric,
+    )
+    for source, short in TAGGED_METRICS.items():
+        if source in metrics:
+            tags[short] = f"{metrics[source]:.6g}"
+    best_value = _metric(metrics, settings.best_metric)
+    if best_value is not None:
+        tags[f"metric.{settings.best_metric}"] = repr(best_value)
+    return tags
+
+
+def _metric(metrics: dict[str, float], name: str) -> float | None:
+    """A metric by full name ('env_runners/episode_return_mean') or by its last part."""
+    if name in metrics:
+        return metrics[name]
+    matches = [v for k, v in metrics.items() if k.rsplit("/", 1)[-1] == name]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(_metric_key(k), v, timestamp, step) for k, v in metrics.items()]
+    for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
+        mlflow_client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+
+def _metric_key(key: str) -> str:
+    import re
+
+    return re.sub(r"[^\w\-. /]", "_", key)
+
+
+def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:
+    from rllib_mlflow.checkpoint import local_checkpoint_dir
+
+    path = f"rllib_checkpoints/checkpoint_{training_iteration:06d}"
+    mlflow_client.log_artifacts(run_id, local_checkpoint_dir(checkpoint), artifact_path=path)
+    return f"runs:/{run_id}/{path}"
+
+
+def _ensure_registered_model(mlflow_client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        try:
+            mlflow_client.create_registered_model(
+                name, description="RLlib policy checkpoints registered by rllib-mlflow."
+            )
+        except MlflowException:
+            mlflow_client.get_registered_model(name)  # created concurrently: fine
+
+
+def _resolve_run(mlflow_client, run_id: str | None) -> tuple[str, bool]:
+    import mlflow
+
+    if run_id:
+        return run_id, False
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.run_id, False
+    experiment_id = mlflow.tracking.fluent._get_experiment_id() or "0"
+    run = mlflow_client.create_run(experiment_id, tags={"mlflow.source.name": "rllib-mlflow"})
+    return run.info.run_id, True
+
+
+def _model_name(base: str, policy: ExportedPolicy, module_count: int) -> str:
+    return base if module_count == 1 else f"{base}-{policy.module_id}"
+
+
+def _iteration(explicit: int | None, policy: ExportedPolicy) -> int:
+    if explicit is not None:
+        return int(explicit)
+    recorded = policy.policy.get("training_iteration")
+    return int(recorded) if recorded is not None else 0
+
+
+def _logged_model_name(iteration: int, module_id: str, trial_name: str | None) -> str:
+    parts = [trial_name, f"iter-{iteration}", None if module_id == "default_policy" else module_id]
+    return "-".join(p for p in parts if p)

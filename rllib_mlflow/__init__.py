@@ -20,7 +20,7 @@ _EXPORTS = {
     "export_checkpoint": "rllib_mlflow.export",
     "ExportedPolicy": "rllib_mlflow.export",
     "FORMATS": "rllib_mlflow.export",
-    "log_checkpoint": "rllib_mlflow.logging",
+    "log_checkpoint": "rllib_mlflow.tracking",
     "load_policy": "rllib_mlflow.registry",
     "find_version": "rllib_mlflow.registry",
     "download_checkpoint": "rllib_mlflow.registry",

@@ -7,10 +7,14 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rllib_mlflow import registry
-from rllib_mlflow.export import FORMATS, ExportedPolicy, export_checkpoint
+from rllib_mlflow.checkpoint import checkpoint_uri as source_uri
+from rllib_mlflow.checkpoint import read_snapshots
+from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
+from rllib_mlflow.snapshot import PolicySnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ def log_checkpoint(
     log_rllib_checkpoint: bool = False,
     verify: bool = True,
     tracking_uri: str | None = None,
+    checkpoint_uri: str | None = None,
     metrics_logged: bool = False,
 ) -> list:
     """Export an RLlib checkpoint, log it to MLflow and register one version per module.
@@ -77,6 +82,8 @@ def log_checkpoint(
         best_metric, best_mode: the `best` alias moves to a version that improves on it.
         log_rllib_checkpoint: also upload the RLlib checkpoint as run artifacts, so that
             `download_checkpoint` does not depend on the original storage.
+        checkpoint_uri: where the checkpoint lives, to record when ``checkpoint`` is a
+            local copy of it (default: ``checkpoint`` itself).
         metrics_logged: the metrics are already in the run at this step (Tune callback).
 
     Returns:
@@ -90,23 +97,26 @@ def log_checkpoint(
     flat_metrics = flatten_metrics(metrics or {})
     run_id, created_run = _resolve_run(mlflow_client, run_id)
     try:
+        snapshots = read_snapshots(checkpoint, module_id)
         with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_") as workdir:
-            exported = export_checkpoint(checkpoint, workdir, settings.formats, module_id, verify)
             return [
                 _log_and_register(
                     mlflow_client,
-                    policy,
+                    snapshot,
                     settings,
-                    model_name=_model_name(registered_model_name, policy, len(exported)),
+                    model_name=_model_name(registered_model_name, snapshot, len(snapshots)),
                     run_id=run_id,
-                    training_iteration=_iteration(training_iteration, policy),
-                    metrics=flat_metrics or flatten_metrics(policy.policy["metrics"]),
+                    training_iteration=_iteration(training_iteration, snapshot),
+                    metrics=flat_metrics or flatten_metrics(snapshot.metrics),
                     metrics_logged=metrics_logged,
                     trial=(trial_id, trial_name),
                     checkpoint=checkpoint,
+                    source_uri=checkpoint_uri or source_uri(checkpoint),
                     extra_tags=dict(tags or {}),
+                    export_dir=Path(workdir, snapshot.module_id),
+                    verify=verify,
                 )
-                for policy in exported
+                for snapshot in snapshots
             ]
     finally:
         if created_run:
@@ -136,7 +146,7 @@ def flatten_metrics(results: Mapping[str, Any], prefix: str = "") -> dict[str, f
 
 def _log_and_register(
     mlflow_client,
-    policy: ExportedPolicy,
+    snapshot: PolicySnapshot,
     settings: RegistrationSettings,
     *,
     model_name: str,
@@ -146,8 +156,12 @@ def _log_and_register(
     metrics_logged: bool,
     trial: tuple[str | None, str | None],
     checkpoint,
+    source_uri: str,
     extra_tags: dict[str, Any],
+    export_dir: Path,
+    verify: bool,
 ):
+    """Register one module's checkpoint unless this trial's iteration already is."""
     from rllib_mlflow import flavor
 
     trial_id, trial_name = trial
@@ -156,7 +170,7 @@ def _log_and_register(
         model_name,
         training_iteration=training_iteration,
         trial=trial_id,
-        module_id=policy.module_id,
+        module_id=snapshot.module_id,
     )
     existing = [v for v in existing if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
     if existing:
@@ -167,6 +181,8 @@ def _log_and_register(
             existing[-1].version,
         )
         return existing[-1]
+    check_supported(snapshot, settings.formats)
+    policy = export_snapshot(snapshot, export_dir, settings.formats, verify)
     if not metrics_logged and metrics:
         _log_metrics(mlflow_client, run_id, metrics, training_iteration)
     info = flavor.log_model(
@@ -204,9 +220,8 @@ def _log_and_register(
     return version
 
 
-def _version_tags(policy, settings, metrics, training_iteration, trial, checkpoint, artifact):
+def _version_tags(policy, settings, metrics, training_iteration, trial, source, artifact):
     from rllib_mlflow import __version__
-    from rllib_mlflow.checkpoint import checkpoint_uri
 
     meta = policy.policy
     versions = meta["versions"]
@@ -217,7 +232,7 @@ def _version_tags(policy, settings, metrics, training_iteration, trial, checkpoi
         trial_name=trial[1],
         algorithm=meta["algorithm"],
         env_id=meta["env_id"],
-        checkpoint_uri=checkpoint_uri(checkpoint),
+        checkpoint_uri=source,
         rllib_checkpoint_artifact=artifact,
         formats=",".join(policy.formats),
         parity_max_abs_diff=None
@@ -297,15 +312,14 @@ def _resolve_run(mlflow_client, run_id: str | None) -> tuple[str, bool]:
     return run.info.run_id, True
 
 
-def _model_name(base: str, policy: ExportedPolicy, module_count: int) -> str:
-    return base if module_count == 1 else f"{base}-{policy.module_id}"
+def _model_name(base: str, snapshot: PolicySnapshot, module_count: int) -> str:
+    return base if module_count == 1 else f"{base}-{snapshot.module_id}"
 
 
-def _iteration(explicit: int | None, policy: ExportedPolicy) -> int:
+def _iteration(explicit: int | None, snapshot: PolicySnapshot) -> int:
     if explicit is not None:
         return int(explicit)
-    recorded = policy.policy.get("training_iteration")
-    return int(recorded) if recorded is not None else 0
+    return int(snapshot.training_iteration or 0)
 
 
 def _logged_model_name(iteration: int, module_id: str, trial_name: str | None) -> str:

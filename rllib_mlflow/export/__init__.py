@@ -78,7 +78,7 @@ def export_checkpoint(
     for target in targets.values():
         _check_target(target, overwrite)
     for snapshot in snapshots:
-        _check_supported(snapshot, formats)
+        check_supported(snapshot, formats)
     return [
         export_snapshot(s, targets[s.module_id], formats, verify, parity_observations)
         for s in snapshots
@@ -181,7 +181,7 @@ def _check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def _check_supported(snapshot: PolicySnapshot, formats: tuple[str, ...]) -> None:
+def check_supported(snapshot: PolicySnapshot, formats: tuple[str, ...]) -> None:
     keras_formats = [f for f in formats if f in ("saved_model", "h5")]
     if snapshot.network is None and keras_formats:
         raise UnsupportedModuleError(

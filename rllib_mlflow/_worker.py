@@ -1,0 +1,150 @@
+"""The registration worker: a child process that exports and registers checkpoints.
+
+A separate process because the Tune driver imported RLlib before TensorFlow (which
+leaves TF in graph mode) and because export work must not compete with the driver. It
+is started with `python -m rllib_mlflow._worker` rather than multiprocessing, so that the
+user's training script is never re-imported. Protocol: one JSON task per line on stdin,
+one JSON reply per line on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rllib_mlflow.errors import RLlibMLflowError, TrackingError
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerProcess:
+    """The driver's handle on the worker: submit tasks, get called back with replies."""
+
+    def __init__(self, on_reply: Callable[[str, dict[str, Any]], None]):
+        self._on_reply = on_reply
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            self._ensure_started()
+
+    def submit(self, key: str, task: dict[str, Any]) -> None:
+        with self._lock:
+            process = self._ensure_started()
+            process.stdin.write(json.dumps({"key": key, "task": task}) + "\n")
+            process.stdin.flush()
+
+    def stop(self) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _ensure_started(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "rllib_mlflow._worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env={
+                    **os.environ,
+                    "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                },
+                start_new_session=True,  # Ctrl-C reaches the driver only; it decides
+            )
+            threading.Thread(target=self._read_replies, args=(self._process,), daemon=True).start()
+        return self._process
+
+    def _read_replies(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            try:
+                reply = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self._on_reply(reply["key"], reply)
+        self._on_reply("", {"worker_exited": process.wait()})
+
+
+def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
+    """Export, log and register one queued checkpoint; retried on transient failures."""
+    from rllib_mlflow.tracking import log_checkpoint
+
+    def attempt():
+        return log_checkpoint(
+            task["checkpoint"],
+            task["registered_model_name"],
+            training_iteration=task["training_iteration"],
+            metrics=task["metrics"],
+            run_id=task["run_id"],
+            trial_id=task["trial_id"],
+            trial_name=task["trial_name"],
+            formats=task["formats"],
+            best_metric=task["best_metric"],
+            best_mode=task["best_mode"],
+            log_rllib_checkpoint=task["log_rllib_checkpoint"],
+            verify=task["verify"],
+            tracking_uri=task.get("tracking_uri"),
+            checkpoint_uri=task["checkpoint_uri"],
+            metrics_logged=task.get("metrics_logged", True),
+        )
+
+    versions = with_retries(attempt, attempts=task.get("retries", 5) + 1)
+    return [{"name": v.name, "version": str(v.version)} for v in versions]
+
+
+def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 1.0) -> Any:
+    """Retry transient failures (server down, network) with exponential backoff.
+
+    Errors of this library other than an unreachable server (a bad checkpoint, an
+    unsupported module, a parity failure) are not transient and are raised at once.
+    """
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except RLlibMLflowError as error:
+            if not isinstance(error, TrackingError):
+                raise
+            last = error
+        except Exception as error:
+            last = error
+        if attempt == attempts - 1:
+            raise last
+        logger.warning("rllib-mlflow: %s; retrying in %.0f s", type(last).__name__, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 60.0)
+    return None
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
+    replies = sys.stdout
+    sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = {"versions": register_task(request["task"])}
+        except Exception as error:
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        replies.write(json.dumps({"key": request["key"], **reply}) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    main()

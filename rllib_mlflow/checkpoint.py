@@ -115,6 +115,15 @@ def read_snapshots(
     ]
 
 
+def read_training_iteration(checkpoint_dir: str) -> int | None:
+    """The training iteration an Algorithm checkpoint recorded, if any."""
+    state = Path(checkpoint_dir) / "algorithm_state.pkl"
+    if not state.exists():
+        return None
+    iteration = _load_pickle(state).get("training_iteration")
+    return None if iteration is None else int(iteration)
+
+
 def restore_rl_module(snapshot: PolicySnapshot):
     """RLlib's torch RLModule for `snapshot`, restored without starting Ray."""
     from ray.rllib.core.rl_module.rl_module import RLModule

@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--no-verify", action="store_true", help="skip the parity check")
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     export.set_defaults(run=_export)
+
+    sync = commands.add_parser(
+        "sync", help="register what a Tune experiment left unregistered (journal and disk)"
+    )
+    sync.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR")
+    sync.add_argument("--name", help="registered model name (default: from the journal)")
+    sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    sync.set_defaults(run=_sync)
     return parser
 
 
@@ -58,6 +66,19 @@ def _export(args: argparse.Namespace) -> int:
         print(f"{policy.module_id}: {policy.path} ({', '.join(policy.formats)}; {summary})")
     print(json.dumps({p.module_id: str(p.path) for p in exported}))
     return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from rllib_mlflow.sync import sync_experiment
+
+    failures = 0
+    for directory in args.experiment_dirs:
+        report = sync_experiment(directory, args.name, tracking_uri=args.tracking_uri)
+        print(f"{directory}: {report.summary()}")
+        for key, error in report.failed.items():
+            print(f"  failed {key}: {error}", file=sys.stderr)
+        failures += len(report.failed)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

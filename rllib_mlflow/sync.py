@@ -1,0 +1,156 @@
+"""`rllib-mlflow sync`: register what a Tune experiment left unregistered.
+
+Two sources: the journal's pending entries (checkpoints the callback queued but could not
+finish, e.g. on Ctrl-C or a crash; their staged copies survive Tune's `num_to_keep`), and
+the checkpoints on disk under each trial directory. Registration is idempotent (one
+version per trial, training iteration and module), so running sync again is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rllib_mlflow import registry
+from rllib_mlflow._worker import register_task
+from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    registered: list[str] = field(default_factory=list)  # "trial/iteration" keys
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        done, failed = len(self.registered), len(self.failed)
+        return f"{done} checkpoint(s) registered or already there, {failed} failed"
+
+
+def sync_experiment(
+    experiment_dir: str,
+    registered_model_name: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    verify: bool = True,
+) -> SyncReport:
+    """Register every pending journal entry and every checkpoint on disk of an experiment."""
+    journal = Journal(experiment_dir)
+    entries = journal.entries()
+    name = registered_model_name or next(
+        (e["registered_model_name"] for e in entries if "registered_model_name" in e), None
+    )
+    if name is None:
+        raise registry.RegistryError(
+            f"{experiment_dir} has no rllib-mlflow journal naming a registered model; pass "
+            "--name NAME to register its checkpoints."
+        )
+    registry.validate_registered_model_name(name)
+    registry.check_tracking_server(registry.client(tracking_uri))
+    tasks = {e["key"]: e for e in journal.pending()}
+    for task in _tasks_on_disk(Path(experiment_dir), entries, name, tracking_uri):
+        tasks.setdefault(task["key"], task)
+    report = SyncReport()
+    for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
+        print(f"rllib-mlflow sync: [{number}/{len(tasks)}] {key}", flush=True)
+        task = {**task, "registered_model_name": name, "tracking_uri": tracking_uri}
+        task["verify"] = verify
+        if not Path(task["checkpoint"]).exists():
+            task["checkpoint"] = task["checkpoint_uri"]  # the staged copy is gone
+        try:
+            versions = register_task(task)
+        except Exception as error:
+            report.failed[key] = f"{type(error).__name__}: {error}"
+            journal.record(FAILED, key, error=report.failed[key])
+            continue
+        journal.record(REGISTERED, key, versions=versions)
+        report.registered.append(key)
+    return report
+
+
+def _tasks_on_disk(
+    experiment: Path, entries: list[dict[str, Any]], name: str, tracking_uri: str | None
+) -> list[dict[str, Any]]:
+    from rllib_mlflow.checkpoint import read_training_iteration
+
+    runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
+    tasks = []
+    for result_file in sorted(experiment.glob("*/result.json")):
+        trial_dir = result_file.parent
+        results = _read_results(result_file)
+        trial_id = next((r["trial_id"] for r in results.values() if "trial_id" in r), None)
+        known = runs.get(trial_id, {})
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        if not checkpoints:
+            continue
+        run_id, run_existed = known.get("run_id"), True
+        if run_id is None:
+            run_id, run_existed = _trial_run(trial_id, trial_dir, experiment, tracking_uri)
+        for checkpoint in checkpoints:
+            iteration = read_training_iteration(str(checkpoint))
+            if iteration is None:
+                continue
+            tasks.append(
+                {
+                    "key": task_key(trial_id, iteration),
+                    "checkpoint": str(checkpoint),
+                    "checkpoint_uri": str(checkpoint.resolve()),
+                    "training_iteration": iteration,
+                    "metrics": _flat(results.get(iteration, {})),
+                    "run_id": run_id,
+                    "trial_id": trial_id,
+                    "trial_name": known.get("trial_name") or trial_dir.name,
+                    "formats": known.get("formats", ["saved_model", "h5", "onnx"]),
+                    "best_metric": known.get("best_metric", "episode_return_mean"),
+                    "best_mode": known.get("best_mode", "max"),
+                    "log_rllib_checkpoint": known.get("log_rllib_checkpoint", False),
+                    "metrics_logged": run_existed,  # the logger put them in the run
+                }
+            )
+    return tasks
+
+
+def _read_results(result_file: Path) -> dict[int, dict[str, Any]]:
+    results = {}
+    for line in result_file.read_text().splitlines():
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "training_iteration" in result:
+            results[int(result["training_iteration"])] = result
+    return results
+
+
+def _flat(result: dict[str, Any]) -> dict[str, float]:
+    from rllib_mlflow.tracking import flatten_metrics
+
+    return flatten_metrics({k: v for k, v in result.items() if k != "config"})
+
+
+def _trial_run(
+    trial_id: str | None, trial_dir: Path, experiment: Path, tracking_uri: str | None
+) -> tuple[str, bool]:
+    """The trial's run from an earlier session (True), else a new run (False)."""
+    from rllib_mlflow.tune import TAG_TRIAL_ID
+
+    mlflow_client = registry.client(tracking_uri)
+    experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+    if trial_id:
+        runs = mlflow_client.search_runs(
+            experiment_ids, f"tags.`{TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
+        )
+        if runs:
+            return runs[0].info.run_id, True
+    found = mlflow_client.get_experiment_by_name(experiment.name)
+    experiment_id = (
+        found.experiment_id if found else mlflow_client.create_experiment(experiment.name)
+    )
+    tags = {TAG_TRIAL_ID: trial_id or "", "trial_name": trial_dir.name}
+    run = mlflow_client.create_run(experiment_id, tags=tags, run_name=trial_dir.name)
+    mlflow_client.set_terminated(run.info.run_id)
+    return run.info.run_id, False

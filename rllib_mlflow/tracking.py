@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,32 +96,47 @@ def log_checkpoint(
     mlflow_client = registry.client(tracking_uri)
     registry.check_tracking_server(mlflow_client)
     flat_metrics = flatten_metrics(metrics or {})
-    run_id, created_run = _resolve_run(mlflow_client, run_id)
-    try:
-        snapshots = read_snapshots(checkpoint, module_id)
-        with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_") as workdir:
-            return [
-                _log_and_register(
-                    mlflow_client,
-                    snapshot,
-                    settings,
-                    model_name=_model_name(registered_model_name, snapshot, len(snapshots)),
-                    run_id=run_id,
-                    training_iteration=_iteration(training_iteration, snapshot),
-                    metrics=flat_metrics or flatten_metrics(snapshot.metrics),
-                    metrics_logged=metrics_logged,
-                    trial=(trial_id, trial_name),
-                    checkpoint=checkpoint,
-                    source_uri=checkpoint_uri or source_uri(checkpoint),
-                    extra_tags=dict(tags or {}),
-                    export_dir=Path(workdir, snapshot.module_id),
-                    verify=verify,
-                )
-                for snapshot in snapshots
-            ]
-    finally:
-        if created_run:
-            mlflow_client.set_terminated(run_id)
+    # Model.log goes through MLflow's fluent API, which knows only the global URI.
+    with _fluent_tracking_uri(tracking_uri):
+        run_id, created_run = _resolve_run(mlflow_client, run_id)
+        try:
+            snapshots = read_snapshots(checkpoint, module_id)
+            with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_") as workdir:
+                return [
+                    _log_and_register(
+                        mlflow_client,
+                        snapshot,
+                        settings,
+                        model_name=_model_name(registered_model_name, snapshot, len(snapshots)),
+                        run_id=run_id,
+                        training_iteration=_iteration(training_iteration, snapshot),
+                        metrics=flat_metrics or flatten_metrics(snapshot.metrics),
+                        metrics_logged=metrics_logged,
+                        trial=(trial_id, trial_name),
+                        checkpoint=checkpoint,
+                        source_uri=checkpoint_uri or source_uri(checkpoint),
+                        extra_tags=dict(tags or {}),
+                        export_dir=Path(workdir, snapshot.module_id),
+                        verify=verify,
+                    )
+                    for snapshot in snapshots
+                ]
+        finally:
+            if created_run:
+                mlflow_client.set_terminated(run_id)
+
+
+@contextmanager
+def _fluent_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
+    """Point MLflow's fluent API at `tracking_uri` meanwhile, so that the run, the
+    LoggedModel and the version all land on the server the caller asked for."""
+    if tracking_uri is None:
+        yield
+        return
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(tracking_uri):
+        yield
 
 
 def flatten_metrics(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -198,7 +214,7 @@ def _log_and_register(
         else None
     )
     tags = _version_tags(
-        policy, settings, metrics, training_iteration, trial, checkpoint, checkpoint_artifact
+        policy, settings, metrics, training_iteration, trial, source_uri, checkpoint_artifact
     )
     tags.update({k: str(v) for k, v in extra_tags.items()})
     _ensure_registered_model(mlflow_client, model_name)

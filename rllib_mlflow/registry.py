@@ -76,6 +76,7 @@ def check_tracking_server(mlflow_client) -> None:
     from mlflow.exceptions import MlflowException
 
     uri = mlflow_client.tracking_uri
+    _probe_http_server(uri)
     try:
         mlflow_client.search_registered_models(max_results=1)
     except MlflowException as error:
@@ -89,6 +90,24 @@ def check_tracking_server(mlflow_client) -> None:
             f"Cannot reach the MLflow tracking server at {_redact(uri)} "
             f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
             "reachable server (unset, MLflow uses sqlite:///mlflow.db in this directory)."
+        ) from error
+
+
+def _probe_http_server(uri: str, timeout: float = 5.0) -> None:
+    """One quick request to an HTTP(S) tracking server: MLflow's own client retries a dead
+    server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with backoff) before failing."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)  # any answer will do
+    except requests.RequestException as error:
+        raise TrackingError(
+            f"Cannot reach the MLflow tracking server at {_redact(uri)} "
+            f"({type(error).__name__} within {timeout:g} s). Start it, or set "
+            "MLFLOW_TRACKING_URI to a reachable server (unset, MLflow uses "
+            "sqlite:///mlflow.db in this directory)."
         ) from error
 
 

@@ -201,10 +201,11 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         result = dict(trial.last_result or {})
         iteration = int(result.get("training_iteration", 0))
         key = task_key(trial.trial_id, iteration)
+        source = checkpoint_uri(checkpoint)
         staged = _stage_checkpoint(checkpoint, journal.path.parent, trial.trial_id, iteration)
         task = {
             "checkpoint": staged,
-            "checkpoint_uri": checkpoint_uri(checkpoint),
+            "checkpoint_uri": source,
             "registered_model_name": self.settings.registered_model_name,
             "training_iteration": iteration,
             "metrics": _result_metrics(result),

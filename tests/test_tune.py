@@ -1,0 +1,258 @@
+"""The Tune callbacks on real Tune sweeps: versions, LoggedModels, aliases, metrics, params,
+Ctrl-C plus `rllib-mlflow sync`, `Tuner.restore`, and bad input that must not stop training."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from rllib_mlflow.errors import RegistryError
+from rllib_mlflow.journal import JOURNAL_FILE
+from tests import tune_job
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(uri: str, name: str = tune_job.MODEL_NAME) -> list:
+    return _client(uri).search_model_versions(f"name = '{name}'", max_results=1000)
+
+
+def _keys(versions) -> list[tuple[str, int]]:
+    return [(v.tags["trial_id"], int(v.tags["training_iteration"])) for v in versions]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    """Two trials, three iterations, a checkpoint each iteration, num_to_keep=1."""
+    root = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{root}/mlflow.db"
+    results = tune_job.run(str(root / "results"), uri, iterations=3, num_to_keep=1)
+    return uri, results, root
+
+
+def test_every_checkpoint_of_every_trial_is_one_version(sweep):
+    uri, results, _ = sweep
+    versions = _versions(uri)
+    trial_ids = {r.metrics["trial_id"] for r in results}
+    assert len(trial_ids) == 2
+    assert sorted(_keys(versions)) == sorted((t, i) for t in trial_ids for i in (1, 2, 3))
+    assert sorted(int(v.version) for v in versions) == list(range(1, 7))  # no gaps
+
+
+def test_versions_carry_tags_and_aliases(sweep):
+    uri, _, _ = sweep
+    client = _client(uri)
+    versions = _versions(uri)
+    for version in versions:
+        tags = version.tags
+        assert tags["algorithm"] == "PPO"
+        assert tags["env_id"] == "CartPole-v1"
+        assert tags["module_id"] == "default_policy"
+        assert tags["formats"] == "saved_model,h5,onnx"
+        assert float(tags["parity_max_abs_diff"]) < 1e-5
+        assert tags["trial_name"].startswith("PPO_CartPole-v1_")
+        assert float(tags["episode_return_mean"]) > 0
+        assert float(tags["num_env_steps_sampled_lifetime"]) == 200 * int(
+            tags["training_iteration"]
+        )
+        assert tags["checkpoint_uri"].endswith(
+            f"checkpoint_{int(tags['training_iteration']) - 1:06d}"
+        )
+        for key in ("ray_version", "mlflow_version", "rllib_mlflow_version"):
+            assert tags[key]
+    aliases = client.get_registered_model(tune_job.MODEL_NAME).aliases
+    assert {"best", "iter-1", "iter-2", "iter-3"} <= set(aliases)
+    best = max(versions, key=lambda v: float(v.tags["metric.episode_return_mean"]))
+    best_value = float(best.tags["metric.episode_return_mean"])
+    holder = client.get_model_version_by_alias(tune_job.MODEL_NAME, "best")
+    assert float(holder.tags["metric.episode_return_mean"]) == best_value
+
+
+def test_each_version_is_a_logged_model_at_its_step_with_metrics(sweep):
+    uri, _, _ = sweep
+    client = _client(uri)
+    for version in _versions(uri):
+        model_id = version.model_id or version.source.removeprefix("models:/")
+        model = client.get_logged_model(model_id)
+        assert model.source_run_id == version.run_id
+        run = client.get_run(version.run_id)
+        steps = {o.model_id: o.step for o in run.outputs.model_outputs}
+        assert steps[model_id] == int(version.tags["training_iteration"])
+        linked = {m.key for m in model.metrics or []}
+        assert "env_runners/episode_return_mean" in linked
+
+
+def test_each_trial_run_has_metrics_per_iteration_and_redacted_params(sweep):
+    uri, results, _ = sweep
+    client = _client(uri)
+    run_ids = {v.run_id for v in _versions(uri)}
+    assert len(run_ids) == 2
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run_id, "env_runners/episode_return_mean")
+        assert sorted({m.step for m in history}) == [1, 2, 3]
+        params = run.data.params
+        assert params["learner_config_dict/api_token"] == "***"
+        assert "hunter2-secret" not in json.dumps(params)
+        assert params["learner_config_dict/level"] == "1"
+        assert params["lr"] in ("0.001", "0.0003")
+
+
+def test_plain_training_loop_registers_with_log_checkpoint(ray_session, tmp_path):
+    """Without Tune: `algo.train()`, `algo.save()`, `log_checkpoint(...)`."""
+    from rllib_mlflow import log_checkpoint
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    algo = tune_job.ppo_config(learning_rates=(1e-3,)).training(lr=1e-3).build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+            path = algo.save(
+                str(tmp_path / f"checkpoint_{result['training_iteration']}")
+            ).checkpoint
+            log_checkpoint(path, "plain-loop", metrics=result, tracking_uri=uri)
+    finally:
+        algo.stop()
+    versions = _versions(uri, "plain-loop")
+    assert sorted(int(v.tags["training_iteration"]) for v in versions) == [1, 2]
+    holder = _client(uri).get_model_version_by_alias("plain-loop", "iter-2")
+    assert holder.tags["training_iteration"] == "2"
+
+
+def test_invalid_model_name_is_refused_at_construction():
+    from rllib_mlflow import MLflowCheckpointCallback
+
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match="Invalid registered model name"):
+        MLflowCheckpointCallback("team/model")
+    with pytest.raises(ValueError, match="best_mode"):
+        MLflowCheckpointCallback("fine-name", best_mode="highest")
+    assert time.monotonic() - started < 1
+
+
+def test_unknown_best_metric_warns_and_training_goes_on(ray_session, tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with caplog.at_level(logging.WARNING, logger="rllib_mlflow.tune"):
+        results = tune_job.run(
+            str(tmp_path / "results"),
+            uri,
+            iterations=2,
+            learning_rates=(1e-3,),
+            callback_kwargs={"best_metric": "episode_reward_mean"},
+        )
+    assert not results.errors
+    assert "best_metric 'episode_reward_mean' is not in the trial results" in caplog.text
+    assert len(_versions(uri)) == 2
+    assert "best" not in _client(uri).get_registered_model(tune_job.MODEL_NAME).aliases
+
+
+# -- Ctrl-C, sync and restore, in a subprocess ---------------------------------------------
+
+
+def _start_job(storage: Path, uri: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.tune_job", "--storage", str(storage)]
+        + ["--tracking-uri", uri, "--iterations", "8", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _interrupt_after_checkpoints(process: subprocess.Popen, journal: Path, count: int) -> str:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and journal.read_text().count('"event": "queued"') >= count:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the job ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    return output
+
+
+def _persisted_checkpoints(experiment: Path) -> set[tuple[str, int]]:
+    from rllib_mlflow.checkpoint import read_training_iteration
+
+    found = set()
+    for result in experiment.glob("*/result.json"):
+        trial_id = json.loads(result.read_text().splitlines()[0])["trial_id"]
+        for checkpoint in result.parent.glob("checkpoint_*"):
+            found.add((trial_id, read_training_iteration(str(checkpoint))))
+    return found
+
+
+def _run_sync(experiment: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/rllib-mlflow"), "sync", str(experiment), "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupted")
+    uri = f"sqlite:///{root}/mlflow.db"
+    experiment = root / "results" / tune_job.EXPERIMENT
+    process = _start_job(root / "results", uri)
+    output = _interrupt_after_checkpoints(process, experiment / JOURNAL_FILE, count=3)
+    return root, uri, experiment, output
+
+
+def test_sigint_then_sync_registers_every_persisted_checkpoint_once(interrupted):
+    _, uri, experiment, output = interrupted
+    assert "rllib-mlflow" in output or _versions(uri), output[-3000:]
+    persisted = _persisted_checkpoints(experiment)
+    assert len(persisted) >= 3
+    sync = _run_sync(experiment, uri)
+    assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-3000:]
+    keys = _keys(_versions(uri))
+    assert set(keys) == persisted
+    assert len(keys) == len(set(keys)), collections.Counter(keys)
+    again = _run_sync(experiment, uri)  # idempotent
+    assert again.returncode == 0
+    assert sorted(_keys(_versions(uri))) == sorted(keys)
+
+
+def test_restore_continues_without_duplicate_versions(interrupted):
+    root, uri, experiment, _ = interrupted
+    before = _client(uri).search_runs(
+        [e.experiment_id for e in _client(uri).search_experiments()], max_results=100
+    )
+    process = _start_job(root / "results", uri, "--restore")
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-4000:]
+    keys = _keys(_versions(uri))
+    assert len(keys) == len(set(keys)), collections.Counter(keys)
+    iterations = collections.defaultdict(set)
+    for trial_id, iteration in keys:
+        iterations[trial_id].add(iteration)
+    assert len(iterations) == 2
+    for trial_iterations in iterations.values():
+        assert max(trial_iterations) == 8  # the restored trials finished their 8 iterations
+    after = _client(uri).search_runs(
+        [e.experiment_id for e in _client(uri).search_experiments()], max_results=100
+    )
+    assert {r.info.run_id for r in after} == {r.info.run_id for r in before}  # runs continued

@@ -110,6 +110,18 @@ def log_model(
     """Log an exported policy as a LoggedModel of a run at `step` (and optionally register)."""
     import rllib_mlflow.flavor as flavor_module
 
+    if run_id is not None and kwargs.get("model_id") is None:
+        # Model.log would file the LoggedModel under the active experiment (by default the
+        # Default one), not the run's: create it in the run's experiment ourselves.
+        client = mlflow.MlflowClient()
+        run = client.get_run(run_id)
+        kwargs["model_id"] = client.create_logged_model(
+            experiment_id=run.info.experiment_id,
+            name=name,
+            source_run_id=run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            params={**run.data.params, **{k: str(v) for k, v in (params or {}).items()}},
+        ).model_id
     return Model.log(
         artifact_path=None,
         name=name,

@@ -1,0 +1,172 @@
+"""Real MLflow processes for the tests: a tracking server and `mlflow models serve`.
+
+`mlflow_server` (session fixture) starts ``mlflow server`` with a SQLite backend store and a
+local artifact root on 127.0.0.1 at a free port, and stops it at the end of the session.
+Test modules import the fixture (``from tests.mlflow_server import mlflow_server``) and
+pass ``tracking_uri=mlflow_server.uri`` explicitly, so nothing depends on the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The test environment with the venv's bin first on PATH (for uvicorn, mlflow)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """A started server: its URL, process and log file."""
+
+    uri: str
+    process: subprocess.Popen
+    log: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # The server runs in its own session: stop it and its workers together.
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+def start_process(
+    command: Sequence[str], url: str, ready_path: str, log: Path, *, env=None, timeout=120.0
+) -> ServerProcess:
+    """Start `command` in its own process group and wait until GET url+ready_path is 200."""
+    stream = open(log, "wb")  # noqa: SIM115 (closed with the process)
+    process = subprocess.Popen(
+        list(command),
+        stdout=stream,
+        stderr=subprocess.STDOUT,
+        env=env or subprocess_env(),
+        start_new_session=True,
+    )
+    stream.close()
+    server = ServerProcess(url, process, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{command[0]} exited with {process.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(url + ready_path, timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"{command[0]} not ready after {timeout} s:\n{server.log_tail()}")
+
+
+def start_tracking_server(root: Path) -> ServerProcess:
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    command = [
+        os.path.join(VENV_BIN, "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return start_process(command, f"http://127.0.0.1:{port}", "/health", root / "server.log")
+
+
+def start_model_server(
+    model_uri: str,
+    tracking_uri: str,
+    log: Path,
+    *,
+    mlflow_executable: str | None = None,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`mlflow models serve -m model_uri --env-manager local` on a free port."""
+    port = free_port()
+    command = [
+        mlflow_executable or os.path.join(VENV_BIN, "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = dict(env or subprocess_env())
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return start_process(command, f"http://127.0.0.1:{port}", "/ping", log, env=env, timeout=180)
+
+
+def post_json(url: str, payload: Any, timeout: float = 60) -> tuple[int, Any]:
+    """POST JSON; returns (status, decoded body) for successes and HTTP errors alike."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body)
+        except ValueError:
+            return error.code, body.decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real `mlflow server` (SQLite + local artifacts) for the whole session."""
+    server = start_tracking_server(tmp_path_factory.mktemp("mlflow_server"))
+    try:
+        yield server
+    finally:
+        server.stop()

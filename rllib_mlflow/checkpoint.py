@@ -385,11 +385,14 @@ def _input_shape(obs_space, flatten: bool) -> tuple[int, ...]:
 
 
 def _raw_observation_space(algorithm: dict, flatten: bool, module_space):
-    # With FlattenObservations the module sees a flat Box; the raw space is the env's,
-    # which a single-agent pipeline records as its input space.
-    multi_agent = "AgentToModuleMapping" in dict(algorithm["env_to_module"])
+    # Connectors change the space the module sees: FlattenObservations makes it a flat Box,
+    # MeanStdFilter a Box(-clip, clip). The raw space is the env's, which a single-agent
+    # pipeline records as its input space.
+    names = dict(algorithm["env_to_module"])
+    multi_agent = "AgentToModuleMapping" in names
+    changed = flatten or "MeanStdFilter" in names
     env_space = algorithm.get("env_observation_space")
-    return env_space if flatten and env_space is not None and not multi_agent else module_space
+    return env_space if changed and env_space is not None and not multi_agent else module_space
 
 
 def _mean_std_filter(algorithm: dict, module_id: str, input_shape) -> MeanStdFilter | None:

@@ -156,11 +156,23 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version()}
-    for package in ("rllib-mlflow", "ray", "torch", "tensorflow", "keras", "onnx", "mlflow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
+    # TensorFlow is installed as "tensorflow" or "tensorflow-cpu"; report either as tensorflow.
+    packages = {
+        "rllib-mlflow": ("rllib-mlflow",),
+        "ray": ("ray",),
+        "torch": ("torch",),
+        "tensorflow": ("tensorflow", "tensorflow-cpu"),
+        "keras": ("keras",),
+        "onnx": ("onnx",),
+        "mlflow": ("mlflow",),
+    }
+    for name, distributions in packages.items():
+        for distribution in distributions:
+            try:
+                versions[name] = version(distribution)
+                break
+            except PackageNotFoundError:
+                continue
     return versions
 
 

@@ -65,7 +65,14 @@ class ServerProcess:
 
 
 def start_process(
-    command: Sequence[str], url: str, ready_path: str, log: Path, *, env=None, timeout=120.0
+    command: Sequence[str],
+    url: str,
+    ready_path: str,
+    log: Path,
+    *,
+    env=None,
+    cwd=None,
+    timeout=120.0,
 ) -> ServerProcess:
     """Start `command` in its own process group and wait until GET url+ready_path is 200."""
     stream = open(log, "wb")  # noqa: SIM115 (closed with the process)
@@ -74,6 +81,7 @@ def start_process(
         stdout=stream,
         stderr=subprocess.STDOUT,
         env=env or subprocess_env(),
+        cwd=cwd,
         start_new_session=True,
     )
     stream.close()
@@ -123,7 +131,8 @@ def start_model_server(
     mlflow_executable: str | None = None,
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """`mlflow models serve -m model_uri --env-manager local` on a free port."""
+    """`mlflow models serve -m model_uri --env-manager local` on a free port, run from the
+    log's directory (uvicorn puts its working directory on sys.path)."""
     port = free_port()
     command = [
         mlflow_executable or os.path.join(VENV_BIN, "mlflow"),
@@ -142,7 +151,8 @@ def start_model_server(
     ]
     env = dict(env or subprocess_env())
     env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return start_process(command, f"http://127.0.0.1:{port}", "/ping", log, env=env, timeout=180)
+    url = f"http://127.0.0.1:{port}"
+    return start_process(command, url, "/ping", log, env=env, cwd=log.parent, timeout=180)
 
 
 def post_json(url: str, payload: Any, timeout: float = 60) -> tuple[int, Any]:

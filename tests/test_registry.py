@@ -20,6 +20,7 @@ import pytest
 
 from rllib_mlflow.errors import RegistryError, TrackingError
 from tests.mlflow_server import free_port, mlflow_server, subprocess_env  # noqa: F401
+from tests.policies import cartpole_observations, rllib_actions
 
 pytestmark = pytest.mark.slow
 
@@ -27,28 +28,6 @@ NAME = "cartpole-ppo"
 MULTI_NAME = "two-cartpoles"
 RETURNS = {1: 20.0, 2: 30.0, 3: 25.0}  # iteration -> episode_return_mean
 STEPS_PER_ITERATION = 200
-
-
-def cartpole_observations(count: int = 64, seed: int = 0) -> np.ndarray:
-    """Observations from real CartPole episodes (random actions, seeded)."""
-    import gymnasium as gym
-
-    env = gym.make("CartPole-v1")
-    rng = np.random.default_rng(seed)
-    observations, (obs, _) = [], env.reset(seed=seed)
-    while len(observations) < count:
-        observations.append(obs)
-        obs, _, terminated, truncated, _ = env.step(int(rng.integers(2)))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    return np.asarray(observations, dtype=np.float32)
-
-
-def rllib_actions(checkpoint_path: str, observations: np.ndarray) -> np.ndarray:
-    from rllib_mlflow.checkpoint import read_snapshots, rllib_reference
-
-    (snapshot,) = read_snapshots(checkpoint_path)
-    return np.asarray(rllib_reference(snapshot)(observations)[0])
 
 
 def metrics_at(iteration: int) -> dict:

@@ -104,7 +104,18 @@ def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
         )
 
     versions = with_retries(attempt, attempts=task.get("retries", 5) + 1)
+    if task.get("keep_last") is not None or task.get("keep_best") is not None:
+        _apply_retention(task, {v.name for v in versions})
     return [{"name": v.name, "version": str(v.version)} for v in versions]
+
+
+def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
+    from rllib_mlflow import registry
+    from rllib_mlflow.retention import prune
+
+    mlflow_client = registry.client(task.get("tracking_uri"))
+    for name in sorted(names):
+        prune(mlflow_client, name, task.get("keep_last"), task.get("keep_best"))
 
 
 def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 1.0) -> Any:

@@ -46,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--name", help="registered model name (default: from the journal)")
     sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     sync.set_defaults(run=_sync)
+
+    versions = commands.add_parser("versions", help="list the versions of a registered model")
+    versions.add_argument("name")
+    versions.add_argument("--json", action="store_true", help="machine-readable output")
+    versions.add_argument("--tracking-uri")
+    versions.set_defaults(run=_versions)
+
+    prune = commands.add_parser("prune", help="delete versions outside a retention policy")
+    prune.add_argument("name")
+    prune.add_argument("--keep-last", type=int, help="keep the N highest training iterations")
+    prune.add_argument("--keep-best", type=int, help="keep the K best by the best metric")
+    prune.add_argument("--delete-artifacts", action="store_true", help="delete their files too")
+    prune.add_argument("--dry-run", action="store_true", help="only print what would go")
+    prune.add_argument("--tracking-uri")
+    prune.set_defaults(run=_prune)
     return parser
 
 
@@ -79,6 +94,45 @@ def _sync(args: argparse.Namespace) -> int:
             print(f"  failed {key}: {error}", file=sys.stderr)
         failures += len(report.failed)
     return 1 if failures else 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from rllib_mlflow import registry
+
+    mlflow_client = registry.client(args.tracking_uri)
+    rows = registry.version_rows(mlflow_client, args.name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ["version", "aliases", "trial", "iteration", "env_steps", "return", "eval_return"]
+    columns += ["formats", "created"]
+    table = [[str(row[c] if row[c] is not None else "") for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from rllib_mlflow import registry
+    from rllib_mlflow.retention import prune
+
+    plan = prune(
+        registry.client(args.tracking_uri),
+        args.name,
+        args.keep_last,
+        args.keep_best,
+        delete_artifacts=args.delete_artifacts,
+        dry_run=args.dry_run,
+    )
+    verb = "would delete" if args.dry_run else "deleted"
+    for version in plan.delete:
+        iteration = version.tags.get("training_iteration", "?")
+        print(f"{verb} version {version.version} (iteration {iteration})")
+    for version in plan.keep:
+        print(f"kept version {version.version} ({plan.reasons[str(version.version)]})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -258,6 +258,7 @@ def _version_tags(policy, settings, metrics, training_iteration, trial, source, 
         mlflow_version=versions.get("mlflow"),
         rllib_mlflow_version=__version__,
         best_metric=settings.best_metric,
+        best_mode=settings.best_mode,
     )
     for source, short in TAGGED_METRICS.items():
         if source in metrics:

@@ -153,6 +153,10 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     At the end of the experiment (and on Ctrl-C) it waits up to ``flush_timeout_s`` for
     the queued checkpoints, showing progress; whatever is left is in the journal in the
     experiment directory, for ``rllib-mlflow sync EXPERIMENT_DIR``.
+
+    With ``keep_last`` / ``keep_best``, versions outside that retention policy are deleted
+    after each registration (see `rllib_mlflow.retention`); versions holding ``best`` or
+    any alias a person set are never deleted.
     """
 
     def __init__(
@@ -167,6 +171,8 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         verify: bool = True,
         flush_timeout_s: float = 600.0,
         retries: int = 5,
+        keep_last: int | None = None,
+        keep_best: int | None = None,
         **logger_kwargs: Any,
     ):
         super().__init__(tracking_uri, **logger_kwargs)
@@ -174,6 +180,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
         )
         self.verify = verify
+        self.retention = {"keep_last": keep_last, "keep_best": keep_best}
         self.flush_timeout_s = flush_timeout_s
         self.retries = retries
         self._best_metric_seen: bool | None = None
@@ -218,6 +225,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             "log_rllib_checkpoint": self.settings.log_rllib_checkpoint,
             "verify": self.verify,
             "retries": self.retries,
+            **self.retention,
         }
         # The journal never holds the tracking URI: it may carry credentials.
         journal.record(QUEUED, key, **task)

@@ -92,7 +92,7 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    run(
+    results = run(
         args.storage,
         args.tracking_uri,
         args.iterations,
@@ -101,6 +101,8 @@ def main() -> None:
         seconds_per_iteration=args.seconds_per_iteration,
     )
     ray.shutdown()
+    if results.errors:
+        raise SystemExit(f"trials failed: {results.errors}")
 
 
 if __name__ == "__main__":

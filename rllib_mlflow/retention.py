@@ -1,0 +1,115 @@
+"""Which registered versions to keep, and deleting the rest.
+
+A version is kept when it is among the `keep_last` highest training iterations, among the
+`keep_best` best by the model's best metric, or holds an alias a person or a tool set
+(`best`, `eval-best`, anything but the per-iteration `iter-N` aliases, which go with their
+version). Everything else is deleted from the registry, and optionally its artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from rllib_mlflow import registry
+
+logger = logging.getLogger(__name__)
+
+_ITERATION_ALIAS = re.compile(r"^iter-\d+$")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    keep: list  # ModelVersion
+    delete: list  # ModelVersion
+    reasons: dict[str, str]  # version -> why it is kept
+
+
+def plan_prune(
+    mlflow_client, name: str, keep_last: int | None = None, keep_best: int | None = None
+) -> PrunePlan:
+    """Decide, without changing anything, which versions of `name` a prune deletes."""
+    if keep_last is None and keep_best is None:
+        raise ValueError("Say what to keep: keep_last=N and/or keep_best=K.")
+    for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
+        if value is not None and value < 0:
+            raise ValueError(f"{label} must be >= 0, not {value}.")
+    versions = registry.find_versions(mlflow_client, name)
+    aliases = _aliases(mlflow_client, name)
+    reasons: dict[str, str] = {}
+    for version in versions:
+        protected = [
+            a for a in aliases.get(str(version.version), []) if not _ITERATION_ALIAS.match(a)
+        ]
+        if protected:
+            reasons[str(version.version)] = f"alias {', '.join(sorted(protected))}"
+    if keep_last:
+        by_iteration = sorted(versions, key=_iteration_order, reverse=True)
+        for version in by_iteration[:keep_last]:
+            reasons.setdefault(str(version.version), f"among the last {keep_last}")
+    if keep_best:
+        scored = [v for v in versions if _score(v) is not None]
+        mode = _mode(versions)
+        scored.sort(key=_score, reverse=(mode == "max"))
+        for version in scored[:keep_best]:
+            reasons.setdefault(str(version.version), f"among the best {keep_best}")
+    keep = [v for v in versions if str(v.version) in reasons]
+    delete = [v for v in versions if str(v.version) not in reasons]
+    return PrunePlan(keep, delete, reasons)
+
+
+def prune(
+    mlflow_client,
+    name: str,
+    keep_last: int | None = None,
+    keep_best: int | None = None,
+    *,
+    delete_artifacts: bool = False,
+    dry_run: bool = False,
+) -> PrunePlan:
+    """Delete the versions outside the retention policy (nothing, with `dry_run`)."""
+    plan = plan_prune(mlflow_client, name, keep_last, keep_best)
+    if dry_run:
+        return plan
+    for version in plan.delete:
+        mlflow_client.delete_model_version(name, str(version.version))
+        if delete_artifacts:
+            _delete_logged_model(mlflow_client, version)
+        logger.info("Deleted %s version %s", name, version.version)
+    return plan
+
+
+def _aliases(mlflow_client, name: str) -> dict[str, list[str]]:
+    by_version: dict[str, list[str]] = {}
+    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    return by_version
+
+
+def _iteration_order(version) -> tuple[int, int]:
+    return int(version.tags.get(registry.TAG_ITERATION, -1)), int(version.version)
+
+
+def _score(version) -> float | None:
+    metric = version.tags.get(registry.TAG_BEST_METRIC)
+    value = version.tags.get(f"metric.{metric}") if metric else None
+    return None if value is None else float(value)
+
+
+def _mode(versions) -> str:
+    modes = {v.tags.get("best_mode", "max") for v in versions}
+    return "min" if modes == {"min"} else "max"
+
+
+def _delete_logged_model(mlflow_client, version) -> None:
+    """Delete the version's LoggedModel and its files (MLflow alone only soft-deletes)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    model_id = getattr(version, "model_id", None) or version.source.removeprefix("models:/")
+    try:
+        location = mlflow_client.get_logged_model(model_id).artifact_location
+        get_artifact_repository(location).delete_artifacts()
+        mlflow_client.delete_logged_model(model_id)
+    except Exception as error:  # the registry entry is gone; say what is left behind
+        logger.warning("Could not delete the artifacts of model %s: %s", model_id, error)

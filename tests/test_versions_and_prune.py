@@ -1,0 +1,84 @@
+"""`rllib-mlflow versions` and retention (`prune`, the callback's keep_last/keep_best) on
+versions registered from a really trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from rllib_mlflow import log_checkpoint
+from rllib_mlflow.retention import plan_prune
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(__file__).resolve().parents[1] / ".venv/bin/rllib-mlflow")
+RETURNS = {1: 10.0, 2: 50.0, 3: 20.0, 4: 40.0, 5: 30.0, 6: 5.0}
+
+
+def _register_six(checkpoint: str, uri: str, name: str) -> MlflowClient:
+    for iteration, value in RETURNS.items():
+        log_checkpoint(
+            checkpoint,
+            name,
+            training_iteration=iteration,
+            metrics={"env_runners": {"episode_return_mean": value}},
+            formats=["onnx"],
+            tracking_uri=uri,
+        )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias(name, "prod", "1")  # set by a person: never pruned
+    return client
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture
+def registered(trained_checkpoint, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = _register_six(trained_checkpoint("ppo_cartpole").path, uri, "prune-me")
+    return uri, client
+
+
+def test_versions_lists_iterations_returns_and_aliases(registered):
+    uri, _ = registered
+    listed = _cli("versions", "prune-me", "--tracking-uri", uri, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["return"] for r in rows] == list(RETURNS.values())
+    assert "best" in rows[1]["aliases"] and "prod" in rows[0]["aliases"]
+    assert all(r["formats"] == "onnx" for r in rows)
+    table = _cli("versions", "prune-me", "--tracking-uri", uri)
+    assert table.stdout.splitlines()[0].split()[:4] == ["version", "aliases", "trial", "iteration"]
+    assert len(table.stdout.splitlines()) == 7
+
+
+def test_prune_keeps_last_best_and_aliased_versions(registered):
+    uri, client = registered
+    plan = plan_prune(client, "prune-me", keep_last=2, keep_best=1)
+    kept = {int(v.tags["training_iteration"]) for v in plan.keep}
+    assert kept == {1, 2, 5, 6}  # prod alias, best (50), the last two
+    dry = _cli(
+        "prune", "prune-me", "--keep-last", "2", "--keep-best", "1", "--dry-run",
+        "--tracking-uri", uri,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "would delete version 3" in dry.stdout and "would delete version 4" in dry.stdout
+    assert len(client.search_model_versions("name = 'prune-me'")) == 6  # dry run: untouched
+    real = _cli(
+        "prune", "prune-me", "--keep-last", "2", "--keep-best", "1", "--delete-artifacts",
+        "--tracking-uri", uri,
+    )  # fmt: skip
+    assert real.returncode == 0, real.stderr
+    remaining = {int(v.version) for v in client.search_model_versions("name = 'prune-me'")}
+    assert remaining == {1, 2, 5, 6}
+    aliases = client.get_registered_model("prune-me").aliases
+    assert aliases["best"] in ("2", 2) and aliases["prod"] in ("1", 1)
+    assert "iter-3" not in aliases and "iter-4" not in aliases

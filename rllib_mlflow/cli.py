@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     sync.set_defaults(run=_sync)
 
+    register = commands.add_parser(
+        "register", help="backfill: register the checkpoints of an experiment, trial or checkpoint"
+    )
+    register.add_argument("path", help="experiment directory, trial directory or checkpoint")
+    register.add_argument("--name", required=True, help="registered model name")
+    register.add_argument("--tracking-uri")
+    register.set_defaults(run=_register)
+
     versions = commands.add_parser("versions", help="list the versions of a registered model")
     versions.add_argument("name")
     versions.add_argument("--json", action="store_true", help="machine-readable output")
@@ -94,6 +102,16 @@ def _sync(args: argparse.Namespace) -> int:
             print(f"  failed {key}: {error}", file=sys.stderr)
         failures += len(report.failed)
     return 1 if failures else 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from rllib_mlflow.sync import register_path
+
+    report = register_path(args.path, args.name, tracking_uri=args.tracking_uri)
+    print(f"{args.path}: {report.summary()}")
+    for key, error in report.failed.items():
+        print(f"  failed {key}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _versions(args: argparse.Namespace) -> int:

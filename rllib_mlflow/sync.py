@@ -52,11 +52,54 @@ def sync_experiment(
     registry.validate_registered_model_name(name)
     registry.check_tracking_server(registry.client(tracking_uri))
     tasks = {e["key"]: e for e in journal.pending()}
-    for task in _tasks_on_disk(Path(experiment_dir), entries, name, tracking_uri):
+    for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri):
         tasks.setdefault(task["key"], task)
+    return _register_all(tasks, name, tracking_uri, verify, journal)
+
+
+def register_path(
+    path: str,
+    registered_model_name: str,
+    *,
+    tracking_uri: str | None = None,
+    verify: bool = True,
+) -> SyncReport:
+    """Backfill: register the checkpoints of an experiment dir, a trial dir or one checkpoint.
+
+    Iterations and metrics come from each trial's result.json; runs are the trials' runs
+    when the callback logged them, else new runs in an experiment named after the
+    directory. Idempotent with what the callback registers.
+    """
+    registry.validate_registered_model_name(registered_model_name)
+    registry.check_tracking_server(registry.client(tracking_uri))
+    root = Path(path)
+    if not root.is_dir():
+        raise registry.RegistryError(
+            f"{path} is not a directory: pass an experiment directory, "
+            "a trial directory or a checkpoint directory."
+        )
+    if (root / "rllib_checkpoint.json").exists():  # one checkpoint inside a trial directory
+        experiment = root.parent.parent
+        tasks = _trial_tasks(root.parent, experiment.name, {}, tracking_uri, [root])
+    elif (root / "result.json").exists():  # one trial
+        tasks = _trial_tasks(root, root.parent.name, {}, tracking_uri)
+    else:
+        tasks = _tasks_on_disk(root, Journal(root).entries(), tracking_uri)
+    if not tasks:
+        raise registry.RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
+    return _register_all({t["key"]: t for t in tasks}, registered_model_name, tracking_uri, verify)
+
+
+def _register_all(
+    tasks: dict[str, dict[str, Any]],
+    name: str,
+    tracking_uri: str | None,
+    verify: bool,
+    journal: Journal | None = None,
+) -> SyncReport:
     report = SyncReport()
     for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
-        print(f"rllib-mlflow sync: [{number}/{len(tasks)}] {key}", flush=True)
+        print(f"rllib-mlflow: [{number}/{len(tasks)}] registering {key}", flush=True)
         task = {**task, "registered_model_name": name, "tracking_uri": tracking_uri}
         task["verify"] = verify
         if not Path(task["checkpoint"]).exists():
@@ -65,53 +108,78 @@ def sync_experiment(
             versions = register_task(task)
         except Exception as error:
             report.failed[key] = f"{type(error).__name__}: {error}"
-            journal.record(FAILED, key, error=report.failed[key])
+            if journal is not None:
+                journal.record(FAILED, key, error=report.failed[key])
             continue
-        journal.record(REGISTERED, key, versions=versions)
+        if journal is not None:
+            journal.record(REGISTERED, key, versions=versions)
         report.registered.append(key)
     return report
 
 
 def _tasks_on_disk(
-    experiment: Path, entries: list[dict[str, Any]], name: str, tracking_uri: str | None
+    experiment: Path, entries: list[dict[str, Any]], tracking_uri: str | None
 ) -> list[dict[str, Any]]:
-    from rllib_mlflow.checkpoint import read_training_iteration
-
+    """A task per checkpoint of each trial directory of `experiment`."""
     runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
     tasks = []
     for result_file in sorted(experiment.glob("*/result.json")):
-        trial_dir = result_file.parent
-        results = _read_results(result_file)
-        trial_id = next((r["trial_id"] for r in results.values() if "trial_id" in r), None)
-        known = runs.get(trial_id, {})
-        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
-        if not checkpoints:
-            continue
-        run_id, run_existed = known.get("run_id"), True
-        if run_id is None:
-            run_id, run_existed = _trial_run(trial_id, trial_dir, experiment, tracking_uri)
-        for checkpoint in checkpoints:
-            iteration = read_training_iteration(str(checkpoint))
-            if iteration is None:
-                continue
-            tasks.append(
-                {
-                    "key": task_key(trial_id, iteration),
-                    "checkpoint": str(checkpoint),
-                    "checkpoint_uri": str(checkpoint.resolve()),
-                    "training_iteration": iteration,
-                    "metrics": _flat(results.get(iteration, {})),
-                    "run_id": run_id,
-                    "trial_id": trial_id,
-                    "trial_name": known.get("trial_name") or trial_dir.name,
-                    "formats": known.get("formats", ["saved_model", "h5", "onnx"]),
-                    "best_metric": known.get("best_metric", "episode_return_mean"),
-                    "best_mode": known.get("best_mode", "max"),
-                    "log_rllib_checkpoint": known.get("log_rllib_checkpoint", False),
-                    "metrics_logged": run_existed,  # the logger put them in the run
-                }
-            )
+        tasks += _trial_tasks(result_file.parent, experiment.name, runs, tracking_uri)
     return tasks
+
+
+def _trial_tasks(
+    trial_dir: Path,
+    experiment_name: str,
+    runs: dict[str, dict[str, Any]],
+    tracking_uri: str | None,
+    checkpoints: list[Path] | None = None,
+) -> list[dict[str, Any]]:
+    """A task per checkpoint of one Tune trial directory, with metrics from result.json."""
+    from rllib_mlflow.checkpoint import read_training_iteration
+
+    results = (
+        _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}
+    )
+    trial_id = next((r["trial_id"] for r in results.values() if "trial_id" in r), None)
+    checkpoints = sorted(trial_dir.glob("checkpoint_*")) if checkpoints is None else checkpoints
+    if not checkpoints:
+        return []
+    known = runs.get(trial_id, {})
+    run_id, run_existed = known.get("run_id"), True
+    if run_id is None:
+        run_id, run_existed = _trial_run(trial_id, trial_dir, experiment_name, tracking_uri)
+    tasks = []
+    for checkpoint in checkpoints:
+        iteration = read_training_iteration(str(checkpoint))
+        if iteration is None:
+            continue
+        tasks.append(
+            {
+                "key": task_key(trial_id, iteration),
+                "checkpoint": str(checkpoint),
+                "checkpoint_uri": str(checkpoint.resolve()),
+                "training_iteration": iteration,
+                "metrics": _flat(results.get(iteration, {})),
+                "run_id": run_id,
+                "trial_id": trial_id,
+                "trial_name": known.get("trial_name") or _trial_name(trial_dir.name, trial_id),
+                "formats": known.get("formats", ["saved_model", "h5", "onnx"]),
+                "best_metric": known.get("best_metric", "episode_return_mean"),
+                "best_mode": known.get("best_mode", "max"),
+                "log_rllib_checkpoint": known.get("log_rllib_checkpoint", False),
+                "metrics_logged": run_existed,  # the logger put them in the run
+            }
+        )
+    return tasks
+
+
+def _trial_name(directory_name: str, trial_id: str | None) -> str:
+    # Tune names trial dirs "<trainable>_<env>_<trial id>_<index>_<params>_<date>"; the
+    # callback records str(trial), the part up to the trial id.
+    if trial_id and trial_id in directory_name:
+        return directory_name[: directory_name.index(trial_id) + len(trial_id)]
+    return directory_name
 
 
 def _read_results(result_file: Path) -> dict[int, dict[str, Any]]:
@@ -133,7 +201,7 @@ def _flat(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _trial_run(
-    trial_id: str | None, trial_dir: Path, experiment: Path, tracking_uri: str | None
+    trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
 ) -> tuple[str, bool]:
     """The trial's run from an earlier session (True), else a new run (False)."""
     from rllib_mlflow.tune import TAG_TRIAL_ID
@@ -146,9 +214,9 @@ def _trial_run(
         )
         if runs:
             return runs[0].info.run_id, True
-    found = mlflow_client.get_experiment_by_name(experiment.name)
+    found = mlflow_client.get_experiment_by_name(experiment_name)
     experiment_id = (
-        found.experiment_id if found else mlflow_client.create_experiment(experiment.name)
+        found.experiment_id if found else mlflow_client.create_experiment(experiment_name)
     )
     tags = {TAG_TRIAL_ID: trial_id or "", "trial_name": trial_dir.name}
     run = mlflow_client.create_run(experiment_id, tags=tags, run_name=trial_dir.name)

@@ -82,3 +82,27 @@ def test_prune_keeps_last_best_and_aliased_versions(registered):
     aliases = client.get_registered_model("prune-me").aliases
     assert aliases["best"] in ("2", 2) and aliases["prod"] in ("1", 1)
     assert "iter-3" not in aliases and "iter-4" not in aliases
+
+
+def test_register_backfills_an_experiment_trained_without_the_callback(ray_session, tmp_path):
+    from tests import tune_job
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tune_job.run(
+        str(tmp_path / "results"), uri, iterations=2, num_to_keep=None, with_callback=False
+    )
+    experiment = tmp_path / "results" / tune_job.EXPERIMENT
+    backfill = _cli("register", str(experiment), "--name", "backfilled", "--tracking-uri", uri)
+    assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-3000:]
+    assert "[4/4]" in backfill.stdout  # progress: two trials x two checkpoints
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'backfilled'")
+    keys = sorted((v.tags["trial_id"], int(v.tags["training_iteration"])) for v in versions)
+    assert len(keys) == 4 and len(set(keys)) == 4
+    assert {k[1] for k in keys} == {1, 2}
+    assert all(float(v.tags["episode_return_mean"]) > 0 for v in versions)
+    assert all(v.tags["trial_name"].startswith("PPO_CartPole-v1_") for v in versions)
+    one_checkpoint = next(experiment.glob("*/checkpoint_000001"))
+    again = _cli("register", str(one_checkpoint), "--name", "backfilled", "--tracking-uri", uri)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(client.search_model_versions("name = 'backfilled'")) == 4  # idempotent

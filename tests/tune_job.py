@@ -52,6 +52,7 @@ def run(
     learning_rates=(1e-3, 3e-4),
     seconds_per_iteration: float = 0,
     callback_kwargs: dict | None = None,
+    with_callback: bool = True,
 ):
     from ray import tune
 
@@ -64,7 +65,7 @@ def run(
         name=EXPERIMENT,
         storage_path=storage,
         stop={"training_iteration": iterations},
-        callbacks=[callback],
+        callbacks=[callback] if with_callback else [],
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=num_to_keep),
         verbose=0,
     )

@@ -236,6 +236,14 @@ def _load_pickle(path: Path) -> Any:
     try:
         with path.open("rb") as stream:
             return pickle.load(stream)
+    except (ModuleNotFoundError, AttributeError) as error:
+        # The pickle is intact but refers to user code (an env, a policy_mapping_fn, a
+        # custom module) that this process cannot import.
+        raise CheckpointError(
+            f"Checkpoint file {path} refers to code that cannot be imported here "
+            f"({type(error).__name__}: {error}). Make the modules the checkpoint was trained "
+            "with importable (install them or add them to PYTHONPATH) and try again."
+        ) from error
     except Exception as error:
         raise CheckpointError(
             f"Checkpoint file {path} is corrupted or truncated ({type(error).__name__}: "

@@ -1,0 +1,70 @@
+"""`rllib-mlflow export` as a user runs it: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("rllib-mlflow"))
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def run_cli(*args: str, pythonpath: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    # Each call costs a fresh interpreter importing TF, torch and Ray (~10-20 s): keep few.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=pythonpath)
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rllib-mlflow: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for word in words:
+        assert word in errors[0]
+
+
+@pytest.mark.slow
+def test_export_onnx_and_h5(trained_checkpoint, tmp_path):
+    tc = trained_checkpoint("ppo_cartpole")
+    out = tmp_path / "out"
+    proc = run_cli("export", tc.path, "-o", str(out), "--formats", "onnx,h5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["model.h5", "model.onnx", "policy.json"]
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["formats"] == ["onnx", "h5"] and policy["parity"]["passed"]
+    assert policy["training_iteration"] == tc.training_iteration
+    # The last line of stdout maps module ids to their directories.
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"default_policy": str(out)}
+
+
+def test_not_a_checkpoint_exits_2_with_one_line(tmp_path):
+    proc = run_cli("export", str(tmp_path / "missing"), "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "missing", "is not a directory")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_unknown_module_id_exits_2_with_one_line(trained_checkpoint, tmp_path):
+    tc = trained_checkpoint("ppo_multiagent")
+    # The checkpoint's config refers to tests.envs.policy_mapping_fn: make it importable.
+    proc = run_cli(
+        "export", tc.path, "-o", str(tmp_path / "out"), "--module-id", "nope", pythonpath=REPO
+    )
+    assert_one_line_error(proc, "'nope'", "'p0'", "'p1'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_needing_unimportable_code_exits_2_with_one_line(trained_checkpoint, tmp_path):
+    tc = trained_checkpoint("ppo_multiagent")
+    proc = run_cli("export", tc.path, "-o", str(tmp_path / "out"), "--module-id", "p0")
+    assert_one_line_error(proc, "No module named 'tests'", "PYTHONPATH")
+    assert not (tmp_path / "out").exists()

@@ -144,7 +144,7 @@ def load_model(
 ):
     """Load a logged policy as `rllib_mlflow.serving.Policy` (no Ray, no torch)."""
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri,
+        artifact_uri=_resolve_models_uri(model_uri, tracking_uri),
         dst_path=dst_path,
         tracking_uri=tracking_uri,
         registry_uri=tracking_uri,
@@ -153,6 +153,28 @@ def load_model(
     if conf is None:
         raise ValueError(f"{model_uri} is not an rllib-mlflow model (no {FLAVOR_NAME} flavor).")
     return serving.Policy(os.path.join(local, conf["data"]), backend=backend)
+
+
+def _resolve_models_uri(model_uri: str, tracking_uri: str | None) -> str:
+    """The storage URI behind models:/NAME/V, models:/NAME@alias or models:/<model_id>.
+
+    MLflow resolves registry URIs against the global registry URI whatever `registry_uri`
+    download_artifacts is given, so resolve them against `tracking_uri` here."""
+    if tracking_uri is None or not model_uri.startswith("models:/"):
+        return model_uri
+    import posixpath
+
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    base, sub_path = ModelsArtifactRepository.split_models_uri(model_uri)
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    found = get_model_name_and_version(client, base)
+    if len(found) == 1:  # a LoggedModel id
+        root = client.get_logged_model(found[0]).artifact_location
+    else:
+        root = client.get_model_version_download_uri(*found)
+    return posixpath.join(root, sub_path) if sub_path else root
 
 
 def _load_pyfunc(path: str):

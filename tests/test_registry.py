@@ -191,8 +191,7 @@ _LOADER = textwrap.dedent(
     import mlflow
     from rllib_mlflow import load_policy
 
-    uri, obs_file = sys.argv[1], sys.argv[2]
-    mlflow.set_tracking_uri(uri)
+    uri, obs_file = sys.argv[1], sys.argv[2]  # MLFLOW_TRACKING_URI is not set: pass it
     obs = np.load(obs_file)
     out = {}
     for key, model, kwargs in [
@@ -209,6 +208,7 @@ _LOADER = textwrap.dedent(
             "backend": policy.backend,
             "dist_shape": list(policy.action_dist_inputs(obs).shape),
         }
+    mlflow.set_tracking_uri(uri)
     pyfunc = mlflow.pyfunc.load_model("models:/NAME@best")
     out["pyfunc"] = {"actions": np.asarray(pyfunc.predict(obs)).tolist()}
     out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "torch"))
@@ -225,7 +225,7 @@ def test_load_policy_in_a_fresh_process_without_ray_or_torch(registered, tmp_pat
         [sys.executable, "-c", _LOADER, registered["uri"], str(tmp_path / "obs.npy")],
         capture_output=True,
         text=True,
-        env=subprocess_env(),
+        env={k: v for k, v in subprocess_env().items() if k != "MLFLOW_TRACKING_URI"},
         cwd=tmp_path,
         timeout=300,
     )

@@ -347,3 +347,46 @@ def auth_tracking_server(production_stack: ProductionStack) -> Iterator[str]:
         yield server.uri
     finally:
         server.stop()
+
+
+def run_tune_on_s3(
+    stack: ProductionStack,
+    tracking_uri: str,
+    experiment: str,
+    *,
+    iterations: int = 2,
+    bucket: str = "ray",
+    trainable: Any = "PPO",
+    model_name: str | None = None,
+    storage_filesystem: bool = True,
+):
+    """The tests' Tune job (`tests.tune_job`, one trial) with its storage on the stack's S3.
+
+    With `storage_filesystem`, ``storage_path="<bucket>/ray-results"`` on a pyarrow
+    S3FileSystem built with the endpoint and keys; without, ``storage_path="s3://<bucket>/
+    ray-results"`` and pyarrow takes everything from AWS_* in the environment (which must
+    then hold `ProductionStack.client_environment()`). Needs a running Ray whose workers can
+    reach the store."""
+    from ray import tune
+
+    from rllib_mlflow import MLflowCheckpointCallback
+    from tests import tune_job
+
+    services.create_bucket(stack.s3_endpoint, stack.access_key, stack.secret_key, bucket)
+    callback = MLflowCheckpointCallback(
+        model_name or tune_job.MODEL_NAME, tracking_uri=tracking_uri, flush_timeout_s=300
+    )
+    run_config = tune.RunConfig(
+        name=experiment,
+        # prefix-stripped when the filesystem is given
+        storage_path=f"{bucket}/ray-results"
+        if storage_filesystem
+        else f"s3://{bucket}/ray-results",
+        storage_filesystem=stack.pyarrow_filesystem() if storage_filesystem else None,
+        stop={"training_iteration": iterations},
+        callbacks=[callback],
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
+        verbose=0,
+    )
+    config = tune_job.ppo_config(learning_rates=(1e-3,))
+    return tune.Tuner(trainable, param_space=config, run_config=run_config).fit()

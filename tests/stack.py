@@ -249,7 +249,7 @@ class ProductionStack:
         return [path for path in logs if path.exists()]
 
 
-def _mlflow_server(
+def start_mlflow_server(
     stack_root: Path,
     postgres: Postgres,
     s3_endpoint: str,
@@ -310,7 +310,7 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
     try:
         seaweed, endpoint = start_seaweedfs(root, access_key, secret_key)
         servers.append(seaweed)
-        servers.append(_mlflow_server(root, postgres, endpoint, access_key, secret_key))
+        servers.append(start_mlflow_server(root, postgres, endpoint, access_key, secret_key))
         yield ProductionStack(
             root=root,
             postgres=postgres,
@@ -334,7 +334,7 @@ def auth_tracking_server(production_stack: ProductionStack) -> Iterator[str]:
     """``mlflow server --app-name basic-auth`` on the same stores; its URI. The admin user
     is ``ADMIN_USER`` with ``production_stack.admin_password``."""
     stack = production_stack
-    server = _mlflow_server(
+    server = start_mlflow_server(
         stack.root,
         stack.postgres,
         stack.s3_endpoint,
@@ -359,6 +359,7 @@ def run_tune_on_s3(
     trainable: Any = "PPO",
     model_name: str | None = None,
     storage_filesystem: bool = True,
+    config: Any = None,
 ):
     """The tests' Tune job (`tests.tune_job`, one trial) with its storage on the stack's S3.
 
@@ -388,5 +389,5 @@ def run_tune_on_s3(
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
         verbose=0,
     )
-    config = tune_job.ppo_config(learning_rates=(1e-3,))
+    config = config or tune_job.ppo_config(learning_rates=(1e-3,))
     return tune.Tuner(trainable, param_space=config, run_config=run_config).fit()

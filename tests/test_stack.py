@@ -128,3 +128,20 @@ def test_checkpoint_uri_on_s3_downloads_and_resumes(
         assert algo.train()["training_iteration"] == ITERATIONS + 1
     finally:
         algo.stop()
+
+
+def test_only_tunes_own_state_holds_a_storage_filesystem_key(production_stack, s3_run):  # noqa: F811
+    """Why the README says to give S3 credentials through the environment: Tune pickles the
+    run config, `storage_filesystem` and its keys included, into the experiment's state.
+    Nothing of rllib-mlflow's (the MLflow bucket, PostgreSQL) holds the key."""
+    s3 = production_stack.s3_client()
+    secret = production_stack.secret_key.encode()
+    holders = set()
+    for bucket in ("ray", production_stack.bucket):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                if secret in s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read():
+                    holders.add(f"{bucket}/{item['Key']}")
+    assert holders, "Tune no longer pickles the filesystem: update the README's advice"
+    assert all(h.startswith(f"ray/ray-results/{s3_run[0]}/") for h in holders), holders
+    assert not any("/checkpoint_" in h for h in holders), holders

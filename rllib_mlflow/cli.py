@@ -55,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--tracking-uri")
     register.set_defaults(run=_register)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="play seeded episodes with each version (no Ray) and compare them"
+    )
+    evaluate.add_argument("name")
+    evaluate.add_argument("--env", help="gymnasium env id (default: the versions' env_id tag)")
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--versions", nargs="*", help="numbers or aliases (default: all)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--workers", type=int, help="processes (default: one per core)")
+    evaluate.add_argument("--move-alias", action="store_true", help="point eval-best at the best")
+    evaluate.add_argument("--tracking-uri")
+    evaluate.set_defaults(run=_evaluate)
+
     versions = commands.add_parser("versions", help="list the versions of a registered model")
     versions.add_argument("name")
     versions.add_argument("--json", action="store_true", help="machine-readable output")
@@ -112,6 +125,22 @@ def _register(args: argparse.Namespace) -> int:
     for key, error in report.failed.items():
         print(f"  failed {key}: {error}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rllib_mlflow.evaluate import evaluate
+
+    evaluate(
+        args.name,
+        args.env,
+        episodes=args.episodes,
+        versions=args.versions,
+        seed=args.seed,
+        tracking_uri=args.tracking_uri,
+        workers=args.workers,
+        move_alias=args.move_alias,
+    )
+    return 0
 
 
 def _versions(args: argparse.Namespace) -> int:

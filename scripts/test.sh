@@ -3,6 +3,14 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 
+# The UI tests drive Debian's chromium (never a browser download).
+if [[ ! -x /usr/bin/chromium ]]; then
+    SUDO=$([[ $(id -u) -eq 0 ]] && echo "" || echo sudo)
+    $SUDO apt-get install -y -q chromium >/dev/null || {
+        $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null
+    }
+fi
+
 ruff check .
 ruff format --check .
 python -m pytest "$@"

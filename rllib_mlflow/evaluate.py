@@ -1,0 +1,268 @@
+"""Evaluate registered versions in their environment, without Ray, and compare them.
+
+Each selected version is loaded with `load_policy` and plays N seeded episodes in
+gymnasium (episode i of every version uses seed `seed + i`, so versions face the same
+starts), in parallel across the machine's cores. Results become version tags
+(`eval.episode_return_mean`, ...), metrics of an evaluation run at
+step = training iteration, and a plot of evaluation and training return against the
+training iteration.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from rllib_mlflow import registry
+
+EVAL_ALIAS = "eval-best"
+EVAL_EXPERIMENT = "rllib-mlflow-evaluation"
+
+
+@dataclass(frozen=True)
+class VersionEvaluation:
+    version: int
+    training_iteration: int | None
+    trial: str | None
+    training_return: float | None
+    returns: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    def summary(self) -> dict[str, float]:
+        returns = np.asarray(self.returns)
+        return {
+            "episode_return_mean": float(returns.mean()),
+            "episode_return_std": float(returns.std()),
+            "episode_return_min": float(returns.min()),
+            "episode_return_max": float(returns.max()),
+        }
+
+
+def evaluate(
+    name: str,
+    env_id: str | None = None,
+    *,
+    episodes: int = 10,
+    versions: list[str] | None = None,
+    seed: int = 0,
+    tracking_uri: str | None = None,
+    workers: int | None = None,
+    move_alias: bool = False,
+    max_steps: int | None = None,
+) -> list[VersionEvaluation]:
+    """Evaluate versions of `name` (all, or the given numbers/aliases) in `env_id`."""
+    mlflow_client = registry.client(tracking_uri)
+    registry.check_tracking_server(mlflow_client)
+    selected = _select(mlflow_client, name, versions)
+    env_id = env_id or selected[0].tags.get("env_id")
+    if not env_id:
+        raise registry.RegistryError("Pass --env ENV_ID: the versions do not record their env.")
+    jobs = [
+        (name, int(v.version), env_id, episodes, seed, tracking_uri, max_steps) for v in selected
+    ]
+    context = multiprocessing.get_context("spawn")
+    results: dict[int, tuple[float, ...]] = {}
+    with concurrent.futures.ProcessPoolExecutor(
+        workers or os.cpu_count(), mp_context=context
+    ) as pool:
+        futures = {pool.submit(_play, *job): job[1] for job in jobs}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            number = futures[future]
+            results[number] = future.result()
+            print(
+                f"rllib-mlflow evaluate: [{done}/{len(jobs)}] version {number}: "
+                f"return {np.mean(results[number]):.1f} ± {np.std(results[number]):.1f}",
+                flush=True,
+            )
+    evaluations = [_evaluation(v, results[int(v.version)]) for v in selected]
+    _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias)
+    return evaluations
+
+
+def _select(mlflow_client, name: str, wanted: list[str] | None) -> list:
+    if not wanted:
+        found = registry.find_versions(mlflow_client, name)
+        if not found:
+            raise registry.RegistryError(f"{name!r} has no registered versions.")
+        return sorted(found, key=lambda v: int(v.version))
+    chosen = []
+    for item in wanted:
+        uri = f"models:/{name}@{item}" if not str(item).isdigit() else f"models:/{name}/{item}"
+        chosen.append(registry.find_version(uri, tracking_uri=mlflow_client.tracking_uri))
+    return chosen
+
+
+def _play(
+    name: str,
+    version: int,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    tracking_uri: str | None,
+    max_steps: int | None,
+) -> tuple[float, ...]:
+    """Runs in a worker process: load the version without Ray and play seeded episodes."""
+    import gymnasium as gym
+
+    policy = registry.load_policy(f"models:/{name}/{version}", tracking_uri=tracking_uri)
+    flatten = any(step["type"] == "flatten" for step in policy.metadata["preprocessing"])
+    env = gym.make(env_id)
+    returns = []
+    for episode in range(episodes):
+        observation, _ = env.reset(seed=seed + episode)
+        total, steps, done = 0.0, 0, False
+        while not done and (max_steps is None or steps < max_steps):
+            if flatten:
+                observation = gym.spaces.flatten(env.observation_space, observation)
+            action = policy.compute_actions(np.asarray(observation)[None])[0]
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return tuple(returns)
+
+
+def _evaluation(version, returns: tuple[float, ...]) -> VersionEvaluation:
+    tags = version.tags
+    iteration = tags.get(registry.TAG_ITERATION)
+    training_return = tags.get("episode_return_mean")
+    return VersionEvaluation(
+        version=int(version.version),
+        training_iteration=None if iteration is None else int(iteration),
+        trial=tags.get(registry.TAG_TRIAL_NAME) or tags.get(registry.TAG_TRIAL_ID),
+        training_return=None if training_return is None else float(training_return),
+        returns=returns,
+    )
+
+
+def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias) -> None:
+    """Version tags, an evaluation run with metrics and the plot, and the eval-best alias."""
+    from mlflow.entities import Metric
+
+    for evaluation in evaluations:
+        for key, value in evaluation.summary().items():
+            mlflow_client.set_model_version_tag(
+                name, str(evaluation.version), f"eval.{key}", f"{value:.6g}"
+            )
+        mlflow_client.set_model_version_tag(
+            name, str(evaluation.version), "eval.episodes", str(episodes)
+        )
+        mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.env_id", env_id)
+    experiment = mlflow_client.get_experiment_by_name(EVAL_EXPERIMENT)
+    experiment_id = (
+        experiment.experiment_id if experiment else mlflow_client.create_experiment(EVAL_EXPERIMENT)
+    )
+    run = mlflow_client.create_run(
+        experiment_id, run_name=f"evaluate-{name}", tags={"registered_model": name}
+    )
+    run_id = run.info.run_id
+    mlflow_client.log_batch(run_id, params=_params(name, env_id, episodes, seed))
+    metrics = []
+    for evaluation in evaluations:
+        step = evaluation.training_iteration or 0
+        for key, value in evaluation.summary().items():
+            metrics.append(Metric(f"eval/{key}", value, 0, step))
+    for start in range(0, len(metrics), 1000):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    best = max(evaluations, key=lambda e: e.mean)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, f"evaluation_{name}.png")
+        plot(
+            evaluations,
+            name,
+            env_id,
+            path,
+            best_version=_alias_version(mlflow_client, name, registry.ALIAS_BEST),
+        )
+        mlflow_client.log_artifact(run_id, path)
+        with open(os.path.join(directory, "evaluation.json"), "w") as stream:
+            import json
+
+            json.dump([{**asdict(e), **e.summary()} for e in evaluations], stream, indent=2)
+        mlflow_client.log_artifact(run_id, os.path.join(directory, "evaluation.json"))
+    mlflow_client.set_terminated(run_id)
+    if move_alias:
+        mlflow_client.set_registered_model_alias(name, EVAL_ALIAS, str(best.version))
+    print(
+        f"rllib-mlflow evaluate: best version {best.version} (return {best.mean:.1f}); "
+        f"evaluation run {run_id} in experiment {EVAL_EXPERIMENT!r}"
+    )
+
+
+def _params(name, env_id, episodes, seed) -> list:
+    from mlflow.entities import Param
+
+    values = {"registered_model": name, "env_id": env_id, "episodes": episodes, "seed": seed}
+    return [Param(k, str(v)) for k, v in values.items()]
+
+
+def _alias_version(mlflow_client, name: str, alias: str) -> int | None:
+    aliases = mlflow_client.get_registered_model(name).aliases
+    return int(aliases[alias]) if alias in aliases else None
+
+
+def plot(
+    evaluations: list[VersionEvaluation],
+    name: str,
+    env_id: str,
+    path: str,
+    best_version: int | None = None,
+) -> None:
+    """Evaluation return (mean ± std) and training return against training iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
+    by_trial: dict[Any, list[VersionEvaluation]] = {}
+    for evaluation in evaluations:
+        by_trial.setdefault(evaluation.trial, []).append(evaluation)
+    for trial, items in sorted(by_trial.items(), key=lambda kv: str(kv[0])):
+        items = sorted(items, key=lambda e: e.training_iteration or 0)
+        x = [e.training_iteration or 0 for e in items]
+        label = f" ({trial})" if len(by_trial) > 1 else ""
+        axes.errorbar(
+            x,
+            [e.mean for e in items],
+            yerr=[np.std(e.returns) for e in items],
+            marker="o",
+            capsize=3,
+            label=f"evaluation return{label}",
+        )
+        trained = [
+            (xi, e.training_return) for xi, e in zip(x, items) if e.training_return is not None
+        ]
+        if trained:
+            axes.plot(*zip(*trained), linestyle="--", marker=".", label=f"training return{label}")
+    for evaluation in evaluations:
+        if evaluation.version == best_version:
+            axes.scatter(
+                [evaluation.training_iteration or 0],
+                [evaluation.mean],
+                marker="*",
+                s=300,
+                color="gold",
+                edgecolor="black",
+                zorder=5,
+                label=f"@best (v{best_version})",
+            )
+    axes.set_xlabel("training iteration")
+    axes.set_ylabel("episode return")
+    axes.set_title(f"{name} on {env_id}: {len(evaluations[0].returns)} episodes per version")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

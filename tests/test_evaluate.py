@@ -1,0 +1,74 @@
+"""`rllib-mlflow evaluate`: seeded episodes per version without Ray, tags, run, plot, alias."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from rllib_mlflow import load_policy, log_checkpoint
+from rllib_mlflow.evaluate import EVAL_EXPERIMENT
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(__file__).resolve().parents[1] / ".venv/bin/rllib-mlflow")
+
+
+def _returns(uri: str, name: str, version: int, episodes: int, seed: int) -> list[float]:
+    policy = load_policy(f"models:/{name}/{version}", tracking_uri=uri)
+    env = gym.make("CartPole-v1")
+    returns = []
+    for episode in range(episodes):
+        observation, _ = env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            action = policy.compute_actions(np.asarray(observation)[None])[0]
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    return returns
+
+
+def test_evaluate_tags_versions_logs_a_run_with_a_plot_and_moves_eval_best(
+    trained_checkpoint, tmp_path
+):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    checkpoints = [trained_checkpoint("ppo_cartpole"), trained_checkpoint("ppo_cartpole_shared")]
+    for iteration, checkpoint in enumerate(checkpoints, start=1):
+        log_checkpoint(
+            checkpoint.path, "evaluated", training_iteration=iteration, formats=["onnx"],
+            metrics={"env_runners": {"episode_return_mean": 10.0 * iteration}}, tracking_uri=uri,
+        )  # fmt: skip
+    done = subprocess.run(
+        [CLI, "evaluate", "evaluated", "--env", "CartPole-v1", "--episodes", "4", "--seed", "7"]
+        + ["--move-alias", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "[2/2]" in done.stdout
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    means = {}
+    for number in (1, 2):
+        tags = client.get_model_version("evaluated", str(number)).tags
+        expected = _returns(uri, "evaluated", number, episodes=4, seed=7)
+        assert float(tags["eval.episode_return_mean"]) == pytest.approx(np.mean(expected))
+        assert float(tags["eval.episode_return_min"]) == min(expected)
+        assert tags["eval.episodes"] == "4" and tags["eval.env_id"] == "CartPole-v1"
+        means[number] = np.mean(expected)
+    best = max(means, key=means.get)
+    assert str(client.get_registered_model("evaluated").aliases["eval-best"]) == str(best)
+    experiment = client.get_experiment_by_name(EVAL_EXPERIMENT)
+    run = client.search_runs([experiment.experiment_id])[0]
+    history = client.get_metric_history(run.info.run_id, "eval/episode_return_mean")
+    assert sorted(m.step for m in history) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "evaluation_evaluated.png" in artifacts
+    plot = client.download_artifacts(run.info.run_id, "evaluation_evaluated.png", str(tmp_path))
+    assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,128 @@
+"""The MLflow UI, seen in Debian's headless chromium: the registered model's versions with
+their training_iteration tags and aliases, the experiment's Models tab, and the
+evaluation plot. Screenshots go to $RLLIB_MLFLOW_SCREENSHOTS (default: the test's tmp dir);
+docs/screenshots/ holds the ones the README shows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from playwright.sync_api import sync_playwright
+
+from rllib_mlflow import log_checkpoint
+from rllib_mlflow.evaluate import EVAL_EXPERIMENT, evaluate
+from tests.mlflow_server import start_tracking_server
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+MODEL = "ui-policy"
+# Chromium's background services try to reach Google; the closed network refuses them.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def ui_server(trained_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    server = start_tracking_server(root / "server")
+    try:
+        checkpoints = [
+            trained_checkpoint("ppo_cartpole"),
+            trained_checkpoint("ppo_cartpole_shared"),
+        ]
+        for iteration, checkpoint in enumerate(checkpoints, start=1):
+            log_checkpoint(
+                checkpoint.path, MODEL, training_iteration=iteration, formats=["onnx"],
+                metrics={"env_runners": {"episode_return_mean": 20.0 + iteration}},
+                trial_id="ui_trial", trial_name="PPO_CartPole-v1_ui_trial",
+                tracking_uri=server.uri,
+            )  # fmt: skip
+        evaluate(
+            MODEL, "CartPole-v1", episodes=3, tracking_uri=server.uri, workers=1, move_alias=True
+        )
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert os.path.exists(CHROMIUM), "Debian's chromium is required: apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def _screenshots(tmp_path: Path) -> Path:
+    directory = Path(os.environ.get("RLLIB_MLFLOW_SCREENSHOTS", tmp_path))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _open(page, url: str, *texts: str) -> str:
+    page.goto(url)
+    for text in texts:
+        page.get_by_text(text, exact=False).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)  # the UI keeps polling, so "network idle" never comes
+    return page.inner_text("body")
+
+
+def test_registered_model_page_shows_versions_and_aliases(ui_server, page, tmp_path):
+    body = _open(page, f"{ui_server.uri}/#/models/{MODEL}", "Version 2")
+    assert "Version 1" in body and "Version 2" in body
+    assert "best" in body and "iter-2" in body and "eval-best" in body
+    page.screenshot(path=str(_screenshots(tmp_path) / "registered_model.png"), full_page=True)
+
+
+def test_version_page_shows_training_iteration_tag(ui_server, page, tmp_path):
+    body = _open(page, f"{ui_server.uri}/#/models/{MODEL}/versions/2", "training_iteration")
+    assert "training_iteration" in body and "episode_return_mean" in body
+    assert "eval.episode_return_mean" in body
+    page.screenshot(path=str(_screenshots(tmp_path) / "model_version.png"), full_page=True)
+
+
+def test_experiment_models_tab_lists_the_logged_models(ui_server, page, tmp_path):
+    client = MlflowClient(tracking_uri=ui_server.uri)
+    version = client.get_model_version(MODEL, "2")
+    experiment_id = client.get_run(version.run_id).info.experiment_id
+    body = _open(page, f"{ui_server.uri}/#/experiments/{experiment_id}/models", "iter-2")
+    assert "iter-1" in body and "iter-2" in body
+    page.screenshot(path=str(_screenshots(tmp_path) / "experiment_models.png"), full_page=True)
+
+
+def test_evaluation_plot_is_visible(ui_server, page, tmp_path):
+    client = MlflowClient(tracking_uri=ui_server.uri)
+    experiment = client.get_experiment_by_name(EVAL_EXPERIMENT)
+    run = client.search_runs([experiment.experiment_id])[0]
+    plot = f"evaluation_{MODEL}.png"
+    url = (
+        f"{ui_server.uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/artifacts"
+    )
+    _open(page, url, plot)
+    page.get_by_text(plot).first.click()
+    image = page.locator("img[src^='blob:']").first  # the artifact viewer shows a blob URL
+    image.wait_for(timeout=60_000)
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 100", image.element_handle())
+    page.screenshot(path=str(_screenshots(tmp_path) / "evaluation_plot.png"), full_page=True)

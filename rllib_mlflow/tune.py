@@ -19,6 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,34 +101,38 @@ class MLflowLoggerCallback(LoggerCallback):
         self._runs = TrialRuns(mlflow_client, self.experiment_name, self.tags)
         self._exporter = self._exporter or Exporter()
 
+    # The hooks only capture what they need and queue the MLflow calls on the background
+    # thread (in order, with retries), so that a slow or unreachable server never blocks
+    # or breaks training.
+
     def log_trial_start(self, trial) -> None:
         self._ensure_setup()
-        run_id = self._runs.start(trial)
+        info, config = TrialInfo.of(trial), dict(trial.config)
+        self._exporter.call(lambda: self._runs.start(info))
         if not self.log_params_on_trial_end:
-            self._exporter.call(lambda: self._runs.log_params(run_id, trial.config))
+            self._exporter.call(lambda: self._runs.log_params(info, config))
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        run_id = self._runs.run_id(trial)
-        metrics = _result_metrics(result)
+        info, metrics = TrialInfo.of(trial), _result_metrics(result)
         step = int(result.get("training_iteration", iteration))
-        self._exporter.call(lambda: self._runs.log_metrics(run_id, metrics, step), optional=True)
+        self._exporter.call(lambda: self._runs.log_metrics(info, metrics, step), optional=True)
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        run_id = self._runs.run_id(trial)
+        info, config = TrialInfo.of(trial), dict(trial.config)
         if self.log_params_on_trial_end:
-            self._exporter.call(lambda: self._runs.log_params(run_id, trial.config))
+            self._exporter.call(lambda: self._runs.log_params(info, config))
         if self.save_artifact:
             path = trial.local_path
-            self._exporter.call(lambda: self._runs.client.log_artifacts(run_id, path))
+            self._exporter.call(lambda: self._runs.log_artifacts(info, path))
         status = "FAILED" if failed else "FINISHED"
-        self._exporter.call(lambda: self._runs.end(trial, status))
+        self._exporter.call(lambda: self._runs.end(info, status))
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._exporter is None:
             return
-        for trial in trials:
-            if self._runs and self._runs.is_open(trial):
-                self._exporter.call(lambda trial=trial: self._runs.end(trial, "KILLED"))
+        for trial in trials:  # runs not ended by now were stopped early, e.g. by Ctrl-C
+            trial_info = TrialInfo.of(trial)
+            self._exporter.call(lambda i=trial_info: self._runs.end(i, "KILLED"))
         self._exporter.flush()
 
     # Pickling: Tune stores callbacks with the experiment state for `Tuner.restore`.
@@ -204,6 +209,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         from rllib_mlflow.checkpoint import checkpoint_uri
 
         self._ensure_setup()
+        info = TrialInfo.of(trial)
         journal = self._exporter.journal_for(trial)
         result = dict(trial.last_result or {})
         iteration = int(result.get("training_iteration", 0))
@@ -216,9 +222,8 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             "registered_model_name": self.settings.registered_model_name,
             "training_iteration": iteration,
             "metrics": _result_metrics(result),
-            "run_id": self._runs.run_id(trial),
-            "trial_id": trial.trial_id,
-            "trial_name": str(trial),
+            "trial_id": info.trial_id,
+            "trial_name": info.name,
             "formats": list(self.settings.formats),
             "best_metric": self.settings.best_metric,
             "best_mode": self.settings.best_mode,
@@ -230,7 +235,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         # The journal never holds the tracking URI: it may carry credentials.
         journal.record(QUEUED, key, **task)
         task["tracking_uri"] = self.tracking_uri
-        self._exporter.register(journal, key, task)
+        self._exporter.register(journal, key, task, run_id=lambda: self._runs.run_id(info))
 
     def _check_best_metric(self, result: dict) -> None:
         if self._best_metric_seen:
@@ -255,8 +260,22 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
 # -- MLflow runs, one per trial -----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrialInfo:
+    """What the background thread needs of a Tune trial (the trial itself keeps changing)."""
+
+    trial_id: str
+    name: str
+    experiment_dir_name: str
+
+    @classmethod
+    def of(cls, trial) -> TrialInfo:
+        return cls(trial.trial_id, str(trial), trial.experiment_dir_name)
+
+
 class TrialRuns:
-    """The MLflow run of each trial; continues a restored trial's run."""
+    """The MLflow run of each trial; continues a restored trial's run. Used from the
+    background thread only."""
 
     def __init__(self, mlflow_client, experiment_name: str | None, tags: dict[str, Any]):
         self.client = mlflow_client
@@ -266,15 +285,15 @@ class TrialRuns:
         self._open: set[str] = set()
         self._lock = threading.Lock()
 
-    def start(self, trial) -> str:
+    def start(self, trial: TrialInfo) -> str:
         with self._lock:
             if trial.trial_id in self._runs:
                 return self._runs[trial.trial_id]
             experiment_id = self._experiment_id(self.experiment_name or trial.experiment_dir_name)
             run_id = self._existing_run(experiment_id, trial.trial_id)
             if run_id is None:
-                tags = {**self.tags, "trial_name": str(trial), TAG_TRIAL_ID: trial.trial_id}
-                run = self.client.create_run(experiment_id, tags=tags, run_name=str(trial))
+                tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
+                run = self.client.create_run(experiment_id, tags=tags, run_name=trial.name)
                 run_id = run.info.run_id
             else:
                 self.client.update_run(run_id, status="RUNNING")
@@ -282,29 +301,31 @@ class TrialRuns:
             self._open.add(trial.trial_id)
             return run_id
 
-    def run_id(self, trial) -> str:
+    def run_id(self, trial: TrialInfo) -> str:
         return self._runs.get(trial.trial_id) or self.start(trial)
 
-    def is_open(self, trial) -> bool:
-        return trial.trial_id in self._open
-
-    def log_params(self, run_id: str, config: Mapping[str, Any]) -> None:
+    def log_params(self, trial: TrialInfo, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
+        run_id = self.run_id(trial)
         existing = self.client.get_run(run_id).data.params
         params = [Param(k, v) for k, v in redact_params(config).items() if k not in existing]
         for start in range(0, len(params), _PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[start : start + _PARAMS_PER_BATCH])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, trial: TrialInfo, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        run_id = self.run_id(trial)
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step) for k, v in metrics.items()]
         for start in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[start : start + 1000])
 
-    def end(self, trial, status: str) -> None:
+    def log_artifacts(self, trial: TrialInfo, path: str) -> None:
+        self.client.log_artifacts(self.run_id(trial), path)
+
+    def end(self, trial: TrialInfo, status: str) -> None:
         if trial.trial_id in self._open:
             self.client.set_terminated(self._runs[trial.trial_id], status=status)
             self._open.discard(trial.trial_id)
@@ -384,12 +405,19 @@ class Exporter:
             else:
                 logger.warning("rllib-mlflow: tracking queue full; dropped one metrics update.")
 
-    def register(self, journal: Journal, key: str, task: dict[str, Any]) -> None:
+    def register(
+        self, journal: Journal, key: str, task: dict[str, Any], run_id: Callable[[], str]
+    ) -> None:
         """Export and register `task` in the worker, after the calls queued before it
         (so that the iteration's metrics are in the run when the model links them)."""
         with self._lock:
             self._pending[key] = (journal, task)
-        self.call(lambda: self._worker.submit(key, task))
+
+        def submit() -> None:
+            task["run_id"] = run_id()
+            self._worker.submit(key, task)
+
+        self.call(submit)
 
     def flush(self) -> None:
         """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""

@@ -72,10 +72,34 @@ def local_checkpoint_dir(checkpoint: CheckpointLike) -> str:
     if "://" in text and not text.startswith("file://"):
         try:
             remote = Checkpoint(text)
+            return remote.to_directory(tempfile.mkdtemp(prefix="rllib_mlflow_ckpt_"))
         except Exception as error:
-            raise CheckpointError(f"Cannot open checkpoint URI {text!r}: {error}") from error
-        return remote.to_directory(tempfile.mkdtemp(prefix="rllib_mlflow_ckpt_"))
+            raise CheckpointError(
+                f"Cannot open checkpoint URI {text!r}: {error}{_credentials_hint(text)}"
+            ) from error
     return text.removeprefix("file://")
+
+
+def _credentials_hint(uri: str) -> str:
+    """What to set when an s3:// checkpoint cannot be read and no AWS credentials are set."""
+    if not uri.startswith("s3://"):
+        return ""
+    configured = (
+        any(
+            os.environ.get(name)
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+        )
+        or Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"))
+        .expanduser()
+        .exists()
+    )
+    if configured:
+        return ""
+    return (
+        ". No AWS credentials are set: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and AWS_ENDPOINT_URL for a non-AWS store such as SeaweedFS or MinIO) in the "
+        "environment of this process"
+    )
 
 
 def checkpoint_uri(checkpoint: CheckpointLike) -> str:

@@ -68,7 +68,26 @@ def client(tracking_uri: str | None = None):
     """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default."""
     from mlflow import MlflowClient
 
+    if tracking_uri is not None:
+        validate_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+_TRACKING_URI = re.compile(
+    r"(https?://[^/\s]+.*|(sqlite|postgresql|mysql|mssql)(\+\w+)?://.+|databricks(-uc)?(://.*)?|uc:.+)"
+)
+
+
+def validate_tracking_uri(uri: str) -> str:
+    """Refuse a tracking URI MLflow cannot use, before anything is queued or exported."""
+    if not isinstance(uri, str) or not _TRACKING_URI.fullmatch(uri.strip()):
+        raise TrackingError(
+            f"Malformed tracking URI {_redact(str(uri))!r}: use the server's address, e.g. "
+            "'http://localhost:5000', or a database, e.g. 'sqlite:///mlflow.db' or "
+            "'postgresql://user@host/db' (credentials in MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD, not in the URI)."
+        )
+    return uri
 
 
 def check_tracking_server(mlflow_client) -> None:

@@ -1,0 +1,69 @@
+"""Bad input that the other test modules do not cover: each fails early with a message that
+names the problem and the fix (a malformed tracking URI, an unreachable server for the
+callback, an s3:// checkpoint without credentials)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rllib_mlflow.errors import CheckpointError, TrackingError
+from tests.mlflow_server import free_port
+
+
+@pytest.mark.parametrize("uri", ["htp:/nowhere", "ftp://x", "localhost:5000", "http//host"])
+def test_malformed_tracking_uri_fails_the_callback_setup(uri):
+    from rllib_mlflow import MLflowCheckpointCallback
+
+    callback = MLflowCheckpointCallback("fine-name", tracking_uri=uri)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="Malformed tracking URI") as info:
+        callback.setup()
+    assert repr(uri) in str(info.value)
+    assert "http://localhost:5000" in str(info.value)  # what a good one looks like
+    assert time.monotonic() - started < 5
+
+
+def test_malformed_tracking_uri_fails_log_checkpoint_before_any_export(tmp_path):
+    from rllib_mlflow import log_checkpoint
+
+    with pytest.raises(TrackingError, match="Malformed tracking URI 'htp:/nowhere'"):
+        log_checkpoint(str(tmp_path), "fine-name", tracking_uri="htp:/nowhere")
+
+
+def test_malformed_tracking_uri_never_echoes_a_password():
+    from rllib_mlflow import registry
+
+    with pytest.raises(TrackingError) as info:
+        registry.validate_tracking_uri("htp://user:planted-pw@host")
+    assert "planted-pw" not in str(info.value)
+
+
+def test_unreachable_server_fails_the_callback_setup_quickly():
+    from rllib_mlflow import MLflowCheckpointCallback
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    callback = MLflowCheckpointCallback("fine-name", tracking_uri=dead)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="Cannot reach the MLflow tracking server") as info:
+        callback.setup()
+    assert dead in str(info.value) and "MLFLOW_TRACKING_URI" in str(info.value)
+    assert time.monotonic() - started < 15  # not MLflow's minutes of HTTP retries
+
+
+def test_s3_checkpoint_without_credentials_says_which_variables_to_set(monkeypatch, tmp_path):
+    from rllib_mlflow.checkpoint import local_checkpoint_dir
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(CheckpointError) as info:
+        local_checkpoint_dir("s3://ray/results/exp/trial/checkpoint_000001")
+    message = str(info.value)
+    assert "s3://ray/results/exp/trial/checkpoint_000001" in message
+    assert "No AWS credentials" in message
+    assert "AWS_ACCESS_KEY_ID" in message and "AWS_SECRET_ACCESS_KEY" in message

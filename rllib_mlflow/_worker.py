@@ -118,8 +118,12 @@ def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
         prune(mlflow_client, name, task.get("keep_last"), task.get("keep_best"))
 
 
-def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 1.0) -> Any:
+def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 2.0) -> Any:
     """Retry transient failures (server down, network) with exponential backoff.
+
+    The defaults wait 2 + 4 + 8 + 16 + 32 = 62 s in all, so that a tracking server
+    restarted within a minute loses nothing (each MLflow HTTP call also retries on its own,
+    see MLFLOW_HTTP_REQUEST_MAX_RETRIES, but our reachability probe fails fast).
 
     Errors of this library other than an unreachable server (a bad checkpoint, an
     unsupported module, a parity failure) are not transient and are raised at once.
@@ -147,7 +151,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
     replies = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+    driver = os.getppid()
     for line in sys.stdin:
+        if os.getppid() != driver:
+            # The driver died (e.g. SIGKILL) with tasks still in the pipe: stop, so that
+            # `rllib-mlflow sync` is the only one registering what the journal holds.
+            logger.info("the driver is gone; leaving the rest to `rllib-mlflow sync`.")
+            return
         request = json.loads(line)
         try:
             reply = {"versions": register_task(request["task"])}

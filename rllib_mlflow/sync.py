@@ -54,7 +54,23 @@ def sync_experiment(
     tasks = {e["key"]: e for e in journal.pending()}
     for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri):
         tasks.setdefault(task["key"], task)
+    _resolve_runs(tasks.values(), Path(experiment_dir).name, tracking_uri)
     return _register_all(tasks, name, tracking_uri, verify, journal)
+
+
+def _resolve_runs(tasks, experiment_name: str, tracking_uri: str | None) -> None:
+    """Journal entries carry no run id (the callback resolves it when it submits the task):
+    find the trial's run by its tag, or create one."""
+    runs: dict[str | None, tuple[str, bool]] = {}
+    for task in tasks:
+        if task.get("run_id"):
+            continue
+        trial_id = task.get("trial_id")
+        if trial_id not in runs:
+            trial_dir = Path(task.get("trial_name") or trial_id or experiment_name)
+            runs[trial_id] = _trial_run(trial_id, trial_dir, experiment_name, tracking_uri)
+        task["run_id"], existed = runs[trial_id]
+        task["metrics_logged"] = existed and task.get("metrics_logged", True)
 
 
 def register_path(

@@ -163,8 +163,12 @@ def main() -> None:
             reply = {"versions": register_task(request["task"])}
         except Exception as error:
             reply = {"error": f"{type(error).__name__}: {error}"}
-        replies.write(json.dumps({"key": request["key"], **reply}) + "\n")
-        replies.flush()
+        try:
+            replies.write(json.dumps({"key": request["key"], **reply}) + "\n")
+            replies.flush()
+        except BrokenPipeError:  # the driver died meanwhile; the journal has the task
+            logger.info("the driver is gone; leaving the rest to `rllib-mlflow sync`.")
+            return
 
 
 if __name__ == "__main__":

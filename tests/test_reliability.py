@@ -1,0 +1,525 @@
+"""Faults with real processes: the tracking server killed and restarted mid-training, the
+driver killed with SIGKILL during exports, Ctrl-C during the final flush, a full disk for
+temporary export files; four trials registering into one model; a served version with
+pickle deserialization disabled; planted credentials that must appear nowhere.
+
+Every test runs Tune in a subprocess (`tests.tune_job.run`) and checks the registry
+afterwards: one version per trial and training iteration, never two.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from rllib_mlflow.journal import JOURNAL_FILE
+from tests import tune_job
+from tests.mlflow_server import (
+    VENV_BIN,
+    post_json,
+    start_model_server,
+    start_process,
+    subprocess_env,
+)
+from tests.mlflow_server import free_port as _free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = tune_job.MODEL_NAME
+PLANTED = {
+    "MLFLOW_TRACKING_USERNAME": "planted-user-5e1f",
+    "MLFLOW_TRACKING_PASSWORD": "planted-password-9c3a7b",
+    "AWS_ACCESS_KEY_ID": "PLANTEDKEYID4417",
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-2d8e0f",
+}
+
+JOB = """
+import json, sys
+import ray
+from tests import tune_job
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+results = tune_job.run(**json.loads(sys.argv[1]))
+ray.shutdown()
+if results.errors:
+    raise SystemExit(f"trials failed: {results.errors}")
+print("rllib-mlflow-test: job done", flush=True)
+"""
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(uri: str) -> list:
+    return _client(uri).search_model_versions(f"name = '{MODEL}'", max_results=1000)
+
+
+def _keys(versions) -> list[tuple[str, int]]:
+    return [(v.tags["trial_id"], int(v.tags["training_iteration"])) for v in versions]
+
+
+def _job_command(storage: Path, uri: str, iterations: int, **kwargs) -> list[str]:
+    args = {
+        "storage": str(storage),
+        "tracking_uri": uri,
+        "iterations": iterations,
+        "num_to_keep": None,
+        "learning_rates": kwargs.pop("learning_rates", [1e-3]),
+        "seconds_per_iteration": kwargs.pop("seconds_per_iteration", 0),
+        "callback_kwargs": {"formats": ["onnx"], **kwargs.pop("callback_kwargs", {})},
+    }
+    assert not kwargs, kwargs
+    return [sys.executable, "-c", JOB, json.dumps(args)]
+
+
+def _start_job(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    stream = open(log, "wb")  # noqa: SIM115 (closed below; the child keeps its copy)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env or _env(),
+        stdout=stream,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group: we signal it like a terminal would
+    )
+    stream.close()
+    return process
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return subprocess_env(PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", **extra)
+
+
+def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the job exited ({process.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _events(journal: Path, event: str) -> int:
+    return journal.read_text().count(f'"event": "{event}"') if journal.exists() else 0
+
+
+def _finish(process: subprocess.Popen, timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Whatever the job left in its process group (Ray's daemons), but not the worker,
+    which runs in its own session and must stop by itself."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def _persisted(experiment: Path) -> set[tuple[str, int]]:
+    """(trial id, training iteration) of every checkpoint on disk. The trial id comes from
+    the trial directory's name: after a SIGKILL, Tune's result.json may be empty."""
+    from rllib_mlflow.checkpoint import read_training_iteration
+
+    found = set()
+    for checkpoint in experiment.glob("*/checkpoint_*"):
+        trial_id = re.search(r"_([0-9a-f]{5}_\d{5})_", checkpoint.parent.name).group(1)
+        found.add((trial_id, read_training_iteration(str(checkpoint))))
+    return found
+
+
+def _sync(experiment: Path, uri: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [os.path.join(VENV_BIN, "rllib-mlflow"), "sync", str(experiment), "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env or _env(),
+    )
+
+
+def _assert_exactly_once(uri: str, expected: set[tuple[str, int]]) -> list:
+    versions = _versions(uri)
+    keys = _keys(versions)
+    assert len(keys) == len(set(keys)), collections.Counter(keys).most_common(3)
+    assert set(keys) == expected
+    return versions
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The export worker processes started by `pid`."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"rllib_mlflow._worker" in cmdline:
+            workers.append(int(entry.name))
+    return workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# -- 1. the tracking server killed in the middle of training, restarted 20 s later ------
+
+
+def _tracking_server(root: Path, port: int):
+    command = [
+        os.path.join(VENV_BIN, "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    log = root / f"server-{time.monotonic_ns()}.log"
+    return start_process(command, f"http://127.0.0.1:{port}", "/health", log)
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory):
+    """Two trials of 8 iterations of 1 s; the server dies after the first registrations
+    and comes back on the same port 20 s later. Credentials are planted in the job's
+    environment for the secrets scan."""
+    root = tmp_path_factory.mktemp("outage")
+    port = _free_port()
+    server = _tracking_server(root, port)
+    experiment = root / "results" / tune_job.EXPERIMENT
+    journal = experiment / JOURNAL_FILE
+    command = _job_command(
+        root / "results",
+        server.uri,
+        8,
+        learning_rates=[1e-3, 3e-4],
+        seconds_per_iteration=1.0,
+        callback_kwargs={"experiment_name": "outage", "tags": {"team": "rl"}},
+    )
+    log = root / "job.log"
+    process = _start_job(command, log, _env(**PLANTED))
+    try:
+        _wait_for(lambda: _events(journal, "registered") >= 1, 240, "a registration", process)
+        server.stop()  # SIGTERM to the group, SIGKILL if it lingers
+        down_at = time.monotonic()
+        time.sleep(20)
+        assert process.poll() is None, "the job ended during the outage"
+        server = _tracking_server(root, port)
+        outage_s = time.monotonic() - down_at
+        returncode = _finish(process, timeout=400)
+        output = log.read_text(errors="replace")
+        after_job = _keys(_versions(server.uri))
+        sync = _sync(experiment, server.uri, _env(**PLANTED))
+        yield {
+            "uri": server.uri,
+            "root": root,
+            "experiment": experiment,
+            "returncode": returncode,
+            "output": output,
+            "after_job": after_job,
+            "sync": sync,
+            "outage_s": outage_s,
+        }
+    finally:
+        if process.poll() is None:
+            _kill_group(process)
+        server.stop()
+
+
+def test_server_outage_neither_fails_nor_stalls_training(outage):
+    assert outage["returncode"] == 0, outage["output"][-4000:]
+    assert outage["outage_s"] >= 20
+    for result in outage["experiment"].glob("*/result.json"):
+        stamps = [json.loads(line)["timestamp"] for line in result.read_text().splitlines()]
+        assert len(stamps) == 8
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        assert max(gaps) < 15, gaps  # iterations go on at their pace while the server is down
+
+
+def test_server_outage_loses_and_duplicates_no_checkpoint(outage):
+    expected = _persisted(outage["experiment"])
+    assert len(expected) == 16
+    # The job itself registers every checkpoint: its retries outlast the outage.
+    after_job = outage["after_job"]
+    assert len(after_job) == len(set(after_job)), collections.Counter(after_job)
+    assert set(after_job) == expected, outage["output"][-4000:]
+    # And sync afterwards finds nothing to add.
+    assert outage["sync"].returncode == 0, outage["sync"].stderr[-3000:]
+    versions = _assert_exactly_once(outage["uri"], expected)
+    assert sorted(int(v.version) for v in versions) == list(range(1, 17))
+
+
+def test_planted_credentials_appear_nowhere(outage):
+    """Credentials in the job's environment never reach params, tags, artifacts (runs and
+    models, downloaded), the journal, the experiment directory or the logs."""
+    uri, root = outage["uri"], outage["root"]
+    client = _client(uri)
+    import mlflow
+
+    haystacks: dict[str, bytes] = {
+        "job log": outage["output"].encode(),
+        "sync output": (outage["sync"].stdout + outage["sync"].stderr).encode(),
+    }
+    for path in outage["experiment"].rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            haystacks[f"experiment:{path.name}"] = path.read_bytes()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=100)
+    assert len(runs) == 2
+    downloads = root / "downloads"
+    for run in runs:
+        haystacks[f"run {run.info.run_id}"] = json.dumps(
+            {"params": run.data.params, "tags": run.data.tags}
+        ).encode()
+        client.download_artifacts(run.info.run_id, "", str(downloads / run.info.run_id))
+    for version in _versions(uri):
+        haystacks[f"version {version.version}"] = json.dumps(version.tags).encode()
+        model = client.get_logged_model(version.model_id)
+        haystacks[f"model {model.model_id}"] = json.dumps(
+            {"tags": model.tags, "params": model.params}
+        ).encode()
+        mlflow.set_tracking_uri(uri)
+        mlflow.artifacts.download_artifacts(
+            f"models:/{model.model_id}", dst_path=str(downloads / model.model_id)
+        )
+    registered = client.get_registered_model(MODEL)
+    haystacks["registered model"] = json.dumps(
+        {"tags": registered.tags, "description": registered.description}
+    ).encode()
+    files = [p for p in downloads.rglob("*") if p.is_file()]
+    assert any(p.name == "model.onnx" for p in files)
+    for path in files:
+        haystacks[f"artifact:{path.relative_to(downloads)}"] = path.read_bytes()
+    for name, secret in PLANTED.items():
+        leaks = [where for where, data in haystacks.items() if secret.encode() in data]
+        assert not leaks, f"{name} leaked into {leaks}"
+
+
+def test_secret_looking_config_keys_are_redacted():
+    from rllib_mlflow.tune import redact_params
+
+    config = {
+        "db_password": "p1",
+        "passwd": "p2",
+        "client_secret": "p3",
+        "api_key": "p4",
+        "wandb": {"api-key": "p5", "project": "rl"},
+        "ssh_private_key": "p6",
+        "aws": {"credentials": "p7"},
+        "hf_token": "p8",
+        "basic_auth": "p9",
+        "lr": 0.001,
+    }
+    params = redact_params(config)
+    assert params["wandb/project"] == "rl" and params["lr"] == "0.001"
+    leaked = {k: v for k, v in params.items() if v.startswith("p") and v[1:].isdigit()}
+    assert not leaked, leaked
+
+
+# -- 2. the driver killed with SIGKILL while exports are queued --------------------------
+
+
+def test_sigkill_of_the_driver_then_sync_registers_every_checkpoint_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = tmp_path / "results" / tune_job.EXPERIMENT
+    journal = experiment / JOURNAL_FILE
+    process = _start_job(_job_command(tmp_path / "results", uri, 12), tmp_path / "job.log")
+    try:
+        _wait_for(lambda: _events(journal, "queued") >= 4, 240, "4 checkpoints", process)
+        workers = _workers_of(process.pid)
+        assert len(workers) == 1
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        _kill_group(process)
+    # The orphaned worker finishes the task in hand at most, then stops by itself.
+    _wait_for(lambda: not _alive(workers[0]), 120, "the orphaned worker to stop")
+    registered_before_sync = _keys(_versions(uri)) if Path(f"{tmp_path}/mlflow.db").exists() else []
+    expected = _persisted(experiment)
+    assert len(expected) >= 4
+    assert set(registered_before_sync) < expected  # the kill left work for sync
+    sync = _sync(experiment, uri)
+    assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-3000:]
+    _assert_exactly_once(uri, expected)
+    time.sleep(2)  # nothing registers behind sync's back
+    _assert_exactly_once(uri, expected)
+
+
+# -- 3. Ctrl-C twice while the experiment end waits for registrations --------------------
+
+
+def test_sigint_during_the_flush_exits_promptly_and_sync_finishes(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = tmp_path / "results" / tune_job.EXPERIMENT
+    journal = experiment / JOURNAL_FILE
+    log = tmp_path / "job.log"
+    # Full verification of all three formats is slow enough to leave a backlog at the end.
+    command = _job_command(
+        tmp_path / "results",
+        uri,
+        6,
+        callback_kwargs={"formats": ["saved_model", "h5", "onnx"]},
+    )
+    process = _start_job(command, log)
+    try:
+        _wait_for(lambda: "checkpoint(s)..." in log.read_text(), 300, "the flush", process)
+        pending_at_flush = _events(journal, "queued") - _events(journal, "registered")
+        process.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        interrupted_at = time.monotonic()
+        process.wait(timeout=60)
+        exit_s = time.monotonic() - interrupted_at
+    finally:
+        _kill_group(process)
+    output = log.read_text(errors="replace")
+    assert exit_s < 30, output[-3000:]
+    assert pending_at_flush >= 1
+    from rllib_mlflow.journal import Journal
+
+    left = Journal(experiment).pending()
+    assert left, "everything was registered before the interrupt: nothing tested"
+    assert "not registered yet; the journal keeps them" in output, output[-3000:]
+    assert f"rllib-mlflow sync {experiment}" in output
+    expected = _persisted(experiment)
+    assert len(expected) == 6
+    sync = _sync(experiment, uri)
+    assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-3000:]
+    versions = _assert_exactly_once(uri, expected)
+    assert sorted(int(v.version) for v in versions) == list(range(1, 7))
+    assert not Journal(experiment).pending()
+
+
+# -- 4. no space left for temporary export files -----------------------------------------
+
+
+def test_full_temporary_disk_fails_clearly_training_goes_on_and_sync_recovers(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a tiny tmpfs in a user namespace")
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=4k tmpfs {tmp_path}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr[-300:]!r}")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = tmp_path / "results" / tune_job.EXPERIMENT
+    journal = experiment / JOURNAL_FILE
+    full = tmp_path / "full-tmp"
+    full.mkdir()
+    # A one-page tmpfs as TMPDIR, in a private mount namespace: Python's probe of TMPDIR
+    # fits in it, the exported model files do not.
+    job = _job_command(tmp_path / "results", uri, 3)
+    script = f'mount -t tmpfs -o size=4k tmpfs "{full}" && exec "$@"'
+    command = ["unshare", "-rm", "sh", "-c", script, "sh", *job]
+    log = tmp_path / "job.log"
+    process = _start_job(command, log, _env(TMPDIR=str(full)))
+    try:
+        returncode = _finish(process, timeout=300)
+    finally:
+        _kill_group(process)
+    output = log.read_text(errors="replace")
+    assert returncode == 0, output[-4000:]
+    assert "rllib-mlflow-test: job done" in output
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    failed = [e for e in entries if e["event"] == "failed"]
+    assert {e["key"].rsplit("/", 1)[1] for e in failed} == {"1", "2", "3"}, entries
+    assert all("No space left on device" in e["error"] for e in failed), failed
+    assert "could not register" in output and "No space left on device" in output
+    assert "rllib-mlflow sync" in output
+    assert not Path(f"{tmp_path}/mlflow.db").exists() or not _versions(uri)
+    sync = _sync(experiment, uri)  # with the ordinary TMPDIR
+    assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-3000:]
+    _assert_exactly_once(uri, _persisted(experiment))
+
+
+# -- 5. four trials, one registered model ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def four_trials(tmp_path_factory):
+    root = tmp_path_factory.mktemp("four_trials")
+    uri = f"sqlite:///{root}/mlflow.db"
+    command = _job_command(root / "results", uri, 3, learning_rates=[1e-2, 3e-3, 1e-3, 3e-4])
+    process = _start_job(command, root / "job.log")
+    returncode = _finish(process, timeout=400)
+    output = (root / "job.log").read_text(errors="replace")
+    assert returncode == 0, output[-4000:]
+    return uri, root / "results" / tune_job.EXPERIMENT, root
+
+
+def test_four_trials_get_gapless_versions_one_per_trial_and_iteration(four_trials):
+    uri, experiment, _ = four_trials
+    expected = _persisted(experiment)
+    assert len({trial for trial, _ in expected}) == 4 and len(expected) == 12
+    versions = _assert_exactly_once(uri, expected)
+    assert sorted(int(v.version) for v in versions) == list(range(1, 13))
+    by_run = collections.Counter(v.run_id for v in versions)
+    assert sorted(by_run.values()) == [3, 3, 3, 3]  # each trial's versions in its own run
+
+
+def test_best_alias_points_at_the_true_best_of_all_trials(four_trials):
+    uri, _, _ = four_trials
+    versions = _versions(uri)
+    values = {v.version: float(v.tags["metric.episode_return_mean"]) for v in versions}
+    best = _client(uri).get_model_version_by_alias(MODEL, "best")
+    assert values[best.version] == max(values.values()), values
+
+
+def test_served_version_loads_no_pickle_and_answers_4xx_to_bad_requests(four_trials):
+    uri, _, root = four_trials
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@best"))
+    files = [p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()]
+    assert "model.onnx" in {Path(f).name for f in files}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".joblib", ".cloudpickle"))]
+    log = root / "serve.log"
+    env = subprocess_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    server = start_model_server(f"models:/{MODEL}@best", uri, log, env=env)
+    try:
+        status, body = post_json(f"{server.uri}/invocations", {"inputs": [[0.0, 0.1, 0.0, -0.1]]})
+        assert status == 200, body
+        assert body["predictions"] in ([0], [1])
+        status, body = post_json(f"{server.uri}/invocations", {"inputs": [[0.0, 0.1]]})
+        assert status == 400 and "expected shape" in body["message"], body
+    finally:
+        server.stop()
+    assert "pickle" not in log.read_text(errors="replace").lower()

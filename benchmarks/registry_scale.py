@@ -17,6 +17,7 @@ since the previous mark), resolving ``models:/NAME@best``, and
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import statistics
 import sys
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--tracking-uri", help="an existing server (default: start one)")
     args = parser.parse_args()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # one INFO line per version
     if args.tracking_uri:
         benchmark(args.tracking_uri, args.versions, args.samples)
         return

@@ -260,7 +260,14 @@ def ray_session() -> Iterator[None]:
     """A local Ray with 2 CPUs for the whole session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # address="local": always a fresh cluster of our own, never one another process started.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
     try:
         yield
     finally:

@@ -68,9 +68,20 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
+def page(browser, ui_server):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
+    # Show the "Model training" side of the UI, without the assistant panel.
+    page.goto(f"{ui_server.uri}/#/models")
+    page.get_by_text("Model training", exact=True).first.wait_for()
+    page.wait_for_timeout(1000)
+    welcome = page.get_by_text("Try it now")  # the registry's first-visit dialog
+    if welcome.count():
+        welcome.first.click()
+    page.get_by_text("Model training", exact=True).first.click()
+    close = page.locator("button[aria-label='Close']")
+    if close.count():
+        close.first.click()
     yield page
     context.close()
 

@@ -189,7 +189,7 @@ def policy_signature(policy: dict[str, Any]) -> ModelSignature:
     action_shape = (-1, *rule["action_shape"])
     action_type = np.dtype(np.int64) if discrete else np.dtype(np.float32)
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), shape, "observations")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
         outputs=Schema([TensorSpec(action_type, action_shape, "actions")]),
         params=ParamSchema(
             [

@@ -75,8 +75,8 @@ def test_served_actions_equal_rllib(served, registered):
     np.testing.assert_array_equal(
         _predictions(served, {"instances": observations.tolist()}), expected
     )
-    named = {"inputs": {"observations": observations[:5].tolist()}}
-    np.testing.assert_array_equal(_predictions(served, named), expected[:5])
+    table = {"dataframe_split": {"columns": list("abcd"), "data": observations[:5].tolist()}}
+    np.testing.assert_array_equal(_predictions(served, table), expected[:5])  # one row each
     for i in range(3):  # one observation per request, as an environment loop would send
         single = _predictions(served, {"inputs": [observations[i].tolist()]})
         assert single.tolist() == [expected[i]]

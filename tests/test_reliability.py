@@ -48,7 +48,7 @@ JOB = """
 import json, sys
 import ray
 from tests import tune_job
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 results = tune_job.run(**json.loads(sys.argv[1]))
 ray.shutdown()
 if results.errors:

@@ -394,6 +394,11 @@ def _check_env_to_module(connectors: list[tuple[str, dict]]) -> tuple[bool, str 
             "the policy. Supported: MeanStdFilter, FlattenObservations. The RLlib "
             "checkpoint itself still works with `Algorithm.from_checkpoint`."
         )
+    if dict(connectors).get("FlattenObservations", {}).get("keys_to_remove"):
+        return False, (
+            "FlattenObservations with keys_to_remove drops parts of the observation; "
+            "exporting it is not supported yet."
+        )
     if "MeanStdFilter" in names and "FlattenObservations" in names:
         if names.index("MeanStdFilter") < names.index("FlattenObservations"):
             return True, (

@@ -149,6 +149,18 @@ def _ppo_meanstd():
     )
 
 
+def _ppo_dict_obs():
+    from ray.rllib.connectors.env_to_module import FlattenObservations
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+
+    return _ppo(envs.DICT_OBS).env_runners(
+        env_to_module_connector=lambda env, spaces, device: [
+            FlattenObservations(),
+            MeanStdFilter(),
+        ]
+    )
+
+
 def _ppo_multiagent():
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -210,6 +222,7 @@ CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
         2,
     ),
     "ppo_meanstd": ("PPO", "CartPole-v1", _ppo_meanstd, 2),
+    "ppo_dict_obs": ("PPO", envs.DICT_OBS, _ppo_dict_obs, 2),
     "ppo_multiagent": ("PPO", envs.MULTI_AGENT, _ppo_multiagent, 2),
     "ppo_lstm": (
         "PPO",

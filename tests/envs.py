@@ -18,6 +18,7 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 MULTI_DISCRETE_CORRIDOR = "rllib_mlflow_tests/MultiDiscreteCorridor-v0"
 TINY_IMAGE = "rllib_mlflow_tests/TinyImage-v0"
 WIDE_BOX = "rllib_mlflow_tests/WideBox-v0"
+DICT_OBS = "rllib_mlflow_tests/DictObs-v0"
 MULTI_AGENT = "rllib_mlflow_tests_multiagent"
 
 WIDE_BOX_LOW = np.array([-2.0, 0.0, -10.0], dtype=np.float32)
@@ -193,6 +194,44 @@ def policy_mapping_fn(agent_id: str, episode: Any = None, **kwargs: Any) -> str:
     return "p" + str(agent_id)[-1]
 
 
+class DictObs(gym.Env):
+    """Dict observations (a Box and a Discrete part) that RLlib must flatten.
+
+    Observation: Dict(position=Box(-1, 1, (2,)), mode=Discrete(3)). Action: Discrete(2).
+    Reward 1 when the action matches the sign of the position's sum, flipped in mode 2.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, max_steps: int = 20):
+        self.max_steps = max_steps
+        self.observation_space = spaces.Dict(
+            {
+                "position": spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32),
+                "mode": spaces.Discrete(3),
+            }
+        )
+        self.action_space = spaces.Discrete(2)
+        self._t = 0
+
+    def _obs(self) -> dict[str, Any]:
+        self._state = {
+            "position": self.np_random.uniform(-1, 1, size=2).astype(np.float32),
+            "mode": int(self.np_random.integers(3)),
+        }
+        return self._state
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        right = int(self._state["position"].sum() > 0) ^ int(self._state["mode"] == 2)
+        self._t += 1
+        return self._obs(), float(int(action) == right), False, self._t >= self.max_steps, {}
+
+
 def make_env(env_id: str, config: dict | None = None) -> gym.Env | MultiAgentEnv:
     """Create an environment by the id a test checkpoint was trained on (gymnasium ids, and
     the Tune-registered multi-agent name, which gymnasium does not know)."""
@@ -209,6 +248,7 @@ def register_test_envs() -> None:
         (MULTI_DISCRETE_CORRIDOR, MultiDiscreteCorridor),
         (TINY_IMAGE, TinyImage),
         (WIDE_BOX, WideBox),
+        (DICT_OBS, DictObs),
     ):
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=cls)

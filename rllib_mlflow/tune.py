@@ -421,6 +421,8 @@ class Exporter:
 
     def flush(self) -> None:
         """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
+        if self._stopping:  # flushed already (atexit after the experiment end, or Ctrl-C)
+            return
         deadline = time.monotonic() + self.flush_timeout_s
         last_report = 0.0
         try:

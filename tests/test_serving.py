@@ -103,7 +103,7 @@ def test_explore_and_dist_inputs_params(served, registered):
     [
         ({"inputs": [[0.1, 0.2, 0.3]]}, r"\(1, 3\) does not match expected shape \(-1, 4\)"),
         ({"inputs": [[[0.1, 0.2, 0.3, 0.4]]]}, "does not match expected shape"),
-        ({"inputs": []}, "does not match expected shape"),
+        ({"inputs": []}, r"schema of data .\[\]. with schema .\[Tensor\(.float32., \(-1, 4\)\)"),
         (b'{"inputs": [[NaN, 0.0, 0.0, 0.0]]}', "NaN or infinite"),
         (b'{"inputs": [[Infinity, 0.0, 0.0, 0.0]]}', "NaN or infinite"),
         ({"inputs": [["a", "b", "c", "d"]]}, "could not convert string to float"),

@@ -4,6 +4,7 @@ training iteration, register a version, tag it and move the aliases."""
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -101,7 +102,9 @@ def log_checkpoint(
         run_id, created_run = _resolve_run(mlflow_client, run_id)
         try:
             snapshots = read_snapshots(checkpoint, module_id)
-            with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_") as workdir:
+            # RLLIB_MLFLOW_TMPDIR: where exports are written before upload (default TMPDIR).
+            scratch = os.environ.get("RLLIB_MLFLOW_TMPDIR") or None
+            with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_", dir=scratch) as workdir:
                 return [
                     _log_and_register(
                         mlflow_client,

@@ -309,7 +309,7 @@ def test_planted_credentials_appear_nowhere(outage):
         client.download_artifacts(run.info.run_id, "", str(downloads / run.info.run_id))
     for version in _versions(uri):
         haystacks[f"version {version.version}"] = json.dumps(version.tags).encode()
-        model = client.get_logged_model(version.model_id)
+        model = client.get_logged_model(version.model_id or version.source.removeprefix("models:/"))
         haystacks[f"model {model.model_id}"] = json.dumps(
             {"tags": model.tags, "params": model.params}
         ).encode()
@@ -443,13 +443,14 @@ def test_full_temporary_disk_fails_clearly_training_goes_on_and_sync_recovers(tm
     journal = experiment / JOURNAL_FILE
     full = tmp_path / "full-tmp"
     full.mkdir()
-    # A one-page tmpfs as TMPDIR, in a private mount namespace: Python's probe of TMPDIR
-    # fits in it, the exported model files do not.
-    job = _job_command(tmp_path / "results", uri, 3)
+    # A one-page tmpfs in a private mount namespace as RLLIB_MLFLOW_TMPDIR: the exported
+    # model files do not fit in it.
+    job = _job_command(tmp_path / "results", uri, 3, callback_kwargs={"retries": 0})
     script = f'mount -t tmpfs -o size=4k tmpfs "{full}" && exec "$@"'
     command = ["unshare", "-rm", "sh", "-c", script, "sh", *job]
     log = tmp_path / "job.log"
-    process = _start_job(command, log, _env(TMPDIR=str(full)))
+    # Only our export files go there: a full TMPDIR would stop Ray's own checkpointing too.
+    process = _start_job(command, log, _env(RLLIB_MLFLOW_TMPDIR=str(full)))
     try:
         returncode = _finish(process, timeout=300)
     finally:

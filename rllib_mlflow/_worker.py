@@ -64,6 +64,10 @@ class WorkerProcess:
                 env={
                     **os.environ,
                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                    # One thread each: exports are small, and training needs the cores.
+                    "OMP_NUM_THREADS": "1",
+                    "TF_NUM_INTRAOP_THREADS": "1",
+                    "TF_NUM_INTEROP_THREADS": "1",
                 },
                 start_new_session=True,  # Ctrl-C reaches the driver only; it decides
             )
@@ -148,6 +152,7 @@ def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)  # training comes first; registrations can wait a little
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
     replies = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol

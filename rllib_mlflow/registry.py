@@ -32,7 +32,6 @@ TAG_CHECKPOINT_URI = "checkpoint_uri"
 TAG_CHECKPOINT_ARTIFACT = "rllib_checkpoint_artifact"
 TAG_BEST_METRIC = "best_metric"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))?/?$")
-_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
 
 def iteration_alias(training_iteration: int) -> str:
@@ -53,15 +52,6 @@ def validate_registered_model_name(name: str) -> str:
             "e.g. 'cartpole-ppo'."
         )
     return name
-
-
-def validate_alias(alias: str) -> str:
-    if not re.fullmatch(r"[\w\-]+", alias or "") or _RESERVED_ALIAS.match(alias):
-        raise RegistryError(
-            f"Invalid alias {alias!r}: use letters, digits, '_' and '-', and not 'latest' or "
-            "'v<number>' (reserved by MLflow)."
-        )
-    return alias
 
 
 def client(tracking_uri: str | None = None):

@@ -17,6 +17,7 @@ from typing import Any
 from rllib_mlflow import registry
 from rllib_mlflow._worker import register_task
 from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
+from rllib_mlflow.tracking import result_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _trial_tasks(
                 "checkpoint": str(checkpoint),
                 "checkpoint_uri": str(checkpoint.resolve()),
                 "training_iteration": iteration,
-                "metrics": _flat(results.get(iteration, {})),
+                "metrics": result_metrics(results.get(iteration, {})),
                 "run_id": run_id,
                 "trial_id": trial_id,
                 "trial_name": known.get("trial_name") or _trial_name(trial_dir.name, trial_id),
@@ -208,12 +209,6 @@ def _read_results(result_file: Path) -> dict[int, dict[str, Any]]:
         if "training_iteration" in result:
             results[int(result["training_iteration"])] = result
     return results
-
-
-def _flat(result: dict[str, Any]) -> dict[str, float]:
-    from rllib_mlflow.tracking import flatten_metrics
-
-    return flatten_metrics({k: v for k, v in result.items() if k != "config"})
 
 
 def _trial_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -286,15 +287,20 @@ def _log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: in
     from mlflow.entities import Metric
 
     timestamp = int(time.time() * 1000)
-    batch = [Metric(_metric_key(k), v, timestamp, step) for k, v in metrics.items()]
+    batch = [Metric(metric_key(k), v, timestamp, step) for k, v in metrics.items()]
     for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
         mlflow_client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def _metric_key(key: str) -> str:
-    import re
+def metric_key(key: str) -> str:
+    """A result key as an MLflow metric name: unsupported characters become '_'."""
+    return re.sub(r"[^\w\-. /]", "_", key)[:250]
 
-    return re.sub(r"[^\w\-. /]", "_", key)
+
+def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a Tune/RLlib result, flattened and named for MLflow."""
+    metrics = {k: v for k, v in result.items() if k not in ("config", "hist_stats")}
+    return {metric_key(k): v for k, v in flatten_metrics(metrics).items()}
 
 
 def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:

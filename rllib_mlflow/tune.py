@@ -29,7 +29,7 @@ from rllib_mlflow import registry
 from rllib_mlflow._worker import WorkerProcess, with_retries
 from rllib_mlflow.export import FORMATS
 from rllib_mlflow.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
-from rllib_mlflow.tracking import DEFAULT_BEST_METRIC, RegistrationSettings, flatten_metrics
+from rllib_mlflow.tracking import DEFAULT_BEST_METRIC, RegistrationSettings, result_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class MLflowLoggerCallback(LoggerCallback):
             self._exporter.call(lambda: self._runs.log_params(info, config))
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        info, metrics = TrialInfo.of(trial), _result_metrics(result)
+        info, metrics = TrialInfo.of(trial), result_metrics(result)
         step = int(result.get("training_iteration", iteration))
         self._exporter.call(lambda: self._runs.log_metrics(info, metrics, step), optional=True)
 
@@ -221,7 +221,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             "checkpoint_uri": source,
             "registered_model_name": self.settings.registered_model_name,
             "training_iteration": iteration,
-            "metrics": _result_metrics(result),
+            "metrics": result_metrics(result),
             "trial_id": info.trial_id,
             "trial_name": info.name,
             "formats": list(self.settings.formats),
@@ -240,7 +240,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     def _check_best_metric(self, result: dict) -> None:
         if self._best_metric_seen:
             return
-        metrics = _result_metrics(result)
+        metrics = result_metrics(result)
         name = self.settings.best_metric
         seen = name in metrics or any(k.rsplit("/", 1)[-1] == name for k in metrics)
         if seen:
@@ -344,15 +344,6 @@ class TrialRuns:
             [experiment_id], f"tags.`{TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
         )
         return runs[0].info.run_id if runs else None
-
-
-def _result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    metrics = {k: v for k, v in result.items() if k not in ("config", "hist_stats")}
-    return {_metric_key(k): v for k, v in flatten_metrics(metrics).items()}
-
-
-def _metric_key(key: str) -> str:
-    return re.sub(r"[^\w\-. /]", "_", key)[:250]
 
 
 def _stage_checkpoint(checkpoint, journal_dir: Path, trial_id: str, iteration: int) -> str:

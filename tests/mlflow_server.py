@@ -103,8 +103,10 @@ def start_process(
     raise RuntimeError(f"{command[0]} not ready after {timeout} s:\n{server.log_tail()}")
 
 
-def start_tracking_server(root: Path) -> ServerProcess:
-    port = free_port()
+def start_tracking_server(
+    root: Path, port: int | None = None, log_name: str = "server.log"
+) -> ServerProcess:
+    port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     command = [
         os.path.join(VENV_BIN, "mlflow"),
@@ -120,7 +122,7 @@ def start_tracking_server(root: Path) -> ServerProcess:
         "--workers",
         "1",
     ]
-    return start_process(command, f"http://127.0.0.1:{port}", "/health", root / "server.log")
+    return start_process(command, f"http://127.0.0.1:{port}", "/health", root / log_name)
 
 
 def start_model_server(

@@ -53,7 +53,7 @@ def postgres_bin() -> Path:
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).parent
-    pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are not installed: install postgresql")
 
 
 def _as_postgres_user(command: list[str]) -> list[str]:

@@ -29,7 +29,7 @@ from tests.mlflow_server import (
     VENV_BIN,
     post_json,
     start_model_server,
-    start_process,
+    start_tracking_server,
     subprocess_env,
 )
 from tests.mlflow_server import free_port as _free_port
@@ -195,22 +195,8 @@ def _alive(pid: int) -> bool:
 
 
 def _tracking_server(root: Path, port: int):
-    command = [
-        os.path.join(VENV_BIN, "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    log = root / f"server-{time.monotonic_ns()}.log"
-    return start_process(command, f"http://127.0.0.1:{port}", "/health", log)
+    # A fresh log per start: the test restarts the server on the same port.
+    return start_tracking_server(root, port=port, log_name=f"server-{time.monotonic_ns()}.log")
 
 
 @pytest.fixture(scope="module")
@@ -431,13 +417,13 @@ def test_sigint_during_the_flush_exits_promptly_and_sync_finishes(tmp_path):
 
 def test_full_temporary_disk_fails_clearly_training_goes_on_and_sync_recovers(tmp_path):
     if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a tiny tmpfs in a user namespace")
+        pytest.fail("needs unshare(1) to mount a tiny tmpfs in a user namespace")
     probe = subprocess.run(
         ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=4k tmpfs {tmp_path}"],
         capture_output=True,
     )
     if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr[-300:]!r}")
+        pytest.fail(f"cannot mount a tmpfs in a user namespace: {probe.stderr[-300:]!r}")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment = tmp_path / "results" / tune_job.EXPERIMENT
     journal = experiment / JOURNAL_FILE

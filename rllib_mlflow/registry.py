@@ -19,9 +19,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from rllib_mlflow.errors import RegistryError, TrackingError
+from rllib_mlflow.rest import RestApiError, RestRegistry, rest_registry
+from rllib_mlflow.serving import ONNX_FILE, POLICY_FILE, SAVED_MODEL_DIR, Policy
 
 ALIAS_BEST = "best"
 TAG_ITERATION = "training_iteration"
@@ -102,6 +105,38 @@ def check_tracking_server(mlflow_client) -> None:
         ) from error
 
 
+TAG_WRITER = "rllib_mlflow.version"
+
+
+def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -> None:
+    """Run `write`, a harmless write that needs the permission logging to `resource` needs,
+    so that a user who may only read is told before training rather than after it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        write()
+    except MlflowException as error:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise TrackingError(
+            f"The MLflow tracking server at {_redact(mlflow_client.tracking_uri)} does not let "
+            f"{f'user {user!r}' if user else 'this client'} write to {resource} "
+            f"({error.message[:200]}). Ask its owner or an admin for EDIT permission on it, "
+            "or log to another experiment / registered model name."
+        ) from error
+
+
+def registered_model_exists(mlflow_client, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+        return True
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
 def _probe_http_server(uri: str, timeout: float = 5.0) -> None:
     """One quick request to an HTTP(S) tracking server: MLflow's own client retries a dead
     server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with backoff) before failing."""
@@ -150,7 +185,12 @@ def find_version(
     tracking_uri: str | None = None,
 ):
     """The ModelVersion named by a models:/ URI, or by a name plus training iteration."""
-    mlflow_client = client(tracking_uri)
+    return _find_version(
+        client(tracking_uri), model, training_iteration=training_iteration, trial=trial
+    )
+
+
+def _find_version(mlflow_client, model: str, *, training_iteration: int | None, trial: str | None):
     match = _MODEL_URI.match(model)
     name = match.group("name") if match else model
     if match and match.group("version"):
@@ -199,19 +239,58 @@ def load_policy(
         `rllib_mlflow.serving.Policy`, with ``compute_actions(obs)``,
         ``action_dist_inputs(obs)`` and ``metadata``.
     """
-    from rllib_mlflow.flavor import load_model
-
-    version = find_version(
-        model, training_iteration=training_iteration, trial=trial, tracking_uri=tracking_uri
+    registry = rest_registry(tracking_uri)  # no `import mlflow` against an HTTP server
+    version = _find_version(
+        registry or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
     )
-    uri = f"models:/{version.name}/{version.version}"
-    policy = load_model(uri, backend=backend, tracking_uri=tracking_uri)
+    export_dir = registry and _download_through_proxy(registry, version, backend)
+    if export_dir:
+        policy = Policy(export_dir, backend=backend)
+    else:
+        from rllib_mlflow.flavor import load_model
+
+        uri = f"models:/{version.name}/{version.version}"
+        policy = load_model(uri, backend=backend, tracking_uri=tracking_uri)
     policy.metadata = {
         **policy.metadata,
         "registered_model": version.name,
         "version": version.version,
     }
     return policy
+
+
+def _download_through_proxy(registry: RestRegistry, version, backend: str | None) -> str | None:
+    """The export directory of `version`, fetched through the server's artifact proxy with
+    only the files `backend` needs; None when the server does not proxy its artifacts."""
+    import yaml
+
+    root = registry.proxied_artifact_path(registry.download_uri(version.name, version.version))
+    if root is None:
+        return None
+    local = tempfile.mkdtemp(prefix="rllib_policy_")
+    registry.download_artifact(f"{root}/MLmodel", os.path.join(local, "MLmodel"))
+    with open(os.path.join(local, "MLmodel")) as stream:
+        conf = (yaml.safe_load(stream).get("flavors") or {}).get("rllib_mlflow")
+    if conf is None:
+        raise RegistryError(
+            f"Version {version.version} of {version.name!r} is not an rllib-mlflow model "
+            "(its MLmodel has no rllib_mlflow flavor)."
+        )
+    export_dir = os.path.join(local, conf["data"])
+    use_onnx = backend == "onnxruntime" or (backend is None and _onnxruntime_installed())
+    wanted = (ONNX_FILE,) if use_onnx else (f"{SAVED_MODEL_DIR}/",)
+    registry.download_tree(
+        f"{root}/{conf['data']}",
+        export_dir,
+        lambda path: path == POLICY_FILE or path.startswith(wanted),
+    )
+    return export_dir
+
+
+def _onnxruntime_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def download_checkpoint(
@@ -277,21 +356,26 @@ def _improves(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _alias_or_none(mlflow_client, name: str, alias: str):
+def _lookup_errors(mlflow_client) -> tuple[type[Exception], ...]:
+    """What a client raises for a version, alias or model that does not exist."""
+    if isinstance(mlflow_client, RestRegistry):
+        return (RestApiError,)
     from mlflow.exceptions import MlflowException
 
+    return (MlflowException,)
+
+
+def _alias_or_none(mlflow_client, name: str, alias: str):
     try:
         return mlflow_client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except _lookup_errors(mlflow_client):
         return None
 
 
 def _get_version(mlflow_client, name: str, version: str):
-    from mlflow.exceptions import MlflowException
-
     try:
         return mlflow_client.get_model_version(name, version)
-    except MlflowException as error:
+    except _lookup_errors(mlflow_client) as error:
         raise RegistryError(
             f"{name!r} has no version {version}. Existing versions: "
             f"{_existing_versions(mlflow_client, name)}."

@@ -25,7 +25,7 @@ from typing import Any
 
 from ray.tune.logger import LoggerCallback
 
-from rllib_mlflow import registry
+from rllib_mlflow import __version__, registry
 from rllib_mlflow._worker import WorkerProcess, with_retries
 from rllib_mlflow.export import FORMATS
 from rllib_mlflow.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
@@ -99,7 +99,20 @@ class MLflowLoggerCallback(LoggerCallback):
         mlflow_client = registry.client(self.tracking_uri)
         registry.check_tracking_server(mlflow_client)  # before any trial starts
         self._runs = TrialRuns(mlflow_client, self.experiment_name, self.tags)
+        self._check_write_access(mlflow_client)
         self._exporter = self._exporter or Exporter()
+
+    def _check_write_access(self, mlflow_client) -> None:
+        """Refuse a read-only user now; the experiment is only known when named."""
+        name = self.experiment_name
+        if name:
+            registry.check_write_access(
+                mlflow_client,
+                f"experiment {name!r}",
+                lambda: mlflow_client.set_experiment_tag(
+                    self._runs.experiment_id(name), registry.TAG_WRITER, __version__
+                ),
+            )
 
     # The hooks only capture what they need and queue the MLflow calls on the background
     # thread (in order, with retries), so that a slow or unreachable server never blocks
@@ -195,6 +208,18 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         self._exporter.configure(self.flush_timeout_s)
         self._exporter.start_worker()  # its imports take seconds: pay them while training
 
+    def _check_write_access(self, mlflow_client) -> None:
+        super()._check_write_access(mlflow_client)
+        name = self.settings.registered_model_name
+
+        def tag_model_if_it_exists():  # else the first registration creates it
+            if registry.registered_model_exists(mlflow_client, name):
+                mlflow_client.set_registered_model_tag(name, registry.TAG_WRITER, __version__)
+
+        registry.check_write_access(
+            mlflow_client, f"registered model {name!r}", tag_model_if_it_exists
+        )
+
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         super().log_trial_result(iteration, trial, result)
         self._check_best_metric(result)
@@ -289,7 +314,7 @@ class TrialRuns:
         with self._lock:
             if trial.trial_id in self._runs:
                 return self._runs[trial.trial_id]
-            experiment_id = self._experiment_id(self.experiment_name or trial.experiment_dir_name)
+            experiment_id = self.experiment_id(self.experiment_name or trial.experiment_dir_name)
             run_id = self._existing_run(experiment_id, trial.trial_id)
             if run_id is None:
                 tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
@@ -330,7 +355,7 @@ class TrialRuns:
             self.client.set_terminated(self._runs[trial.trial_id], status=status)
             self._open.discard(trial.trial_id)
 
-    def _experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id

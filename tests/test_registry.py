@@ -188,7 +188,6 @@ _LOADER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    import mlflow
     from rllib_mlflow import load_policy
 
     uri, obs_file = sys.argv[1], sys.argv[2]  # MLFLOW_TRACKING_URI is not set: pass it
@@ -208,6 +207,8 @@ _LOADER = textwrap.dedent(
             "backend": policy.backend,
             "dist_shape": list(policy.action_dist_inputs(obs).shape),
         }
+    out["mlflow_imported"] = "mlflow" in sys.modules  # an HTTP server needs no mlflow
+    import mlflow
     mlflow.set_tracking_uri(uri)
     pyfunc = mlflow.pyfunc.load_model("models:/NAME@best")
     out["pyfunc"] = {"actions": np.asarray(pyfunc.predict(obs)).tolist()}
@@ -232,6 +233,7 @@ def test_load_policy_in_a_fresh_process_without_ray_or_torch(registered, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["modules"] == []
+    assert out["mlflow_imported"] is False
     expected_versions = {"v1": "1", "best": "2", "iter2": "2", "iteration3": "3", "best_tf": "2"}
     for key, version in expected_versions.items():
         assert out[key]["version"] == version, key

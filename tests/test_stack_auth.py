@@ -10,10 +10,15 @@ journal, not in any server's log.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
+import sys
+import textwrap
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -30,6 +35,8 @@ from tests.stack import (  # noqa: F401
 
 pytestmark = pytest.mark.slow
 MODEL = "auth-ppo"
+READER = "reader"
+ADMIN_EXPERIMENT = "admin-experiment"
 
 
 @pytest.mark.parametrize(
@@ -86,6 +93,91 @@ def test_the_callback_authenticates_and_registers(production_stack, authenticate
         (MODEL, "training_iteration"),
     )
     assert rows == [("1",)]
+
+
+# -- a user who may read but not write ----------------------------------------------------
+
+
+def _as_user(username: str, password: str):
+    return mock.patch.dict(
+        os.environ, {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+    )
+
+
+@pytest.fixture(scope="module")
+def reader_password(production_stack, auth_tracking_server, authenticated_run):  # noqa: F811
+    """READER has the server's default permission, READ, on what the admin created: the
+    experiment ADMIN_EXPERIMENT and the registered model MODEL."""
+    from mlflow import MlflowClient
+    from mlflow.server.auth.client import AuthServiceClient
+
+    password = "reader-" + secrets.token_hex(8)
+    with _as_user(ADMIN_USER, production_stack.admin_password):
+        AuthServiceClient(auth_tracking_server).create_user(READER, password)
+        MlflowClient(auth_tracking_server).create_experiment(ADMIN_EXPERIMENT)
+    return password
+
+
+@pytest.mark.parametrize(
+    "model, experiment, refused",
+    [
+        ("reader-model", ADMIN_EXPERIMENT, f"experiment '{ADMIN_EXPERIMENT}'"),
+        (MODEL, "reader-experiment", f"registered model '{MODEL}'"),
+    ],
+    ids=["experiment", "registered-model"],
+)
+def test_missing_write_permission_fails_setup_before_training(
+    auth_tracking_server,  # noqa: F811
+    reader_password,
+    model,
+    experiment,
+    refused,
+):
+    callback = MLflowCheckpointCallback(
+        model, tracking_uri=auth_tracking_server, experiment_name=experiment
+    )
+    with _as_user(READER, reader_password), pytest.raises(TrackingError) as error:
+        callback.setup()
+    message = str(error.value)
+    assert f"does not let user '{READER}' write to {refused}" in message
+    assert "EDIT permission" in message and reader_password not in message
+    assert callback._exporter is None  # no worker started, nothing queued
+
+
+_LOAD_AS_READER = textwrap.dedent(
+    """
+    import json, sys
+    from rllib_mlflow import load_policy
+
+    policy = load_policy(sys.argv[2], training_iteration=1, tracking_uri=sys.argv[1])
+    actions = policy.compute_actions([[0.0, 0.1, 0.0, -0.1]] * 3)
+    print(json.dumps({
+        "actions": actions.tolist(),
+        "version": policy.metadata["version"],
+        "mlflow_imported": "mlflow" in sys.modules,
+    }))
+    """
+)
+
+
+def test_read_only_user_loads_a_policy_over_rest(auth_tracking_server, reader_password):  # noqa: F811
+    """load_policy authenticates its REST lookups and artifact downloads like MLflow does."""
+    from rllib_mlflow import load_policy
+
+    with _as_user(READER, reader_password):
+        result = subprocess.run(
+            [sys.executable, "-c", _LOAD_AS_READER, auth_tracking_server, MODEL],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["version"] == "1" and loaded["mlflow_imported"] is False
+    assert len(loaded["actions"]) == 3 and set(loaded["actions"]) <= {0, 1}
+    with _as_user(READER, "wrong-password"), pytest.raises(TrackingError, match="refused"):
+        load_policy(MODEL, training_iteration=1, tracking_uri=auth_tracking_server)
 
 
 def _pg_dump(stack) -> str:

@@ -1,0 +1,214 @@
+"""The few registry reads `load_policy` needs, over MLflow's REST API, without importing mlflow.
+
+`import mlflow` alone takes over a second, more than the whole rest of loading a policy.
+Against an HTTP(S) tracking server, `load_policy` therefore resolves the version with
+`RestRegistry` (which answers the lookups of `rllib_mlflow.registry` like an MlflowClient)
+and downloads just the files its backend needs through the server's artifact proxy. Any
+other store, artifact location or TLS setup goes through MLflow itself (`rest_registry`
+returns None).
+
+Standard library only: urllib, json and base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from rllib_mlflow.errors import TrackingError
+
+# MLflow's client honours these; rather than reimplement them, leave such setups to it.
+_TLS_SETTINGS = (
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)
+_ATTEMPTS = 3
+_TIMEOUT_SECONDS = 30
+
+
+class RestApiError(Exception):
+    """The server answered a registry request with an error (e.g. RESOURCE_DOES_NOT_EXIST)."""
+
+    def __init__(self, status: int, error_code: str, message: str):
+        super().__init__(f"{error_code}: {message}")
+        self.status, self.error_code, self.message = status, error_code, message
+
+
+@dataclass
+class ModelVersion:
+    """The fields of MLflow's ModelVersion that rllib-mlflow reads."""
+
+    name: str
+    version: str
+    creation_timestamp: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelVersion:
+        return cls(
+            name=data["name"],
+            version=str(data["version"]),
+            creation_timestamp=int(data.get("creation_timestamp", 0)),
+            tags={t["key"]: t.get("value", "") for t in data.get("tags", [])},
+            aliases=list(data.get("aliases", [])),
+        )
+
+
+@dataclass
+class RegisteredModel:
+    name: str
+    aliases: dict[str, str]
+
+
+class _Page(list):
+    """A list of search results with the token of the next page, like MLflow's PagedList."""
+
+    def __init__(self, items: list, token: str | None):
+        super().__init__(items)
+        self.token = token
+
+
+def rest_registry(tracking_uri: str | None) -> RestRegistry | None:
+    """A RestRegistry for an HTTP(S) tracking URI (default: MLFLOW_TRACKING_URI), else None."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")) or "@" in urllib.parse.urlparse(uri).netloc:
+        return None  # credentials in the URI are MLflow's business
+    if any(os.environ.get(setting) for setting in _TLS_SETTINGS):
+        return None
+    return RestRegistry(uri)
+
+
+class RestRegistry:
+    """Read-only registry lookups against one tracking server, authenticated as MLflow's
+    client would be (MLFLOW_TRACKING_USERNAME / _PASSWORD, or MLFLOW_TRACKING_TOKEN)."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self._headers = _auth_headers()
+
+    # -- the MlflowClient methods rllib_mlflow.registry uses for lookups ----------------------
+
+    def get_model_version(self, name: str, version: str) -> ModelVersion:
+        answer = self._get("model-versions/get", name=name, version=version)
+        return ModelVersion.from_json(answer["model_version"])
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        answer = self._get("registered-models/alias", name=name, alias=alias)
+        return ModelVersion.from_json(answer["model_version"])
+
+    def search_model_versions(
+        self, filter_string: str, max_results: int = 1000, page_token: str | None = None
+    ) -> _Page:
+        query = {"filter": filter_string, "max_results": max_results}
+        answer = self._get("model-versions/search", **query, page_token=page_token)
+        versions = [ModelVersion.from_json(v) for v in answer.get("model_versions", [])]
+        return _Page(versions, answer.get("next_page_token") or None)
+
+    def get_registered_model(self, name: str) -> RegisteredModel:
+        model = self._get("registered-models/get", name=name)["registered_model"]
+        aliases = {a["alias"]: str(a["version"]) for a in model.get("aliases", [])}
+        return RegisteredModel(name=model["name"], aliases=aliases)
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def download_uri(self, name: str, version: str) -> str:
+        answer = self._get("model-versions/get-download-uri", name=name, version=version)
+        return answer["artifact_uri"]
+
+    def proxied_artifact_path(self, artifact_uri: str) -> str | None:
+        """The path below the server's artifact proxy, for an `mlflow-artifacts:` URI that
+        this server serves; None for any other location (s3://, a local path, ...)."""
+        parsed = urllib.parse.urlparse(artifact_uri)
+        own = urllib.parse.urlparse(self.tracking_uri).netloc
+        if parsed.scheme != "mlflow-artifacts" or parsed.netloc not in ("", own):
+            return None
+        return parsed.path.strip("/")
+
+    def download_artifact(self, path: str, local_file: str) -> None:
+        """Fetch one file from the server's artifact proxy."""
+        url = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
+        body = self._request(url)
+        os.makedirs(os.path.dirname(local_file), exist_ok=True)
+        with open(local_file, "wb") as stream:
+            stream.write(body)
+
+    def download_tree(self, path: str, local_dir: str, wanted=lambda relative: True) -> None:
+        """Fetch the files below `path` whose relative path `wanted` accepts."""
+        for relative in self._list_files(path):
+            if wanted(relative):
+                self.download_artifact(f"{path}/{relative}", os.path.join(local_dir, relative))
+
+    def _list_files(self, path: str, prefix: str = "") -> list[str]:
+        query = urllib.parse.urlencode({"path": f"{path}/{prefix}".rstrip("/")})
+        url = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts?{query}"
+        files = []
+        for entry in json.loads(self._request(url)).get("files", []):
+            relative = f"{prefix}{entry['path'].rsplit('/', 1)[-1]}"
+            files += self._list_files(path, relative + "/") if entry["is_dir"] else [relative]
+        return files
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _get(self, endpoint: str, **query: Any) -> dict[str, Any]:
+        params = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}?{params}"
+        return json.loads(self._request(url))
+
+    def _request(self, url: str) -> bytes:
+        """GET with a few quick retries on connection errors and 5xx/429 answers."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                request = urllib.request.Request(url, headers=self._headers)
+                with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as answer:
+                    return answer.read()
+            except urllib.error.HTTPError as error:
+                if error.code < 500 and error.code != 429 or attempt == _ATTEMPTS - 1:
+                    raise self._api_error(error) from error
+            except (urllib.error.URLError, OSError) as error:
+                if attempt == _ATTEMPTS - 1:
+                    raise TrackingError(
+                        f"Cannot reach the MLflow tracking server at {self._redacted()} "
+                        f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
+                        "reachable server."
+                    ) from error
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _api_error(self, error: urllib.error.HTTPError) -> Exception:
+        try:
+            body = json.loads(error.read() or b"{}")
+        except ValueError:
+            body = {}
+        code, message = body.get("error_code", str(error.code)), body.get("message", error.reason)
+        if error.code in (401, 403):
+            return TrackingError(
+                f"The MLflow tracking server at {self._redacted()} refused the request "
+                f"({error.code} {code}: {str(message)[:300]}). Check MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD and the user's permissions."
+            )
+        return RestApiError(error.code, code, str(message))
+
+    def _redacted(self) -> str:
+        parsed = urllib.parse.urlparse(self.tracking_uri)
+        return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
+def _auth_headers() -> dict[str, str]:
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if username and password:
+        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,27 +143,33 @@ def start_postgres(root: Path, password: str) -> Postgres:
 
 
 def kill(server: ServerProcess) -> None:
-    """SIGKILL the process group: `weed` ignores SIGTERM for about 20 s, and its data is
-    thrown away with the session anyway."""
+    """SIGKILL the process group: `weed` ignores SIGTERM for about 20 s (its data survives a
+    SIGKILL: `restart_seaweedfs` relies on it)."""
     if server.process.poll() is None:
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(timeout=10)
 
 
-def start_seaweedfs(root: Path, access_key: str, secret_key: str) -> tuple[ServerProcess, str]:
-    """`weed server -s3` on free ports; returns the process and the S3 endpoint URL."""
+def start_seaweedfs(
+    root: Path,
+    access_key: str,
+    secret_key: str,
+    ports: services.SeaweedPorts | None = None,
+    log_name: str = "seaweedfs.log",
+) -> tuple[ServerProcess, str]:
+    """`weed server -s3` with its data in `root`/seaweedfs, on `ports` (default: free ones);
+    returns the process and the S3 endpoint URL. Started again with the same `root` and
+    `ports`, it serves the objects it held before."""
     data = root / "seaweedfs"
-    data.mkdir(parents=True)
-    ports = services.SeaweedPorts(*(free_port() for _ in range(8)))
+    data.mkdir(parents=True, exist_ok=True)
+    ports = ports or services.SeaweedPorts(*(free_port() for _ in range(8)))
     command = [
         os.path.join(VENV_BIN, "weed"),
         *services.seaweedfs_server_args(ip="127.0.0.1", data_dir=str(data), ports=ports),
     ]
     env = subprocess_env(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     endpoint = f"http://127.0.0.1:{ports.s3}"
-    server = start_process(
-        command, endpoint, "/healthz", root / "seaweedfs.log", env=env, timeout=120
-    )
+    server = start_process(command, endpoint, "/healthz", root / log_name, env=env, timeout=120)
     deadline = time.monotonic() + 60
     while True:  # the S3 gateway answers before the filer behind it is ready
         try:
@@ -188,6 +195,30 @@ class ProductionStack:
     admin_password: str  # of the basic-auth server, once `auth_tracking_server` started it
     bucket: str = services.BUCKET
     servers: list[ServerProcess] = field(default_factory=list)
+    seaweed_ports: services.SeaweedPorts | None = None
+
+    def kill_object_store(self) -> None:
+        """SIGKILL SeaweedFS: an object store outage, until `restart_object_store`."""
+        kill(self._seaweedfs())
+
+    def restart_object_store(self) -> None:
+        """SeaweedFS again on the same ports and data directory: the same endpoint, and the
+        buckets with the objects they held."""
+        old = self._seaweedfs()
+        kill(old)
+        restarts = sum(s.log.name.startswith("seaweedfs") for s in self.servers)
+        server, endpoint = start_seaweedfs(
+            self.root,
+            self.access_key,
+            self.secret_key,
+            self.seaweed_ports,
+            log_name=f"seaweedfs-{restarts}.log",
+        )
+        assert endpoint == self.s3_endpoint
+        self.servers[self.servers.index(old)] = server
+
+    def _seaweedfs(self) -> ServerProcess:
+        return next(s for s in reversed(self.servers) if s.log.name.startswith("seaweedfs"))
 
     @property
     def secrets(self) -> dict[str, str]:
@@ -297,10 +328,9 @@ def start_mlflow_server(
     )
 
 
-@pytest.fixture(scope="session")
-def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
-    """PostgreSQL + SeaweedFS + `mlflow server` on them, for the session."""
-    root = tmp_path_factory.mktemp("production_stack")
+@contextmanager
+def running_stack(root: Path) -> Iterator[ProductionStack]:
+    """PostgreSQL + SeaweedFS + `mlflow server` on them, in `root`; stopped on exit."""
     # Recognisable secrets, so that the leak test can look for them everywhere.
     postgres = start_postgres(root, "pg-" + secrets.token_hex(12))
     access_key = "rllibmlflow"
@@ -308,7 +338,8 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
     admin_password = "admin-" + secrets.token_hex(12)
     servers: list[ServerProcess] = []
     try:
-        seaweed, endpoint = start_seaweedfs(root, access_key, secret_key)
+        ports = services.SeaweedPorts(*(free_port() for _ in range(8)))
+        seaweed, endpoint = start_seaweedfs(root, access_key, secret_key, ports)
         servers.append(seaweed)
         servers.append(start_mlflow_server(root, postgres, endpoint, access_key, secret_key))
         yield ProductionStack(
@@ -320,13 +351,21 @@ def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produ
             tracking_uri=servers[1].uri,
             admin_password=admin_password,
             servers=servers,
+            seaweed_ports=ports,
         )
     finally:
         for server in reversed(servers):
-            kill(server) if server.log.name == "seaweedfs.log" else server.stop()
+            kill(server) if server.log.name.startswith("seaweedfs") else server.stop()
         postgres.stop()
         shutil.copy(postgres.log, root / "postgres.log") if postgres.log.exists() else None
         shutil.rmtree(postgres.data.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
+    """PostgreSQL + SeaweedFS + `mlflow server` on them, for the session."""
+    with running_stack(tmp_path_factory.mktemp("production_stack")) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Faults with real processes: the tracking server killed and restarted mid-training, the
 driver killed with SIGKILL during exports, Ctrl-C during the final flush, a full disk for
-temporary export files; four trials registering into one model; a served version with
-pickle deserialization disabled; planted credentials that must appear nowhere.
+temporary export files, the S3 object store behind the tracking server killed and restarted
+mid-training; four trials registering into one model; a served version with pickle
+deserialization disabled; planted credentials that must appear nowhere.
 
 Every test runs Tune in a subprocess (`tests.tune_job.run`) and checks the registry
 afterwards: one version per trial and training iteration, never two.
@@ -33,6 +34,7 @@ from tests.mlflow_server import (
     subprocess_env,
 )
 from tests.mlflow_server import free_port as _free_port
+from tests.stack import running_stack
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -510,3 +512,121 @@ def test_served_version_loads_no_pickle_and_answers_4xx_to_bad_requests(four_tri
     finally:
         server.stop()
     assert "pickle" not in log.read_text(errors="replace").lower()
+
+
+# -- 6. the object store killed in the middle of training, restarted on the same ports --
+
+OBJECT_STORE_ITERATIONS = 20
+
+
+@pytest.fixture(scope="module")
+def object_store_outage(tmp_path_factory):
+    """A production stack of its own (PostgreSQL, SeaweedFS, `mlflow server` proxying the
+    artifacts to the bucket), so that the session's stack never sees an outage. One trial
+    of 20 iterations of 4 s, checkpoints on local disk. SeaweedFS gets SIGKILL after the
+    first registration and is started again 10 s later on the same ports and data; its
+    Raft master takes another 15-20 s to elect itself and serve S3 again."""
+    root = tmp_path_factory.mktemp("object_store_outage")
+    experiment = root / "results" / tune_job.EXPERIMENT
+    journal = experiment / JOURNAL_FILE
+    with running_stack(root / "stack") as stack:
+        command = _job_command(
+            root / "results",
+            stack.tracking_uri,
+            OBJECT_STORE_ITERATIONS,
+            seconds_per_iteration=4.0,
+        )
+        log = root / "job.log"
+        process = _start_job(command, log)
+        try:
+            _wait_for(lambda: _events(journal, "registered") >= 1, 240, "a registration", process)
+            stack.kill_object_store()
+            down_at = time.time()
+            time.sleep(10)
+            assert process.poll() is None, "the job ended during the outage"
+            stack.restart_object_store()  # returns once the bucket answers again
+            up_at = time.time()
+            returncode = _finish(process, timeout=400)
+        finally:
+            if process.poll() is None:
+                _kill_group(process)
+        yield {
+            "stack": stack,
+            "experiment": experiment,
+            "journal": [json.loads(line) for line in journal.read_text().splitlines()],
+            "returncode": returncode,
+            "output": log.read_text(errors="replace"),
+            "after_job": _keys(_versions(stack.tracking_uri)),
+            "down_at": down_at,
+            "up_at": up_at,
+        }
+
+
+def test_object_store_outage_neither_fails_nor_stalls_training(object_store_outage):
+    outage = object_store_outage
+    assert outage["returncode"] == 0, outage["output"][-4000:]
+    assert "rllib-mlflow-test: job done" in outage["output"]
+    down_at, up_at = outage["down_at"], outage["up_at"]
+    assert up_at - down_at >= 20
+    (result,) = outage["experiment"].glob("*/result.json")
+    stamps = [json.loads(line)["timestamp"] for line in result.read_text().splitlines()]
+    assert len(stamps) == OBJECT_STORE_ITERATIONS
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert max(gaps) < 15, gaps
+    # Iterations went on at their pace while the store was down, and after it came back.
+    assert len([s for s in stamps if down_at <= s <= up_at]) >= 4, (stamps, down_at, up_at)
+    assert len([s for s in stamps if s > up_at]) >= 2, (stamps, up_at)
+
+
+def test_object_store_outage_held_up_registrations_without_losing_any(object_store_outage):
+    outage = object_store_outage
+    queued = {e["key"]: e["time"] for e in outage["journal"] if e["event"] == "queued"}
+    registered = [e for e in outage["journal"] if e["event"] == "registered"]
+    # The outage really stood in the way: checkpoints queued before the store came back
+    # were registered only after it did.
+    assert [e for e in registered if queued[e["key"]] < outage["up_at"] < e["time"]]
+    assert not [e for e in outage["journal"] if e["event"] == "failed"], outage["journal"]
+    expected = _persisted(outage["experiment"])
+    assert len(expected) == OBJECT_STORE_ITERATIONS
+    # The job itself registers every checkpoint once, and nothing twice.
+    after_job = outage["after_job"]
+    assert len(after_job) == len(set(after_job)), collections.Counter(after_job)
+    assert set(after_job) == expected, outage["output"][-4000:]
+    assert sorted(e["key"] for e in registered) == sorted(queued)
+    versions = _assert_exactly_once(outage["stack"].tracking_uri, expected)
+    assert sorted(int(v.version) for v in versions) == list(range(1, len(expected) + 1))
+
+
+def test_object_store_outage_every_version_is_complete_in_the_bucket(object_store_outage, tmp_path):
+    """Each version's model files are objects in the bucket, and what boto3 downloads from
+    there loads as an MLflow model that computes actions."""
+    import mlflow.pyfunc
+    import numpy as np
+
+    stack = object_store_outage["stack"]
+    client = _client(stack.tracking_uri)
+    s3 = stack.s3_client()
+    observations = np.random.default_rng(0).uniform(-0.05, 0.05, (4, 4)).astype(np.float32)
+    versions = _versions(stack.tracking_uri)
+    model_ids = {v.version: v.model_id or v.source.removeprefix("models:/") for v in versions}
+    # No half-uploaded model left behind in the Models tab: one READY model per version.
+    experiment_id = client.get_experiment_by_name(tune_job.EXPERIMENT).experiment_id
+    models = client.search_logged_models([experiment_id], max_results=1000)
+    assert sorted(m.model_id for m in models) == sorted(model_ids.values())
+    assert {m.status.name for m in models} == {"READY"}, [(m.model_id, m.status) for m in models]
+    for version in versions:
+        location = client.get_logged_model(model_ids[version.version]).artifact_location
+        assert location.startswith("mlflow-artifacts:/"), location
+        prefix = location.removeprefix("mlflow-artifacts:/").strip("/") + "/"
+        keys = stack.object_keys(prefix)
+        files = {key.removeprefix(prefix) for key in keys}
+        assert {"MLmodel", "data/model.onnx", "data/policy.json"} <= files, (version, files)
+        local = tmp_path / f"v{version.version}"
+        for key in keys:
+            target = local / key.removeprefix(prefix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(stack.bucket, key, str(target))
+        policy = json.loads((local / "data" / "policy.json").read_text())
+        assert policy["training_iteration"] == int(version.tags["training_iteration"])
+        actions = mlflow.pyfunc.load_model(str(local)).predict(observations)
+        assert np.asarray(actions).shape == (4,) and set(np.unique(actions)) <= {0, 1}

@@ -1,10 +1,16 @@
-"""The registration worker: a child process that exports and registers checkpoints.
+"""The worker: a child process of the Tune driver that does all the MLflow work.
 
-A separate process because the Tune driver imported RLlib before TensorFlow (which
-leaves TF in graph mode) and because export work must not compete with the driver. It
-is started with `python -m rllib_mlflow._worker` rather than multiprocessing, so that the
-user's training script is never re-imported. Protocol: one JSON task per line on stdin,
-one JSON reply per line on stdout; logs go to stderr.
+It keeps the trials' runs (params, metrics, artifacts, status) and exports and registers
+checkpoints, so that the driver never imports mlflow, TensorFlow or torch and never
+waits on a server. A separate process also because the Tune driver imported RLlib before
+TensorFlow (which leaves TF in graph mode), and at the lowest CPU priority, so that
+training keeps the cores and this work fills the idle moments. It is started with
+`python -m rllib_mlflow._worker` rather than multiprocessing, so that the user's training
+script is never re-imported.
+
+Protocol: one JSON message per line on stdin, `{"op": ..., "key": ..., ...}`, handled in
+order; one JSON reply per message on stdout, `{"key": ..., "done"|"versions"|"error": ...}`.
+The first message after each start is `configure` (no reply). Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerProcess:
-    """The driver's handle on the worker: submit tasks, get called back with replies."""
+    """The driver's handle on the worker: submit messages, get called back with replies."""
 
-    def __init__(self, on_reply: Callable[[str, dict[str, Any]], None]):
+    def __init__(self, on_reply: Callable[[str, dict[str, Any]], None], settings: dict[str, Any]):
         self._on_reply = on_reply
+        self._configure = {"op": "configure", **settings}
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
@@ -37,11 +44,9 @@ class WorkerProcess:
         with self._lock:
             self._ensure_started()
 
-    def submit(self, key: str, task: dict[str, Any]) -> None:
+    def submit(self, message: dict[str, Any]) -> None:
         with self._lock:
-            process = self._ensure_started()
-            process.stdin.write(json.dumps({"key": key, "task": task}) + "\n")
-            process.stdin.flush()
+            _send(self._ensure_started(), message)
 
     def stop(self) -> None:
         with self._lock:
@@ -71,6 +76,7 @@ class WorkerProcess:
                 },
                 start_new_session=True,  # Ctrl-C reaches the driver only; it decides
             )
+            _send(self._process, self._configure)
             threading.Thread(target=self._read_replies, args=(self._process,), daemon=True).start()
         return self._process
 
@@ -82,6 +88,11 @@ class WorkerProcess:
                 continue
             self._on_reply(reply["key"], reply)
         self._on_reply("", {"worker_exited": process.wait()})
+
+
+def _send(process: subprocess.Popen, message: dict[str, Any]) -> None:
+    process.stdin.write(json.dumps(message, default=str) + "\n")
+    process.stdin.flush()
 
 
 def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
@@ -150,26 +161,78 @@ def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 
     return None
 
 
+class Session:
+    """The worker's state: the configured tracking URI and the trials' runs."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
+        self._runs = None
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        op = message["op"]
+        if op == "configure":
+            self.settings, self._runs = message, None
+            return None
+        if op == "register":
+            task = {**message["task"], "tracking_uri": self.settings.get("tracking_uri")}
+            task["run_id"] = with_retries(lambda: self.runs.run_id(self._trial(message)))
+            return {"versions": register_task(task)}
+        trial = self._trial(message)
+        calls = {
+            "start_run": lambda: self.runs.start(trial),
+            "log_params": lambda: self.runs.log_params(trial, message["params"]),
+            "log_metrics": lambda: self.runs.log_metrics(
+                trial, message["metrics"], message["step"]
+            ),
+            "log_artifacts": lambda: self.runs.log_artifacts(trial, message["path"]),
+            "end_run": lambda: self.runs.end(trial, message["status"]),
+        }
+        with_retries(calls[op])
+        return {"done": True}
+
+    @property
+    def runs(self):
+        if self._runs is None:
+            from rllib_mlflow import registry
+            from rllib_mlflow.runs import TrialRuns
+
+            self._runs = TrialRuns(
+                registry.client(self.settings.get("tracking_uri")),
+                self.settings.get("experiment_name"),
+                self.settings.get("tags") or {},
+            )
+        return self._runs
+
+    @staticmethod
+    def _trial(message: dict[str, Any]):
+        from rllib_mlflow.runs import TrialInfo
+
+        return TrialInfo(**message["trial"])
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(10)  # training comes first; registrations can wait a little
+    os.nice(19)  # training comes first: this work fills the moments the cores are idle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
     replies = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     driver = os.getppid()
+    session = Session()
     for line in sys.stdin:
         if os.getppid() != driver:
             # The driver died (e.g. SIGKILL) with tasks still in the pipe: stop, so that
             # `rllib-mlflow sync` is the only one registering what the journal holds.
             logger.info("the driver is gone; leaving the rest to `rllib-mlflow sync`.")
             return
-        request = json.loads(line)
+        message = json.loads(line)
         try:
-            reply = {"versions": register_task(request["task"])}
+            reply = session.handle(message)
         except Exception as error:
             reply = {"error": f"{type(error).__name__}: {error}"}
+        if reply is None:
+            continue
         try:
-            replies.write(json.dumps({"key": request["key"], **reply}) + "\n")
+            replies.write(json.dumps({"key": message["key"], **reply}) + "\n")
             replies.flush()
         except BrokenPipeError:  # the driver died meanwhile; the journal has the task
             logger.info("the driver is gone; leaving the rest to `rllib-mlflow sync`.")

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from rllib_mlflow import _tensorflow_first  # noqa: F401 - must precede any ray.rllib import
 from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.snapshot import (
     ActionRule,
@@ -114,8 +113,18 @@ def checkpoint_uri(checkpoint: CheckpointLike) -> str:
     return text if "://" in text else str(Path(text).resolve())
 
 
+def _tensorflow_before_rllib() -> None:
+    """Import TensorFlow before this process's first RLlib import (see `_tensorflow_first`).
+
+    Called by the functions through which RLlib gets imported (by name or by unpickling),
+    rather than at module import, so that the Tune driver, which only queues work, never
+    loads TensorFlow."""
+    from rllib_mlflow import _tensorflow_first  # noqa: F401
+
+
 def list_module_ids(checkpoint_dir: str) -> list[str]:
     """The module ids a local checkpoint directory holds, in sorted order."""
+    _tensorflow_before_rllib()
     return sorted(_module_dirs(Path(checkpoint_dir)))
 
 
@@ -123,6 +132,7 @@ def read_snapshots(
     checkpoint: CheckpointLike, module_id: str | None = None
 ) -> list[PolicySnapshot]:
     """Read one snapshot per module (or only `module_id`) from an RLlib checkpoint."""
+    _tensorflow_before_rllib()
     local = Path(local_checkpoint_dir(checkpoint))
     modules = _module_dirs(local)
     if module_id is not None:
@@ -141,6 +151,7 @@ def read_snapshots(
 
 def read_training_iteration(checkpoint_dir: str) -> int | None:
     """The training iteration an Algorithm checkpoint recorded, if any."""
+    _tensorflow_before_rllib()
     state = Path(checkpoint_dir) / "algorithm_state.pkl"
     if not state.exists():
         return None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rllib_mlflow.errors import RegistryError, TrackingError
-from rllib_mlflow.rest import RestApiError, RestRegistry, rest_registry
+from rllib_mlflow.rest import RestApiError, RestClient, RestPermissionError, rest_client
 from rllib_mlflow.serving import ONNX_FILE, POLICY_FILE, SAVED_MODEL_DIR, Policy
 
 ALIAS_BEST = "best"
@@ -85,13 +85,13 @@ def validate_tracking_uri(uri: str) -> str:
 
 def check_tracking_server(mlflow_client) -> None:
     """Fail fast, with the URI, when the tracking server is unreachable or refuses us."""
-    from mlflow.exceptions import MlflowException
-
     uri = mlflow_client.tracking_uri
     _probe_http_server(uri)
     try:
         mlflow_client.search_registered_models(max_results=1)
-    except MlflowException as error:
+    except TrackingError:
+        raise
+    except _client_errors(mlflow_client) as error:
         raise TrackingError(
             f"The MLflow tracking server at {_redact(uri)} refused the request: "
             f"{error.message[:300]}. Check MLFLOW_TRACKING_URI and, with authentication, "
@@ -111,11 +111,9 @@ TAG_WRITER = "rllib_mlflow.version"
 def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -> None:
     """Run `write`, a harmless write that needs the permission logging to `resource` needs,
     so that a user who may only read is told before training rather than after it."""
-    from mlflow.exceptions import MlflowException
-
     try:
         write()
-    except MlflowException as error:
+    except _client_errors(mlflow_client) as error:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
         raise TrackingError(
             f"The MLflow tracking server at {_redact(mlflow_client.tracking_uri)} does not let "
@@ -126,12 +124,10 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
 
 
 def registered_model_exists(mlflow_client, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
     try:
         mlflow_client.get_registered_model(name)
         return True
-    except MlflowException as error:
+    except _client_errors(mlflow_client) as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
         raise
@@ -239,7 +235,7 @@ def load_policy(
         `rllib_mlflow.serving.Policy`, with ``compute_actions(obs)``,
         ``action_dist_inputs(obs)`` and ``metadata``.
     """
-    registry = rest_registry(tracking_uri)  # no `import mlflow` against an HTTP server
+    registry = rest_client(tracking_uri)  # no `import mlflow` against an HTTP server
     version = _find_version(
         registry or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
     )
@@ -259,7 +255,7 @@ def load_policy(
     return policy
 
 
-def _download_through_proxy(registry: RestRegistry, version, backend: str | None) -> str | None:
+def _download_through_proxy(registry: RestClient, version, backend: str | None) -> str | None:
     """The export directory of `version`, fetched through the server's artifact proxy with
     only the files `backend` needs; None when the server does not proxy its artifacts."""
     import yaml
@@ -356,10 +352,10 @@ def _improves(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _lookup_errors(mlflow_client) -> tuple[type[Exception], ...]:
-    """What a client raises for a version, alias or model that does not exist."""
-    if isinstance(mlflow_client, RestRegistry):
-        return (RestApiError,)
+def _client_errors(mlflow_client) -> tuple[type[Exception], ...]:
+    """What a client raises when the server answers with an error (missing, refused...)."""
+    if isinstance(mlflow_client, RestClient):
+        return (RestApiError, RestPermissionError)
     from mlflow.exceptions import MlflowException
 
     return (MlflowException,)
@@ -368,14 +364,14 @@ def _lookup_errors(mlflow_client) -> tuple[type[Exception], ...]:
 def _alias_or_none(mlflow_client, name: str, alias: str):
     try:
         return mlflow_client.get_model_version_by_alias(name, alias)
-    except _lookup_errors(mlflow_client):
+    except _client_errors(mlflow_client):
         return None
 
 
 def _get_version(mlflow_client, name: str, version: str):
     try:
         return mlflow_client.get_model_version(name, version)
-    except _lookup_errors(mlflow_client) as error:
+    except _client_errors(mlflow_client) as error:
         raise RegistryError(
             f"{name!r} has no version {version}. Existing versions: "
             f"{_existing_versions(mlflow_client, name)}."

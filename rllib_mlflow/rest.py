@@ -1,11 +1,11 @@
-"""The few registry reads `load_policy` needs, over MLflow's REST API, without importing mlflow.
+"""The few MlflowClient calls rllib-mlflow makes on the fast paths, over MLflow's REST API.
 
-`import mlflow` alone takes over a second, more than the whole rest of loading a policy.
-Against an HTTP(S) tracking server, `load_policy` therefore resolves the version with
-`RestRegistry` (which answers the lookups of `rllib_mlflow.registry` like an MlflowClient)
-and downloads just the files its backend needs through the server's artifact proxy. Any
-other store, artifact location or TLS setup goes through MLflow itself (`rest_registry`
-returns None).
+`import mlflow` alone takes over a second, more than the whole rest of loading a policy,
+and the Tune driver should not pay it before training starts. Against an HTTP(S) tracking
+server, `RestClient` therefore answers the lookups of `rllib_mlflow.registry` and the
+checks of `rllib_mlflow.preflight` like an MlflowClient would, and `load_policy` downloads
+just the files its backend needs through the server's artifact proxy. Any other store,
+artifact location or TLS setup goes through MLflow itself (`rest_client` returns None).
 
 Standard library only: urllib, json and base64.
 """
@@ -35,10 +35,18 @@ _TIMEOUT_SECONDS = 30
 
 
 class RestApiError(Exception):
-    """The server answered a registry request with an error (e.g. RESOURCE_DOES_NOT_EXIST)."""
+    """The server answered with an error (e.g. RESOURCE_DOES_NOT_EXIST)."""
 
     def __init__(self, status: int, error_code: str, message: str):
         super().__init__(f"{error_code}: {message}")
+        self.status, self.error_code, self.message = status, error_code, message
+
+
+class RestPermissionError(TrackingError):
+    """The server refused our credentials (401) or the operation (403)."""
+
+    def __init__(self, text: str, status: int, error_code: str, message: str):
+        super().__init__(text)
         self.status, self.error_code, self.message = status, error_code, message
 
 
@@ -77,18 +85,24 @@ class _Page(list):
         self.token = token
 
 
-def rest_registry(tracking_uri: str | None) -> RestRegistry | None:
-    """A RestRegistry for an HTTP(S) tracking URI (default: MLFLOW_TRACKING_URI), else None."""
+def rest_client(tracking_uri: str | None) -> RestClient | None:
+    """A RestClient for an HTTP(S) tracking URI (default: MLFLOW_TRACKING_URI), else None."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")) or "@" in urllib.parse.urlparse(uri).netloc:
         return None  # credentials in the URI are MLflow's business
     if any(os.environ.get(setting) for setting in _TLS_SETTINGS):
         return None
-    return RestRegistry(uri)
+    return RestClient(uri)
 
 
-class RestRegistry:
-    """Read-only registry lookups against one tracking server, authenticated as MLflow's
+@dataclass
+class Experiment:
+    experiment_id: str
+    name: str
+
+
+class RestClient:
+    """A few MlflowClient methods against one tracking server, authenticated as MLflow's
     client would be (MLFLOW_TRACKING_USERNAME / _PASSWORD, or MLFLOW_TRACKING_TOKEN)."""
 
     def __init__(self, tracking_uri: str):
@@ -117,6 +131,32 @@ class RestRegistry:
         model = self._get("registered-models/get", name=name)["registered_model"]
         aliases = {a["alias"]: str(a["version"]) for a in model.get("aliases", [])}
         return RegisteredModel(name=model["name"], aliases=aliases)
+
+    def search_registered_models(self, max_results: int = 100) -> list[dict[str, Any]]:
+        answer = self._get("registered-models/search", max_results=max_results)
+        return answer.get("registered_models", [])
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        self._post("registered-models/set-tag", name=name, key=key, value=value)
+
+    # -- experiments ------------------------------------------------------------------------
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        try:
+            answer = self._get("experiments/get-by-name", experiment_name=name)
+        except RestApiError as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return Experiment(answer["experiment"]["experiment_id"], answer["experiment"]["name"])
+
+    def create_experiment(self, name: str) -> str:
+        return self._post("experiments/create", name=name)["experiment_id"]
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self._post(
+            "experiments/set-experiment-tag", experiment_id=experiment_id, key=key, value=value
+        )
 
     # -- artifacts ----------------------------------------------------------------------------
 
@@ -163,11 +203,16 @@ class RestRegistry:
         url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}?{params}"
         return json.loads(self._request(url))
 
-    def _request(self, url: str) -> bytes:
-        """GET with a few quick retries on connection errors and 5xx/429 answers."""
+    def _post(self, endpoint: str, **body: Any) -> dict[str, Any]:
+        url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}"
+        return json.loads(self._request(url, json.dumps(body).encode()) or b"{}")
+
+    def _request(self, url: str, body: bytes | None = None) -> bytes:
+        """GET (or POST `body`) with quick retries on connection errors and 5xx/429."""
+        headers = {**self._headers, **({"Content-Type": "application/json"} if body else {})}
         for attempt in range(_ATTEMPTS):
             try:
-                request = urllib.request.Request(url, headers=self._headers)
+                request = urllib.request.Request(url, data=body, headers=headers)
                 with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as answer:
                     return answer.read()
             except urllib.error.HTTPError as error:
@@ -190,10 +235,13 @@ class RestRegistry:
             body = {}
         code, message = body.get("error_code", str(error.code)), body.get("message", error.reason)
         if error.code in (401, 403):
-            return TrackingError(
+            return RestPermissionError(
                 f"The MLflow tracking server at {self._redacted()} refused the request "
                 f"({error.code} {code}: {str(message)[:300]}). Check MLFLOW_TRACKING_USERNAME / "
-                "MLFLOW_TRACKING_PASSWORD and the user's permissions."
+                "MLFLOW_TRACKING_PASSWORD and the user's permissions.",
+                error.code,
+                code,
+                str(message),
             )
         return RestApiError(error.code, code, str(message))
 

@@ -215,7 +215,7 @@ def _trial_run(
     trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
 ) -> tuple[str, bool]:
     """The trial's run from an earlier session (True), else a new run (False)."""
-    from rllib_mlflow.tune import TAG_TRIAL_ID
+    from rllib_mlflow.runs import TAG_TRIAL_ID
 
     mlflow_client = registry.client(tracking_uri)
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]

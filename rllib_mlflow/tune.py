@@ -1,63 +1,39 @@
 """Ray Tune callbacks: one MLflow run per trial, and every checkpoint a registered version.
 
-The hooks only translate Tune events. `TrialRuns` owns the MLflow runs; `Exporter` owns
-the background work: an ordered thread for tracking calls and one spawned process that
-exports and registers checkpoints (TensorFlow needs a process where RLlib did not import
-it first, and training must not wait). Every checkpoint is first copied out of Tune's
-hands (so `num_to_keep` cannot delete it under us) and written to a journal, so that
-nothing is lost on Ctrl-C or a crash: `rllib-mlflow sync EXPERIMENT_DIR` finishes the job.
+The hooks only translate Tune events into messages. `Exporter` passes them, in order, to
+one worker process (`rllib_mlflow._worker`) that does all the MLflow work at the lowest
+CPU priority: the trials' runs, and exporting and registering checkpoints. So the driver
+never imports mlflow, TensorFlow or torch, and never waits on a server. Every checkpoint
+is first copied out of Tune's hands (so `num_to_keep` cannot delete it under us) and
+written to a journal, so that nothing is lost on Ctrl-C or a crash:
+`rllib-mlflow sync EXPERIMENT_DIR` finishes the job.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.tune.logger import LoggerCallback
 
-from rllib_mlflow import __version__, registry
-from rllib_mlflow._worker import WorkerProcess, with_retries
+from rllib_mlflow import preflight, registry
+from rllib_mlflow._worker import WorkerProcess
 from rllib_mlflow.export import FORMATS
 from rllib_mlflow.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
+from rllib_mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.tracking import DEFAULT_BEST_METRIC, RegistrationSettings, result_metrics
 
 logger = logging.getLogger(__name__)
 
-TAG_TRIAL_ID = "rllib_mlflow.trial_id"
 STAGING_DIR = ".rllib_mlflow_staging"
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential|auth|private", re.I)
-_PARAM_VALUE_LIMIT = 6000
-_PARAMS_PER_BATCH = 100
-
-
-def redact_params(config: Mapping[str, Any]) -> dict[str, str]:
-    """The flattened config as MLflow params, with secret-looking values replaced."""
-    params = {}
-    for key, value in _flatten(config).items():
-        text = "***" if _SECRET_KEY.search(key) else str(value)
-        params[key[:250]] = text[:_PARAM_VALUE_LIMIT]
-    return params
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
 
 
 class MLflowLoggerCallback(LoggerCallback):
@@ -81,6 +57,8 @@ class MLflowLoggerCallback(LoggerCallback):
         save_artifact: bool = False,
         log_params_on_trial_end: bool = False,
     ):
+        if tracking_uri is not None:
+            registry.validate_tracking_uri(tracking_uri)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.experiment_name = experiment_name
@@ -88,7 +66,6 @@ class MLflowLoggerCallback(LoggerCallback):
         self.tracking_token = tracking_token
         self.save_artifact = save_artifact
         self.log_params_on_trial_end = log_params_on_trial_end
-        self._runs: TrialRuns | None = None
         self._exporter: Exporter | None = None
 
     # Tune hooks ------------------------------------------------------------------------
@@ -96,65 +73,61 @@ class MLflowLoggerCallback(LoggerCallback):
     def setup(self, *args, **kwargs) -> None:
         if self.tracking_token:
             os.environ["MLFLOW_TRACKING_TOKEN"] = self.tracking_token
-        mlflow_client = registry.client(self.tracking_uri)
-        registry.check_tracking_server(mlflow_client)  # before any trial starts
-        self._runs = TrialRuns(mlflow_client, self.experiment_name, self.tags)
-        self._check_write_access(mlflow_client)
-        self._exporter = self._exporter or Exporter()
-
-    def _check_write_access(self, mlflow_client) -> None:
-        """Refuse a read-only user now; the experiment is only known when named."""
-        name = self.experiment_name
-        if name:
-            registry.check_write_access(
-                mlflow_client,
-                f"experiment {name!r}",
-                lambda: mlflow_client.set_experiment_tag(
-                    self._runs.experiment_id(name), registry.TAG_WRITER, __version__
-                ),
+        preflight.check_tracking_store(self.tracking_uri, **self._preflight_targets())
+        if self._exporter is None:
+            self._exporter = Exporter(
+                {
+                    "tracking_uri": self.tracking_uri,
+                    "experiment_name": self.experiment_name,
+                    "tags": self.tags,
+                }
             )
+        self._exporter.start_worker()  # its start-up overlaps the trials' start-up
 
-    # The hooks only capture what they need and queue the MLflow calls on the background
-    # thread (in order, with retries), so that a slow or unreachable server never blocks
-    # or breaks training.
+    def _preflight_targets(self) -> dict[str, str | None]:
+        return {"experiment_name": self.experiment_name}
+
+    # The hooks only capture what they need and queue it for the worker (in order, with
+    # retries there), so that a slow or unreachable server never blocks or breaks training.
 
     def log_trial_start(self, trial) -> None:
         self._ensure_setup()
-        info, config = TrialInfo.of(trial), dict(trial.config)
-        self._exporter.call(lambda: self._runs.start(info))
+        trial_info = TrialInfo.of(trial).to_json()
+        self._exporter.send("start_run", trial=trial_info)
         if not self.log_params_on_trial_end:
-            self._exporter.call(lambda: self._runs.log_params(info, config))
+            self._exporter.send("log_params", trial=trial_info, params=redact_params(trial.config))
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        info, metrics = TrialInfo.of(trial), result_metrics(result)
-        step = int(result.get("training_iteration", iteration))
-        self._exporter.call(lambda: self._runs.log_metrics(info, metrics, step), optional=True)
+        self._exporter.send(
+            "log_metrics",
+            optional=True,
+            trial=TrialInfo.of(trial).to_json(),
+            metrics=result_metrics(result),
+            step=int(result.get("training_iteration", iteration)),
+        )
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        info, config = TrialInfo.of(trial), dict(trial.config)
+        trial_info = TrialInfo.of(trial).to_json()
         if self.log_params_on_trial_end:
-            self._exporter.call(lambda: self._runs.log_params(info, config))
+            self._exporter.send("log_params", trial=trial_info, params=redact_params(trial.config))
         if self.save_artifact:
-            path = trial.local_path
-            self._exporter.call(lambda: self._runs.log_artifacts(info, path))
-        status = "FAILED" if failed else "FINISHED"
-        self._exporter.call(lambda: self._runs.end(info, status))
+            self._exporter.send("log_artifacts", trial=trial_info, path=trial.local_path)
+        self._exporter.send("end_run", trial=trial_info, status="FAILED" if failed else "FINISHED")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._exporter is None:
             return
         for trial in trials:  # runs not ended by now were stopped early, e.g. by Ctrl-C
-            trial_info = TrialInfo.of(trial)
-            self._exporter.call(lambda i=trial_info: self._runs.end(i, "KILLED"))
+            self._exporter.send("end_run", trial=TrialInfo.of(trial).to_json(), status="KILLED")
         self._exporter.flush()
 
     # Pickling: Tune stores callbacks with the experiment state for `Tuner.restore`.
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": None, "_exporter": None}
+        return {**self.__dict__, "_exporter": None}
 
     def _ensure_setup(self) -> None:
-        if self._runs is None:
+        if self._exporter is None:
             self.setup()
 
 
@@ -205,20 +178,13 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
 
     def setup(self, *args, **kwargs) -> None:
         super().setup(*args, **kwargs)
-        self._exporter.configure(self.flush_timeout_s)
-        self._exporter.start_worker()  # its imports take seconds: pay them while training
+        self._exporter.flush_timeout_s = self.flush_timeout_s
 
-    def _check_write_access(self, mlflow_client) -> None:
-        super()._check_write_access(mlflow_client)
-        name = self.settings.registered_model_name
-
-        def tag_model_if_it_exists():  # else the first registration creates it
-            if registry.registered_model_exists(mlflow_client, name):
-                mlflow_client.set_registered_model_tag(name, registry.TAG_WRITER, __version__)
-
-        registry.check_write_access(
-            mlflow_client, f"registered model {name!r}", tag_model_if_it_exists
-        )
+    def _preflight_targets(self) -> dict[str, str | None]:
+        return {
+            **super()._preflight_targets(),
+            "registered_model_name": self.settings.registered_model_name,
+        }
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         super().log_trial_result(iteration, trial, result)
@@ -257,10 +223,10 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             "retries": self.retries,
             **self.retention,
         }
-        # The journal never holds the tracking URI: it may carry credentials.
+        # The journal never holds the tracking URI (it may carry credentials); the worker
+        # adds it, and the run id of the trial.
         journal.record(QUEUED, key, **task)
-        task["tracking_uri"] = self.tracking_uri
-        self._exporter.register(journal, key, task, run_id=lambda: self._runs.run_id(info))
+        self._exporter.register(journal, key, task, trial=info.to_json())
 
     def _check_best_metric(self, result: dict) -> None:
         if self._best_metric_seen:
@@ -282,95 +248,6 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             )
 
 
-# -- MLflow runs, one per trial -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrialInfo:
-    """What the background thread needs of a Tune trial (the trial itself keeps changing)."""
-
-    trial_id: str
-    name: str
-    experiment_dir_name: str
-
-    @classmethod
-    def of(cls, trial) -> TrialInfo:
-        return cls(trial.trial_id, str(trial), trial.experiment_dir_name)
-
-
-class TrialRuns:
-    """The MLflow run of each trial; continues a restored trial's run. Used from the
-    background thread only."""
-
-    def __init__(self, mlflow_client, experiment_name: str | None, tags: dict[str, Any]):
-        self.client = mlflow_client
-        self.experiment_name = experiment_name
-        self.tags = tags
-        self._runs: dict[str, str] = {}
-        self._open: set[str] = set()
-        self._lock = threading.Lock()
-
-    def start(self, trial: TrialInfo) -> str:
-        with self._lock:
-            if trial.trial_id in self._runs:
-                return self._runs[trial.trial_id]
-            experiment_id = self.experiment_id(self.experiment_name or trial.experiment_dir_name)
-            run_id = self._existing_run(experiment_id, trial.trial_id)
-            if run_id is None:
-                tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
-                run = self.client.create_run(experiment_id, tags=tags, run_name=trial.name)
-                run_id = run.info.run_id
-            else:
-                self.client.update_run(run_id, status="RUNNING")
-            self._runs[trial.trial_id] = run_id
-            self._open.add(trial.trial_id)
-            return run_id
-
-    def run_id(self, trial: TrialInfo) -> str:
-        return self._runs.get(trial.trial_id) or self.start(trial)
-
-    def log_params(self, trial: TrialInfo, config: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        run_id = self.run_id(trial)
-        existing = self.client.get_run(run_id).data.params
-        params = [Param(k, v) for k, v in redact_params(config).items() if k not in existing]
-        for start in range(0, len(params), _PARAMS_PER_BATCH):
-            self.client.log_batch(run_id, params=params[start : start + _PARAMS_PER_BATCH])
-
-    def log_metrics(self, trial: TrialInfo, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self.run_id(trial)
-        now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, step) for k, v in metrics.items()]
-        for start in range(0, len(batch), 1000):
-            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
-
-    def log_artifacts(self, trial: TrialInfo, path: str) -> None:
-        self.client.log_artifacts(self.run_id(trial), path)
-
-    def end(self, trial: TrialInfo, status: str) -> None:
-        if trial.trial_id in self._open:
-            self.client.set_terminated(self._runs[trial.trial_id], status=status)
-            self._open.discard(trial.trial_id)
-
-    def experiment_id(self, name: str) -> str:
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except Exception:
-            return self.client.get_experiment_by_name(name).experiment_id  # created meanwhile
-
-    def _existing_run(self, experiment_id: str, trial_id: str) -> str | None:
-        runs = self.client.search_runs(
-            [experiment_id], f"tags.`{TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
-        )
-        return runs[0].info.run_id if runs else None
-
-
 def _stage_checkpoint(checkpoint, journal_dir: Path, trial_id: str, iteration: int) -> str:
     """Copy the checkpoint where Tune's `num_to_keep` cannot delete it before export."""
     target = journal_dir / STAGING_DIR / trial_id / f"checkpoint_{iteration:06d}"
@@ -385,22 +262,21 @@ def _stage_checkpoint(checkpoint, journal_dir: Path, trial_id: str, iteration: i
 
 
 class Exporter:
-    """Runs tracking calls in order on a thread, and registrations in the worker process."""
+    """The driver's side of the worker: a bounded, ordered outbox that a thread forwards to
+    the worker process, what the worker has not answered yet, and the bounded final flush."""
 
-    def __init__(self, max_queued: int = 10_000):
-        self._calls: queue.Queue = queue.Queue(maxsize=max_queued)
-        self._thread = threading.Thread(target=self._work, name="rllib-mlflow", daemon=True)
-        self._worker = WorkerProcess(self._on_reply)
-        self._pending: dict[str, tuple[Journal, dict[str, Any]]] = {}
+    def __init__(self, worker_settings: dict[str, Any], max_queued: int = 10_000):
+        self._outbox: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._worker = WorkerProcess(self._on_reply, worker_settings)
+        self._unanswered: dict[str, dict[str, Any]] = {}  # by key, in the order sent
+        self._registrations: dict[str, Journal] = {}  # checkpoint key -> its journal
         self._lock = threading.Lock()
+        self._ids = itertools.count()
         self._stopping = False
         self._journals: dict[str, Journal] = {}
         self.flush_timeout_s = 600.0
-        self._thread.start()
+        threading.Thread(target=self._forward, name="rllib-mlflow", daemon=True).start()
         atexit.register(self.flush)
-
-    def configure(self, flush_timeout_s: float) -> None:
-        self.flush_timeout_s = flush_timeout_s
 
     def start_worker(self) -> None:
         self._worker.start()
@@ -411,29 +287,25 @@ class Exporter:
             self._journals[directory] = Journal(directory)
         return self._journals[directory]
 
-    def call(self, fn: Callable[[], Any], optional: bool = False) -> None:
-        """Run `fn` on the background thread, after everything queued before it."""
-        try:
-            self._calls.put_nowait(fn)
-        except queue.Full:
-            if not optional:
-                self._calls.put(fn)
-            else:
-                logger.warning("rllib-mlflow: tracking queue full; dropped one metrics update.")
+    def send(self, op: str, optional: bool = False, **fields: Any) -> None:
+        """Queue one message for the worker; `optional` ones are dropped when it lags far."""
+        self._queue({"op": op, "key": f"{op}-{next(self._ids)}", **fields}, optional)
 
-    def register(
-        self, journal: Journal, key: str, task: dict[str, Any], run_id: Callable[[], str]
-    ) -> None:
-        """Export and register `task` in the worker, after the calls queued before it
+    def register(self, journal: Journal, key: str, task: dict[str, Any], trial: dict) -> None:
+        """Export and register `task` in the worker, after the messages queued before it
         (so that the iteration's metrics are in the run when the model links them)."""
         with self._lock:
-            self._pending[key] = (journal, task)
+            self._registrations[key] = journal
+        self._queue({"op": "register", "key": key, "task": task, "trial": trial}, False)
 
-        def submit() -> None:
-            task["run_id"] = run_id()
-            self._worker.submit(key, task)
-
-        self.call(submit)
+    def _queue(self, message: dict[str, Any], optional: bool) -> None:
+        try:
+            self._outbox.put_nowait(message)
+        except queue.Full:
+            if not optional:
+                self._outbox.put(message)
+            else:
+                logger.warning("rllib-mlflow: tracking queue full; dropped one metrics update.")
 
     def flush(self) -> None:
         """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
@@ -442,42 +314,53 @@ class Exporter:
         deadline = time.monotonic() + self.flush_timeout_s
         last_report = 0.0
         try:
-            while (self._pending or self._calls.unfinished_tasks) and time.monotonic() < deadline:
-                if self._pending and time.monotonic() - last_report > 5:
-                    print(f"rllib-mlflow: registering {len(self._pending)} checkpoint(s)...")
+            while self._busy() and time.monotonic() < deadline:
+                if self._registrations and time.monotonic() - last_report > 5:
+                    print(f"rllib-mlflow: registering {len(self._registrations)} checkpoint(s)...")
                     last_report = time.monotonic()
                 time.sleep(0.2)
         except KeyboardInterrupt:
             print("rllib-mlflow: interrupted while registering checkpoints.")
         with self._lock:
-            left = list(self._pending.values())
+            left = sorted({str(journal.path.parent) for journal in self._registrations.values()})
+            count = len(self._registrations)
             self._stopping = True
-        if left:
-            directories = sorted({str(journal.path.parent) for journal, _ in left})
+        if count:
             print(
-                f"rllib-mlflow: {len(left)} checkpoint(s) not registered yet; the journal "
-                f"keeps them. Run: rllib-mlflow sync {' '.join(directories)}"
+                f"rllib-mlflow: {count} checkpoint(s) not registered yet; the journal "
+                f"keeps them. Run: rllib-mlflow sync {' '.join(left)}"
             )
         self._worker.stop()
 
-    def _work(self) -> None:
+    def _busy(self) -> bool:
+        return bool(self._unanswered or self._outbox.unfinished_tasks)
+
+    def _forward(self) -> None:
         while True:
-            fn = self._calls.get()
+            message = self._outbox.get()
             try:
-                with_retries(fn)
-            except Exception:
-                logger.exception("rllib-mlflow: a tracking call failed; training goes on.")
+                with self._lock:
+                    self._unanswered[message["key"]] = message
+                self._worker.submit(message)
+            except Exception:  # a dead worker is restarted, and resent this, by _on_reply
+                logger.warning("rllib-mlflow: could not reach the worker", exc_info=True)
             finally:
-                self._calls.task_done()
+                self._outbox.task_done()
 
     def _on_reply(self, key: str, reply: dict[str, Any]) -> None:
         if "worker_exited" in reply:
             self._restart_after_crash(reply["worker_exited"])
             return
         with self._lock:
-            journal, task = self._pending.pop(key, (None, None))
-        if journal is None:
-            return
+            message = self._unanswered.pop(key, None)
+            journal = self._registrations.pop(key, None)
+        if journal is not None and message is not None:
+            self._record_registration(journal, key, message["task"], reply)
+        elif "error" in reply:
+            logger.error("rllib-mlflow: %s failed: %s; training goes on.", key, reply["error"])
+
+    @staticmethod
+    def _record_registration(journal: Journal, key: str, task: dict, reply: dict) -> None:
         if "versions" in reply:
             journal.record(REGISTERED, key, versions=reply["versions"])
             shutil.rmtree(task["checkpoint"], ignore_errors=True)
@@ -492,12 +375,12 @@ class Exporter:
 
     def _restart_after_crash(self, exit_code: int) -> None:
         with self._lock:
-            pending = dict(self._pending)
-            if self._stopping or not pending:
+            unanswered = list(self._unanswered.values())
+            if self._stopping or not unanswered:
                 return
-        logger.warning("rllib-mlflow: the export worker exited (%s); restarting it.", exit_code)
-        for key, (_, task) in pending.items():
-            self.call(lambda key=key, task=task: self._worker.submit(key, task))
+        logger.warning("rllib-mlflow: the worker exited (%s); restarting it.", exit_code)
+        for message in unanswered:  # in the order first sent
+            self._worker.submit(message)
 
 
 def _local_experiment_dir(trial) -> str:

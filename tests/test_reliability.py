@@ -319,7 +319,7 @@ def test_planted_credentials_appear_nowhere(outage):
 
 
 def test_secret_looking_config_keys_are_redacted():
-    from rllib_mlflow.tune import redact_params
+    from rllib_mlflow.runs import redact_params
 
     config = {
         "db_password": "p1",

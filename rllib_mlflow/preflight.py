@@ -1,0 +1,76 @@
+"""What the Tune callbacks check in `setup()`, before any trial starts.
+
+The store must be reachable and accept our credentials, and we must be allowed to write to
+the experiment and the registered model; else the user hears it now, not after hours of
+training. Tune waits for these checks, so they are cheap: an HTTP(S) server is asked over
+REST (no `import mlflow`), and a SQLite file only needs a writable place. Other stores
+(e.g. PostgreSQL directly) go through MLflow's client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rllib_mlflow import __version__, registry
+from rllib_mlflow.errors import TrackingError
+from rllib_mlflow.rest import rest_client
+from rllib_mlflow.runs import experiment_id
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the working directory
+
+
+def check_tracking_store(
+    tracking_uri: str | None,
+    *,
+    experiment_name: str | None = None,
+    registered_model_name: str | None = None,
+) -> None:
+    """Raise TrackingError, saying what to do, unless logging there can work."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:"):
+        _check_sqlite_writable(uri)
+        return
+    mlflow_client = rest_client(uri) or registry.client(uri)
+    registry.check_tracking_server(mlflow_client)
+    if experiment_name:
+        registry.check_write_access(
+            mlflow_client,
+            f"experiment {experiment_name!r}",
+            lambda: mlflow_client.set_experiment_tag(
+                experiment_id(mlflow_client, experiment_name), registry.TAG_WRITER, __version__
+            ),
+        )
+    if registered_model_name:
+
+        def tag_model_if_it_exists() -> None:  # else the first registration creates it
+            if registry.registered_model_exists(mlflow_client, registered_model_name):
+                mlflow_client.set_registered_model_tag(
+                    registered_model_name, registry.TAG_WRITER, __version__
+                )
+
+        registry.check_write_access(
+            mlflow_client, f"registered model {registered_model_name!r}", tag_model_if_it_exists
+        )
+
+
+def _check_sqlite_writable(uri: str) -> None:
+    """SQLite needs to write the database file and its journal next to it."""
+    database = uri.split("?", 1)[0].removeprefix("sqlite:///")
+    if not uri.startswith("sqlite:///") or database in ("", ":memory:"):
+        return  # an in-memory database
+    path = Path(database).absolute()
+    directory = path.parent
+    problem = None
+    if not directory.is_dir():
+        problem = f"its directory {directory} does not exist"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"its directory {directory} is not writable"
+    elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        problem = "the file is not writable"
+    if problem:
+        raise TrackingError(
+            f"Cannot write the MLflow database {path}: {problem}. Pass a writable "
+            "tracking_uri (e.g. 'sqlite:////path/to/mlflow.db') or a tracking server's "
+            "address, or set MLFLOW_TRACKING_URI."
+        )

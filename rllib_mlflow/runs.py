@@ -1,0 +1,127 @@
+"""MLflow runs for Tune trials: one run per trial, its params, metrics, artifacts and status.
+
+Used by the export worker process (see `rllib_mlflow._worker`), never by the Tune driver,
+which only sends it `TrialInfo`s and JSON-ready params and metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+TAG_TRIAL_ID = "rllib_mlflow.trial_id"
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential|auth|private", re.I)
+_PARAM_VALUE_LIMIT = 6000
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+
+
+def redact_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """The flattened config as MLflow params, with secret-looking values replaced."""
+    params = {}
+    for key, value in _flatten(config).items():
+        text = "***" if _SECRET_KEY.search(key) else str(value)
+        params[key[:250]] = text[:_PARAM_VALUE_LIMIT]
+    return params
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What the runs need of a Tune trial (the trial itself keeps changing)."""
+
+    trial_id: str
+    name: str
+    experiment_dir_name: str
+
+    @classmethod
+    def of(cls, trial) -> TrialInfo:
+        return cls(trial.trial_id, str(trial), trial.experiment_dir_name)
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    """The id of experiment `name`, created if it does not exist yet."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:
+        return mlflow_client.get_experiment_by_name(name).experiment_id  # created meanwhile
+
+
+class TrialRuns:
+    """The MLflow run of each trial; continues a restored trial's run."""
+
+    def __init__(self, mlflow_client, experiment_name: str | None, tags: dict[str, Any]):
+        self.client = mlflow_client
+        self.experiment_name = experiment_name
+        self.tags = tags
+        self._runs: dict[str, str] = {}
+        self._open: set[str] = set()
+
+    def start(self, trial: TrialInfo) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        experiment = experiment_id(self.client, self.experiment_name or trial.experiment_dir_name)
+        run_id = self._existing_run(experiment, trial.trial_id)
+        if run_id is None:
+            tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
+            run_id = self.client.create_run(experiment, tags=tags, run_name=trial.name).info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self._runs[trial.trial_id] = run_id
+        self._open.add(trial.trial_id)
+        return run_id
+
+    def run_id(self, trial: TrialInfo) -> str:
+        return self._runs.get(trial.trial_id) or self.start(trial)
+
+    def log_params(self, trial: TrialInfo, params: Mapping[str, str]) -> None:
+        """Log params not logged yet (a restored trial keeps its first ones)."""
+        from mlflow.entities import Param
+
+        run_id = self.run_id(trial)
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        for start in range(0, len(new), _PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=new[start : start + _PARAMS_PER_BATCH])
+
+    def log_metrics(self, trial: TrialInfo, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(trial)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), _METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=batch[start : start + _METRICS_PER_BATCH])
+
+    def log_artifacts(self, trial: TrialInfo, path: str) -> None:
+        self.client.log_artifacts(self.run_id(trial), path)
+
+    def end(self, trial: TrialInfo, status: str) -> None:
+        if trial.trial_id in self._open:
+            self.client.set_terminated(self._runs[trial.trial_id], status=status)
+            self._open.discard(trial.trial_id)
+
+    def _existing_run(self, experiment: str, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [experiment], f"tags.`{TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None

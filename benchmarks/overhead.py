@@ -7,7 +7,8 @@ callback, (b) with Ray's own MLflowLoggerCallback, (c) with rllib-mlflow's
 MLflowCheckpointCallback, alternating a, b, c per round so that machine drift hits all
 three alike. Each run is a fresh process (Ray start-up excluded from the timing: the
 clock covers `Tuner.fit()` only, which for (c) includes the final flush, i.e. waiting
-until every checkpoint is registered). Prints the median wall times and the ratios
+until every checkpoint is registered; afterwards the run checks that there is one version
+per iteration). Prints the median wall times and the ratios
 c/a and c/b. Target: c/a <= 1.05.
 """
 
@@ -54,7 +55,11 @@ RUN = textwrap.dedent(
     start = time.perf_counter()
     tuner.fit()
     elapsed = time.perf_counter() - start
-    print("RESULT " + json.dumps({"variant": variant, "seconds": elapsed}))
+    versions = None
+    if variant == "rllib_mlflow":  # outside the clock: was every checkpoint registered?
+        from mlflow import MlflowClient
+        versions = len(MlflowClient(uri).search_model_versions("name = 'overhead'"))
+    print("RESULT " + json.dumps({"variant": variant, "seconds": elapsed, "versions": versions}))
     """
 )
 VARIANTS = ("no_callback", "ray_logger", "rllib_mlflow")
@@ -71,7 +76,12 @@ def run_once(variant: str, iterations: int) -> float:
         )
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])["seconds"]
+            result = json.loads(line[len("RESULT ") :])
+            if variant == "rllib_mlflow" and result["versions"] != iterations:
+                raise RuntimeError(
+                    f"rllib_mlflow registered {result['versions']} of {iterations} checkpoints"
+                )
+            return result["seconds"]
     raise RuntimeError(f"{variant} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 

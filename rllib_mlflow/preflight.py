@@ -62,8 +62,10 @@ def _check_sqlite_writable(uri: str) -> None:
     path = Path(database).absolute()
     directory = path.parent
     problem = None
-    if not directory.is_dir():
+    if not directory.exists():
         problem = f"its directory {directory} does not exist"
+    elif not directory.is_dir():
+        problem = f"{directory} is not a directory"
     elif not os.access(directory, os.W_OK | os.X_OK):
         problem = f"its directory {directory} is not writable"
     elif path.exists() and not os.access(path, os.R_OK | os.W_OK):

@@ -39,6 +39,22 @@ def test_malformed_tracking_uri_never_echoes_a_password():
     assert "planted-pw" not in str(info.value)
 
 
+def test_unwritable_sqlite_database_fails_the_callback_setup(tmp_path):
+    from rllib_mlflow import MLflowCheckpointCallback
+
+    (tmp_path / "a-file").write_text("")
+    cases = {
+        f"sqlite:///{tmp_path}/missing/mlflow.db": "does not exist",
+        f"sqlite:///{tmp_path}/a-file/mlflow.db": "is not a directory",
+    }
+    for uri, problem in cases.items():
+        callback = MLflowCheckpointCallback("fine-name", tracking_uri=uri)
+        with pytest.raises(TrackingError, match="Cannot write the MLflow database") as info:
+            callback.setup()
+        assert problem in str(info.value) and "MLFLOW_TRACKING_URI" in str(info.value)
+        assert callback._exporter is None  # no worker started, nothing queued
+
+
 def test_unreachable_server_fails_the_callback_setup_quickly():
     from rllib_mlflow import MLflowCheckpointCallback
 

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 
 from rllib_mlflow.errors import RegistryError, TrackingError
-from tests.mlflow_server import free_port, mlflow_server, subprocess_env  # noqa: F401
+from tests.mlflow_server import (  # noqa: F401
+    VENV_BIN,
+    free_port,
+    mlflow_server,
+    start_process,
+    subprocess_env,
+)
 from tests.policies import cartpole_observations, rllib_actions
 
 pytestmark = pytest.mark.slow
@@ -242,6 +248,40 @@ def test_load_policy_in_a_fresh_process_without_ray_or_torch(registered, tmp_pat
     assert out["best"]["backend"] == "onnxruntime"
     assert out["best_tf"]["backend"] == "tensorflow"
     np.testing.assert_array_equal(np.asarray(out["pyfunc"]["actions"]), expected)
+
+
+def test_load_policy_without_an_artifact_proxy_goes_through_mlflow(trained_checkpoint, tmp_path):
+    """A server that does not proxy artifacts (`--no-serve-artifacts`, a plain artifact root):
+    the REST lookup still finds the version, and MLflow itself fetches the files."""
+    from rllib_mlflow import load_policy, log_checkpoint
+
+    port = free_port()
+    command = [
+        f"{VENV_BIN}/mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--default-artifact-root",
+        str(tmp_path / "artifacts"),
+        "--no-serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    server = start_process(command, f"http://127.0.0.1:{port}", "/health", tmp_path / "log")
+    try:
+        checkpoint = trained_checkpoint("ppo_cartpole").path
+        log_checkpoint(checkpoint, "no-proxy", formats=("onnx",), tracking_uri=server.uri)
+        policy = load_policy("models:/no-proxy/1", tracking_uri=server.uri)
+    finally:
+        server.stop()
+    observations = cartpole_observations()
+    expected = rllib_actions(checkpoint, observations)
+    np.testing.assert_array_equal(policy.compute_actions(observations), expected)
+    assert policy.metadata["version"] == "1"
 
 
 # -- 5. bad input -----------------------------------------------------------------------------

@@ -368,6 +368,33 @@ def test_sigkill_of_the_driver_then_sync_registers_every_checkpoint_once(tmp_pat
     _assert_exactly_once(uri, expected)
 
 
+def test_a_killed_worker_is_restarted_and_loses_nothing(tmp_path):
+    """SIGKILL the worker process (the one doing all MLflow work) after its first
+    registration: the driver starts a new one and resends what was never answered."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = tmp_path / "results" / tune_job.EXPERIMENT
+    journal = experiment / JOURNAL_FILE
+    command = _job_command(tmp_path / "results", uri, 8, seconds_per_iteration=2)
+    process = _start_job(command, tmp_path / "job.log")
+    try:
+        _wait_for(lambda: _events(journal, "registered") >= 1, 240, "a registration", process)
+        (worker,) = _workers_of(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        _wait_for(lambda: set(_workers_of(process.pid)) - {worker}, 60, "a new worker", process)
+        assert _finish(process, 600) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    finally:
+        _kill_group(process)
+    expected = _persisted(experiment)
+    assert len(expected) == 8
+    _assert_exactly_once(uri, expected)
+    assert _events(journal, "failed") == 0
+    client = _client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(tune_job.EXPERIMENT).experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "training_iteration")}
+    assert steps == set(range(1, 9))
+
+
 # -- 3. Ctrl-C twice while the experiment end waits for registrations --------------------
 
 

@@ -15,6 +15,7 @@ This module imports neither Ray nor torch: `load_policy` runs on machines withou
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -235,11 +236,11 @@ def load_policy(
         `rllib_mlflow.serving.Policy`, with ``compute_actions(obs)``,
         ``action_dist_inputs(obs)`` and ``metadata``.
     """
-    registry = rest_client(tracking_uri)  # no `import mlflow` against an HTTP server
+    rest = rest_client(tracking_uri)  # no `import mlflow` against an HTTP server
     version = _find_version(
-        registry or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
+        rest or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
     )
-    export_dir = registry and _download_through_proxy(registry, version, backend)
+    export_dir = rest and _download_through_proxy(rest, version, backend)
     if export_dir:
         policy = Policy(export_dir, backend=backend)
     else:
@@ -255,16 +256,16 @@ def load_policy(
     return policy
 
 
-def _download_through_proxy(registry: RestClient, version, backend: str | None) -> str | None:
+def _download_through_proxy(rest: RestClient, version, backend: str | None) -> str | None:
     """The export directory of `version`, fetched through the server's artifact proxy with
     only the files `backend` needs; None when the server does not proxy its artifacts."""
     import yaml
 
-    root = registry.proxied_artifact_path(registry.download_uri(version.name, version.version))
+    root = rest.proxied_artifact_path(rest.download_uri(version.name, version.version))
     if root is None:
         return None
     local = tempfile.mkdtemp(prefix="rllib_policy_")
-    registry.download_artifact(f"{root}/MLmodel", os.path.join(local, "MLmodel"))
+    rest.download_artifact(f"{root}/MLmodel", os.path.join(local, "MLmodel"))
     with open(os.path.join(local, "MLmodel")) as stream:
         conf = (yaml.safe_load(stream).get("flavors") or {}).get("rllib_mlflow")
     if conf is None:
@@ -272,14 +273,18 @@ def _download_through_proxy(registry: RestClient, version, backend: str | None) 
             f"Version {version.version} of {version.name!r} is not an rllib-mlflow model "
             "(its MLmodel has no rllib_mlflow flavor)."
         )
-    export_dir = os.path.join(local, conf["data"])
-    use_onnx = backend == "onnxruntime" or (backend is None and _onnxruntime_installed())
-    wanted = (ONNX_FILE,) if use_onnx else (f"{SAVED_MODEL_DIR}/",)
-    registry.download_tree(
-        f"{root}/{conf['data']}",
-        export_dir,
-        lambda path: path == POLICY_FILE or path.startswith(wanted),
+    data, export_dir = f"{root}/{conf['data']}", os.path.join(local, conf["data"])
+    rest.download_artifact(f"{data}/{POLICY_FILE}", os.path.join(export_dir, POLICY_FILE))
+    with open(os.path.join(export_dir, POLICY_FILE)) as stream:
+        formats = json.load(stream).get("formats", [])
+    use_onnx = backend == "onnxruntime" or (
+        backend is None and "onnx" in formats and _onnxruntime_installed()
     )
+    if use_onnx:
+        rest.download_artifact(f"{data}/{ONNX_FILE}", os.path.join(export_dir, ONNX_FILE))
+    else:
+        saved_model = f"{data}/{SAVED_MODEL_DIR}"
+        rest.download_tree(saved_model, os.path.join(export_dir, SAVED_MODEL_DIR))
     return export_dir
 
 

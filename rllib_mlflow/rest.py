@@ -181,11 +181,10 @@ class RestClient:
         with open(local_file, "wb") as stream:
             stream.write(body)
 
-    def download_tree(self, path: str, local_dir: str, wanted=lambda relative: True) -> None:
-        """Fetch the files below `path` whose relative path `wanted` accepts."""
+    def download_tree(self, path: str, local_dir: str) -> None:
+        """Fetch every file below `path` into `local_dir`."""
         for relative in self._list_files(path):
-            if wanted(relative):
-                self.download_artifact(f"{path}/{relative}", os.path.join(local_dir, relative))
+            self.download_artifact(f"{path}/{relative}", os.path.join(local_dir, relative))
 
     def _list_files(self, path: str, prefix: str = "") -> list[str]:
         query = urllib.parse.urlencode({"path": f"{path}/{prefix}".rstrip("/")})

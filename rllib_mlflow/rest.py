@@ -109,7 +109,7 @@ class RestClient:
         self.tracking_uri = tracking_uri.rstrip("/")
         self._headers = _auth_headers()
 
-    # -- the MlflowClient methods rllib_mlflow.registry uses for lookups ----------------------
+    # -- registered models and versions ----------------------------------------------------
 
     def get_model_version(self, name: str, version: str) -> ModelVersion:
         answer = self._get("model-versions/get", name=name, version=version)
@@ -192,7 +192,7 @@ class RestClient:
         files = []
         for entry in json.loads(self._request(url)).get("files", []):
             relative = f"{prefix}{entry['path'].rsplit('/', 1)[-1]}"
-            files += self._list_files(path, relative + "/") if entry["is_dir"] else [relative]
+            files += self._list_files(path, relative + "/") if entry.get("is_dir") else [relative]
         return files
 
     # -- HTTP -------------------------------------------------------------------------------

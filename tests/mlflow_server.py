@@ -104,17 +104,27 @@ def start_process(
 
 
 def start_tracking_server(
-    root: Path, port: int | None = None, log_name: str = "server.log"
+    root: Path,
+    port: int | None = None,
+    log_name: str = "server.log",
+    *,
+    proxy_artifacts: bool = True,
 ) -> ServerProcess:
+    """`mlflow server` on SQLite in `root`. Its artifacts go through the server's proxy, or
+    with `proxy_artifacts=False` clients write and read them in `root/artifacts` directly."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
+    artifacts = (
+        ["--artifacts-destination", str(root / "artifacts")]
+        if proxy_artifacts
+        else ["--default-artifact-root", str(root / "artifacts"), "--no-serve-artifacts"]
+    )
     command = [
         os.path.join(VENV_BIN, "mlflow"),
         "server",
         "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
+        *artifacts,
         "--host",
         "127.0.0.1",
         "--port",

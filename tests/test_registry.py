@@ -20,10 +20,9 @@ import pytest
 
 from rllib_mlflow.errors import RegistryError, TrackingError
 from tests.mlflow_server import (  # noqa: F401
-    VENV_BIN,
     free_port,
     mlflow_server,
-    start_process,
+    start_tracking_server,
     subprocess_env,
 )
 from tests.policies import cartpole_observations, rllib_actions
@@ -255,23 +254,7 @@ def test_load_policy_without_an_artifact_proxy_goes_through_mlflow(trained_check
     the REST lookup still finds the version, and MLflow itself fetches the files."""
     from rllib_mlflow import load_policy, log_checkpoint
 
-    port = free_port()
-    command = [
-        f"{VENV_BIN}/mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--default-artifact-root",
-        str(tmp_path / "artifacts"),
-        "--no-serve-artifacts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    server = start_process(command, f"http://127.0.0.1:{port}", "/health", tmp_path / "log")
+    server = start_tracking_server(tmp_path, proxy_artifacts=False)
     try:
         checkpoint = trained_checkpoint("ppo_cartpole").path
         log_checkpoint(checkpoint, "no-proxy", formats=("onnx",), tracking_uri=server.uri)

@@ -25,7 +25,13 @@ from typing import Any
 
 from rllib_mlflow.errors import RegistryError, TrackingError
 from rllib_mlflow.rest import RestApiError, RestClient, RestPermissionError, rest_client
-from rllib_mlflow.serving import ONNX_FILE, POLICY_FILE, SAVED_MODEL_DIR, Policy
+from rllib_mlflow.serving import (
+    ONNX_FILE,
+    POLICY_FILE,
+    SAVED_MODEL_DIR,
+    Policy,
+    onnxruntime_installed,
+)
 
 ALIAS_BEST = "best"
 TAG_ITERATION = "training_iteration"
@@ -278,7 +284,7 @@ def _download_through_proxy(rest: RestClient, version, backend: str | None) -> s
     with open(os.path.join(export_dir, POLICY_FILE)) as stream:
         formats = json.load(stream).get("formats", [])
     use_onnx = backend == "onnxruntime" or (
-        backend is None and "onnx" in formats and _onnxruntime_installed()
+        backend is None and "onnx" in formats and onnxruntime_installed()
     )
     if use_onnx:
         rest.download_artifact(f"{data}/{ONNX_FILE}", os.path.join(export_dir, ONNX_FILE))
@@ -286,12 +292,6 @@ def _download_through_proxy(rest: RestClient, version, backend: str | None) -> s
         saved_model = f"{data}/{SAVED_MODEL_DIR}"
         rest.download_tree(saved_model, os.path.join(export_dir, SAVED_MODEL_DIR))
     return export_dir
-
-
-def _onnxruntime_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def download_checkpoint(

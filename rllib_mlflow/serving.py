@@ -105,12 +105,15 @@ def _postprocess(actions: np.ndarray, rule: dict[str, Any]) -> np.ndarray:
     return np.clip(actions, low, high)
 
 
-def _default_backend(export_dir: str) -> str:
+def onnxruntime_installed() -> bool:
     import importlib.util
 
-    if os.path.exists(os.path.join(export_dir, ONNX_FILE)):
-        if importlib.util.find_spec("onnxruntime") is not None:
-            return "onnxruntime"
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _default_backend(export_dir: str) -> str:
+    if os.path.exists(os.path.join(export_dir, ONNX_FILE)) and onnxruntime_installed():
+        return "onnxruntime"
     if os.path.isdir(os.path.join(export_dir, SAVED_MODEL_DIR)):
         return "tensorflow"
     raise RuntimeError(

@@ -215,7 +215,7 @@ def _trial_run(
     trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
 ) -> tuple[str, bool]:
     """The trial's run from an earlier session (True), else a new run (False)."""
-    from rllib_mlflow.runs import TAG_TRIAL_ID
+    from rllib_mlflow.runs import TAG_TRIAL_ID, experiment_id
 
     mlflow_client = registry.client(tracking_uri)
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
@@ -225,11 +225,9 @@ def _trial_run(
         )
         if runs:
             return runs[0].info.run_id, True
-    found = mlflow_client.get_experiment_by_name(experiment_name)
-    experiment_id = (
-        found.experiment_id if found else mlflow_client.create_experiment(experiment_name)
-    )
     tags = {TAG_TRIAL_ID: trial_id or "", "trial_name": trial_dir.name}
-    run = mlflow_client.create_run(experiment_id, tags=tags, run_name=trial_dir.name)
+    run = mlflow_client.create_run(
+        experiment_id(mlflow_client, experiment_name), tags=tags, run_name=trial_dir.name
+    )
     mlflow_client.set_terminated(run.info.run_id)
     return run.info.run_id, False

@@ -63,7 +63,10 @@ def experiment_id(mlflow_client, name: str) -> str:
     try:
         return mlflow_client.create_experiment(name)
     except Exception:
-        return mlflow_client.get_experiment_by_name(name).experiment_id  # created meanwhile
+        experiment = mlflow_client.get_experiment_by_name(name)  # created meanwhile?
+        if experiment is None:
+            raise  # no: the refusal itself is the error to report
+        return experiment.experiment_id
 
 
 class TrialRuns:

@@ -22,13 +22,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from rllib_mlflow.errors import RLlibMLflowError, TrackingError
+from rllib_mlflow.redaction import RedactingFilter, get_logger, redact_text
+from rllib_mlflow.retries import with_retries
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class WorkerProcess:
@@ -133,34 +133,6 @@ def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
         prune(mlflow_client, name, task.get("keep_last"), task.get("keep_best"))
 
 
-def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay: float = 2.0) -> Any:
-    """Retry transient failures (server down, network) with exponential backoff.
-
-    The defaults wait 2 + 4 + 8 + 16 + 32 = 62 s in all, so that a tracking server
-    restarted within a minute loses nothing (each MLflow HTTP call also retries on its own,
-    see MLFLOW_HTTP_REQUEST_MAX_RETRIES, but our reachability probe fails fast).
-
-    Errors of this library other than an unreachable server (a bad checkpoint, an
-    unsupported module, a parity failure) are not transient and are raised at once.
-    """
-    delay = first_delay
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except RLlibMLflowError as error:
-            if not isinstance(error, TrackingError):
-                raise
-            last = error
-        except Exception as error:
-            last = error
-        if attempt == attempts - 1:
-            raise last
-        logger.warning("rllib-mlflow: %s; retrying in %.0f s", type(last).__name__, delay)
-        time.sleep(delay)
-        delay = min(delay * 2, 60.0)
-    return None
-
-
 class Session:
     """The worker's state: the configured tracking URI and the trials' runs."""
 
@@ -214,6 +186,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(19)  # training comes first: this work fills the moments the cores are idle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
+    for handler in logging.getLogger().handlers:  # MLflow's and boto's records too
+        handler.addFilter(RedactingFilter())
     replies = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     driver = os.getppid()
@@ -228,7 +202,7 @@ def main() -> None:
         try:
             reply = session.handle(message)
         except Exception as error:
-            reply = {"error": f"{type(error).__name__}: {error}"}
+            reply = {"error": redact_text(f"{type(error).__name__}: {error}")}
         if reply is None:
             continue
         try:

@@ -22,4 +22,14 @@ class RegistryError(RLlibMLflowError, ValueError):
 
 
 class TrackingError(RLlibMLflowError):
-    """The MLflow tracking server is unreachable or refuses the request."""
+    """The MLflow tracking server is unreachable or refuses the request.
+
+    `status` is the HTTP status of a refusal (401, 403, ...), None when unreachable."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class UnsafePathError(RLlibMLflowError, ValueError):
+    """A server named a file outside the folder it is being written to."""

@@ -32,6 +32,7 @@ from mlflow.utils.file_utils import write_to
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from rllib_mlflow import serving
+from rllib_mlflow.paths import inside
 
 FLAVOR_NAME = "rllib_mlflow"
 DATA_DIR = "data"
@@ -152,7 +153,7 @@ def load_model(
     conf = Model.load(os.path.join(local, MLMODEL_FILE_NAME)).flavors.get(FLAVOR_NAME)
     if conf is None:
         raise ValueError(f"{model_uri} is not an rllib-mlflow model (no {FLAVOR_NAME} flavor).")
-    return serving.Policy(os.path.join(local, conf["data"]), backend=backend)
+    return serving.Policy(inside(local, conf["data"]), backend=backend)
 
 
 def _resolve_models_uri(model_uri: str, tracking_uri: str | None) -> str:

@@ -2,7 +2,9 @@
 
 One JSON object per line in `<experiment dir>/rllib_mlflow_journal.jsonl`. Lines are
 flushed and fsynced as they are written, so the record survives Ctrl-C, SIGKILL and
-crashes; `rllib-mlflow sync` re-reads it and registers whatever is still pending.
+crashes; `rllib-mlflow sync` re-reads it and registers whatever is still pending. A line
+that is not an entry (cut short by SIGKILL, or edited by hand) is reported with its line
+number and skipped; its checkpoint is still found on disk by `sync`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rllib_mlflow.errors import RLlibMLflowError
+from rllib_mlflow.redaction import get_logger, redact
+
+logger = get_logger(__name__)
+
 JOURNAL_FILE = "rllib_mlflow_journal.jsonl"
 QUEUED, REGISTERED, FAILED = "queued", "registered", "failed"
+# What a queued entry must hold for `sync` to register it, and of which type.
+_QUEUED_FIELDS = {"checkpoint": str, "checkpoint_uri": str, "training_iteration": int}
+
+
+class JournalError(RLlibMLflowError):
+    """The journal cannot be written, so progress could not be recorded."""
 
 
 class Journal:
     def __init__(self, directory: str | os.PathLike):
         self.path = Path(directory) / JOURNAL_FILE
         self._lock = threading.Lock()
+        self.skipped: list[tuple[int, str]] = []  # (line number, why) of the last read
 
     def record(self, event: str, task_key: str, **fields: Any) -> None:
-        entry = {"event": event, "key": task_key, "time": time.time(), **fields}
+        entry = {"event": event, "key": task_key, "time": time.time(), **redact(fields)}
         line = json.dumps(entry, default=str) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,15 +47,32 @@ class Journal:
                 stream.flush()
                 os.fsync(stream.fileno())
 
+    def check_writable(self) -> None:
+        """Refuse, before any work, a journal whose progress could not be recorded."""
+        target = self.path if self.path.exists() else self.path.parent
+        if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+            raise JournalError(
+                f"Cannot write the journal {self.path}: {target} is read-only for this user. "
+                "Make it writable (chmod u+w), or run as the user who owns the experiment, "
+                "so that what gets registered is recorded; nothing was registered."
+            )
+
     def entries(self) -> list[dict[str, Any]]:
+        """The valid entries; the others are reported and listed in `skipped`."""
+        self.skipped = []
         if not self.path.exists():
             return []
         entries = []
-        for line in self.path.read_text().splitlines():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by SIGKILL: its task stays pending
+        with open(self.path, errors="replace") as stream:
+            for number, line in enumerate(stream, start=1):
+                entry, problem = _parse(line)
+                if problem:
+                    self.skipped.append((number, problem))
+                    logger.warning(
+                        "rllib-mlflow: %s line %d skipped: %s", self.path, number, problem
+                    )
+                else:
+                    entries.append(entry)
         return entries
 
     def pending(self) -> list[dict[str, Any]]:
@@ -53,6 +84,27 @@ class Journal:
             if entry["event"] == QUEUED:
                 queued[entry["key"]] = entry
         return [queued[k] for k, e in latest.items() if e["event"] != REGISTERED and k in queued]
+
+
+def _parse(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(entry, None) for a valid journal line, else (None, why not)."""
+    if not line.strip():
+        return None, "empty line"
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None, "not JSON (cut short by a crash?)"
+    if not isinstance(entry, dict):
+        return None, f"a JSON {type(entry).__name__}, not an entry"
+    if entry.get("event") not in (QUEUED, REGISTERED, FAILED):
+        return None, f"unknown event {entry.get('event')!r}"
+    if not isinstance(entry.get("key"), str) or not entry["key"]:
+        return None, "no task key"
+    if entry["event"] == QUEUED:
+        for name, kind in _QUEUED_FIELDS.items():
+            if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+                return None, f"a queued entry without a valid {name!r}"
+    return entry, None
 
 
 def task_key(trial_id: str | None, training_iteration: int) -> str:

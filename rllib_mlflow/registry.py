@@ -24,7 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 from rllib_mlflow.errors import RegistryError, TrackingError
-from rllib_mlflow.rest import RestApiError, RestClient, RestPermissionError, rest_client
+from rllib_mlflow.paths import check_tree, inside
+from rllib_mlflow.rest import (
+    RestApiError,
+    RestClient,
+    RestPermissionError,
+    load_deadline_seconds,
+    rest_client,
+)
+from rllib_mlflow.rest import max_file_bytes as default_max_file_bytes
 from rllib_mlflow.serving import (
     ONNX_FILE,
     POLICY_FILE,
@@ -32,6 +40,7 @@ from rllib_mlflow.serving import (
     Policy,
     onnxruntime_installed,
 )
+from rllib_mlflow.validation import validate_registered_model_name  # noqa: F401 (API)
 
 ALIAS_BEST = "best"
 TAG_ITERATION = "training_iteration"
@@ -46,22 +55,6 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<ali
 
 def iteration_alias(training_iteration: int) -> str:
     return f"iter-{int(training_iteration)}"
-
-
-def validate_registered_model_name(name: str) -> str:
-    """Refuse names MLflow would reject, before any export work is done."""
-    if not isinstance(name, str) or not name.strip():
-        raise RegistryError(
-            "registered_model_name must be a non-empty string, e.g. 'cartpole-ppo'."
-        )
-    bad = [c for c in ("/", ":", "@", "\\") if c in name] or (["'"] if "'" in name else [])
-    if bad or name != name.strip() or len(name) > 256:
-        raise RegistryError(
-            f"Invalid registered model name {name!r}: names may not contain {bad or 'edge spaces'} "
-            "and must be at most 256 characters. Use letters, digits, '-', '_' and '.', "
-            "e.g. 'cartpole-ppo'."
-        )
-    return name
 
 
 def client(tracking_uri: str | None = None):
@@ -102,7 +95,8 @@ def check_tracking_server(mlflow_client) -> None:
         raise TrackingError(
             f"The MLflow tracking server at {_redact(uri)} refused the request: "
             f"{error.message[:300]}. Check MLFLOW_TRACKING_URI and, with authentication, "
-            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.",
+            status=_status(error),
         ) from error
     except Exception as error:
         raise TrackingError(
@@ -126,7 +120,8 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
             f"The MLflow tracking server at {_redact(mlflow_client.tracking_uri)} does not let "
             f"{f'user {user!r}' if user else 'this client'} write to {resource} "
             f"({error.message[:200]}). Ask its owner or an admin for EDIT permission on it, "
-            "or log to another experiment / registered model name."
+            "or log to another experiment / registered model name.",
+            status=_status(error),
         ) from error
 
 
@@ -228,6 +223,8 @@ def load_policy(
     trial: str | None = None,
     backend: str | None = None,
     tracking_uri: str | None = None,
+    timeout_s: float | None = None,
+    max_file_bytes: int | None = None,
 ):
     """Load a registered policy without Ray or torch.
 
@@ -237,23 +234,26 @@ def load_policy(
         training_iteration: pick the version registered for this iteration.
         trial: trial id or name, when several trials registered that iteration.
         backend: ``"onnxruntime"`` or ``"tensorflow"``; default: ONNX Runtime if installed.
+        timeout_s: the whole load from an HTTP server ends within this many seconds
+            (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 120).
+        max_file_bytes: refuse a larger file (default: RLLIB_MLFLOW_MAX_FILE_BYTES, 2 GiB).
 
     Returns:
         `rllib_mlflow.serving.Policy`, with ``compute_actions(obs)``,
-        ``action_dist_inputs(obs)`` and ``metadata``.
+        ``action_dist_inputs(obs)`` and ``metadata``. The downloaded files are deleted
+        once the policy is in memory.
     """
-    rest = rest_client(tracking_uri)  # no `import mlflow` against an HTTP server
+    rest = rest_client(  # no `import mlflow` against an HTTP server
+        tracking_uri,
+        deadline_s=timeout_s or load_deadline_seconds(),
+        max_file_bytes=max_file_bytes or default_max_file_bytes(),
+    )
     version = _find_version(
         rest or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
     )
-    export_dir = rest and _download_through_proxy(rest, version, backend)
-    if export_dir:
-        policy = Policy(export_dir, backend=backend)
-    else:
-        from rllib_mlflow.flavor import load_model
-
-        uri = f"models:/{version.name}/{version.version}"
-        policy = load_model(uri, backend=backend, tracking_uri=tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="rllib_policy_") as local:
+        export_dir = rest and _download_through_proxy(rest, version, backend, local)
+        policy = _read_policy(version, backend, tracking_uri, export_dir, local)
     policy.metadata = {
         **policy.metadata,
         "registered_model": version.name,
@@ -262,36 +262,68 @@ def load_policy(
     return policy
 
 
-def _download_through_proxy(rest: RestClient, version, backend: str | None) -> str | None:
-    """The export directory of `version`, fetched through the server's artifact proxy with
-    only the files `backend` needs; None when the server does not proxy its artifacts."""
+def _read_policy(version, backend, tracking_uri, export_dir, local) -> Policy:
+    """The policy in `export_dir`, else downloaded with MLflow into `local`; a malformed
+    policy.json is the model's fault, said so."""
+    try:
+        if export_dir:
+            return Policy(export_dir, backend=backend)
+        from rllib_mlflow.flavor import load_model
+
+        uri = f"models:/{version.name}/{version.version}"
+        return load_model(uri, dst_path=local, backend=backend, tracking_uri=tracking_uri)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        raise RegistryError(
+            f"Version {version.version} of {version.name!r} is not a loadable rllib-mlflow "
+            f"policy: its files are malformed ({type(error).__name__}: {str(error)[:200]}). "
+            "Re-register it from its checkpoint."
+        ) from error
+
+
+def _download_through_proxy(rest: RestClient, version, backend: str | None, local: str):
+    """The export directory of `version`, fetched into `local` through the server's
+    artifact proxy with only the files `backend` needs; None when the server does not
+    proxy its artifacts. Every path the server names stays inside `local`."""
     import yaml
 
     root = rest.proxied_artifact_path(rest.download_uri(version.name, version.version))
     if root is None:
         return None
-    local = tempfile.mkdtemp(prefix="rllib_policy_")
-    rest.download_artifact(f"{root}/MLmodel", os.path.join(local, "MLmodel"))
-    with open(os.path.join(local, "MLmodel")) as stream:
-        conf = (yaml.safe_load(stream).get("flavors") or {}).get("rllib_mlflow")
-    if conf is None:
+    mlmodel = rest.download_artifact(f"{root}/MLmodel", local, "MLmodel")
+    with open(mlmodel) as stream:
+        flavors = _mapping(yaml.safe_load(stream)).get("flavors")
+    conf = _mapping(flavors).get("rllib_mlflow")
+    if not isinstance(conf, dict) or not isinstance(conf.get("data"), str):
         raise RegistryError(
             f"Version {version.version} of {version.name!r} is not an rllib-mlflow model "
-            "(its MLmodel has no rllib_mlflow flavor)."
+            "(its MLmodel has no rllib_mlflow flavor with a data folder)."
         )
-    data, export_dir = f"{root}/{conf['data']}", os.path.join(local, conf["data"])
-    rest.download_artifact(f"{data}/{POLICY_FILE}", os.path.join(export_dir, POLICY_FILE))
-    with open(os.path.join(export_dir, POLICY_FILE)) as stream:
-        formats = json.load(stream).get("formats", [])
+    data = conf["data"]
+    export_dir = inside(local, data)
+    policy_file = rest.download_artifact(
+        f"{root}/{data}/{POLICY_FILE}", local, f"{data}/{POLICY_FILE}"
+    )
+    with open(policy_file) as stream:
+        try:
+            formats = _mapping(json.load(stream)).get("formats", [])
+        except ValueError as error:
+            raise RegistryError(
+                f"Version {version.version} of {version.name!r} has an unreadable policy.json "
+                f"({error}). Re-register it from its checkpoint."
+            ) from error
     use_onnx = backend == "onnxruntime" or (
         backend is None and "onnx" in formats and onnxruntime_installed()
     )
     if use_onnx:
-        rest.download_artifact(f"{data}/{ONNX_FILE}", os.path.join(export_dir, ONNX_FILE))
+        rest.download_artifact(f"{root}/{data}/{ONNX_FILE}", local, f"{data}/{ONNX_FILE}")
     else:
-        saved_model = f"{data}/{SAVED_MODEL_DIR}"
-        rest.download_tree(saved_model, os.path.join(export_dir, SAVED_MODEL_DIR))
+        saved_model = f"{root}/{data}/{SAVED_MODEL_DIR}"
+        rest.download_tree(saved_model, local, f"{data}/{SAVED_MODEL_DIR}")
     return export_dir
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def download_checkpoint(
@@ -309,9 +341,16 @@ def download_checkpoint(
     if artifact:
         import mlflow
 
-        return mlflow.artifacts.download_artifacts(
+        if not artifact.startswith("runs:/"):
+            raise RegistryError(
+                f"Version {version.version} of {version.name!r} names its checkpoint artifact "
+                f"{artifact!r}, which is no runs:/ URI; refusing to download it."
+            )
+        local = mlflow.artifacts.download_artifacts(
             artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
         )
+        check_tree(dst)
+        return local
     source = version.tags.get(TAG_CHECKPOINT_URI)
     if not source:
         raise RegistryError(f"Version {version.version} of {version.name!r} records no checkpoint.")
@@ -322,12 +361,14 @@ def download_checkpoint(
                 f"{source}, which no longer exists. Log checkpoints with "
                 "log_rllib_checkpoint=True to keep them in MLflow."
             )
-        target = os.path.join(dst, os.path.basename(source.rstrip("/")))
+        target = inside(dst, os.path.basename(source.rstrip("/")))
         shutil.copytree(source, target)
         return target
     from ray.tune import Checkpoint  # remote storage: pyarrow through Ray, as Tune wrote it
 
-    return Checkpoint(source).to_directory(dst)
+    local = Checkpoint(source).to_directory(dst)
+    check_tree(dst)
+    return local
 
 
 def set_iteration_alias(mlflow_client, name: str, version) -> None:
@@ -364,6 +405,12 @@ def _client_errors(mlflow_client) -> tuple[type[Exception], ...]:
     from mlflow.exceptions import MlflowException
 
     return (MlflowException,)
+
+
+def _status(error: Exception) -> int | None:
+    if hasattr(error, "get_http_status_code"):
+        return error.get_http_status_code()
+    return getattr(error, "status", None)
 
 
 def _alias_or_none(mlflow_client, name: str, alias: str):

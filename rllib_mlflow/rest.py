@@ -13,16 +13,19 @@ Standard library only: urllib, json and base64.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rllib_mlflow.errors import TrackingError
+from rllib_mlflow.errors import TrackingError, UnsafePathError
+from rllib_mlflow.paths import inside
 
 # MLflow's client honours these; rather than reimplement them, leave such setups to it.
 _TLS_SETTINGS = (
@@ -31,7 +34,20 @@ _TLS_SETTINGS = (
     "MLFLOW_TRACKING_CLIENT_CERT_PATH",
 )
 _ATTEMPTS = 3
-_TIMEOUT_SECONDS = 30
+_TIMEOUT_SECONDS = 30  # per connection and read
+_CHUNK = 1 << 16
+_MAX_JSON_BYTES = 256 << 20
+DEFAULT_MAX_FILE_BYTES = 2 << 30
+
+
+def load_deadline_seconds() -> float:
+    """How long a whole load may take: MLFLOW_HTTP_REQUEST_TIMEOUT (MLflow's default 120 s)."""
+    return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120)
+
+
+def max_file_bytes() -> int:
+    """The largest file a load downloads: RLLIB_MLFLOW_MAX_FILE_BYTES (default 2 GiB)."""
+    return int(os.environ.get("RLLIB_MLFLOW_MAX_FILE_BYTES") or DEFAULT_MAX_FILE_BYTES)
 
 
 class RestApiError(Exception):
@@ -85,14 +101,14 @@ class _Page(list):
         self.token = token
 
 
-def rest_client(tracking_uri: str | None) -> RestClient | None:
+def rest_client(tracking_uri: str | None, **limits: Any) -> RestClient | None:
     """A RestClient for an HTTP(S) tracking URI (default: MLFLOW_TRACKING_URI), else None."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")) or "@" in urllib.parse.urlparse(uri).netloc:
         return None  # credentials in the URI are MLflow's business
     if any(os.environ.get(setting) for setting in _TLS_SETTINGS):
         return None
-    return RestClient(uri)
+    return RestClient(uri, **limits)
 
 
 @dataclass
@@ -105,9 +121,19 @@ class RestClient:
     """A few MlflowClient methods against one tracking server, authenticated as MLflow's
     client would be (MLFLOW_TRACKING_USERNAME / _PASSWORD, or MLFLOW_TRACKING_TOKEN)."""
 
-    def __init__(self, tracking_uri: str):
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        deadline_s: float | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ):
         self.tracking_uri = tracking_uri.rstrip("/")
         self._headers = _auth_headers()
+        # Every request of this client ends by then, however slowly a server answers.
+        self._deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        self._deadline_s = deadline_s
+        self.max_file_bytes = max_file_bytes
 
     # -- registered models and versions ----------------------------------------------------
 
@@ -173,25 +199,33 @@ class RestClient:
             return None
         return parsed.path.strip("/")
 
-    def download_artifact(self, path: str, local_file: str) -> None:
-        """Fetch one file from the server's artifact proxy."""
+    def download_artifact(self, path: str, local_dir: str, relative: str) -> str:
+        """Fetch one file from the server's artifact proxy to `local_dir/relative`, which
+        must stay inside `local_dir`; at most `max_file_bytes`, streamed to disk."""
+        local_file = inside(local_dir, relative)
         url = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
-        body = self._request(url)
         os.makedirs(os.path.dirname(local_file), exist_ok=True)
         with open(local_file, "wb") as stream:
-            stream.write(body)
+            self._request(url, sink=stream.write, max_bytes=self.max_file_bytes)
+        return local_file
 
-    def download_tree(self, path: str, local_dir: str) -> None:
-        """Fetch every file below `path` into `local_dir`."""
-        for relative in self._list_files(path):
-            self.download_artifact(f"{path}/{relative}", os.path.join(local_dir, relative))
+    def download_tree(self, path: str, local_dir: str, relative: str) -> None:
+        """Fetch every file below `path` into `local_dir/relative`."""
+        for name in self._list_files(path):
+            self.download_artifact(f"{path}/{name}", local_dir, f"{relative}/{name}")
 
     def _list_files(self, path: str, prefix: str = "") -> list[str]:
         query = urllib.parse.urlencode({"path": f"{path}/{prefix}".rstrip("/")})
         url = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts?{query}"
         files = []
-        for entry in json.loads(self._request(url)).get("files", []):
-            relative = f"{prefix}{entry['path'].rsplit('/', 1)[-1]}"
+        for entry in _json_object(self._request(url)).get("files", []):
+            name = str(entry.get("path", "")).rsplit("/", 1)[-1]
+            if name in ("", ".", "..") or "\\" in name:
+                raise UnsafePathError(
+                    f"Refusing the artifact listing of {path}: it names the entry {name!r}, "
+                    "which is no file name. The model's artifacts may have been tampered with."
+                )
+            relative = f"{prefix}{name}"
             files += self._list_files(path, relative + "/") if entry.get("is_dir") else [relative]
         return files
 
@@ -200,32 +234,84 @@ class RestClient:
     def _get(self, endpoint: str, **query: Any) -> dict[str, Any]:
         params = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}?{params}"
-        return json.loads(self._request(url))
+        return _json_object(self._request(url))
 
     def _post(self, endpoint: str, **body: Any) -> dict[str, Any]:
         url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}"
-        return json.loads(self._request(url, json.dumps(body).encode()) or b"{}")
+        return _json_object(self._request(url, json.dumps(body).encode()) or b"{}")
 
-    def _request(self, url: str, body: bytes | None = None) -> bytes:
-        """GET (or POST `body`) with quick retries on connection errors and 5xx/429."""
+    def _request(
+        self,
+        url: str,
+        body: bytes | None = None,
+        sink: Callable[[bytes], Any] | None = None,
+        max_bytes: int = _MAX_JSON_BYTES,
+    ) -> bytes:
+        """GET (or POST `body`) with quick retries on connection errors and 5xx/429. The
+        answer goes to `sink` chunk by chunk (returning b"") or is returned whole."""
         headers = {**self._headers, **({"Content-Type": "application/json"} if body else {})}
         for attempt in range(_ATTEMPTS):
+            chunks: list[bytes] = []
             try:
                 request = urllib.request.Request(url, data=body, headers=headers)
-                with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as answer:
-                    return answer.read()
+                with urllib.request.urlopen(request, timeout=self._read_timeout()) as answer:
+                    self._stream(answer, sink or chunks.append, max_bytes, url)
+                    return b"".join(chunks)
             except urllib.error.HTTPError as error:
                 if error.code < 500 and error.code != 429 or attempt == _ATTEMPTS - 1:
                     raise self._api_error(error) from error
-            except (urllib.error.URLError, OSError) as error:
-                if attempt == _ATTEMPTS - 1:
-                    raise TrackingError(
-                        f"Cannot reach the MLflow tracking server at {self._redacted()} "
-                        f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
-                        "reachable server."
-                    ) from error
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                if attempt == _ATTEMPTS - 1 or self._past_deadline():
+                    raise self._unreachable(error) from error
             time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _stream(self, answer, sink: Callable[[bytes], Any], max_bytes: int, url: str) -> None:
+        """Pass the body to `sink`, refusing it past `max_bytes` or the deadline (a server
+        trickling one byte at a time never trips a per-read timeout)."""
+        length = answer.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise self._too_large(url, max_bytes)
+        total = 0
+        while chunk := answer.read1(_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise self._too_large(url, max_bytes)
+            if self._past_deadline():
+                raise self._timed_out()
+            sink(chunk)
+
+    def _read_timeout(self) -> float:
+        if self._past_deadline():
+            raise self._timed_out()
+        if self._deadline is None:
+            return _TIMEOUT_SECONDS
+        return max(0.1, min(_TIMEOUT_SECONDS, self._deadline - time.monotonic()))
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _timed_out(self) -> TrackingError:
+        return TrackingError(
+            f"The MLflow tracking server at {self._redacted()} did not finish answering within "
+            f"{self._deadline_s:g} s. Set MLFLOW_HTTP_REQUEST_TIMEOUT (seconds) for slower "
+            "servers, or check the server and the network."
+        )
+
+    def _too_large(self, url: str, max_bytes: int) -> TrackingError:
+        path = urllib.parse.urlparse(url).path.rsplit("/artifacts/", 1)[-1]
+        return TrackingError(
+            f"Refusing {path!r} from {self._redacted()}: it is larger than {max_bytes:,} bytes. "
+            "Set RLLIB_MLFLOW_MAX_FILE_BYTES if the model really is that large.",
+            status=413,
+        )
+
+    def _unreachable(self, error: Exception) -> TrackingError:
+        return TrackingError(
+            f"Cannot reach the MLflow tracking server at {self._redacted()} "
+            f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
+            "reachable server."
+        )
 
     def _api_error(self, error: urllib.error.HTTPError) -> Exception:
         try:
@@ -247,6 +333,17 @@ class RestClient:
     def _redacted(self) -> str:
         parsed = urllib.parse.urlparse(self.tracking_uri)
         return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object answer; anything else is the server's fault, said so."""
+    try:
+        answer = json.loads(body)
+    except ValueError as error:
+        raise TrackingError(f"The tracking server answered with invalid JSON ({error}).") from error
+    if not isinstance(answer, dict):
+        raise TrackingError(f"The tracking server answered {type(answer).__name__}, not an object.")
+    return answer
 
 
 def _auth_headers() -> dict[str, str]:

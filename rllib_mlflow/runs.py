@@ -6,37 +6,22 @@ which only sends it `TrialInfo`s and JSON-ready params and metrics.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rllib_mlflow.redaction import flat_params
+
 TAG_TRIAL_ID = "rllib_mlflow.trial_id"
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential|auth|private", re.I)
 _PARAM_VALUE_LIMIT = 6000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
 
 def redact_params(config: Mapping[str, Any]) -> dict[str, str]:
-    """The flattened config as MLflow params, with secret-looking values replaced."""
-    params = {}
-    for key, value in _flatten(config).items():
-        text = "***" if _SECRET_KEY.search(key) else str(value)
-        params[key[:250]] = text[:_PARAM_VALUE_LIMIT]
-    return params
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
+    """The flattened config as MLflow params, with every secret masked (see `redaction`)."""
+    return {k[:250]: v[:_PARAM_VALUE_LIMIT] for k, v in flat_params(config).items()}
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ version per trial, training iteration and module), so running sync again is harm
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,11 @@ from typing import Any
 from rllib_mlflow import registry
 from rllib_mlflow._worker import register_task
 from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
+from rllib_mlflow.locks import host_lock
+from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.tracking import result_metrics
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -40,10 +42,17 @@ def sync_experiment(
     verify: bool = True,
 ) -> SyncReport:
     """Register every pending journal entry and every checkpoint on disk of an experiment."""
+    _require_directory(experiment_dir, "an experiment directory (e.g. ~/ray_results/my-exp)")
     journal = Journal(experiment_dir)
+    journal.check_writable()  # progress must be recorded, or the next sync redoes it all
     entries = journal.entries()
     name = registered_model_name or next(
-        (e["registered_model_name"] for e in entries if "registered_model_name" in e), None
+        (
+            e["registered_model_name"]
+            for e in entries
+            if isinstance(e.get("registered_model_name"), str)
+        ),
+        None,
     )
     if name is None:
         raise registry.RegistryError(
@@ -88,13 +97,9 @@ def register_path(
     directory. Idempotent with what the callback registers.
     """
     registry.validate_registered_model_name(registered_model_name)
+    _require_directory(path, "an experiment directory, a trial directory or a checkpoint")
     registry.check_tracking_server(registry.client(tracking_uri))
     root = Path(path)
-    if not root.is_dir():
-        raise registry.RegistryError(
-            f"{path} is not a directory: pass an experiment directory, "
-            "a trial directory or a checkpoint directory."
-        )
     if (root / "rllib_checkpoint.json").exists():  # one checkpoint inside a trial directory
         experiment = root.parent.parent
         tasks = _trial_tasks(root.parent, experiment.name, {}, tracking_uri, [root])
@@ -105,6 +110,12 @@ def register_path(
     if not tasks:
         raise registry.RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
     return _register_all({t["key"]: t for t in tasks}, registered_model_name, tracking_uri, verify)
+
+
+def _require_directory(path: str, what: str) -> None:
+    if not Path(path).is_dir():
+        problem = "does not exist" if not Path(path).exists() else "is not a directory"
+        raise registry.RegistryError(f"{path} {problem}: pass {what}.")
 
 
 def _register_all(
@@ -158,7 +169,9 @@ def _trial_tasks(
     results = (
         _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}
     )
-    trial_id = next((r["trial_id"] for r in results.values() if "trial_id" in r), None)
+    trial_id = next(
+        (str(r["trial_id"]) for r in results.values() if r.get("trial_id")), None
+    ) or _directory_trial_id(trial_dir)
     checkpoints = sorted(trial_dir.glob("checkpoint_*")) if checkpoints is None else checkpoints
     if not checkpoints:
         return []
@@ -191,6 +204,12 @@ def _trial_tasks(
     return tasks
 
 
+def _directory_trial_id(trial_dir: Path) -> str:
+    """A stable id for a trial directory whose result.json names none, so that two such
+    trials never share journal keys or versions."""
+    return "dir-" + hashlib.sha256(trial_dir.name.encode()).hexdigest()[:8]
+
+
 def _trial_name(directory_name: str, trial_id: str | None) -> str:
     # Tune names trial dirs "<trainable>_<env>_<trial id>_<index>_<params>_<date>"; the
     # callback records str(trial), the part up to the trial id.
@@ -215,6 +234,13 @@ def _trial_run(
     trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
 ) -> tuple[str, bool]:
     """The trial's run from an earlier session (True), else a new run (False)."""
+    with host_lock(tracking_uri, "trial run", trial_id or trial_dir.name):
+        return _find_or_create_run(trial_id, trial_dir, experiment_name, tracking_uri)
+
+
+def _find_or_create_run(
+    trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
+) -> tuple[str, bool]:
     from rllib_mlflow.runs import TAG_TRIAL_ID, experiment_id
 
     mlflow_client = registry.client(tracking_uri)

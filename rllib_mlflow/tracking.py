@@ -3,7 +3,6 @@ training iteration, register a version, tag it and move the aliases."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import tempfile
@@ -17,9 +16,12 @@ from rllib_mlflow import registry
 from rllib_mlflow.checkpoint import checkpoint_uri as source_uri
 from rllib_mlflow.checkpoint import read_snapshots
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
+from rllib_mlflow.locks import host_lock
+from rllib_mlflow.redaction import get_logger, mask_urls, redact
 from rllib_mlflow.snapshot import PolicySnapshot
+from rllib_mlflow.validation import validate_tags
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_BEST_METRIC = "episode_return_mean"
 # Metric names as Tune flattens RLlib results, and the short names tags use.
@@ -95,6 +97,7 @@ def log_checkpoint(
     settings = RegistrationSettings(
         registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
     )
+    extra_tags = validate_tags(redact(dict(tags or {})))  # before any export or server call
     mlflow_client = registry.client(tracking_uri)
     registry.check_tracking_server(mlflow_client)
     flat_metrics = flatten_metrics(metrics or {})
@@ -119,7 +122,7 @@ def log_checkpoint(
                         trial=(trial_id, trial_name),
                         checkpoint=checkpoint,
                         source_uri=checkpoint_uri or source_uri(checkpoint),
-                        extra_tags=dict(tags or {}),
+                        extra_tags=extra_tags,
                         export_dir=Path(workdir, snapshot.module_id),
                         verify=verify,
                     )
@@ -182,49 +185,46 @@ def _log_and_register(
     verify: bool,
 ):
     """Register one module's checkpoint unless this trial's iteration already is."""
-    from rllib_mlflow import flavor
-
-    trial_id, trial_name = trial
-    existing = registry.find_versions(
-        mlflow_client,
-        model_name,
-        training_iteration=training_iteration,
-        trial=trial_id,
-        module_id=snapshot.module_id,
-    )
-    existing = [v for v in existing if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
-    if existing:
-        logger.info(
-            "%s iteration %s is already version %s",
-            model_name,
-            training_iteration,
-            existing[-1].version,
+    trial_id = trial[0]
+    key = (model_name, trial_id, training_iteration, snapshot.module_id)
+    with host_lock(mlflow_client.tracking_uri, *key):
+        existing = _versions_of_key(mlflow_client, *key)
+        if existing:
+            logger.info(
+                "%s iteration %s is already version %s",
+                model_name,
+                training_iteration,
+                existing[0].version,
+            )
+            return existing[0]
+        check_supported(snapshot, settings.formats)
+        policy = export_snapshot(snapshot, export_dir, settings.formats, verify)
+        if not metrics_logged and metrics:
+            _log_metrics(mlflow_client, run_id, metrics, training_iteration)
+        version = _log_version(
+            mlflow_client,
+            policy,
+            settings,
+            model_name=model_name,
+            run_id=run_id,
+            training_iteration=training_iteration,
+            tags=_version_tags(
+                policy,
+                settings,
+                metrics,
+                training_iteration,
+                trial,
+                mask_urls(source_uri),
+                _upload_checkpoint(mlflow_client, run_id, checkpoint, training_iteration)
+                if settings.log_rllib_checkpoint
+                else None,
+            )
+            | extra_tags,
+            trial_name=trial[1],
         )
-        return existing[-1]
-    check_supported(snapshot, settings.formats)
-    policy = export_snapshot(snapshot, export_dir, settings.formats, verify)
-    if not metrics_logged and metrics:
-        _log_metrics(mlflow_client, run_id, metrics, training_iteration)
-    info = flavor.log_model(
-        policy.path,
-        name=_logged_model_name(training_iteration, policy.module_id, trial_name),
-        step=training_iteration,
-        run_id=run_id,
-        tags={"module_id": policy.module_id, "training_iteration": training_iteration},
-    )
-    checkpoint_artifact = (
-        _upload_checkpoint(mlflow_client, run_id, checkpoint, training_iteration)
-        if settings.log_rllib_checkpoint
-        else None
-    )
-    tags = _version_tags(
-        policy, settings, metrics, training_iteration, trial, source_uri, checkpoint_artifact
-    )
-    tags.update({k: str(v) for k, v in extra_tags.items()})
-    _ensure_registered_model(mlflow_client, model_name)
-    version = mlflow_client.create_model_version(
-        name=model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
-    )
+        first = _first_of_key(mlflow_client, version, *key)
+        if first is not version:
+            return first
     registry.set_iteration_alias(mlflow_client, model_name, version)
     best_value = _metric(metrics, settings.best_metric)
     moved = registry.update_best_alias(
@@ -238,6 +238,82 @@ def _log_and_register(
         ", now @best" if moved else "",
     )
     return version
+
+
+def _log_version(
+    mlflow_client,
+    policy,
+    settings,
+    *,
+    model_name: str,
+    run_id: str,
+    training_iteration: int,
+    tags: dict[str, str],
+    trial_name: str | None,
+):
+    """Log the export as a LoggedModel and register it; on failure, leave neither the
+    LoggedModel nor a registered model created for it behind."""
+    from rllib_mlflow import flavor
+
+    info = flavor.log_model(
+        policy.path,
+        name=_logged_model_name(training_iteration, policy.module_id, trial_name),
+        step=training_iteration,
+        run_id=run_id,
+        tags={"module_id": policy.module_id, "training_iteration": training_iteration},
+    )
+    created_model = False
+    try:
+        created_model = _ensure_registered_model(mlflow_client, model_name)
+        return mlflow_client.create_model_version(
+            name=model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+        )
+    except Exception:
+        _discard(mlflow_client, info.model_id, model_name if created_model else None)
+        raise
+
+
+def _versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id) -> list:
+    """The versions registered for one trial, iteration and module, oldest first."""
+    found = registry.find_versions(
+        mlflow_client,
+        name,
+        training_iteration=training_iteration,
+        trial=trial_id,
+        module_id=module_id,
+    )
+    same = [v for v in found if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
+    return sorted(same, key=lambda v: int(v.version))
+
+
+def _first_of_key(mlflow_client, version, name, trial_id, training_iteration, module_id):
+    """The registry-side rule that keeps one version per key across hosts: after creating,
+    the lowest version number of the key wins and any other deletes itself."""
+    same = _versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id)
+    first = same[0] if same and int(same[0].version) < int(version.version) else version
+    if first is not version:
+        logger.info(
+            "%s iteration %s was registered concurrently as version %s; dropping version %s",
+            name,
+            training_iteration,
+            first.version,
+            version.version,
+        )
+        mlflow_client.delete_model_version(name, version.version)
+        _discard(mlflow_client, getattr(version, "model_id", None), None)
+    return first
+
+
+def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> None:
+    """Best effort: delete a LoggedModel no version points to, and a registered model that
+    was created for a version that never came to be."""
+    try:
+        if model_id:
+            mlflow_client.delete_logged_model(model_id)
+        if empty_model and not registry.find_versions(mlflow_client, empty_model):
+            mlflow_client.delete_registered_model(empty_model)
+    except Exception as error:
+        logger.warning("rllib-mlflow: could not clean up after a failed registration: %s", error)
 
 
 def _version_tags(policy, settings, metrics, training_iteration, trial, source, artifact):
@@ -294,7 +370,7 @@ def _log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: in
 
 def metric_key(key: str) -> str:
     """A result key as an MLflow metric name: unsupported characters become '_'."""
-    return re.sub(r"[^\w\-. /]", "_", key)[:250]
+    return re.sub(r"[^\w\-. /]", "_", mask_urls(key))[:250]
 
 
 def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -311,18 +387,22 @@ def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteratio
     return f"runs:/{run_id}/{path}"
 
 
-def _ensure_registered_model(mlflow_client, name: str) -> None:
+def _ensure_registered_model(mlflow_client, name: str) -> bool:
+    """Create registered model `name` unless it exists; True when this call created it."""
     from mlflow.exceptions import MlflowException
 
     try:
         mlflow_client.get_registered_model(name)
+        return False
     except MlflowException:
         try:
             mlflow_client.create_registered_model(
                 name, description="RLlib policy checkpoints registered by rllib-mlflow."
             )
+            return True
         except MlflowException:
             mlflow_client.get_registered_model(name)  # created concurrently: fine
+            return False
 
 
 def _resolve_run(mlflow_client, run_id: str | None) -> tuple[str, bool]:
@@ -350,4 +430,5 @@ def _iteration(explicit: int | None, snapshot: PolicySnapshot) -> int:
 
 def _logged_model_name(iteration: int, module_id: str, trial_name: str | None) -> str:
     parts = [trial_name, f"iter-{iteration}", None if module_id == "default_policy" else module_id]
-    return "-".join(p for p in parts if p)
+    # MLflow refuses '/', ':', '.', '%' and quotes in LoggedModel names.
+    return re.sub(r"[/:.%\"'\s]", "_", "-".join(p for p in parts if p))

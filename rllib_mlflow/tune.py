@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import logging
 import os
 import queue
 import shutil
@@ -28,10 +27,12 @@ from rllib_mlflow import preflight, registry
 from rllib_mlflow._worker import WorkerProcess
 from rllib_mlflow.export import FORMATS
 from rllib_mlflow.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
+from rllib_mlflow.redaction import get_logger, redact
 from rllib_mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.tracking import DEFAULT_BEST_METRIC, RegistrationSettings, result_metrics
+from rllib_mlflow.validation import validate_tags
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 STAGING_DIR = ".rllib_mlflow_staging"
 
@@ -62,7 +63,7 @@ class MLflowLoggerCallback(LoggerCallback):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.experiment_name = experiment_name
-        self.tags = dict(tags or {})
+        self.tags = validate_tags(redact(dict(tags or {})))
         self.tracking_token = tracking_token
         self.save_artifact = save_artifact
         self.log_params_on_trial_end = log_params_on_trial_end

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,13 +50,18 @@ class Journal:
 
     def check_writable(self) -> None:
         """Refuse, before any work, a journal whose progress could not be recorded."""
-        target = self.path if self.path.exists() else self.path.parent
-        if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+        try:  # a real attempt: root passes os.access() checks on read-only mounts too
+            if self.path.exists():
+                open(self.path, "a").close()
+            else:
+                tempfile.TemporaryFile(dir=self.path.parent).close()
+        except OSError as error:
             raise JournalError(
-                f"Cannot write the journal {self.path}: {target} is read-only for this user. "
-                "Make it writable (chmod u+w), or run as the user who owns the experiment, "
-                "so that what gets registered is recorded; nothing was registered."
-            )
+                f"Cannot write the journal {self.path} ({error.strerror}). Make it and its "
+                "folder writable (e.g. chmod u+w, or a read-write mount), or run as the user "
+                "who owns the experiment, so that what gets registered is recorded. Nothing "
+                "was registered."
+            ) from error
 
     def entries(self) -> list[dict[str, Any]]:
         """The valid entries; the others are reported and listed in `skipped`."""

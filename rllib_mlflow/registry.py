@@ -305,12 +305,15 @@ def _download_through_proxy(rest: RestClient, version, backend: str | None, loca
     )
     with open(policy_file) as stream:
         try:
-            formats = _mapping(json.load(stream)).get("formats", [])
-        except ValueError as error:
-            raise RegistryError(
-                f"Version {version.version} of {version.name!r} has an unreadable policy.json "
-                f"({error}). Re-register it from its checkpoint."
-            ) from error
+            policy = json.load(stream)
+        except ValueError:
+            policy = None
+    if not isinstance(policy, dict):
+        raise RegistryError(
+            f"Version {version.version} of {version.name!r} has a malformed policy.json (not "
+            "a JSON object). Re-register it from its checkpoint."
+        )
+    formats = policy.get("formats") or []
     use_onnx = backend == "onnxruntime" or (
         backend is None and "onnx" in formats and onnxruntime_installed()
     )
@@ -379,19 +382,46 @@ def set_iteration_alias(mlflow_client, name: str, version) -> None:
         )
 
 
-def update_best_alias(
-    mlflow_client, name: str, version, metric: str, mode: str, value: float | None
-) -> bool:
-    """Point `best` at `version` if its `metric` strictly improves on the current best."""
-    if value is None:
+def update_best_alias(mlflow_client, name: str, metric: str, mode: str) -> str | None:
+    """Point `best` at the version with the best `metric` tag, when it strictly improves on
+    the current `best`; returns the version `best` points at.
+
+    Recomputed from the registry and re-checked after each move, so that processes (or
+    hosts) registering at once cannot leave `best` on a version another one has beaten."""
+    current = None
+    for _ in range(5):
+        candidate = _best_version(find_versions(mlflow_client, name), metric, mode)
+        current = _alias_or_none(mlflow_client, name, ALIAS_BEST)
+        if candidate is None or not _beats(candidate, current, metric, mode):
+            break
+        mlflow_client.set_registered_model_alias(name, ALIAS_BEST, candidate.version)
+    return None if current is None else str(current.version)
+
+
+def _best_version(versions: list, metric: str, mode: str):
+    """The version with the best `metric.<metric>` tag; the oldest among equals."""
+    scored = [(v, _metric_tag(v, metric)) for v in versions]
+    scored = [(v, value) for v, value in scored if value is not None]
+    if not scored:
+        return None
+    sign = 1 if mode == "max" else -1
+    return max(scored, key=lambda item: (sign * item[1], -int(item[0].version)))[0]
+
+
+def _beats(candidate, current, metric: str, mode: str) -> bool:
+    if current is None:
+        return True
+    if str(current.version) == str(candidate.version):
         return False
-    current = _alias_or_none(mlflow_client, name, ALIAS_BEST)
-    if current is not None:
-        best = current.tags.get(f"metric.{metric}")
-        if best is not None and not _improves(value, float(best), mode):
-            return False
-    mlflow_client.set_registered_model_alias(name, ALIAS_BEST, version.version)
-    return True
+    best = _metric_tag(current, metric)
+    return best is None or _improves(_metric_tag(candidate, metric), best, mode)
+
+
+def _metric_tag(version, metric: str) -> float | None:
+    try:
+        return float(version.tags[f"metric.{metric}"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _improves(value: float, best: float, mode: str) -> bool:

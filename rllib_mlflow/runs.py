@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rllib_mlflow.locks import host_lock
 from rllib_mlflow.redaction import flat_params
 
 TAG_TRIAL_ID = "rllib_mlflow.trial_id"
@@ -22,6 +23,11 @@ _METRICS_PER_BATCH = 1000
 def redact_params(config: Mapping[str, Any]) -> dict[str, str]:
     """The flattened config as MLflow params, with every secret masked (see `redaction`)."""
     return {k[:250]: v[:_PARAM_VALUE_LIMIT] for k, v in flat_params(config).items()}
+
+
+def trial_run_lock(mlflow_client, trial_id: str):
+    """The host lock around finding or creating a trial's run (callback and `sync`)."""
+    return host_lock(mlflow_client.tracking_uri, "trial run", trial_id)
 
 
 @dataclass(frozen=True)
@@ -68,12 +74,14 @@ class TrialRuns:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         experiment = experiment_id(self.client, self.experiment_name or trial.experiment_dir_name)
-        run_id = self._existing_run(experiment, trial.trial_id)
-        if run_id is None:
-            tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
-            run_id = self.client.create_run(experiment, tags=tags, run_name=trial.name).info.run_id
-        else:
-            self.client.update_run(run_id, status="RUNNING")
+        with trial_run_lock(self.client, trial.trial_id):  # `sync` may be looking for it
+            run_id = self._existing_run(experiment, trial.trial_id)
+            if run_id is None:
+                tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
+                run = self.client.create_run(experiment, tags=tags, run_name=trial.name)
+                run_id = run.info.run_id
+            else:
+                self.client.update_run(run_id, status="RUNNING")
         self._runs[trial.trial_id] = run_id
         self._open.add(trial.trial_id)
         return run_id

@@ -17,11 +17,21 @@ from typing import Any
 from rllib_mlflow import registry
 from rllib_mlflow._worker import register_task
 from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
-from rllib_mlflow.locks import host_lock
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.tracking import result_metrics
 
 logger = get_logger(__name__)
+
+
+# What a task needs beyond the checkpoint, when neither the journal nor the callback's
+# settings say otherwise.
+_SETTING_DEFAULTS: dict[str, Any] = {
+    "formats": ["saved_model", "h5", "onnx"],
+    "best_metric": "episode_return_mean",
+    "best_mode": "max",
+    "log_rllib_checkpoint": False,
+}
+_TASK_DEFAULTS = {"metrics": {}, "trial_id": None, "trial_name": None, **_SETTING_DEFAULTS}
 
 
 @dataclass
@@ -128,7 +138,8 @@ def _register_all(
     report = SyncReport()
     for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
         print(f"rllib-mlflow: [{number}/{len(tasks)}] registering {key}", flush=True)
-        task = {**task, "registered_model_name": name, "tracking_uri": tracking_uri}
+        task = {**_TASK_DEFAULTS, **task, "registered_model_name": name}
+        task["tracking_uri"] = tracking_uri
         task["verify"] = verify
         if not Path(task["checkpoint"]).exists():
             task["checkpoint"] = task["checkpoint_uri"]  # the staged copy is gone
@@ -194,10 +205,7 @@ def _trial_tasks(
                 "run_id": run_id,
                 "trial_id": trial_id,
                 "trial_name": known.get("trial_name") or _trial_name(trial_dir.name, trial_id),
-                "formats": known.get("formats", ["saved_model", "h5", "onnx"]),
-                "best_metric": known.get("best_metric", "episode_return_mean"),
-                "best_mode": known.get("best_mode", "max"),
-                "log_rllib_checkpoint": known.get("log_rllib_checkpoint", False),
+                **{k: known.get(k, default) for k, default in _SETTING_DEFAULTS.items()},
                 "metrics_logged": run_existed,  # the logger put them in the run
             }
         )
@@ -234,16 +242,18 @@ def _trial_run(
     trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
 ) -> tuple[str, bool]:
     """The trial's run from an earlier session (True), else a new run (False)."""
-    with host_lock(tracking_uri, "trial run", trial_id or trial_dir.name):
-        return _find_or_create_run(trial_id, trial_dir, experiment_name, tracking_uri)
+    from rllib_mlflow.runs import trial_run_lock
+
+    mlflow_client = registry.client(tracking_uri)
+    with trial_run_lock(mlflow_client, trial_id or trial_dir.name):
+        return _find_or_create_run(mlflow_client, trial_id, trial_dir, experiment_name)
 
 
 def _find_or_create_run(
-    trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
+    mlflow_client, trial_id: str | None, trial_dir: Path, experiment_name: str
 ) -> tuple[str, bool]:
     from rllib_mlflow.runs import TAG_TRIAL_ID, experiment_id
 
-    mlflow_client = registry.client(tracking_uri)
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     if trial_id:
         runs = mlflow_client.search_runs(

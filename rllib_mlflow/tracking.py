@@ -226,16 +226,16 @@ def _log_and_register(
         if first is not version:
             return first
     registry.set_iteration_alias(mlflow_client, model_name, version)
-    best_value = _metric(metrics, settings.best_metric)
-    moved = registry.update_best_alias(
-        mlflow_client, model_name, version, settings.best_metric, settings.best_mode, best_value
-    )
+    with host_lock(mlflow_client.tracking_uri, model_name, "best"):
+        best = registry.update_best_alias(
+            mlflow_client, model_name, settings.best_metric, settings.best_mode
+        )
     logger.info(
         "Registered %s version %s (iteration %s%s)",
         model_name,
         version.version,
         training_iteration,
-        ", now @best" if moved else "",
+        ", now @best" if best == str(version.version) else "",
     )
     return version
 

@@ -300,8 +300,14 @@ def _first_of_key(mlflow_client, version, name, trial_id, training_iteration, mo
             version.version,
         )
         mlflow_client.delete_model_version(name, version.version)
-        _discard(mlflow_client, getattr(version, "model_id", None), None)
+        _discard(mlflow_client, logged_model_id(version), None)
     return first
+
+
+def logged_model_id(version) -> str | None:
+    """The LoggedModel behind a version (older servers leave `model_id` empty)."""
+    source = str(getattr(version, "source", "") or "")
+    return getattr(version, "model_id", None) or source.removeprefix("models:/") or None
 
 
 def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> None:

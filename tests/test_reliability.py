@@ -316,6 +316,20 @@ def test_planted_credentials_appear_nowhere(outage):
     for name, secret in PLANTED.items():
         leaks = [where for where, data in haystacks.items() if secret.encode() in data]
         assert not leaks, f"{name} leaked into {leaks}"
+    # Secrets in the trial config (nested in lists, in URLs): Tune's own files in the
+    # experiment directory hold the config, so only our journal is read there; the server's
+    # database and logs are read whole.
+    ours = {k: v for k, v in haystacks.items() if not k.startswith("experiment:")}
+    ours["journal"] = (outage["experiment"] / JOURNAL_FILE).read_bytes()
+    for path in [root / "mlflow.db", *root.glob("server-*.log")]:
+        ours[f"server:{path.name}"] = path.read_bytes()
+    for name, secret in tune_job.CONFIG_SECRETS.items():
+        leaks = [where for where, data in ours.items() if secret.encode() in data]
+        assert not leaks, f"the config's {name} leaked into {leaks}"
+    params = runs[0].data.params
+    assert params["learner_config_dict/my_creds"] == "***"
+    assert params["learner_config_dict/db_url"] == "postgresql://rl:***@db.internal/rl"
+    assert "'name': 'db'" in params["learner_config_dict/services"]
 
 
 def test_secret_looking_config_keys_are_redacted():

@@ -14,6 +14,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 EXPERIMENT = "tune-job"
 MODEL_NAME = "tune-job-ppo"
+# Secrets a user's config may hold, nested in lists and URLs: none may reach MLflow.
+CONFIG_SECRETS = {
+    "api_token": "hunter2-secret",
+    "nested in a list": "nested-key-7f3e1a",
+    "creds": "creds-value-52c9d0",
+    "URL password": "url-password-0b8e44",
+}
 
 
 def ppo_config(
@@ -27,7 +34,15 @@ def ppo_config(
         PPOConfig()
         .environment("CartPole-v1")
         .env_runners(num_env_runners=0)
-        .learners(learner_config_dict={"api_token": secret, "level": 1})
+        .learners(
+            learner_config_dict={
+                "api_token": secret,
+                "level": 1,
+                "services": [{"name": "db", "api_key": CONFIG_SECRETS["nested in a list"]}],
+                "my_creds": CONFIG_SECRETS["creds"],
+                "db_url": f"postgresql://rl:{CONFIG_SECRETS['URL password']}@db.internal/rl",
+            }
+        )
         .training(
             train_batch_size_per_learner=200,
             minibatch_size=100,

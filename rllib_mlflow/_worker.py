@@ -114,6 +114,7 @@ def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
             log_rllib_checkpoint=task["log_rllib_checkpoint"],
             verify=task["verify"],
             tracking_uri=task.get("tracking_uri"),
+            registry_uri=task.get("registry_uri"),
             checkpoint_uri=task["checkpoint_uri"],
             metrics_logged=task.get("metrics_logged", True),
         )
@@ -128,7 +129,7 @@ def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
     from rllib_mlflow import registry
     from rllib_mlflow.retention import prune
 
-    mlflow_client = registry.client(task.get("tracking_uri"))
+    mlflow_client = registry.client(task.get("tracking_uri"), task.get("registry_uri"))
     for name in sorted(names):
         prune(mlflow_client, name, task.get("keep_last"), task.get("keep_best"))
 
@@ -146,7 +147,11 @@ class Session:
             self.settings, self._runs = message, None
             return None
         if op == "register":
-            task = {**message["task"], "tracking_uri": self.settings.get("tracking_uri")}
+            task = {
+                **message["task"],
+                "tracking_uri": self.settings.get("tracking_uri"),
+                "registry_uri": self.settings.get("registry_uri"),
+            }
             task["run_id"] = with_retries(lambda: self.runs.run_id(self._trial(message)))
             return {"versions": register_task(task)}
         trial = self._trial(message)
@@ -169,9 +174,13 @@ class Session:
             from rllib_mlflow.runs import TrialRuns
 
             self._runs = TrialRuns(
-                registry.client(self.settings.get("tracking_uri")),
+                registry.client(
+                    self.settings.get("tracking_uri"), self.settings.get("registry_uri")
+                ),
                 self.settings.get("experiment_name"),
                 self.settings.get("tags") or {},
+                experiment_id=self.settings.get("experiment_id"),
+                source=self.settings.get("source") or "",
             )
         return self._runs
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rllib_mlflow import __version__, registry
+from rllib_mlflow import __version__, registry, runs
 from rllib_mlflow.errors import TrackingError
 from rllib_mlflow.rest import rest_client
-from rllib_mlflow.runs import experiment_id
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the working directory
 
@@ -23,34 +22,72 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the wor
 def check_tracking_store(
     tracking_uri: str | None,
     *,
+    registry_uri: str | None = None,
     experiment_name: str | None = None,
+    experiment_id: str | None = None,
     registered_model_name: str | None = None,
 ) -> None:
     """Raise TrackingError, saying what to do, unless logging there can work."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if registry.is_file_store(uri):
+        registry.validate_tracking_uri(uri)  # refused unless MLFLOW_ALLOW_FILE_STORE
+        _check_writable_directory(Path(uri.removeprefix("file://")).absolute(), uri)
+        return
     if uri.startswith("sqlite:"):
         _check_sqlite_writable(uri)
         return
     mlflow_client = rest_client(uri) or registry.client(uri)
     registry.check_tracking_server(mlflow_client)
-    if experiment_name:
+    if experiment_id:
+        _check_experiment_id(mlflow_client, experiment_id)
+    elif experiment_name:
         registry.check_write_access(
             mlflow_client,
             f"experiment {experiment_name!r}",
             lambda: mlflow_client.set_experiment_tag(
-                experiment_id(mlflow_client, experiment_name), registry.TAG_WRITER, __version__
+                runs.experiment_id(mlflow_client, experiment_name), registry.TAG_WRITER, __version__
             ),
         )
     if registered_model_name:
+        models = mlflow_client
+        registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI")
+        if registry_uri and registry_uri != uri:
+            models = rest_client(registry_uri) or registry.client(uri, registry_uri)
 
         def tag_model_if_it_exists() -> None:  # else the first registration creates it
-            if registry.registered_model_exists(mlflow_client, registered_model_name):
-                mlflow_client.set_registered_model_tag(
+            if registry.registered_model_exists(models, registered_model_name):
+                models.set_registered_model_tag(
                     registered_model_name, registry.TAG_WRITER, __version__
                 )
 
         registry.check_write_access(
-            mlflow_client, f"registered model {registered_model_name!r}", tag_model_if_it_exists
+            models, f"registered model {registered_model_name!r}", tag_model_if_it_exists
+        )
+
+
+def _check_experiment_id(mlflow_client, experiment_id: str) -> None:
+    """MLFLOW_EXPERIMENT_ID must name an experiment we may write to."""
+    try:
+        mlflow_client.get_experiment(experiment_id)
+    except Exception as error:
+        raise TrackingError(
+            f"MLFLOW_EXPERIMENT_ID={experiment_id} names no experiment on "
+            f"{registry.redact_uri(mlflow_client.tracking_uri)} ({str(error)[:200]}). Unset it, "
+            "set it to an existing experiment's id, or pass experiment_name=."
+        ) from error
+    registry.check_write_access(
+        mlflow_client,
+        f"experiment {experiment_id}",
+        lambda: mlflow_client.set_experiment_tag(experiment_id, registry.TAG_WRITER, __version__),
+    )
+
+
+def _check_writable_directory(directory: Path, uri: str) -> None:
+    if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        raise TrackingError(f"Cannot write the MLflow file store {uri}: it is not writable.")
+    if not directory.exists() and not os.access(directory.parent, os.W_OK | os.X_OK):
+        raise TrackingError(
+            f"Cannot create the MLflow file store {uri}: {directory.parent} is not writable."
         )
 
 

@@ -57,13 +57,17 @@ def iteration_alias(training_iteration: int) -> str:
     return f"iter-{int(training_iteration)}"
 
 
-def client(tracking_uri: str | None = None):
-    """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default."""
+def client(tracking_uri: str | None = None, registry_uri: str | None = None):
+    """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default;
+    its registry is `registry_uri`, else MLFLOW_REGISTRY_URI, else the tracking store."""
     from mlflow import MlflowClient
 
     if tracking_uri is not None:
         validate_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    if registry_uri is not None:
+        validate_tracking_uri(registry_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
 _TRACKING_URI = re.compile(
@@ -73,14 +77,31 @@ _TRACKING_URI = re.compile(
 
 def validate_tracking_uri(uri: str) -> str:
     """Refuse a tracking URI MLflow cannot use, before anything is queued or exported."""
+    if isinstance(uri, str) and is_file_store(uri):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+            raise TrackingError(
+                f"{uri!r} is MLflow's file store, which MLflow 3 refuses unless "
+                "MLFLOW_ALLOW_FILE_STORE=true (it is in maintenance mode). Use a database, "
+                "e.g. 'sqlite:///mlflow.db', or set MLFLOW_ALLOW_FILE_STORE=true."
+            )
+        return uri
     if not isinstance(uri, str) or not _TRACKING_URI.fullmatch(uri.strip()):
         raise TrackingError(
-            f"Malformed tracking URI {_redact(str(uri))!r}: use the server's address, e.g. "
+            f"Malformed tracking URI {redact_uri(str(uri))!r}: use the server's address, e.g. "
             "'http://localhost:5000', or a database, e.g. 'sqlite:///mlflow.db' or "
             "'postgresql://user@host/db' (credentials in MLFLOW_TRACKING_USERNAME / "
             "MLFLOW_TRACKING_PASSWORD, not in the URI)."
         )
     return uri
+
+
+def is_file_store(uri: str) -> bool:
+    """A `file:` URI or a local path (`mlruns`, `./mlruns`, `/data/mlruns`): MLflow's file
+    store. `http//host` (no scheme, a double slash) is a typo, not a path."""
+    if uri.startswith("file:"):
+        return True
+    path = re.fullmatch(r"[~./\w][^:\s]*", uri) and "//" not in uri
+    return bool(path) and uri not in ("databricks", "databricks-uc")
 
 
 def check_tracking_server(mlflow_client) -> None:
@@ -93,14 +114,14 @@ def check_tracking_server(mlflow_client) -> None:
         raise
     except _client_errors(mlflow_client) as error:
         raise TrackingError(
-            f"The MLflow tracking server at {_redact(uri)} refused the request: "
+            f"The MLflow tracking server at {redact_uri(uri)} refused the request: "
             f"{error.message[:300]}. Check MLFLOW_TRACKING_URI and, with authentication, "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.",
             status=_status(error),
         ) from error
     except Exception as error:
         raise TrackingError(
-            f"Cannot reach the MLflow tracking server at {_redact(uri)} "
+            f"Cannot reach the MLflow tracking server at {redact_uri(uri)} "
             f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
             "reachable server (unset, MLflow uses sqlite:///mlflow.db in this directory)."
         ) from error
@@ -117,7 +138,7 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
     except _client_errors(mlflow_client) as error:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
         raise TrackingError(
-            f"The MLflow tracking server at {_redact(mlflow_client.tracking_uri)} does not let "
+            f"The MLflow tracking server at {redact_uri(mlflow_client.tracking_uri)} does not let "
             f"{f'user {user!r}' if user else 'this client'} write to {resource} "
             f"({error.message[:200]}). Ask its owner or an admin for EDIT permission on it, "
             "or log to another experiment / registered model name.",
@@ -146,7 +167,7 @@ def _probe_http_server(uri: str, timeout: float = 5.0) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)  # any answer will do
     except requests.RequestException as error:
         raise TrackingError(
-            f"Cannot reach the MLflow tracking server at {_redact(uri)} "
+            f"Cannot reach the MLflow tracking server at {redact_uri(uri)} "
             f"({type(error).__name__} within {timeout:g} s). Start it, or set "
             "MLFLOW_TRACKING_URI to a reachable server (unset, MLflow uses "
             "sqlite:///mlflow.db in this directory)."
@@ -499,7 +520,7 @@ def _registered_iterations(mlflow_client, name: str) -> list[int]:
     return sorted({int(v.tags[TAG_ITERATION]) for v in versions if TAG_ITERATION in v.tags})
 
 
-def _redact(uri: str) -> str:
+def redact_uri(uri: str) -> str:
     """A URI without its user:password@ part, for messages."""
     return re.sub(r"//[^/@]*@", "//***@", uri)
 

@@ -176,6 +176,10 @@ class RestClient:
             raise
         return Experiment(answer["experiment"]["experiment_id"], answer["experiment"]["name"])
 
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        experiment = self._get("experiments/get", experiment_id=experiment_id)["experiment"]
+        return Experiment(experiment["experiment_id"], experiment["name"])
+
     def create_experiment(self, name: str) -> str:
         return self._post("experiments/create", name=name)["experiment_id"]
 

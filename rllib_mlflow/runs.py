@@ -25,6 +25,20 @@ def redact_params(config: Mapping[str, Any]) -> dict[str, str]:
     return {k[:250]: v[:_PARAM_VALUE_LIMIT] for k, v in flat_params(config).items()}
 
 
+def driver_context_tags(source: str) -> dict[str, str]:
+    """The tags MLflow's fluent `start_run` adds (user, source name and type, git commit),
+    as seen from the driver's script `source` rather than from this worker."""
+    import sys
+
+    from mlflow.tracking.context.registry import resolve_tags
+
+    argv0, sys.argv[0] = sys.argv[0], source
+    try:
+        return resolve_tags()
+    finally:
+        sys.argv[0] = argv0
+
+
 def trial_run_lock(mlflow_client, trial_id: str):
     """The host lock around finding or creating a trial's run (callback and `sync`)."""
     return host_lock(mlflow_client.tracking_uri, "trial run", trial_id)
@@ -63,21 +77,38 @@ def experiment_id(mlflow_client, name: str) -> str:
 class TrialRuns:
     """The MLflow run of each trial; continues a restored trial's run."""
 
-    def __init__(self, mlflow_client, experiment_name: str | None, tags: dict[str, Any]):
+    def __init__(
+        self,
+        mlflow_client,
+        experiment_name: str | None,
+        tags: dict[str, Any],
+        *,
+        experiment_id: str | None = None,
+        source: str = "",
+    ):
         self.client = mlflow_client
         self.experiment_name = experiment_name
+        self.experiment_id = experiment_id
         self.tags = tags
+        self.source = source
         self._runs: dict[str, str] = {}
         self._open: set[str] = set()
 
     def start(self, trial: TrialInfo) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        experiment = experiment_id(self.client, self.experiment_name or trial.experiment_dir_name)
+        experiment = self.experiment_id or experiment_id(
+            self.client, self.experiment_name or trial.experiment_dir_name
+        )
         with trial_run_lock(self.client, trial.trial_id):  # `sync` may be looking for it
             run_id = self._existing_run(experiment, trial.trial_id)
             if run_id is None:
-                tags = {**self.tags, "trial_name": trial.name, TAG_TRIAL_ID: trial.trial_id}
+                tags = {
+                    **driver_context_tags(self.source),
+                    **self.tags,
+                    "trial_name": trial.name,
+                    TAG_TRIAL_ID: trial.trial_id,
+                }
                 run = self.client.create_run(experiment, tags=tags, run_name=trial.name)
                 run_id = run.info.run_id
             else:

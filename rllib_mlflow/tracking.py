@@ -67,6 +67,7 @@ def log_checkpoint(
     log_rllib_checkpoint: bool = False,
     verify: bool = True,
     tracking_uri: str | None = None,
+    registry_uri: str | None = None,
     checkpoint_uri: str | None = None,
     metrics_logged: bool = False,
 ) -> list:
@@ -90,6 +91,8 @@ def log_checkpoint(
         checkpoint_uri: where the checkpoint lives, to record when ``checkpoint`` is a
             local copy of it (default: ``checkpoint`` itself).
         metrics_logged: the metrics are already in the run at this step (Tune callback).
+        tracking_uri, registry_uri: default MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI
+            (else the tracking store).
 
     Returns:
         The registered ``ModelVersion`` of each module.
@@ -98,7 +101,7 @@ def log_checkpoint(
         registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
     )
     extra_tags = validate_tags(redact(dict(tags or {})))  # before any export or server call
-    mlflow_client = registry.client(tracking_uri)
+    mlflow_client = registry.client(tracking_uri, registry_uri)
     registry.check_tracking_server(mlflow_client)
     flat_metrics = flatten_metrics(metrics or {})
     # Model.log goes through MLflow's fluent API, which knows only the global URI.
@@ -146,24 +149,29 @@ def _fluent_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
         yield
 
 
-def flatten_metrics(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a (nested) result dict, keyed 'a/b/c' as Tune flattens them."""
+def flatten_metrics(
+    results: Mapping[str, Any], prefix: str = "", *, finite_only: bool = True
+) -> dict[str, float]:
+    """Numeric leaves of a (nested) result dict, keyed 'a/b/c' as Tune flattens them.
+
+    With `finite_only=False`, every leaf `float()` accepts, as Ray's MLflow callback logs
+    them: booleans as 0/1, NaN and infinities, numeric strings."""
     import math
 
     flat: dict[str, float] = {}
     for key, value in results.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, f"{name}/"))
-        elif isinstance(value, bool):
+            flat.update(flatten_metrics(value, f"{name}/", finite_only=finite_only))
             continue
-        elif hasattr(value, "__float__"):
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(number):
-                flat[name] = number
+        if finite_only and (isinstance(value, bool | str) or not hasattr(value, "__float__")):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number) or not finite_only:
+            flat[name] = number
     return flat
 
 
@@ -380,9 +388,10 @@ def metric_key(key: str) -> str:
 
 
 def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric metrics of a Tune/RLlib result, flattened and named for MLflow."""
+    """The metrics of a Tune/RLlib result as Ray's MLflow callback logs them, flattened and
+    named for MLflow; the config goes to params only."""
     metrics = {k: v for k, v in result.items() if k not in ("config", "hist_stats")}
-    return {metric_key(k): v for k, v in flatten_metrics(metrics).items()}
+    return {metric_key(k): v for k, v in flatten_metrics(metrics, finite_only=False).items()}
 
 
 def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:

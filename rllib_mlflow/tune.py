@@ -16,6 +16,7 @@ import itertools
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,7 +44,9 @@ class MLflowLoggerCallback(LoggerCallback):
     Logs the flattened trial config as params (secret-looking values redacted) and every
     result's numeric metrics at ``step=training_iteration``, and ends each run as
     FINISHED, FAILED or (when the experiment stops first, e.g. on Ctrl-C) KILLED. Runs
-    are grouped under ``experiment_name`` (default: the Tune experiment's name). A
+    go to ``experiment_name``, else the experiment MLFLOW_EXPERIMENT_ID names, else
+    MLFLOW_EXPERIMENT_NAME, else one named after the Tune experiment; models are
+    registered in ``registry_uri``, else MLFLOW_REGISTRY_URI, else the tracking store. A
     restored experiment continues each trial's run.
     """
 
@@ -58,8 +61,9 @@ class MLflowLoggerCallback(LoggerCallback):
         save_artifact: bool = False,
         log_params_on_trial_end: bool = False,
     ):
-        if tracking_uri is not None:
-            registry.validate_tracking_uri(tracking_uri)
+        for uri in (tracking_uri, registry_uri):
+            if uri is not None:
+                registry.validate_tracking_uri(uri)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.experiment_name = experiment_name
@@ -74,19 +78,34 @@ class MLflowLoggerCallback(LoggerCallback):
     def setup(self, *args, **kwargs) -> None:
         if self.tracking_token:
             os.environ["MLFLOW_TRACKING_TOKEN"] = self.tracking_token
-        preflight.check_tracking_store(self.tracking_uri, **self._preflight_targets())
+        preflight.check_tracking_store(
+            self.tracking_uri, registry_uri=self.registry_uri, **self._preflight_targets()
+        )
         if self._exporter is None:
             self._exporter = Exporter(
                 {
                     "tracking_uri": self.tracking_uri,
-                    "experiment_name": self.experiment_name,
+                    "registry_uri": self.registry_uri,
+                    **self._experiment(),
                     "tags": self.tags,
+                    # MLflow's run context (source name, git commit) is the driver's script.
+                    "source": sys.argv[0] if sys.argv else "",
                 }
             )
         self._exporter.start_worker()  # its start-up overlaps the trials' start-up
 
+    def _experiment(self) -> dict[str, str]:
+        """Where the runs go, in the order Ray's callback and MLflow's env vars imply."""
+        if self.experiment_name:
+            return {"experiment_name": self.experiment_name}
+        if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            return {"experiment_id": os.environ["MLFLOW_EXPERIMENT_ID"]}
+        if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+            return {"experiment_name": os.environ["MLFLOW_EXPERIMENT_NAME"]}
+        return {}  # the Tune experiment's name, known per trial
+
     def _preflight_targets(self) -> dict[str, str | None]:
-        return {"experiment_name": self.experiment_name}
+        return dict(self._experiment())
 
     # The hooks only capture what they need and queue it for the worker (in order, with
     # retries there), so that a slow or unreachable server never blocks or breaks training.

@@ -82,3 +82,22 @@ def test_s3_checkpoint_without_credentials_says_which_variables_to_set(monkeypat
     assert "s3://ray/results/exp/trial/checkpoint_000001" in message
     assert "No AWS credentials" in message
     assert "AWS_ACCESS_KEY_ID" in message and "AWS_SECRET_ACCESS_KEY" in message
+
+
+@pytest.mark.parametrize("form", ["file", "path"])
+def test_file_store_uris_are_refused_with_the_reason_unless_mlflow_allows_them(
+    trained_checkpoint, tmp_path, monkeypatch, form
+):
+    from rllib_mlflow import MLflowLoggerCallback, load_policy, log_checkpoint
+
+    store = tmp_path / "mlruns"
+    uri = f"file://{store}" if form == "file" else str(store)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(TrackingError, match="MLFLOW_ALLOW_FILE_STORE=true"):
+        MLflowLoggerCallback(tracking_uri=uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as MLflow itself asks
+    MLflowLoggerCallback(tracking_uri=uri)
+    checkpoint = trained_checkpoint("ppo_cartpole")
+    versions = log_checkpoint(checkpoint.path, "file-store", tracking_uri=uri, formats=["onnx"])
+    policy = load_policy(f"models:/file-store/{versions[0].version}", tracking_uri=uri)
+    assert policy.compute_actions(checkpoint.make_env().observation_space.sample()).shape == (1,)

@@ -1,6 +1,7 @@
 """rllib-mlflow: every RLlib checkpoint as a standard model, logged and registered in MLflow.
 
-Public API (imported lazily, so that loading a policy never imports Ray or torch):
+Public API (imported lazily, so that loading a policy never imports Ray or torch; with the
+light install, `pip install rllib-mlflow`, the export side says which extra to install):
 
     export_checkpoint(checkpoint, output_dir, formats=..., module_id=None, verify=True)
     log_checkpoint(checkpoint, registered_model_name, *, training_iteration=None, ...)
@@ -11,7 +12,6 @@ Public API (imported lazily, so that loading a policy never imports Ray or torch
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -34,5 +34,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        from rllib_mlflow.extras import import_feature
+
+        # Only the export side can be missing: loading is in the light install.
+        return getattr(import_feature(_EXPORTS[name], f"rllib_mlflow.{name}", "tune"), name)
     raise AttributeError(f"module 'rllib_mlflow' has no attribute {name!r}")

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from rllib_mlflow.errors import RLlibMLflowError
+from rllib_mlflow.extras import missing_extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.run(args) or 0
+    except ModuleNotFoundError as error:  # the light install lacks an extra
+        extra = "evaluate" if args.command == "evaluate" else "tune"
+        print(f"rllib-mlflow: error: {missing_extra(error, args.command, extra)}", file=sys.stderr)
+        return 2
     except (RLlibMLflowError, FileExistsError, ValueError) as error:
         print(f"rllib-mlflow: error: {error}", file=sys.stderr)
         return 2
@@ -26,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="rllib-mlflow",
         description="Export RLlib checkpoints as standard models and register them in MLflow.",
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     export = commands.add_parser("export", help="export a checkpoint to SavedModel, .h5, ONNX")
     export.add_argument("checkpoint", help="checkpoint directory or URI (s3://...)")

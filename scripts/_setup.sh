@@ -13,7 +13,7 @@ fi
 # editable, so code changes need none).
 STAMP=.venv/.rllib-mlflow-installed
 if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" || constraints.txt -nt "$STAMP" ]]; then
-    .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+    .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[tune,evaluate,test]'
     touch "$STAMP"
 fi
 

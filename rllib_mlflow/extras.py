@@ -1,0 +1,54 @@
+"""Which optional dependencies (extras) each part of rllib-mlflow needs, and a one-line error
+naming the install command when one is missing.
+
+`pip install rllib-mlflow` is the light install: loading and serving policies and browsing
+the registry. Exporting and the Tune callbacks need `[tune]`, evaluation `[evaluate]`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from rllib_mlflow.errors import RLlibMLflowError
+
+# The top-level module a missing extra leaves out -> that extra.
+EXTRA_OF = {
+    "ray": "tune",
+    "torch": "tune",
+    "tensorflow": "tune",
+    "keras": "tune",
+    "onnx": "tune",
+    "onnxscript": "tune",
+    "boto3": "tune",
+    "pyarrow": "tune",
+    "gymnasium": "evaluate",
+    "matplotlib": "evaluate",
+    "pandas": "evaluate",
+    "sqlalchemy": "tune",  # a local SQLite store needs MLflow's full install
+}
+
+
+class MissingExtraError(RLlibMLflowError, ImportError):
+    """A feature needs an extra that is not installed."""
+
+
+def import_feature(module: str, feature: str, extra: str | None = None) -> ModuleType:
+    """`importlib.import_module(module)`, or MissingExtraError naming what to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        raise missing_extra(error, feature, extra) from None
+
+
+def missing_extra(error: ModuleNotFoundError, feature: str, extra: str | None = None) -> Exception:
+    """The MissingExtraError for `error` (the extra `feature` needs, default the one that
+    provides the missing module), or `error` itself when no extra provides it."""
+    top = (error.name or "").split(".")[0]
+    if top not in EXTRA_OF:
+        return error
+    extra = extra or EXTRA_OF[top]
+    return MissingExtraError(
+        f"{feature} needs {top}, which this install of rllib-mlflow leaves out: "
+        f"pip install 'rllib-mlflow[{extra}]'"
+    )

@@ -17,6 +17,10 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every subprocess (the CLI, Tune jobs, the export worker) runs this checkout's code, wherever
+# the venv's editable install points.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token auth for a local test cluster
 
 from tests import envs  # noqa: E402  (registers the test environments)

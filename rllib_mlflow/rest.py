@@ -7,19 +7,20 @@ checks of `rllib_mlflow.preflight` like an MlflowClient would, and `load_policy`
 just the files its backend needs through the server's artifact proxy. Any other store,
 artifact location or TLS setup goes through MLflow itself (`rest_client` returns None).
 
-Standard library only: urllib, json and base64.
+It stands on requests and urllib3's `Retry`, with MLflow's own client settings: credentials
+from MLFLOW_TRACKING_USERNAME / _PASSWORD, MLFLOW_TRACKING_TOKEN or ~/.mlflow/credentials,
+TLS from MLFLOW_TRACKING_INSECURE_TLS / _SERVER_CERT_PATH / _CLIENT_CERT_PATH, retries
+from MLFLOW_HTTP_REQUEST_MAX_RETRIES / _BACKOFF_FACTOR (fewer by default: a dead server
+is reported in seconds, not minutes).
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
+import configparser
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +28,8 @@ from typing import Any
 from rllib_mlflow.errors import TrackingError, UnsafePathError
 from rllib_mlflow.paths import inside
 
-# MLflow's client honours these; rather than reimplement them, leave such setups to it.
-_TLS_SETTINGS = (
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-)
-_ATTEMPTS = 3
+_RETRIES = 2  # MLflow's default is 7 with backoff: minutes before a dead server is reported
+_BACKOFF = 0.5
 _TIMEOUT_SECONDS = 30  # per connection and read
 _CHUNK = 1 << 16
 _MAX_JSON_BYTES = 256 << 20
@@ -106,8 +102,6 @@ def rest_client(tracking_uri: str | None, **limits: Any) -> RestClient | None:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")) or "@" in urllib.parse.urlparse(uri).netloc:
         return None  # credentials in the URI are MLflow's business
-    if any(os.environ.get(setting) for setting in _TLS_SETTINGS):
-        return None
     return RestClient(uri, **limits)
 
 
@@ -129,7 +123,7 @@ class RestClient:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ):
         self.tracking_uri = tracking_uri.rstrip("/")
-        self._headers = _auth_headers()
+        self._session = _session()
         # Every request of this client ends by then, however slowly a server answers.
         self._deadline = None if deadline_s is None else time.monotonic() + deadline_s
         self._deadline_s = deadline_s
@@ -251,24 +245,24 @@ class RestClient:
         sink: Callable[[bytes], Any] | None = None,
         max_bytes: int = _MAX_JSON_BYTES,
     ) -> bytes:
-        """GET (or POST `body`) with quick retries on connection errors and 5xx/429. The
+        """GET (or POST `body`), retried by urllib3 on connection errors and 5xx/429. The
         answer goes to `sink` chunk by chunk (returning b"") or is returned whole."""
-        headers = {**self._headers, **({"Content-Type": "application/json"} if body else {})}
-        for attempt in range(_ATTEMPTS):
-            chunks: list[bytes] = []
-            try:
-                request = urllib.request.Request(url, data=body, headers=headers)
-                with urllib.request.urlopen(request, timeout=self._read_timeout()) as answer:
-                    self._stream(answer, sink or chunks.append, max_bytes, url)
-                    return b"".join(chunks)
-            except urllib.error.HTTPError as error:
-                if error.code < 500 and error.code != 429 or attempt == _ATTEMPTS - 1:
-                    raise self._api_error(error) from error
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-                if attempt == _ATTEMPTS - 1 or self._past_deadline():
-                    raise self._unreachable(error) from error
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        import requests
+
+        chunks: list[bytes] = []
+        try:
+            method = "POST" if body is not None else "GET"
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            timeout = self._read_timeout()
+            with self._session.request(
+                method, url, data=body, headers=headers, stream=True, timeout=timeout
+            ) as answer:
+                if answer.status_code >= 400:
+                    raise self._api_error(answer)
+                self._stream(answer, sink or chunks.append, max_bytes, url)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise self._failed(error) from error
+        return b"".join(chunks)
 
     def _stream(self, answer, sink: Callable[[bytes], Any], max_bytes: int, url: str) -> None:
         """Pass the body to `sink`, refusing it past `max_bytes` or the deadline (a server
@@ -277,13 +271,25 @@ class RestClient:
         if length and length.isdigit() and int(length) > max_bytes:
             raise self._too_large(url, max_bytes)
         total = 0
-        while chunk := answer.read1(_CHUNK):
+        while chunk := self._read(answer):
             total += len(chunk)
             if total > max_bytes:
                 raise self._too_large(url, max_bytes)
             if self._past_deadline():
                 raise self._timed_out()
             sink(chunk)
+
+    def _read(self, answer) -> bytes:
+        """The next bytes of the body, as soon as any arrive."""
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return answer.raw.read1(_CHUNK, decode_content=True)
+        except (HTTPError, OSError) as error:  # a dropped connection, a read timeout
+            raise self._failed(error) from error
+
+    def _failed(self, error: Exception) -> TrackingError:
+        return self._timed_out() if self._past_deadline() else self._unreachable(error)
 
     def _read_timeout(self) -> float:
         if self._past_deadline():
@@ -317,22 +323,24 @@ class RestClient:
             "reachable server."
         )
 
-    def _api_error(self, error: urllib.error.HTTPError) -> Exception:
+    def _api_error(self, answer) -> Exception:
         try:
-            body = json.loads(error.read() or b"{}")
+            body = json.loads(answer.raw.read(1 << 16, decode_content=True) or b"{}")
         except ValueError:
             body = {}
-        code, message = body.get("error_code", str(error.code)), body.get("message", error.reason)
-        if error.code in (401, 403):
+        body = body if isinstance(body, dict) else {}
+        code = str(body.get("error_code", answer.status_code))
+        message = str(body.get("message", answer.reason))
+        if answer.status_code in (401, 403):
             return RestPermissionError(
                 f"The MLflow tracking server at {self._redacted()} refused the request "
-                f"({error.code} {code}: {str(message)[:300]}). Check MLFLOW_TRACKING_USERNAME / "
-                "MLFLOW_TRACKING_PASSWORD and the user's permissions.",
-                error.code,
+                f"({answer.status_code} {code}: {message[:300]}). Check "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and the user's permissions.",
+                answer.status_code,
                 code,
-                str(message),
+                message,
             )
-        return RestApiError(error.code, code, str(message))
+        return RestApiError(answer.status_code, code, message)
 
     def _redacted(self) -> str:
         parsed = urllib.parse.urlparse(self.tracking_uri)
@@ -350,9 +358,39 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return answer
 
 
+def _session():
+    """A requests session set up as MLflow's own client would be."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    retry = Retry(
+        total=int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or _RETRIES),
+        backoff_factor=float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR") or _BACKOFF),
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,  # our POSTs (tags, get-or-create) are safe to repeat
+        raise_on_status=False,
+    )
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session.headers.update(_auth_headers())
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        session.verify = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        session.verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        session.cert = os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
+    return session
+
+
 def _auth_headers() -> dict[str, str]:
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    """MLflow's credentials: the environment first, then ~/.mlflow/credentials."""
+    import base64
+
+    saved = _credentials_file()
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME") or saved.get("mlflow_tracking_username")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or saved.get("mlflow_tracking_password")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     if username and password:
         pair = base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -360,3 +398,10 @@ def _auth_headers() -> dict[str, str]:
     if token:
         return {"Authorization": f"Bearer {token}"}
     return {}
+
+
+def _credentials_file() -> dict[str, str]:
+    """The [mlflow] section of ~/.mlflow/credentials, where `mlflow login` saves them."""
+    parser = configparser.ConfigParser()
+    parser.read(os.path.expanduser(os.path.join("~", ".mlflow", "credentials")))
+    return dict(parser["mlflow"]) if parser.has_section("mlflow") else {}

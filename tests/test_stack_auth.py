@@ -240,3 +240,36 @@ def test_no_secret_is_stored_or_logged_anywhere(production_stack, authenticated_
     for what, secret in production_stack.secrets.items():
         leaks = [name for name, data in haystacks.items() if secret.encode() in data]
         assert not leaks, f"the {what} appears in {leaks}"
+
+
+def test_credentials_saved_by_mlflow_login_are_used_over_rest(
+    auth_tracking_server,  # noqa: F811
+    reader_password,
+    tmp_path,
+):
+    """~/.mlflow/credentials (where `mlflow login` saves them) authenticates the fast REST
+    path as it does MLflow's own client, with no credentials in the environment."""
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        f"[mlflow]\nmlflow_tracking_username = {READER}\n"
+        f"mlflow_tracking_password = {reader_password}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AS_READER, auth_tracking_server, MODEL],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": str(tmp_path)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["version"] == "1" and loaded["mlflow_imported"] is False
+    without = subprocess.run(  # the same, without the file: the server refuses
+        [sys.executable, "-c", _LOAD_AS_READER, auth_tracking_server, MODEL],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": str(tmp_path / "nowhere")},
+        timeout=120,
+    )
+    assert without.returncode != 0 and "refused" in without.stderr

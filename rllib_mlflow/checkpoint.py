@@ -327,11 +327,13 @@ def _metrics_from_logger_state(logger_state: dict[str, Any]) -> dict[str, float]
         "env_runners--episode_return_mean": "episode_return_mean",
         "env_runners--episode_len_mean": "episode_len_mean",
         "env_runners--num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
-        "num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
     }
     metrics = {}
     for key, stat in logger_state.get("stats", {}).items():
-        latest = stat.get("latest_merged")
+        # A lifetime counter's "latest_merged" is the last iteration's increment; its
+        # total (what Tune's result reports) is "lifetime_sum".
+        latest = stat.get("lifetime_sum") if key.endswith("_lifetime") else None
+        latest = stat.get("latest_merged") if latest is None else latest
         if key in wanted and latest is not None and np.size(latest):
             value = float(np.asarray(latest, dtype=np.float64).ravel()[-1])
             if np.isfinite(value):

@@ -42,6 +42,11 @@ class ExportedPolicy:
     def parity(self) -> dict[str, Any] | None:
         return self.policy.get("parity")
 
+    @property
+    def refused(self) -> dict[str, str]:
+        """Requested formats that could not be made for this module, with the reason."""
+        return self.policy.get("refused_formats", {})
+
 
 def export_checkpoint(
     checkpoint_path: checkpoint.CheckpointLike,
@@ -96,14 +101,15 @@ def export_snapshot(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        _write_formats(snapshot, staging, formats)
+        refused = _write_formats(snapshot, staging, formats)
+        formats = tuple(f for f in formats if f not in refused)
         parity = None
         if verify:
             from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity
 
             count = parity_observations or DEFAULT_OBSERVATIONS
             parity = check_parity(snapshot, str(staging), list(formats), count)
-        policy = policy_json(snapshot, formats, parity)
+        policy = policy_json(snapshot, formats, parity, refused)
         (staging / POLICY_FILE).write_text(json.dumps(policy, indent=2))
         _move_into_place(staging, target)
     finally:
@@ -113,11 +119,14 @@ def export_snapshot(
 
 
 def policy_json(
-    snapshot: PolicySnapshot, formats: tuple[str, ...], parity: dict[str, Any] | None
+    snapshot: PolicySnapshot,
+    formats: tuple[str, ...],
+    parity: dict[str, Any] | None,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything a consumer needs to use the exports without RLlib."""
     rule = snapshot.action_rule
-    return {
+    policy = {
         "format_version": POLICY_FORMAT_VERSION,
         "module_id": snapshot.module_id,
         "algorithm": snapshot.algorithm,
@@ -145,11 +154,53 @@ def policy_json(
         },
         "files": {fmt: FORMAT_FILES[fmt] for fmt in formats},
         "formats": list(formats),
+        "refused_formats": dict(refused or {}),
+        "how": {fmt: _how(snapshot, fmt) for fmt in formats},
         "module_class": snapshot.module_class,
         "model_config": snapshot.model_config,
         "versions": library_versions(),
         "parity": parity,
     }
+    policy.update(_graph_json(snapshot))
+    if snapshot.mean_std_filter is not None:
+        policy["filter"] = {
+            "type": "mean_std_filter",
+            "frozen_at_checkpoint": True,
+            "note": (
+                "RLlib keeps updating a MeanStdFilter's running mean and std while its "
+                "EnvRunners act, even with explore=False; the exports use the statistics "
+                "saved in the checkpoint, unchanged."
+            ),
+        }
+    return policy
+
+
+def _graph_json(snapshot: PolicySnapshot) -> dict[str, Any]:
+    """The exported graphs' named inputs and outputs, and how to carry a policy's state."""
+    graph: dict[str, Any] = {
+        "inputs": [
+            {"name": name, "dtype": "float32", "shape": [None, *shape]}
+            for name, shape in snapshot.graph_inputs()
+        ],
+        "output_names": snapshot.graph_outputs(),
+        "stateful": snapshot.is_stateful,
+        "state": [s.to_json() for s in snapshot.state],
+    }
+    if snapshot.observation_inputs is not None:
+        graph["observation_keys"] = list(snapshot.observation_inputs)
+    if snapshot.custom_distribution is not None:
+        graph["custom_distribution"] = snapshot.custom_distribution
+    return graph
+
+
+def _how(snapshot: PolicySnapshot, fmt: str) -> str:
+    if fmt == "onnx":
+        return "torch.onnx.export of RLlib's module (traced), with the action rule"
+    if snapshot.network is not None:
+        return "rebuilt in Keras from standard layers, with the checkpoint's weights"
+    if fmt == "saved_model":
+        return "converted from model.onnx by onnx2tf"
+    return "converted by onnx2tf from the ONNX network (inputs -> action_dist_inputs); tf_keras"
 
 
 def library_versions() -> dict[str, str]:
@@ -194,29 +245,66 @@ def _check_target(target: Path, overwrite: bool) -> None:
 
 
 def check_supported(snapshot: PolicySnapshot, formats: tuple[str, ...]) -> None:
-    keras_formats = [f for f in formats if f in ("saved_model", "h5")]
-    if snapshot.network is None and keras_formats:
+    """Refuse only when none of `formats` can be made for the module."""
+    if "onnx" in formats or snapshot.network is not None:
+        return
+    from rllib_mlflow.export.convert import converter_missing
+
+    reason = converter_missing()
+    if reason:
         raise UnsupportedModuleError(
-            f"Cannot export {keras_formats} for module {snapshot.module_id!r}: "
-            f"{snapshot.unsupported_reason} Use formats=['onnx'] (--formats onnx)."
+            f"Cannot export {list(formats)} for module {snapshot.module_id!r}: "
+            f"{snapshot.unsupported_reason} The TF formats need onnx2tf, but {reason}. "
+            "Or use formats=['onnx'] (--formats onnx)."
         )
 
 
-def _write_formats(snapshot: PolicySnapshot, staging: Path, formats: tuple[str, ...]) -> None:
-    if "saved_model" in formats or "h5" in formats:
-        from rllib_mlflow.export.keras import build_keras_model
-        from rllib_mlflow.export.tensorflow import write_h5, write_saved_model
+def _write_formats(
+    snapshot: PolicySnapshot, staging: Path, formats: tuple[str, ...]
+) -> dict[str, str]:
+    """Write every format that can be made; return {format: why not} for the others."""
+    from rllib_mlflow.export.onnx import write_onnx
 
-        model = build_keras_model(snapshot)
-        if "h5" in formats:
-            write_h5(model, str(staging / FORMAT_FILES["h5"]))
-        if "saved_model" in formats:
-            path = str(staging / FORMAT_FILES["saved_model"])
-            write_saved_model(model, snapshot.action_rule, snapshot.input_shape, path)
-    if "onnx" in formats:
-        from rllib_mlflow.export.onnx import write_onnx
+    refused: dict[str, str] = {}
+    onnx_path = staging / FORMAT_FILES["onnx"]
+    if "onnx" in formats or snapshot.network is None:
+        write_onnx(snapshot, str(onnx_path))  # the TF formats of traced modules start here
+    for fmt in ("saved_model", "h5"):
+        if fmt not in formats:
+            continue
+        try:
+            _write_tf_format(snapshot, staging, fmt, onnx_path)
+        except UnsupportedModuleError as error:
+            refused[fmt] = str(error)
+            logger.warning("Module %r: no %s: %s", snapshot.module_id, fmt, error)
+    if "onnx" not in formats and onnx_path.exists():
+        onnx_path.unlink()
+    if len(refused) == len(formats):
+        raise UnsupportedModuleError(
+            f"None of {list(formats)} can be made for module {snapshot.module_id!r}: "
+            f"{refused}. Add 'onnx' to the formats."
+        )
+    return refused
 
-        write_onnx(snapshot, str(staging / FORMAT_FILES["onnx"]))
+
+def _write_tf_format(snapshot: PolicySnapshot, staging: Path, fmt: str, onnx_path: Path) -> None:
+    path = str(staging / FORMAT_FILES[fmt])
+    if snapshot.network is None:
+        from rllib_mlflow.export import convert
+
+        if fmt == "saved_model":
+            convert.write_saved_model_from_onnx(snapshot, str(onnx_path), path)
+        else:
+            convert.write_h5_from_onnx(snapshot, path)
+        return
+    from rllib_mlflow.export.keras import build_keras_model
+    from rllib_mlflow.export.tensorflow import write_h5, write_saved_model
+
+    model = build_keras_model(snapshot)
+    if fmt == "h5":
+        write_h5(model, path)
+    else:
+        write_saved_model(model, snapshot, path)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

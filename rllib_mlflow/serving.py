@@ -195,12 +195,12 @@ class ObservationConverter:
 
     Box observations pass through. Dict observations come as one dict, a list of dicts or
     a dict of batched arrays; they are flattened as RLlib's FlattenObservations does
-    (gymnasium.spaces.flatten: keys in order, Discrete one-hot) or, for a module that reads
-    the dict itself, fed one graph input per key."""
+    (gymnasium.spaces.flatten: keys in order, Discrete one-hot; already flattened arrays
+    are taken as they are) or, for a module that reads the dict itself, fed one graph input
+    per key."""
 
     def __init__(self, metadata: dict[str, Any]):
         self.space = metadata["observation_space"]
-        self.flatten = any(s["type"] == "flatten" for s in metadata.get("preprocessing", []))
         self.keys = metadata.get("observation_keys")
         inputs = metadata.get("inputs") or [
             {"name": "observations", "shape": metadata["input"]["shape"]}
@@ -208,7 +208,7 @@ class ObservationConverter:
         self.shapes = {i["name"]: tuple(i["shape"][1:]) for i in inputs}
 
     def feeds(self, observations: Any) -> dict[str, np.ndarray]:
-        if self.space["type"] == "Dict" and (self.keys or self.flatten):
+        if self.space["type"] == "Dict" and (self.keys or _holds_dicts(observations)):
             columns = self._dict_columns(observations)
             if self.keys:
                 return {key: self._batch(columns[key], key) for key in self.keys}
@@ -245,10 +245,7 @@ class ObservationConverter:
         try:
             batch = np.asarray(observations, dtype=np.float32)
         except (TypeError, ValueError) as error:
-            hint = ""
-            if self.space["type"] == "Dict" and not (self.keys or self.flatten):
-                hint = " (this policy takes flattened observations)"
-            raise ValueError(f"Observations must be numbers{hint}: {error}") from error
+            raise ValueError(f"Observations must be numbers: {error}") from error
         if batch.shape == shape:
             batch = batch[None]
         if batch.shape[1:] != shape or batch.shape[0] == 0:
@@ -260,6 +257,13 @@ class ObservationConverter:
         if not np.all(np.isfinite(batch)):
             raise ValueError("Observations contain NaN or infinite values.")
         return batch
+
+
+def _holds_dicts(observations: Any) -> bool:
+    """A raw Dict observation, a list of them or a dict of batches (not flat arrays)."""
+    if isinstance(observations, dict):
+        return True
+    return isinstance(observations, (list, tuple)) and any(isinstance(o, dict) for o in observations)
 
 
 def _rank(space: dict[str, Any]) -> int:

@@ -136,16 +136,7 @@ def policy_json(
         "metrics": snapshot.metrics,
         "observation_space": snapshot.observation_space,
         "action_space": snapshot.action_space,
-        "input": {
-            "name": "observations",
-            "dtype": "float32",
-            "shape": [None, *snapshot.input_shape],
-            "description": (
-                "gymnasium.spaces.flatten(observation_space, obs) as float32"
-                if snapshot.flatten_observations
-                else "the raw observation as the environment returns it, as float32"
-            ),
-        },
+        "input": _input_json(snapshot),
         "preprocessing": snapshot.preprocessing_json(),
         "action_rule": rule.to_json(),
         "outputs": {
@@ -173,6 +164,26 @@ def policy_json(
             ),
         }
     return policy
+
+
+def _input_json(snapshot: PolicySnapshot) -> dict[str, Any]:
+    """The observation input(s) of the graphs; `inputs` lists every input with its shape."""
+    if snapshot.observation_inputs is not None:
+        return {
+            "names": list(snapshot.observation_inputs),
+            "dtype": "float32",
+            "description": "one input per key of the Dict observation, as float32",
+        }
+    return {
+        "name": "observations",
+        "dtype": "float32",
+        "shape": [None, *snapshot.input_shape],
+        "description": (
+            "gymnasium.spaces.flatten(observation_space, obs) as float32"
+            if snapshot.flatten_observations
+            else "the raw observation as the environment returns it, as float32"
+        ),
+    }
 
 
 def _graph_json(snapshot: PolicySnapshot) -> dict[str, Any]:

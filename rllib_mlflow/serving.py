@@ -263,7 +263,9 @@ def _holds_dicts(observations: Any) -> bool:
     """A raw Dict observation, a list of them or a dict of batches (not flat arrays)."""
     if isinstance(observations, dict):
         return True
-    return isinstance(observations, (list, tuple)) and any(isinstance(o, dict) for o in observations)
+    return isinstance(observations, (list, tuple)) and any(
+        isinstance(o, dict) for o in observations
+    )
 
 
 def _rank(space: dict[str, Any]) -> int:

@@ -235,6 +235,24 @@ def test_a_stateful_step_without_the_rewards_it_needs_says_so(registered):
         policy.step(np.zeros(3), {"h": np.zeros((1, 16))}, prev_rewards=[0.0])
 
 
+def test_a_format_that_cannot_be_made_is_named_in_the_version_tags(registered, case, monkeypatch):
+    import mlflow
+
+    from rllib_mlflow import log_checkpoint
+    from rllib_mlflow.export import convert
+
+    monkeypatch.setattr(convert, "converter_missing", lambda: "onnx2tf is not installed")
+    (version,) = log_checkpoint(
+        case("ppo_custom_distribution").tc.path, "user-no-converter", tracking_uri=registered
+    )
+    tags = mlflow.MlflowClient(registered).get_model_version(version.name, version.version).tags
+    assert tags["formats"] == "onnx"
+    assert tags["formats_refused"].startswith("saved_model: onnx2tf is not installed")
+    assert "h5: onnx2tf is not installed" in tags["formats_refused"]
+    full = mlflow.MlflowClient(registered).get_model_version("user-ppo_custom_distribution", "1")
+    assert full.tags["formats"] == "saved_model,h5,onnx" and "formats_refused" not in full.tags
+
+
 # -- mlflow models serve ---------------------------------------------------------------------
 
 

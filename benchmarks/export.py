@@ -198,9 +198,9 @@ def main() -> None:
         label: time_exports(path, workdir, args.repeats) for label, path in checkpoints.items()
     }
     columns = list(next(iter(export_times.values())))
-    print(f"{'policy':<30}" + "".join(f"{column:>14}" for column in columns))
+    print(f"{'policy':<30}" + "".join(f"{column:>16}" for column in columns))
     for label, times in export_times.items():
-        print(f"{label:<30}" + "".join(f"{times[column]:>14.2f}" for column in columns))
+        print(f"{label:<30}" + "".join(f"{times[column]:>16.2f}" for column in columns))
     checkpoints = {label: checkpoints[label] for label in COLD_START}
 
     from rllib_mlflow.export import export_checkpoint

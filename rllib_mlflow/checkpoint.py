@@ -210,39 +210,32 @@ def rllib_sequence_reference(
     observations [T, B, ...] and rewards [T, B] (the reward each step's action earned) ->
     (actions [T, B, ...], dist inputs [T, B, ...]). The module's full state starts at
     `get_initial_state()` and is carried from step to step by `forward_inference`, as an
-    EnvRunner does; PrevActionsPrevRewards' history starts as zeros.
+    EnvRunner does; PrevActionsPrevRewards' and FrameStacking's history starts as zeros.
     """
     import torch
     from ray.rllib.core.columns import Columns
 
     module = restore_rl_module(snapshot)
     module.eval()
-    prev = snapshot.prev_actions_rewards
 
     def run(observations: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         steps, batch = observations.shape[:2]
         state = _batched(module.get_initial_state(), batch)
-        actions_window, rewards_window = _zero_windows(prev, batch)
+        windows = _ReferenceWindows(snapshot, batch)
         all_actions, all_inputs = [], []
         for t in range(steps):
-            obs = np.asarray(observations[t], np.float32)
-            if prev is not None:
-                obs = np.concatenate([obs, actions_window, rewards_window], axis=-1)
+            obs = windows.module_observations(np.asarray(observations[t], np.float32))
             with torch.no_grad():
-                out = module.forward_inference(
-                    {Columns.OBS: torch.from_numpy(obs)[:, None], Columns.STATE_IN: state}
-                )
-                dist_inputs = out[Columns.ACTION_DIST_INPUTS][:, 0]
+                batch_in = {Columns.OBS: torch.from_numpy(obs)}
+                if snapshot.state:  # a recurrent module takes [batch, time=1, ...]
+                    batch_in = {Columns.OBS: batch_in[Columns.OBS][:, None]}
+                    batch_in[Columns.STATE_IN] = state
+                out = module.forward_inference(batch_in)
+                dist_inputs = out[Columns.ACTION_DIST_INPUTS]
+                dist_inputs = dist_inputs[:, 0] if dist_inputs.dim() > 2 else dist_inputs
                 actions = _rllib_actions(module, snapshot, dist_inputs)
-            state = out[Columns.STATE_OUT]
-            if prev is not None:
-                one_hot = np.eye(prev.num_actions, dtype=np.float32)[actions]
-                actions_window = np.concatenate([actions_window, one_hot], -1)[
-                    :, prev.num_actions :
-                ]
-                rewards_window = np.concatenate([rewards_window, rewards[t][:, None]], -1)[
-                    :, 1:
-                ].astype(np.float32)
+            state = out.get(Columns.STATE_OUT, state)
+            windows.advance(observations[t], actions, rewards[t])
             all_actions.append(actions)
             all_inputs.append(dist_inputs.numpy())
         return np.stack(all_actions), np.stack(all_inputs)
@@ -250,20 +243,40 @@ def rllib_sequence_reference(
     return run
 
 
+class _ReferenceWindows:
+    """What RLlib's PrevActionsPrevRewards + FlattenObservations and FrameStacking
+    connectors make of an episode's history, kept with plain numpy for the reference."""
+
+    def __init__(self, snapshot: PolicySnapshot, batch: int):
+        self.prev = snapshot.prev_actions_rewards
+        self.frames = snapshot.frame_stack
+        shape = (batch, *snapshot.input_shape)
+        self.past_frames = [np.zeros(shape, np.float32)] * max(self.frames - 1, 0)
+        if self.prev is not None:
+            self.actions = np.zeros((batch, self.prev.n_prev_actions * self.prev.num_actions))
+            self.rewards = np.zeros((batch, self.prev.n_prev_rewards))
+
+    def module_observations(self, obs: np.ndarray) -> np.ndarray:
+        if self.frames > 1:  # stacked on the last axis, the current frame last
+            obs = np.concatenate([*self.past_frames, obs], axis=-1)
+        if self.prev is not None:
+            obs = np.concatenate([obs, self.actions, self.rewards], axis=-1)
+        return obs.astype(np.float32)
+
+    def advance(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
+        if self.frames > 1:
+            self.past_frames = [*self.past_frames[1:], np.asarray(obs, np.float32)]
+        if self.prev is not None:
+            one_hot = np.eye(self.prev.num_actions)[actions]
+            self.actions = np.concatenate([self.actions, one_hot], -1)[:, self.prev.num_actions :]
+            self.rewards = np.concatenate([self.rewards, rewards[:, None]], -1)[:, 1:]
+
+
 def _batched(state: dict, batch: int) -> dict:
     return {
         k: _batched(v, batch) if isinstance(v, dict) else v[None].repeat(batch, *[1] * v.dim())
         for k, v in state.items()
     }
-
-
-def _zero_windows(prev: PrevActionsRewards | None, batch: int):
-    if prev is None:
-        return None, None
-    return (
-        np.zeros((batch, prev.n_prev_actions * prev.num_actions), np.float32),
-        np.zeros((batch, prev.n_prev_rewards), np.float32),
-    )
 
 
 def _rllib_actions(module, snapshot: PolicySnapshot, dist_inputs) -> np.ndarray:
@@ -448,16 +461,20 @@ def _read_module(
     network, reason = _network_or_reason(module)
     raw_space = _raw_observation_space(algorithm, flatten, obs_space)
     prev = _prev_actions_rewards(connectors, act_space)
+    frames = _frame_stack(connectors, raw_space)
     observation_inputs = None
     if prev is not None:  # the graph takes the raw observation and the history separately
         input_shape, flatten = _box_shape(raw_space, "PrevActionsPrevRewards"), False
+    elif frames:
+        input_shape = tuple(int(d) for d in raw_space.shape)
     elif isinstance(obs_space, gym.spaces.Dict) and not flatten:
         observation_inputs, input_shape = _dict_observation_inputs(obs_space), ()
     else:
         input_shape = _input_shape(obs_space, flatten)
-    if prev is not None and "MeanStdFilter" in dict(connectors):
+    if (prev is not None or frames) and "MeanStdFilter" in dict(connectors):
         raise UnsupportedModuleError(
-            "MeanStdFilter together with PrevActionsPrevRewards cannot be exported yet."
+            "MeanStdFilter together with PrevActionsPrevRewards or FrameStacking cannot be "
+            "exported yet."
         )
     rule, custom_distribution = _action_rule(module, act_space, algorithm["module_to_env"])
     return PolicySnapshot(
@@ -481,6 +498,7 @@ def _read_module(
         observation_inputs=observation_inputs,
         state=_state_tensors(module, network),
         prev_actions_rewards=prev,
+        frame_stack=frames,
         custom_distribution=custom_distribution,
     )
 
@@ -545,6 +563,19 @@ def _prev_actions_rewards(connectors: list[tuple[str, dict]], act_space):
     )
 
 
+def _frame_stack(connectors: list[tuple[str, dict]], raw_space) -> int:
+    """FrameStacking's number of frames (0 without it), for the single-agent [..., 1] Box
+    observations it supports."""
+    settings = dict(connectors).get("FrameStacking")
+    if settings is None:
+        return 0
+    if settings.get("multi_agent"):
+        raise UnsupportedModuleError("A multi-agent FrameStacking cannot be exported yet.")
+    if not isinstance(raw_space, gym.spaces.Box) or raw_space.shape[-1:] != (1,):
+        raise UnsupportedModuleError(f"FrameStacking on {raw_space} cannot be exported.")
+    return int(settings.get("num_frames", 1))
+
+
 def _box_shape(space, connector: str) -> tuple[int, ...]:
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise UnsupportedModuleError(
@@ -571,7 +602,7 @@ def _dict_observation_inputs(space) -> dict[str, tuple[int, ...]]:
 def _check_env_to_module(connectors: list[tuple[str, dict]]) -> tuple[bool, str | None]:
     """Whether observations are flattened, or why the pipeline cannot be exported."""
     names = [name for name, _ in connectors]
-    supported = {"MeanStdFilter", "FlattenObservations", "PrevActionsPrevRewards"}
+    supported = {"MeanStdFilter", "FlattenObservations", "PrevActionsPrevRewards", "FrameStacking"}
     unknown = [n for n in names if n not in _NEUTRAL_ENV_TO_MODULE | supported]
     if unknown:
         return False, (
@@ -621,7 +652,7 @@ def _raw_observation_space(algorithm: dict, flatten: bool, module_space):
     # pipeline records as its input space.
     names = dict(algorithm["env_to_module"])
     multi_agent = "AgentToModuleMapping" in names
-    changed = flatten or "MeanStdFilter" in names
+    changed = flatten or "MeanStdFilter" in names or "FrameStacking" in names
     env_space = algorithm.get("env_observation_space")
     return env_space if changed and env_space is not None and not multi_agent else module_space
 

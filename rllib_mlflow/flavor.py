@@ -193,7 +193,7 @@ def policy_signature(policy: dict[str, Any]) -> ModelSignature:
         for name, width in _served_state(policy):
             inputs.append(TensorSpec(np.dtype(np.float32), (-1, width), f"state_{name}"))
             outputs.append(TensorSpec(np.dtype(np.float32), (-1, width), f"state_{name}"))
-        if _prev_step(policy):
+        if _reads_rewards(policy):
             inputs.append(TensorSpec(np.dtype(np.float32), (-1,), "prev_rewards"))
     return ModelSignature(
         inputs=Schema(inputs),
@@ -228,17 +228,13 @@ def _observation_specs(policy: dict[str, Any]) -> list[TensorSpec]:
 
 
 def _served_state(policy: dict[str, Any]) -> list[tuple[str, int]]:
+    """(name, width) of every state tensor: recurrent state, then history windows."""
     state = [(s["name"], s["shape"][1]) for s in policy.get("state", [])]
-    prev = _prev_step(policy)
-    if prev:
-        state.append(("prev_n_actions", prev["n_prev_actions"] * prev["num_actions"]))
-        state.append(("prev_n_rewards", prev["n_prev_rewards"]))
-    return state
+    return state + [(h["name"], h["width"]) for h in policy.get("history", [])]
 
 
-def _prev_step(policy: dict[str, Any]) -> dict[str, Any] | None:
-    steps = policy.get("preprocessing", [])
-    return next((s for s in steps if s["type"] == "prev_actions_prev_rewards"), None)
+def _reads_rewards(policy: dict[str, Any]) -> bool:
+    return any(h["push"] == "reward" for h in policy.get("history", []))
 
 
 def _input_example(policy: dict[str, Any]):
@@ -268,7 +264,7 @@ def _input_example(policy: dict[str, Any]):
     example = example if isinstance(example, dict) else {"observations": example}
     for name, width in _served_state(policy):
         example[f"state_{name}"] = np.zeros((_EXAMPLE_ROWS, width), np.float32)
-    if _prev_step(policy):
+    if _reads_rewards(policy):
         example["prev_rewards"] = np.zeros(_EXAMPLE_ROWS, np.float32)
     return example
 

@@ -34,7 +34,7 @@ class Policy:
         self._rule = self.metadata["action_rule"]
         self._observations = ObservationConverter(self.metadata)
         self._state_specs = self.metadata.get("state", [])
-        self._prev = _prev_actions_rewards(self.metadata)
+        self._history = self.metadata.get("history", [])
         outputs = self.metadata.get("output_names", ["actions", "action_dist_inputs"])
         self._run = _load_backend(self.backend, export_dir, outputs)
 
@@ -46,8 +46,7 @@ class Policy:
     @property
     def state_names(self) -> list[str]:
         """The keys of a state dict: recurrent tensors, then the action/reward history."""
-        names = [spec["name"] for spec in self._state_specs]
-        return names + (list(_HISTORY) if self._prev else [])
+        return [spec["name"] for spec in self._state_specs + self._history]
 
     def compute_actions(
         self, observations: Any, explore: bool = False, seed: int | None = None
@@ -80,9 +79,8 @@ class Policy:
             spec["name"]: np.tile(np.asarray(spec["initial"], np.float32), (batch_size, 1))
             for spec in self._state_specs
         }
-        if self._prev:
-            for name, width in zip(_HISTORY, _history_widths(self._prev)):
-                state[name] = np.zeros((batch_size, width), np.float32)
+        for window in self._history:  # zeros: nothing happened before the episode
+            state[window["name"]] = np.zeros((batch_size, window["width"]), np.float32)
         return state
 
     def step(
@@ -107,17 +105,16 @@ class Policy:
         state = self._check_state(state, batch)
         for spec in self._state_specs:
             feeds[f"state_in_{spec['name']}"] = state[spec["name"]]
-        if self._prev:
-            rewards = self._check_rewards(prev_rewards, batch)
-            feeds["prev_n_actions"] = state["prev_n_actions"]
-            feeds["prev_n_rewards"] = _push(state["prev_n_rewards"], rewards[:, None])
+        for window in self._history:
+            feeds[window["name"]] = state[window["name"]]
+            if window["push"] == "reward":  # the reward the previous action earned
+                rewards = self._check_rewards(prev_rewards, batch)[:, None]
+                feeds[window["name"]] = _push(state[window["name"]], rewards)
         outputs = self._run(feeds)
         actions = self._choose(outputs, explore, seed)
         next_state = {s["name"]: outputs[f"state_out_{s['name']}"] for s in self._state_specs}
-        if self._prev:
-            one_hot = np.eye(self._prev["num_actions"], dtype=np.float32)[np.asarray(actions)]
-            next_state["prev_n_actions"] = _push(feeds["prev_n_actions"], one_hot)
-            next_state["prev_n_rewards"] = feeds["prev_n_rewards"]
+        for window in self._history:
+            next_state[window["name"]] = _advance(window, feeds, actions)
         if return_dist_inputs:
             return actions, next_state, outputs["action_dist_inputs"]
         return actions, next_state
@@ -167,16 +164,16 @@ class Policy:
         return rewards
 
 
-_HISTORY = ("prev_n_actions", "prev_n_rewards")
-
-
-def _prev_actions_rewards(metadata: dict[str, Any]) -> dict[str, Any] | None:
-    steps = metadata.get("preprocessing", [])
-    return next((s for s in steps if s["type"] == "prev_actions_prev_rewards"), None)
-
-
-def _history_widths(prev: dict[str, Any]) -> tuple[int, int]:
-    return prev["n_prev_actions"] * prev["num_actions"], prev["n_prev_rewards"]
+def _advance(window: dict[str, Any], feeds: dict[str, np.ndarray], actions) -> np.ndarray:
+    """A history window after the step: with the action taken or the observation seen
+    (rewards entered before the step, as `feeds` holds them)."""
+    current = feeds[window["name"]]
+    if window["push"] == "action_one_hot":
+        return _push(current, np.eye(window["item"], dtype=np.float32)[np.asarray(actions)])
+    if window["push"] == "observation":
+        observations = feeds["observations"]
+        return _push(current, observations.reshape(observations.shape[0], -1))
+    return current
 
 
 def _push(window: np.ndarray, newest: np.ndarray) -> np.ndarray:

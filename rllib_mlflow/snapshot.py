@@ -86,6 +86,23 @@ class StateTensor:
 
 
 @dataclass(frozen=True)
+class History:
+    """A window of the last steps' data that a connector adds to the module's input: one
+    graph input of `width` values per batch row, oldest first, zeros before the episode's
+    start. Each step, `push` enters `item` values and drops the oldest: "reward" (before the
+    step: the reward the previous action earned), "action_one_hot" (after it: the action
+    taken) or "observation" (after it: the step's observation, flattened)."""
+
+    name: str
+    width: int
+    push: str
+    item: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "push": self.push, "item": self.item}
+
+
+@dataclass(frozen=True)
 class PrevActionsRewards:
     """RLlib's PrevActionsPrevRewards connector (followed by FlattenObservations): the module
     sees [observation, the last n actions one-hot, the last n rewards], zeros before the
@@ -210,13 +227,35 @@ class PolicySnapshot:
     observation_inputs: dict[str, tuple[int, ...]] | None = None
     state: tuple[StateTensor, ...] = ()  # recurrent state, empty for stateless modules
     prev_actions_rewards: PrevActionsRewards | None = None
+    frame_stack: int = 0  # RLlib's FrameStacking: the module sees the last n frames
     # A non-standard inference distribution (e.g. Ray's TorchCategoricalWithTemp): the
     # exports trace its deterministic sample instead of applying `action_rule`'s.
     custom_distribution: str | None = None
 
     @property
     def is_stateful(self) -> bool:
-        return bool(self.state) or self.prev_actions_rewards is not None
+        return bool(self.state) or bool(self.history())
+
+    def history(self) -> list[History]:
+        """The windows of past data the graphs take beside the observation and state."""
+        windows = []
+        prev = self.prev_actions_rewards
+        if prev is not None:
+            windows.append(
+                History(
+                    "prev_n_actions",
+                    prev.n_prev_actions * prev.num_actions,
+                    "action_one_hot",
+                    prev.num_actions,
+                )
+            )
+            windows.append(History("prev_n_rewards", prev.n_prev_rewards, "reward", 1))
+        if self.frame_stack > 1:
+            frame = int(np.prod(self.input_shape))
+            windows.append(
+                History("prev_frames", (self.frame_stack - 1) * frame, "observation", frame)
+            )
+        return windows
 
     def graph_inputs(self) -> list[tuple[str, tuple[int, ...]]]:
         """(name, shape of one batch row) of every input of the exported graphs, in order."""
@@ -225,11 +264,7 @@ class PolicySnapshot:
         else:
             inputs = [("observations", self.input_shape)]
         inputs += [(f"state_in_{s.name}", (s.size,)) for s in self.state]
-        prev = self.prev_actions_rewards
-        if prev is not None:
-            inputs.append(("prev_n_actions", (prev.n_prev_actions * prev.num_actions,)))
-            inputs.append(("prev_n_rewards", (prev.n_prev_rewards,)))
-        return inputs
+        return inputs + [(h.name, (h.width,)) for h in self.history()]
 
     def graph_outputs(self) -> list[str]:
         return ["actions", "action_dist_inputs"] + [f"state_out_{s.name}" for s in self.state]
@@ -242,4 +277,16 @@ class PolicySnapshot:
             steps.append(self.mean_std_filter.to_json())
         if self.prev_actions_rewards is not None:
             steps.append(self.prev_actions_rewards.to_json())
+        if self.frame_stack > 1:
+            steps.append(
+                {
+                    "type": "frame_stacking",
+                    "num_frames": self.frame_stack,
+                    "inputs": {"prev_frames": [None, self.history()[-1].width]},
+                    "formula": "concat([prev_frames as [n-1, *shape[:-1]] moved to the last "
+                    "axis, observations], axis=-1)",
+                    "window": "the previous n-1 observations, oldest first, each flattened; "
+                    "zeros before the episode's start",
+                }
+            )
         return steps

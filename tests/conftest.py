@@ -229,6 +229,23 @@ def _ppo_lstm_prev_actions_rewards():
     )
 
 
+def _ppo_frame_stacking():
+    """A CNN on the last 3 frames (Ray's FrameStacking connectors, env-to-module and learner)."""
+    from ray.rllib.connectors.env_to_module.frame_stacking import FrameStackingEnvToModule
+    from ray.rllib.connectors.learner.frame_stacking import FrameStackingLearner
+
+    model = {"conv_filters": [[4, 4, 2], [8, 3, 2]], "fcnet_hiddens": [16]}
+    return (
+        _ppo(envs.FLICKER, model=model)
+        .env_runners(
+            env_to_module_connector=lambda env, spaces, device: FrameStackingEnvToModule(
+                num_frames=3
+            )
+        )
+        .training(learner_connector=lambda obs, act: FrameStackingLearner(num_frames=3))
+    )
+
+
 # name -> (algo_name, env_id, config builder, training iterations)
 CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
     "ppo_cartpole": ("PPO", "CartPole-v1", lambda: _ppo("CartPole-v1"), 2),
@@ -281,6 +298,7 @@ CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
     "ppo_lstm_prev": ("PPO", envs.NOISY_CHOICE, _ppo_lstm_prev_actions_rewards, 1),
     "ppo_custom_distribution": ("PPO", "CartPole-v1", _ppo_custom_distribution, 1),
     "ppo_action_masking": ("PPO", envs.ACTION_MASK, _ppo_action_masking, 1),
+    "ppo_frame_stacking": ("PPO", envs.FLICKER, _ppo_frame_stacking, 1),
 }
 
 

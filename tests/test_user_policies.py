@@ -33,8 +33,9 @@ CASES = [
     "ppo_lstm",  # use_lstm=True
     "ppo_lstm_prev",  # LSTM + PrevActionsPrevRewards(2, 2) + FlattenObservations
     "ppo_dict_obs",  # Dict observations through FlattenObservations + MeanStdFilter
+    "ppo_frame_stacking",  # a CNN on the last 3 frames (FrameStacking connectors)
 ]
-STATEFUL = {"ppo_lstm", "ppo_lstm_prev"}
+STATEFUL = {"ppo_lstm", "ppo_lstm_prev", "ppo_frame_stacking"}
 EPISODE_STEPS = 120
 
 
@@ -185,6 +186,17 @@ def test_stateful_graphs_name_their_state(case):
     assert c.policy_json["stateful"] and c.policy_json["how"]["h5"].startswith("rebuilt in Keras")
 
 
+def test_frame_stacking_takes_the_previous_frames_as_an_input(case):
+    c = case("ppo_frame_stacking")
+    assert [h["name"] for h in c.policy_json["history"]] == ["prev_frames"]
+    assert c.policy_json["history"][0]["width"] == 2 * 12 * 12  # 2 previous 12x12x1 frames
+    assert c.policy_json["inputs"][0] == {
+        "name": "observations",
+        "dtype": "float32",
+        "shape": [None, 12, 12, 1],
+    }
+
+
 def test_policy_json_records_lifetime_env_steps_and_the_frozen_filter(case):
     c = case("ppo_dict_obs")
     assert c.policy_json["metrics"]["num_env_steps_sampled_lifetime"] == 400.0  # 2 x 200
@@ -283,8 +295,7 @@ def _served_stateful(url: str, c: Case) -> np.ndarray:
     """One request per step, as an environment loop would send: the response's state_*
     tensors go back with the next observation."""
     widths = {f"state_{s['name']}": s["shape"][1] for s in c.policy_json["state"]}
-    if any(s["type"] == "prev_actions_prev_rewards" for s in c.policy_json["preprocessing"]):
-        widths.update(state_prev_n_actions=2 * 3, state_prev_n_rewards=2)  # 2 x Discrete(3)
+    widths.update({f"state_{h['name']}": h["width"] for h in c.policy_json["history"]})
     actions = []
     for episode in c.episodes:
         state = {name: [[0.0] * width] for name, width in widths.items()}

@@ -196,6 +196,7 @@ def _graph_json(snapshot: PolicySnapshot) -> dict[str, Any]:
         "output_names": snapshot.graph_outputs(),
         "stateful": snapshot.is_stateful,
         "state": [s.to_json() for s in snapshot.state],
+        "history": [h.to_json() for h in snapshot.history()],
     }
     if snapshot.observation_inputs is not None:
         graph["observation_keys"] = list(snapshot.observation_inputs)

@@ -29,6 +29,8 @@ def build_keras_model(snapshot: PolicySnapshot):
     x = inputs["observations"]
     if snapshot.mean_std_filter is not None:
         x = _mean_std_filter(x, snapshot.mean_std_filter)
+    if snapshot.frame_stack > 1:
+        x = _stack_frames(x, inputs["prev_frames"], snapshot)
     if snapshot.prev_actions_rewards is not None:
         x = keras.layers.Concatenate(axis=-1)(
             [x, inputs["prev_n_actions"], inputs["prev_n_rewards"]]
@@ -43,6 +45,14 @@ def build_keras_model(snapshot: PolicySnapshot):
     if not state_out:
         return keras.Model(list(inputs.values()), outputs, name=name)
     return keras.Model(list(inputs.values()), [outputs, *state_out.values()], name=name)
+
+
+def _stack_frames(x, past, snapshot: PolicySnapshot):
+    """FrameStacking: the previous frames (flat, oldest first) and this one, last axis."""
+    frames, shape = snapshot.frame_stack - 1, snapshot.input_shape[:-1]
+    past = keras.layers.Reshape((frames, *shape))(past)
+    past = keras.layers.Permute((*range(2, len(shape) + 2), 1))(past)
+    return keras.layers.Concatenate(axis=-1)([past, x])
 
 
 def _lstm(x, network: Network, snapshot: PolicySnapshot, inputs):

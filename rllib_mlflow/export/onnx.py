@@ -77,6 +77,12 @@ class TorchPolicy(torch.nn.Module):
                 x = x / (self.std + self.filter.epsilon)
             if self.filter.clip:
                 x = torch.clamp(x, -self.filter.clip, self.filter.clip)
+        if self.snapshot.frame_stack > 1:
+            # FrameStacking: the previous frames, oldest first, then this one, on the last axis.
+            past = named["prev_frames"].reshape(
+                x.shape[0], self.snapshot.frame_stack - 1, *self.snapshot.input_shape[:-1]
+            )
+            x = torch.cat([torch.movedim(past, 1, -1), x], dim=-1)
         if self.snapshot.prev_actions_rewards is not None:
             # FlattenObservations after PrevActionsPrevRewards: the Dict's keys in sorted
             # order ("_orig_obs", "prev_n_actions", "prev_n_rewards").

@@ -113,30 +113,35 @@ def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dic
 
 
 def _play(snapshot: PolicySnapshot, run: Runner, sequences: np.ndarray, rewards: np.ndarray):
-    """Run an export step by step, feeding back its state (and the history window: the
-    actions it chose, and the rewards the reference was given)."""
+    """Run an export step by step, feeding back its state and history windows (the actions
+    it chose, the observations it saw, and the rewards the reference was given)."""
     steps, batch = sequences.shape[:2]
     state = {
         f"state_in_{s.name}": np.tile(s.initial.astype(np.float32), (batch, 1))
         for s in snapshot.state
     }
-    prev = snapshot.prev_actions_rewards
-    if prev is not None:
-        state["prev_n_actions"] = np.zeros((batch, prev.n_prev_actions * prev.num_actions))
-        state["prev_n_rewards"] = np.zeros((batch, prev.n_prev_rewards))
+    windows = snapshot.history()
+    state.update({w.name: np.zeros((batch, w.width), np.float32) for w in windows})
     all_actions, all_inputs = [], []
     for t in range(steps):
-        feeds = {k: v.astype(np.float32) for k, v in state.items()}
-        out = run({"observations": sequences[t], **feeds})
+        out = run({"observations": sequences[t], **state})
         for s in snapshot.state:
             state[f"state_in_{s.name}"] = out[f"state_out_{s.name}"]
-        if prev is not None:
-            one_hot = np.eye(prev.num_actions)[out["actions"]]
-            state["prev_n_actions"] = _push(state["prev_n_actions"], one_hot)
-            state["prev_n_rewards"] = _push(state["prev_n_rewards"], rewards[t][:, None])
+        for w in windows:
+            newest = _newest(w, out["actions"], rewards[t], sequences[t])
+            state[w.name] = _push(state[w.name], newest.astype(np.float32))
         all_actions.append(out["actions"])
         all_inputs.append(out["action_dist_inputs"])
     return np.stack(all_actions), np.stack(all_inputs)
+
+
+def _newest(window, actions, rewards, observations) -> np.ndarray:
+    """What enters a history window after this step."""
+    if window.push == "action_one_hot":
+        return np.eye(window.item)[actions]
+    if window.push == "reward":
+        return rewards[:, None]
+    return observations.reshape(observations.shape[0], -1)
 
 
 def _push(window: np.ndarray, newest: np.ndarray) -> np.ndarray:

@@ -128,7 +128,8 @@ class Policy:
                 f"{self.metadata['custom_distribution']}, which only its deterministic action "
                 "is exported for. Use explore=False."
             )
-        return sample_actions(outputs["action_dist_inputs"], self._rule, _rng(seed))
+        rng = np.random.default_rng(seed)
+        return sample_actions(outputs["action_dist_inputs"], self._rule, rng)
 
     def _check_state(self, state: Any, batch: int) -> dict[str, np.ndarray]:
         if not isinstance(state, dict) or set(state) != set(self.state_names):
@@ -137,13 +138,16 @@ class Policy:
                 f"state must be the dict that initial_state() or step() returned, with keys "
                 f"{self.state_names}; got {got}."
             )
+        widths = {s["name"]: s["shape"][1] for s in self._state_specs}
+        widths.update({w["name"]: w["width"] for w in self._history})
         checked = {}
         for name, value in state.items():
             array = np.asarray(value, dtype=np.float32)
-            if array.ndim != 2 or array.shape[0] != batch:
+            if array.shape != (batch, widths[name]):
                 raise ValueError(
-                    f"state[{name!r}] has shape {list(array.shape)}; expected [{batch}, width] "
-                    f"for a batch of {batch} observations (from initial_state({batch}))."
+                    f"state[{name!r}] has shape {list(array.shape)}; expected "
+                    f"[{batch}, {widths[name]}] for a batch of {batch} observations (from "
+                    f"initial_state({batch}))."
                 )
             checked[name] = array
         return checked
@@ -181,10 +185,6 @@ def _push(window: np.ndarray, newest: np.ndarray) -> np.ndarray:
     if window.shape[1] == 0:
         return window
     return np.concatenate([window, newest], axis=1)[:, newest.shape[1] :].astype(np.float32)
-
-
-def _rng(seed: int | None) -> np.random.Generator:
-    return np.random.default_rng(seed)
 
 
 class ObservationConverter:

@@ -1,14 +1,18 @@
 """Export speed per format, and cold start to the first action in a fresh process.
 
     .venv/bin/python benchmarks/export.py [--ppo-checkpoint DIR] [--sac-checkpoint DIR]
+                                          [--lstm-checkpoint DIR] [--custom-checkpoint DIR]
                                           [--repeats 1]
 
-Without checkpoint paths, a PPO CartPole and a SAC Pendulum policy are trained briefly first
-(the test suite's configurations, tests/conftest.py).
+Without checkpoint paths, the policies are trained briefly first (the test suite's
+configurations, tests/conftest.py): PPO CartPole, SAC Pendulum, PPO with an LSTM on CartPole
+(Keras-rebuilt LSTM; parity over 8 sequences carrying the state) and Ray's example
+CustomActionDistributionRLModule (traced to ONNX; SavedModel and .h5 converted by onnx2tf).
 
-Part 1, export: seconds for `export_checkpoint` with one format at a time (parity check
-included, 1,000 observations), then all formats in one call with and without the parity
-check. A warm-up export runs first so that one-time imports are not charged to a format.
+Part 1, export: one row per policy, seconds for `export_checkpoint` with one format at a time
+(parity check included, 1,000 observations), then all formats in one call with and without
+the parity check. A warm-up export runs first so that one-time imports are not charged to a
+format.
 
 Part 2, cold start: every way of getting an action runs in a FRESH Python process; the clock
 runs from just before the process is spawned to its first computed action (interpreter start
@@ -105,18 +109,26 @@ def act():
 BASELINE = "Algorithm.from_checkpoint + forward_inference"
 
 
-def train(workdir: Path) -> tuple[str, str]:
+# label -> (command-line option, tests.conftest configuration)
+POLICIES = {
+    "PPO CartPole": ("ppo_checkpoint", "ppo_cartpole"),
+    "SAC Pendulum": ("sac_checkpoint", "sac_pendulum"),
+    "PPO LSTM CartPole": ("lstm_checkpoint", "ppo_lstm"),
+    "custom module (Ray example)": ("custom_checkpoint", "ppo_custom_distribution"),
+}
+COLD_START = ("PPO CartPole", "SAC Pendulum")  # stateless, one "observations" input
+
+
+def train(workdir: Path, configs: list[str]) -> dict[str, str]:
     import ray
 
     from tests.conftest import train_checkpoint
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        ppo = train_checkpoint("ppo_cartpole", workdir / "checkpoints")
-        sac = train_checkpoint("sac_pendulum", workdir / "checkpoints")
+        return {name: train_checkpoint(name, workdir / "checkpoints").path for name in configs}
     finally:
         ray.shutdown()
-    return ppo.path, sac.path
 
 
 def time_exports(checkpoint: str, workdir: Path, repeats: int) -> dict[str, float]:
@@ -133,8 +145,8 @@ def time_exports(checkpoint: str, workdir: Path, repeats: int) -> dict[str, floa
 
     timed(FORMATS)  # warm-up: imports, TF graph functions, torch tracer
     results = {fmt: timed([fmt]) for fmt in FORMATS}
-    results["all formats"] = timed(FORMATS)
-    results["all formats, verify=False"] = timed(FORMATS, verify=False)
+    results["all"] = timed(FORMATS)
+    results["all, no parity"] = timed(FORMATS, verify=False)
     return results
 
 
@@ -163,31 +175,33 @@ def cold_start(name: str, export: str, checkpoint: str, obs: list) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ppo-checkpoint", help="a PPO CartPole algorithm checkpoint")
-    parser.add_argument("--sac-checkpoint", help="a SAC Pendulum algorithm checkpoint")
+    for option, config in POLICIES.values():
+        parser.add_argument(f"--{option.replace('_', '-')}", help=f"a {config} checkpoint")
     parser.add_argument("--repeats", type=int, default=1, help="median over N runs")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="rllib_mlflow_bench_"))
-    if args.ppo_checkpoint and args.sac_checkpoint:
-        checkpoints = {"PPO CartPole": args.ppo_checkpoint, "SAC Pendulum": args.sac_checkpoint}
-    else:
-        print("Training PPO CartPole and SAC Pendulum (2 iterations each)...", flush=True)
-        ppo, sac = train(workdir)
-        checkpoints = {
-            "PPO CartPole": args.ppo_checkpoint or ppo,
-            "SAC Pendulum": args.sac_checkpoint or sac,
-        }
-        print(f"Checkpoints: --ppo-checkpoint {ppo} --sac-checkpoint {sac}")
+    given = {label: getattr(args, option) for label, (option, _) in POLICIES.items()}
+    missing = [POLICIES[label][1] for label, path in given.items() if not path]
+    if missing:
+        print(f"Training {', '.join(missing)} briefly...", flush=True)
+        trained = train(workdir, missing)
+        given = {label: path or trained[POLICIES[label][1]] for label, path in given.items()}
+        print(
+            "Checkpoints: "
+            + " ".join(f"--{POLICIES[k][0].replace('_', '-')} {v}" for k, v in given.items())
+        )
+    checkpoints = given
 
     print(f"\n== Export time (seconds, median of {args.repeats}; parity on 1,000 obs) ==")
     export_times = {
         label: time_exports(path, workdir, args.repeats) for label, path in checkpoints.items()
     }
-    rows = list(next(iter(export_times.values())))
-    print(f"{'format':<28}" + "".join(f"{label:>16}" for label in checkpoints))
-    for row in rows:
-        print(f"{row:<28}" + "".join(f"{export_times[label][row]:>16.2f}" for label in checkpoints))
+    columns = list(next(iter(export_times.values())))
+    print(f"{'policy':<30}" + "".join(f"{column:>16}" for column in columns))
+    for label, times in export_times.items():
+        print(f"{label:<30}" + "".join(f"{times[column]:>16.2f}" for column in columns))
+    checkpoints = {label: checkpoints[label] for label in COLD_START}
 
     from rllib_mlflow.export import export_checkpoint
 

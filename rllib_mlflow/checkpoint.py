@@ -23,15 +23,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.snapshot import (
     ActionRule,
     Layer,
+    LSTMLayer,
     MeanStdFilter,
     Network,
     PolicySnapshot,
+    PrevActionsRewards,
+    StateTensor,
 )
 from rllib_mlflow.spaces import space_to_json
 
@@ -168,37 +172,127 @@ def restore_rl_module(snapshot: PolicySnapshot):
 
 def rllib_reference(
     snapshot: PolicySnapshot,
-) -> Callable[[np.ndarray], tuple[Any, np.ndarray]]:
+) -> Callable[[Any], tuple[Any, np.ndarray]]:
     """RLlib's own inference path for `snapshot`: raw observations -> (actions, dist inputs).
 
     Uses the restored torch module, its inference action distribution, RLlib's
     MeanStdFilter and RLlib's unsquash/clip functions, exactly as an EnvRunner with
-    explore=False does.
+    explore=False does. Observations are one array, or a dict of arrays (one per key) for
+    a module that reads Dict observations.
     """
     import torch
-    from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
 
     module = restore_rl_module(snapshot)
     module.eval()
-    rule = snapshot.action_rule
-    dist_cls = module.get_inference_action_dist_cls()
-    action_space = _gym_space(snapshot.action_space)
     obs_filter = _rllib_filter(snapshot.mean_std_filter)
 
-    def act(observations: np.ndarray) -> tuple[Any, np.ndarray]:
-        obs = np.asarray(observations, dtype=np.float32)
-        if obs_filter is not None:
-            obs = obs_filter(obs, update=False)
+    def act(observations: Any) -> tuple[Any, np.ndarray]:
+        if isinstance(observations, dict):
+            obs = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in observations.items()}
+        else:
+            obs = np.asarray(observations, dtype=np.float32)
+            if obs_filter is not None:
+                obs = obs_filter(obs, update=False)
+            obs = torch.from_numpy(np.asarray(obs))
         with torch.no_grad():
-            dist_inputs = _dist_inputs(module, torch.from_numpy(np.asarray(obs)))
-            actions = dist_cls.from_logits(dist_inputs).to_deterministic().sample().numpy()
-        if rule.normalize_actions:
-            actions = np.stack([unsquash_action(a, action_space) for a in actions])
-        elif rule.clip_actions:
-            actions = np.stack([clip_action(a, action_space) for a in actions])
+            dist_inputs = _dist_inputs(module, obs)
+            actions = _rllib_actions(module, snapshot, dist_inputs)
         return actions, dist_inputs.numpy()
 
     return act
+
+
+def rllib_sequence_reference(
+    snapshot: PolicySnapshot,
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """RLlib's own inference path for a stateful module over whole sequences.
+
+    observations [T, B, ...] and rewards [T, B] (the reward each step's action earned) ->
+    (actions [T, B, ...], dist inputs [T, B, ...]). The module's full state starts at
+    `get_initial_state()` and is carried from step to step by `forward_inference`, as an
+    EnvRunner does; PrevActionsPrevRewards' and FrameStacking's history starts as zeros.
+    """
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    module = restore_rl_module(snapshot)
+    module.eval()
+
+    def run(observations: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        steps, batch = observations.shape[:2]
+        state = _batched(module.get_initial_state(), batch)
+        windows = _ReferenceWindows(snapshot, batch)
+        all_actions, all_inputs = [], []
+        for t in range(steps):
+            obs = windows.module_observations(np.asarray(observations[t], np.float32))
+            with torch.no_grad():
+                batch_in = {Columns.OBS: torch.from_numpy(obs)}
+                if snapshot.state:  # a recurrent module takes [batch, time=1, ...]
+                    batch_in = {Columns.OBS: batch_in[Columns.OBS][:, None]}
+                    batch_in[Columns.STATE_IN] = state
+                out = module.forward_inference(batch_in)
+                dist_inputs = out[Columns.ACTION_DIST_INPUTS]
+                dist_inputs = dist_inputs[:, 0] if dist_inputs.dim() > 2 else dist_inputs
+                actions = _rllib_actions(module, snapshot, dist_inputs)
+            state = out.get(Columns.STATE_OUT, state)
+            windows.advance(observations[t], actions, rewards[t])
+            all_actions.append(actions)
+            all_inputs.append(dist_inputs.numpy())
+        return np.stack(all_actions), np.stack(all_inputs)
+
+    return run
+
+
+class _ReferenceWindows:
+    """What RLlib's PrevActionsPrevRewards + FlattenObservations and FrameStacking
+    connectors make of an episode's history, kept with plain numpy for the reference."""
+
+    def __init__(self, snapshot: PolicySnapshot, batch: int):
+        self.prev = snapshot.prev_actions_rewards
+        self.frames = snapshot.frame_stack
+        shape = (batch, *snapshot.input_shape)
+        self.past_frames = [np.zeros(shape, np.float32)] * max(self.frames - 1, 0)
+        if self.prev is not None:
+            self.actions = np.zeros((batch, self.prev.n_prev_actions * self.prev.num_actions))
+            self.rewards = np.zeros((batch, self.prev.n_prev_rewards))
+
+    def module_observations(self, obs: np.ndarray) -> np.ndarray:
+        if self.frames > 1:  # stacked on the last axis, the current frame last
+            obs = np.concatenate([*self.past_frames, obs], axis=-1)
+        if self.prev is not None:
+            obs = np.concatenate([obs, self.actions, self.rewards], axis=-1)
+        return obs.astype(np.float32)
+
+    def advance(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
+        if self.frames > 1:
+            self.past_frames = [*self.past_frames[1:], np.asarray(obs, np.float32)]
+        if self.prev is not None:
+            one_hot = np.eye(self.prev.num_actions)[actions]
+            self.actions = np.concatenate([self.actions, one_hot], -1)[:, self.prev.num_actions :]
+            self.rewards = np.concatenate([self.rewards, rewards[:, None]], -1)[:, 1:]
+
+
+def _batched(state: dict, batch: int) -> dict:
+    return {
+        k: _batched(v, batch) if isinstance(v, dict) else v[None].repeat(batch, *[1] * v.dim())
+        for k, v in state.items()
+    }
+
+
+def _rllib_actions(module, snapshot: PolicySnapshot, dist_inputs) -> np.ndarray:
+    """The action an EnvRunner with explore=False sends, from the module's distribution
+    inputs. The distribution gets a copy: custom ones may change their input in place."""
+    from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
+
+    dist_cls = module.get_inference_action_dist_cls()
+    actions = dist_cls.from_logits(dist_inputs.clone()).to_deterministic().sample().numpy()
+    rule = snapshot.action_rule
+    action_space = _gym_space(snapshot.action_space)
+    if rule.normalize_actions:
+        actions = np.stack([unsquash_action(a, action_space) for a in actions])
+    elif rule.clip_actions:
+        actions = np.stack([clip_action(a, action_space) for a in actions])
+    return actions
 
 
 def module_dist_inputs(module, observations):
@@ -327,11 +421,13 @@ def _metrics_from_logger_state(logger_state: dict[str, Any]) -> dict[str, float]
         "env_runners--episode_return_mean": "episode_return_mean",
         "env_runners--episode_len_mean": "episode_len_mean",
         "env_runners--num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
-        "num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
     }
     metrics = {}
     for key, stat in logger_state.get("stats", {}).items():
-        latest = stat.get("latest_merged")
+        # A lifetime counter's "latest_merged" is the last iteration's increment; its
+        # total (what Tune's result reports) is "lifetime_sum".
+        latest = stat.get("lifetime_sum") if key.endswith("_lifetime") else None
+        latest = stat.get("latest_merged") if latest is None else latest
         if key in wanted and latest is not None and np.size(latest):
             value = float(np.asarray(latest, dtype=np.float64).ravel()[-1])
             if np.isfinite(value):
@@ -357,28 +453,40 @@ def _read_module(
             f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
             "by another Ray version."
         ) from error
-    if module.is_stateful():
-        raise UnsupportedModuleError(
-            f"Module {module_id!r} ({type(module).__name__}) is stateful (an LSTM or "
-            "attention net): no export format can represent its recurrent state yet. The "
-            "RLlib checkpoint itself still works with `Algorithm.from_checkpoint`."
-        )
     obs_space, act_space = module.observation_space, module.action_space
-    flatten, connector_error = _check_env_to_module(algorithm["env_to_module"])
+    connectors = algorithm["env_to_module"]
+    flatten, connector_error = _check_env_to_module(connectors)
     if connector_error:
         raise UnsupportedModuleError(connector_error)
     network, reason = _network_or_reason(module)
-    input_shape = _input_shape(obs_space, flatten)
+    raw_space = _raw_observation_space(algorithm, flatten, obs_space)
+    prev = _prev_actions_rewards(connectors, act_space)
+    frames = _frame_stack(connectors, raw_space)
+    observation_inputs = None
+    if prev is not None:  # the graph takes the raw observation and the history separately
+        input_shape, flatten = _box_shape(raw_space, "PrevActionsPrevRewards"), False
+    elif frames:
+        input_shape = tuple(int(d) for d in raw_space.shape)
+    elif isinstance(obs_space, gym.spaces.Dict) and not flatten:
+        observation_inputs, input_shape = _dict_observation_inputs(obs_space), ()
+    else:
+        input_shape = _input_shape(obs_space, flatten)
+    if (prev is not None or frames) and "MeanStdFilter" in dict(connectors):
+        raise UnsupportedModuleError(
+            "MeanStdFilter together with PrevActionsPrevRewards or FrameStacking cannot be "
+            "exported yet."
+        )
+    rule, custom_distribution = _action_rule(module, act_space, algorithm["module_to_env"])
     return PolicySnapshot(
         module_id=module_id,
-        observation_space=space_to_json(_raw_observation_space(algorithm, flatten, obs_space)),
+        observation_space=space_to_json(raw_space),
         action_space=space_to_json(act_space),
         input_shape=input_shape,
         flatten_observations=flatten,
         mean_std_filter=_mean_std_filter(algorithm, module_id, input_shape),
         network=network,
         unsupported_reason=reason,
-        action_rule=_action_rule(module, act_space, algorithm["module_to_env"]),
+        action_rule=rule,
         module_dir=str(module_dir.resolve()),
         module_class=f"{type(module).__module__}.{type(module).__name__}",
         algorithm=algorithm.get("algorithm"),
@@ -387,24 +495,132 @@ def _read_module(
         training_iteration=algorithm.get("training_iteration"),
         metrics=dict(algorithm.get("metrics", {})),
         model_config=_jsonable(module.model_config),
+        observation_inputs=observation_inputs,
+        state=_state_tensors(module, network),
+        prev_actions_rewards=prev,
+        frame_stack=frames,
+        custom_distribution=custom_distribution,
     )
+
+
+def _state_tensors(module, network: Network | None) -> tuple[StateTensor, ...]:
+    """The recurrent state the exported graphs carry: for RLlib's default LSTM, the actor
+    encoder's; for other stateful modules, every tensor of `get_initial_state()`."""
+    if not module.is_stateful():
+        return ()
+    initial = (
+        lstm_actor_encoder(module).get_initial_state()
+        if network is not None and network.lstm
+        else module.get_initial_state()
+    )
+    return tuple(
+        StateTensor(name, tuple(int(d) for d in value.shape), _numpy(value).ravel())
+        for name, value in flatten_state(initial).items()
+    )
+
+
+def flatten_state(state: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested state dict as {"actor_h": tensor, ...}; `unflatten_state` inverts it."""
+    flat: dict[str, Any] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_state(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten_state(flat: dict[str, Any], like: dict, prefix: str = "") -> dict:
+    """`flat` back into the nesting of `like` (a module's initial state)."""
+    return {
+        key: unflatten_state(flat, value, f"{prefix}{key}_")
+        if isinstance(value, dict)
+        else flat[f"{prefix}{key}"]
+        for key, value in like.items()
+    }
+
+
+def lstm_actor_encoder(module):
+    """The LSTM encoder that computes the actions of RLlib's default stateful PPO module."""
+    encoder = module.encoder
+    return encoder.encoder if hasattr(encoder, "encoder") else encoder.actor_encoder
+
+
+def _prev_actions_rewards(connectors: list[tuple[str, dict]], act_space):
+    settings = dict(connectors).get("PrevActionsPrevRewards")
+    if settings is None:
+        return None
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UnsupportedModuleError(
+            f"PrevActionsPrevRewards with {act_space} actions cannot be exported yet; "
+            "Discrete actions are supported."
+        )
+    return PrevActionsRewards(
+        n_prev_actions=int(settings.get("n_prev_actions", 1)),
+        n_prev_rewards=int(settings.get("n_prev_rewards", 1)),
+        num_actions=int(act_space.n),
+    )
+
+
+def _frame_stack(connectors: list[tuple[str, dict]], raw_space) -> int:
+    """FrameStacking's number of frames (0 without it), for the single-agent [..., 1] Box
+    observations it supports."""
+    settings = dict(connectors).get("FrameStacking")
+    if settings is None:
+        return 0
+    if settings.get("multi_agent"):
+        raise UnsupportedModuleError("A multi-agent FrameStacking cannot be exported yet.")
+    if not isinstance(raw_space, gym.spaces.Box) or raw_space.shape[-1:] != (1,):
+        raise UnsupportedModuleError(f"FrameStacking on {raw_space} cannot be exported.")
+    return int(settings.get("num_frames", 1))
+
+
+def _box_shape(space, connector: str) -> tuple[int, ...]:
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UnsupportedModuleError(
+            f"{connector} on a {space} observation cannot be exported yet; a 1-D Box "
+            "observation is supported."
+        )
+    return tuple(int(d) for d in space.shape)
+
+
+def _dict_observation_inputs(space) -> dict[str, tuple[int, ...]]:
+    """One graph input per key of a Dict observation the module reads as a dict."""
+    parts = {}
+    for key, sub in space.spaces.items():
+        if not isinstance(sub, gym.spaces.Box) or not key.isidentifier():
+            raise UnsupportedModuleError(
+                f"The module reads Dict observations, and key {key!r} is {sub}: only Box "
+                "parts with identifier keys can be graph inputs. If the module accepts "
+                "flat observations, add RLlib's FlattenObservations connector."
+            )
+        parts[key] = tuple(int(d) for d in sub.shape)
+    return parts
 
 
 def _check_env_to_module(connectors: list[tuple[str, dict]]) -> tuple[bool, str | None]:
     """Whether observations are flattened, or why the pipeline cannot be exported."""
     names = [name for name, _ in connectors]
-    unknown = [
-        n
-        for n in names
-        if n not in _NEUTRAL_ENV_TO_MODULE | {"MeanStdFilter", "FlattenObservations"}
-    ]
+    supported = {"MeanStdFilter", "FlattenObservations", "PrevActionsPrevRewards", "FrameStacking"}
+    unknown = [n for n in names if n not in _NEUTRAL_ENV_TO_MODULE | supported]
     if unknown:
         return False, (
             f"The env-to-module connector {unknown[0]} changes observations in a way "
             "rllib-mlflow cannot reproduce, so no export would receive the same inputs as "
-            "the policy. Supported: MeanStdFilter, FlattenObservations. The RLlib "
+            f"the policy. Supported: {', '.join(sorted(supported))}. The RLlib "
             "checkpoint itself still works with `Algorithm.from_checkpoint`."
         )
+    if "PrevActionsPrevRewards" in names:
+        settings = dict(connectors)["PrevActionsPrevRewards"]
+        if settings.get("multi_agent") or names[names.index("PrevActionsPrevRewards") + 1 :][
+            :1
+        ] != ["FlattenObservations"]:
+            return False, (
+                "PrevActionsPrevRewards is exported when FlattenObservations follows it "
+                "directly, in a single-agent pipeline; this pipeline is "
+                f"{' -> '.join(names)}."
+            )
     if dict(connectors).get("FlattenObservations", {}).get("keys_to_remove"):
         return False, (
             "FlattenObservations with keys_to_remove drops parts of the observation; "
@@ -420,8 +636,6 @@ def _check_env_to_module(connectors: list[tuple[str, dict]]) -> tuple[bool, str 
 
 
 def _input_shape(obs_space, flatten: bool) -> tuple[int, ...]:
-    import gymnasium as gym
-
     if flatten:
         return (int(gym.spaces.flatdim(obs_space)),)
     if not isinstance(obs_space, gym.spaces.Box):
@@ -438,7 +652,7 @@ def _raw_observation_space(algorithm: dict, flatten: bool, module_space):
     # pipeline records as its input space.
     names = dict(algorithm["env_to_module"])
     multi_agent = "AgentToModuleMapping" in names
-    changed = flatten or "MeanStdFilter" in names
+    changed = flatten or "MeanStdFilter" in names or "FrameStacking" in names
     env_space = algorithm.get("env_observation_space")
     return env_space if changed and env_space is not None and not multi_agent else module_space
 
@@ -488,9 +702,11 @@ def _rllib_filter(spec: MeanStdFilter | None):
     return obs_filter
 
 
-def _action_rule(module, act_space, module_to_env: list[tuple[str, dict]]) -> ActionRule:
-    import gymnasium as gym
-
+def _action_rule(
+    module, act_space, module_to_env: list[tuple[str, dict]]
+) -> tuple[ActionRule, str | None]:
+    """How actions follow from action_dist_inputs, and the name of the distribution class
+    when it is not one of RLlib's own (its deterministic sample is then traced)."""
     dist_cls = module.get_inference_action_dist_cls()
     if isinstance(dist_cls, functools.partial):
         dist_cls = dist_cls.func
@@ -500,8 +716,16 @@ def _action_rule(module, act_space, module_to_env: list[tuple[str, dict]]) -> Ac
     if name is None:
         raise UnsupportedModuleError(
             f"Action distribution {dist_cls!r} of {type(module).__name__} is not supported; "
-            f"supported: {sorted(_DISTRIBUTIONS)}."
+            f"supported: {sorted(_DISTRIBUTIONS)} and their subclasses."
         )
+    rllib_own = next(c for c in bases if c.__name__ in _DISTRIBUTIONS)
+    partial = "DistributionPartial" in dist_cls.__qualname__ and bases[1] is rllib_own
+    standard = dist_cls is rllib_own or partial
+    custom = None if standard else f"{dist_cls.__module__}.{dist_cls.__qualname__}"
+    return _rule_for_space(name, act_space, module_to_env), custom
+
+
+def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]]) -> ActionRule:
     settings = dict(module_to_env).get("NormalizeAndClipActions", {})
     if isinstance(act_space, gym.spaces.Discrete):
         return ActionRule(name, (int(act_space.n),))
@@ -556,10 +780,22 @@ def _network(module) -> Network:
         DefaultSACTorchRLModule,
     )
 
+    defaults = (DefaultPPOTorchRLModule, DefaultSACTorchRLModule, DefaultDQNTorchRLModule)
+    base = next((cls for cls in defaults if isinstance(module, cls)), None)
+    if base is not None and _overrides_inference(type(module), base):
+        raise UnsupportedModuleError(
+            f"{type(module).__module__}.{type(module).__name__} changes the inference path "
+            f"of RLlib's {base.__name__}, so it cannot be rebuilt in Keras; its graph is "
+            "traced to ONNX instead."
+        )
     if isinstance(module, DefaultPPOTorchRLModule):
-        encoder = module.encoder
-        actor = encoder.encoder if hasattr(encoder, "encoder") else encoder.actor_encoder
-        return Network(_layers(actor), _layers(module.pi), log_std_clip=_log_std_clip(module.pi))
+        actor = lstm_actor_encoder(module)
+        clip = _log_std_clip(module.pi)
+        if hasattr(actor, "lstm"):
+            return Network(
+                _layers(actor.tokenizer), _layers(module.pi), log_std_clip=clip, lstm=_lstm(actor)
+            )
+        return Network(_layers(actor), _layers(module.pi), log_std_clip=clip)
     if isinstance(module, DefaultSACTorchRLModule):
         return Network(
             _layers(module.pi_encoder),
@@ -581,6 +817,26 @@ def _network(module) -> Network:
         "saved_model and h5 formats are unavailable. ONNX is still exported from the "
         "torch module."
     )
+
+
+def _overrides_inference(cls, base) -> bool:
+    """Whether `cls` (a subclass of one of RLlib's default modules) changes how it acts."""
+    methods = ("_forward", "_forward_inference", "forward_inference", "compute_q_values")
+    methods += ("get_inference_action_dist_cls",)
+    return any(getattr(cls, m, None) is not getattr(base, m, None) for m in methods)
+
+
+def _lstm(encoder) -> tuple[LSTMLayer, ...]:
+    lstm = encoder.lstm
+    if not lstm.batch_first or lstm.bidirectional or lstm.proj_size or not lstm.bias:
+        raise UnsupportedModuleError(f"{lstm} cannot be rebuilt in Keras.")
+    layers = []
+    for i in range(lstm.num_layers):
+        kernel = _numpy(getattr(lstm, f"weight_ih_l{i}")).T
+        recurrent = _numpy(getattr(lstm, f"weight_hh_l{i}")).T
+        bias = _numpy(getattr(lstm, f"bias_ih_l{i}")) + _numpy(getattr(lstm, f"bias_hh_l{i}"))
+        layers.append(LSTMLayer(lstm.hidden_size, (kernel, recurrent, bias)))
+    return tuple(layers)
 
 
 def _log_std_clip(head) -> float | None:

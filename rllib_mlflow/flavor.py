@@ -183,15 +183,22 @@ def _load_pyfunc(path: str):
 
 
 def policy_signature(policy: dict[str, Any]) -> ModelSignature:
-    """Tensor signature: raw observations in, actions out; explore/seed as params."""
-    shape = tuple(-1 if d is None else d for d in policy["input"]["shape"])
+    """Tensor signature: raw observations in (one tensor, or one per Dict key), actions out;
+    a stateful policy's state as `state_<name>` tensors in and out; explore/seed as params."""
     rule = policy["action_rule"]
     discrete = rule["distribution"] in ("categorical", "multi_categorical")
-    action_shape = (-1, *rule["action_shape"])
     action_type = np.dtype(np.int64) if discrete else np.dtype(np.float32)
+    inputs = _observation_specs(policy)
+    outputs = [TensorSpec(action_type, (-1, *rule["action_shape"]), "actions")]
+    if policy.get("stateful"):
+        for name, width in _served_state(policy):
+            inputs.append(TensorSpec(np.dtype(np.float32), (-1, width), f"state_{name}"))
+            outputs.append(TensorSpec(np.dtype(np.float32), (-1, width), f"state_{name}"))
+        if _reads_rewards(policy):
+            inputs.append(TensorSpec(np.dtype(np.float32), (-1,), "prev_rewards"))
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
-        outputs=Schema([TensorSpec(action_type, action_shape, "actions")]),
+        inputs=Schema(inputs),
+        outputs=Schema(outputs),
         params=ParamSchema(
             [
                 ParamSpec("explore", "boolean", False),
@@ -202,19 +209,65 @@ def policy_signature(policy: dict[str, Any]) -> ModelSignature:
     )
 
 
-def _input_example(policy: dict[str, Any]) -> np.ndarray:
+def _observation_specs(policy: dict[str, Any]) -> list[TensorSpec]:
+    keys = serving.served_observation_keys(policy)
+    named = policy.get("stateful", False)
+    if keys is None:
+        shape = tuple(-1 if d is None else d for d in policy["input"]["shape"])
+        return [TensorSpec(np.dtype(np.float32), shape, "observations" if named else None)]
+    specs = []
+    for key in keys:
+        sub = policy["observation_space"]["spaces"][key]
+        if sub["type"] == "Box":
+            specs.append(TensorSpec(np.dtype(np.float32), (-1, *sub["shape"]), key))
+        elif sub["type"] == "Discrete":
+            specs.append(TensorSpec(np.dtype(np.int64), (-1,), key))
+        else:
+            width = len(sub["nvec"]) if sub["type"] == "MultiDiscrete" else sub["n"]
+            specs.append(TensorSpec(np.dtype(np.int64), (-1, width), key))
+    return specs
+
+
+def _served_state(policy: dict[str, Any]) -> list[tuple[str, int]]:
+    """(name, width) of every state tensor: recurrent state, then history windows."""
+    state = [(s["name"], s["shape"][1]) for s in policy.get("state", [])]
+    return state + [(h["name"], h["width"]) for h in policy.get("history", [])]
+
+
+def _reads_rewards(policy: dict[str, Any]) -> bool:
+    return any(h["push"] == "reward" for h in policy.get("history", []))
+
+
+def _input_example(policy: dict[str, Any]):
+    """Two raw observations (with the initial state, for a stateful policy)."""
     from rllib_mlflow.spaces import space_from_json
 
     space = space_from_json(policy["observation_space"])
     space.seed(0)
-    shape = tuple(policy["input"]["shape"][1:])
-    if any(step["type"] == "flatten" for step in policy["preprocessing"]):
-        import gymnasium as gym
-
-        rows = [gym.spaces.flatten(space, space.sample()) for _ in range(_EXAMPLE_ROWS)]
+    samples = [space.sample() for _ in range(_EXAMPLE_ROWS)]
+    keys = serving.served_observation_keys(policy)
+    if keys is not None:
+        example = {k: np.stack([np.asarray(s[k]) for s in samples]) for k in keys}
+        example = {
+            k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64) for k, v in example.items()
+        }
     else:
-        rows = [np.clip(space.sample(), -1e3, 1e3) for _ in range(_EXAMPLE_ROWS)]
-    return np.asarray(rows, dtype=np.float32).reshape(_EXAMPLE_ROWS, *shape)
+        shape = tuple(policy["input"]["shape"][1:])
+        if any(step["type"] == "flatten" for step in policy["preprocessing"]):
+            import gymnasium as gym
+
+            rows = [gym.spaces.flatten(space, s) for s in samples]
+        else:
+            rows = [np.clip(s, -1e3, 1e3) for s in samples]
+        example = np.asarray(rows, dtype=np.float32).reshape(_EXAMPLE_ROWS, *shape)
+    if not policy.get("stateful"):
+        return example
+    example = example if isinstance(example, dict) else {"observations": example}
+    for name, width in _served_state(policy):
+        example[f"state_{name}"] = np.zeros((_EXAMPLE_ROWS, width), np.float32)
+    if _reads_rewards(policy):
+        example["prev_rewards"] = np.zeros(_EXAMPLE_ROWS, np.float32)
+    return example
 
 
 def _write_environment(

@@ -32,6 +32,15 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class LSTMLayer:
+    """One torch `nn.LSTM` layer in Keras layout: kernel [in, 4u], recurrent kernel [u, 4u]
+    and bias [4u] (torch's b_ih + b_hh). Both order the gates i, f, g, o."""
+
+    units: int
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
 class Network:
     """The module's deterministic inference network: encoder, then head(s).
 
@@ -45,6 +54,77 @@ class Network:
     head: tuple[Layer, ...]
     value_head: tuple[Layer, ...] | None = None
     log_std_clip: float | None = None
+    # RLlib's default LSTM encoder: the encoder layers above are its tokenizer, these run
+    # after them with the recurrent state, and the head reads the last layer's output.
+    lstm: tuple[LSTMLayer, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One recurrent state tensor of a stateful module, e.g. an LSTM's "h" or "c".
+
+    The graph takes it as `state_in_<name>` and returns it as `state_out_<name>`, flattened
+    to `size` values per batch row (RLlib keeps `shape`, e.g. [layers, cell])."""
+
+    name: str
+    shape: tuple[int, ...]
+    initial: np.ndarray  # RLlib's get_initial_state() for one batch row, flattened
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rllib_shape": list(self.shape),
+            "shape": [None, self.size],
+            "input": f"state_in_{self.name}",
+            "output": f"state_out_{self.name}",
+            "initial": self.initial.tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class History:
+    """A window of the last steps' data that a connector adds to the module's input: one
+    graph input of `width` values per batch row, oldest first, zeros before the episode's
+    start. Each step, `push` enters `item` values and drops the oldest: "reward" (before the
+    step: the reward the previous action earned), "action_one_hot" (after it: the action
+    taken) or "observation" (after it: the step's observation, flattened)."""
+
+    name: str
+    width: int
+    push: str
+    item: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "push": self.push, "item": self.item}
+
+
+@dataclass(frozen=True)
+class PrevActionsRewards:
+    """RLlib's PrevActionsPrevRewards connector (followed by FlattenObservations): the module
+    sees [observation, the last n actions one-hot, the last n rewards], zeros before the
+    episode's start."""
+
+    n_prev_actions: int
+    n_prev_rewards: int
+    num_actions: int  # Discrete(n) actions enter one-hot
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "prev_actions_prev_rewards",
+            "n_prev_actions": self.n_prev_actions,
+            "n_prev_rewards": self.n_prev_rewards,
+            "num_actions": self.num_actions,
+            "inputs": {
+                "prev_n_actions": [None, self.n_prev_actions * self.num_actions],
+                "prev_n_rewards": [None, self.n_prev_rewards],
+            },
+            "formula": "concat([observations, prev_n_actions, prev_n_rewards], axis=-1)",
+            "window": "oldest first; each action one-hot; zeros before the episode's start",
+        }
 
 
 @dataclass(frozen=True)
@@ -69,6 +149,9 @@ class MeanStdFilter:
             "clip": self.clip,
             "epsilon": self.epsilon,
             "formula": "clip((x - mean) / (std + epsilon), -clip, clip)",
+            # RLlib keeps updating its running statistics while an EnvRunner acts (even with
+            # explore=False); the exports use them as they were at the checkpoint.
+            "frozen_at_checkpoint": True,
         }
 
 
@@ -140,6 +223,51 @@ class PolicySnapshot:
     training_iteration: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
+    # A Dict observation that reaches the module as a dict: one graph input per key.
+    observation_inputs: dict[str, tuple[int, ...]] | None = None
+    state: tuple[StateTensor, ...] = ()  # recurrent state, empty for stateless modules
+    prev_actions_rewards: PrevActionsRewards | None = None
+    frame_stack: int = 0  # RLlib's FrameStacking: the module sees the last n frames
+    # A non-standard inference distribution (e.g. Ray's TorchCategoricalWithTemp): the
+    # exports trace its deterministic sample instead of applying `action_rule`'s.
+    custom_distribution: str | None = None
+
+    @property
+    def is_stateful(self) -> bool:
+        return bool(self.state) or bool(self.history())
+
+    def history(self) -> list[History]:
+        """The windows of past data the graphs take beside the observation and state."""
+        windows = []
+        prev = self.prev_actions_rewards
+        if prev is not None:
+            windows.append(
+                History(
+                    "prev_n_actions",
+                    prev.n_prev_actions * prev.num_actions,
+                    "action_one_hot",
+                    prev.num_actions,
+                )
+            )
+            windows.append(History("prev_n_rewards", prev.n_prev_rewards, "reward", 1))
+        if self.frame_stack > 1:
+            frame = int(np.prod(self.input_shape))
+            windows.append(
+                History("prev_frames", (self.frame_stack - 1) * frame, "observation", frame)
+            )
+        return windows
+
+    def graph_inputs(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape of one batch row) of every input of the exported graphs, in order."""
+        if self.observation_inputs is not None:
+            inputs = list(self.observation_inputs.items())
+        else:
+            inputs = [("observations", self.input_shape)]
+        inputs += [(f"state_in_{s.name}", (s.size,)) for s in self.state]
+        return inputs + [(h.name, (h.width,)) for h in self.history()]
+
+    def graph_outputs(self) -> list[str]:
+        return ["actions", "action_dist_inputs"] + [f"state_out_{s.name}" for s in self.state]
 
     def preprocessing_json(self) -> list[dict[str, Any]]:
         steps: list[dict[str, Any]] = []
@@ -147,4 +275,18 @@ class PolicySnapshot:
             steps.append({"type": "flatten", "how": "gymnasium.spaces.flatten"})
         if self.mean_std_filter is not None:
             steps.append(self.mean_std_filter.to_json())
+        if self.prev_actions_rewards is not None:
+            steps.append(self.prev_actions_rewards.to_json())
+        if self.frame_stack > 1:
+            steps.append(
+                {
+                    "type": "frame_stacking",
+                    "num_frames": self.frame_stack,
+                    "inputs": {"prev_frames": [None, self.history()[-1].width]},
+                    "formula": "concat([prev_frames as [n-1, *shape[:-1]] moved to the last "
+                    "axis, observations], axis=-1)",
+                    "window": "the previous n-1 observations, oldest first, each flattened; "
+                    "zeros before the episode's start",
+                }
+            )
         return steps

@@ -345,6 +345,8 @@ def _version_tags(policy, settings, metrics, training_iteration, trial, source, 
         checkpoint_uri=source,
         rllib_checkpoint_artifact=artifact,
         formats=",".join(policy.formats),
+        # Requested formats that could not be made, with why ("h5: ..."), as in policy.json.
+        formats_refused="; ".join(f"{f}: {why}" for f, why in policy.refused.items())[:4000],
         parity_max_abs_diff=None
         if policy.parity is None
         else f"{policy.parity['max_abs_diff']:.3g}",

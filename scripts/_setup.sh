@@ -12,8 +12,12 @@ fi
 # Reinstall only when the requirements changed since the last install (the install is
 # editable, so code changes need none).
 STAMP=.venv/.rllib-mlflow-installed
-if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" || constraints.txt -nt "$STAMP" ]]; then
+if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" || constraints.txt -nt "$STAMP" \
+      || requirements-convert.txt -nt "$STAMP" ]]; then
     .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[tune,evaluate,test]'
+    # The ONNX-to-TensorFlow converter for custom modules, without its wrong "tensorflow" pin
+    # (see requirements-convert.txt).
+    .venv/bin/python -m pip install --quiet --no-deps -r requirements-convert.txt
     touch "$STAMP"
 fi
 

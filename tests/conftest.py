@@ -180,6 +180,76 @@ def _ppo_multiagent():
     )
 
 
+def _ppo_custom_distribution():
+    """Ray's example CustomActionDistributionRLModule (a categorical with temperature 5)."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.rllib.examples.rl_modules.classes.custom_action_distribution_rlm import (
+        CustomActionDistributionRLModule,
+    )
+
+    spec = RLModuleSpec(
+        module_class=CustomActionDistributionRLModule,
+        model_config={"action_dist_temperature": 5.0, "hidden_dim": 16},
+    )
+    return (
+        _common(PPOConfig(), "CartPole-v1")
+        .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=2)
+        .rl_module(rl_module_spec=spec)
+    )
+
+
+def _ppo_action_masking():
+    """Ray's example ActionMaskingTorchRLModule on its ActionMaskEnv."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.rllib.examples.rl_modules.classes.action_masking_rlm import (
+        ActionMaskingTorchRLModule,
+    )
+
+    spec = RLModuleSpec(
+        module_class=ActionMaskingTorchRLModule,
+        model_config={"fcnet_hiddens": SMALL_NET, "head_fcnet_hiddens": []},
+    )
+    return (
+        _common(PPOConfig(), envs.ACTION_MASK)
+        .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=2)
+        .rl_module(rl_module_spec=spec)
+    )
+
+
+LSTM_MODEL = {"use_lstm": True, "lstm_cell_size": 16, "max_seq_len": 10}
+
+
+def _ppo_lstm_prev_actions_rewards():
+    """LSTM fed the last two actions and rewards (Ray's PrevActionsPrevRewards example)."""
+    from ray.rllib.connectors.env_to_module import FlattenObservations, PrevActionsPrevRewards
+
+    return _ppo(envs.NOISY_CHOICE, model=LSTM_MODEL).env_runners(
+        env_to_module_connector=lambda env, spaces, device: [
+            PrevActionsPrevRewards(n_prev_actions=2, n_prev_rewards=2),
+            FlattenObservations(),
+        ]
+    )
+
+
+def _ppo_frame_stacking():
+    """A CNN on the last 3 frames (Ray's FrameStacking connectors, env-to-module and learner)."""
+    from ray.rllib.connectors.env_to_module.frame_stacking import FrameStackingEnvToModule
+    from ray.rllib.connectors.learner.frame_stacking import FrameStackingLearner
+
+    model = {"conv_filters": [[4, 4, 2], [8, 3, 2]], "fcnet_hiddens": [16]}
+    return (
+        _ppo(envs.FLICKER, model=model)
+        .env_runners(
+            env_to_module_connector=lambda env, spaces, device: FrameStackingEnvToModule(
+                num_frames=3
+            )
+        )
+        .training(learner_connector=lambda obs, act: FrameStackingLearner(num_frames=3))
+    )
+
+
 # name -> (algo_name, env_id, config builder, training iterations)
 CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
     "ppo_cartpole": ("PPO", "CartPole-v1", lambda: _ppo("CartPole-v1"), 2),
@@ -228,15 +298,11 @@ CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
     "ppo_meanstd": ("PPO", "CartPole-v1", _ppo_meanstd, 2),
     "ppo_dict_obs": ("PPO", envs.DICT_OBS, _ppo_dict_obs, 2),
     "ppo_multiagent": ("PPO", envs.MULTI_AGENT, _ppo_multiagent, 2),
-    "ppo_lstm": (
-        "PPO",
-        "CartPole-v1",
-        lambda: _ppo(
-            "CartPole-v1",
-            model={"use_lstm": True, "lstm_cell_size": 16, "max_seq_len": 10},
-        ),
-        1,
-    ),
+    "ppo_lstm": ("PPO", "CartPole-v1", lambda: _ppo("CartPole-v1", model=LSTM_MODEL), 1),
+    "ppo_lstm_prev": ("PPO", envs.NOISY_CHOICE, _ppo_lstm_prev_actions_rewards, 1),
+    "ppo_custom_distribution": ("PPO", "CartPole-v1", _ppo_custom_distribution, 1),
+    "ppo_action_masking": ("PPO", envs.ACTION_MASK, _ppo_action_masking, 1),
+    "ppo_frame_stacking": ("PPO", envs.FLICKER, _ppo_frame_stacking, 1),
 }
 
 

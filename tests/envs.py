@@ -19,6 +19,9 @@ MULTI_DISCRETE_CORRIDOR = "rllib_mlflow_tests/MultiDiscreteCorridor-v0"
 TINY_IMAGE = "rllib_mlflow_tests/TinyImage-v0"
 WIDE_BOX = "rllib_mlflow_tests/WideBox-v0"
 DICT_OBS = "rllib_mlflow_tests/DictObs-v0"
+NOISY_CHOICE = "rllib_mlflow_tests/NoisyChoice-v0"
+ACTION_MASK = "rllib_mlflow_tests/ActionMask-v0"
+FLICKER = "rllib_mlflow_tests/Flicker-v0"
 MULTI_AGENT = "rllib_mlflow_tests_multiagent"
 
 WIDE_BOX_LOW = np.array([-2.0, 0.0, -10.0], dtype=np.float32)
@@ -232,6 +235,85 @@ class DictObs(gym.Env):
         return self._obs(), float(int(action) == right), False, self._t >= self.max_steps, {}
 
 
+class NoisyChoice(gym.Env):
+    """Rewards that differ from step to step, for policies that read past rewards.
+
+    Observation: Box(-1, 1, (3,)). Action: Discrete(3). Reward: 1 for the action that
+    matches the largest observation entry, minus the entry the action points at, so that
+    rewards vary. Episodes last 15 steps.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, max_steps: int = 15):
+        self.max_steps = max_steps
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+        self.action_space = spaces.Discrete(3)
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        self._state = self.np_random.uniform(-1, 1, size=3).astype(np.float32)
+        return self._state
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        state = self._state
+        reward = float(int(action) == int(np.argmax(state))) - float(state[int(action)])
+        self._t += 1
+        return self._obs(), reward, False, self._t >= self.max_steps, {}
+
+
+class Flicker(gym.Env):
+    """Grey images whose brightness flickers: a policy must compare frames (frame stacking).
+
+    Observation: Box(0, 1, (12, 12, 1)). Action: Discrete(2). Reward 1 when the action says
+    whether this frame is brighter than the previous one. Episodes last 15 steps.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, max_steps: int = 15):
+        self.max_steps = max_steps
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(12, 12, 1), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        level = self.np_random.uniform(0.1, 0.9)
+        noise = self.np_random.uniform(-0.1, 0.1, size=(12, 12, 1))
+        return np.clip(level + noise, 0.0, 1.0).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._frame = self._obs()
+        return self._frame, {}
+
+    def step(self, action):
+        previous, self._frame = self._frame, self._obs()
+        reward = float(int(action) == int(self._frame.mean() > previous.mean()))
+        self._t += 1
+        return self._frame, reward, False, self._t >= self.max_steps, {}
+
+
+# Ray's own example environment for action masking (Dict observations with "action_mask").
+ACTION_MASK_CONFIG = {
+    "action_space": spaces.Discrete(32),  # a mask rarely allows nothing (2**-32)
+    "observation_space": spaces.Box(-1.0, 1.0, (3,), np.float32),
+    "max_episode_len": 20,
+}
+
+
+def _action_mask_env(config: dict | None = None):
+    from ray.rllib.examples.envs.classes.action_mask_env import ActionMaskEnv
+
+    return ActionMaskEnv({**ACTION_MASK_CONFIG, **(config or {})})
+
+
 def make_env(env_id: str, config: dict | None = None) -> gym.Env | MultiAgentEnv:
     """Create an environment by the id a test checkpoint was trained on (gymnasium ids, and
     the Tune-registered multi-agent name, which gymnasium does not know)."""
@@ -249,6 +331,9 @@ def register_test_envs() -> None:
         (TINY_IMAGE, TinyImage),
         (WIDE_BOX, WideBox),
         (DICT_OBS, DictObs),
+        (NOISY_CHOICE, NoisyChoice),
+        (ACTION_MASK, _action_mask_env),
+        (FLICKER, Flicker),
     ):
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=cls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -88,16 +89,6 @@ def test_unknown_module_id_lists_the_existing_ones(trained_checkpoint, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
-def test_lstm_module_is_unsupported(trained_checkpoint, tmp_path):
-    tc = trained_checkpoint("ppo_lstm")
-    with pytest.raises(UnsupportedModuleError, match="stateful.*LSTM"):
-        export_checkpoint(tc.path, tmp_path / "out")
-    with pytest.raises(UnsupportedModuleError, match="stateful"):
-        export_checkpoint(tc.path, tmp_path / "out", formats=["onnx"])
-    assert not (tmp_path / "out").exists()
-
-
 class TinyCustomModule(TorchRLModule):
     """A user's own RLModule: one Linear layer and a Categorical distribution."""
 
@@ -129,22 +120,34 @@ def custom_module_checkpoint(tmp_path) -> Path:
     return path
 
 
-def test_custom_module_cannot_be_rebuilt_in_keras_but_exports_to_onnx(
-    custom_module_checkpoint, tmp_path
-):
-    for formats in (["saved_model"], ["h5"], ["saved_model", "h5", "onnx"]):
-        with pytest.raises(UnsupportedModuleError) as info:
-            export_checkpoint(custom_module_checkpoint, tmp_path / "out", formats=formats)
-        message = str(info.value)
-        assert "TinyCustomModule" in message
-        assert "onnx" in message.lower()  # says what still works
-        assert not (tmp_path / "out").exists()
-
-    (policy,) = export_checkpoint(custom_module_checkpoint, tmp_path / "out", formats=["onnx"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "policy.json"]
+def test_custom_module_exports_every_format_through_onnx2tf(custom_module_checkpoint, tmp_path):
+    (policy,) = export_checkpoint(custom_module_checkpoint, tmp_path / "out")
+    assert policy.formats == ("saved_model", "h5", "onnx") and policy.refused == {}
     assert policy.policy["module_class"].endswith("TinyCustomModule")
-    assert policy.policy["action_rule"]["distribution"] == "categorical"
+    assert policy.policy["how"]["saved_model"] == "converted from model.onnx by onnx2tf"
     assert policy.parity["passed"] and policy.parity["observations"] >= 1000
+    assert set(policy.parity["formats"]) == {"saved_model", "h5", "onnx"}
+
+
+def test_formats_the_converter_cannot_make_are_recorded_not_fatal(
+    custom_module_checkpoint, tmp_path, monkeypatch
+):
+    """Without onnx2tf a custom module still gets ONNX, and policy.json says why not more."""
+    from rllib_mlflow.export import convert
+
+    monkeypatch.setattr(convert, "converter_missing", lambda: "onnx2tf is not installed here")
+    (policy,) = export_checkpoint(custom_module_checkpoint, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "policy.json"]
+    assert policy.formats == ("onnx",)
+    assert set(policy.refused) == {"saved_model", "h5"}
+    assert all("onnx2tf is not installed here" in why for why in policy.refused.values())
+    written = json.loads((tmp_path / "out" / "policy.json").read_text())
+    assert written["refused_formats"] == policy.refused and written["formats"] == ["onnx"]
+
+    with pytest.raises(UnsupportedModuleError) as info:  # nothing left to write
+        export_checkpoint(custom_module_checkpoint, tmp_path / "tf", formats=["saved_model"])
+    assert "TinyCustomModule" in str(info.value) and "onnx" in str(info.value)
+    assert not (tmp_path / "tf").exists()
 
 
 # -- parity failure ----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,14 +18,12 @@ from typing import Any
 
 from rllib_mlflow import checkpoint
 from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.export.policy_file import FORMAT_FILES, POLICY_FILE, policy_json
 from rllib_mlflow.snapshot import PolicySnapshot
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("saved_model", "h5", "onnx")
-FORMAT_FILES = {"saved_model": "saved_model", "h5": "model.h5", "onnx": "model.onnx"}
-POLICY_FILE = "policy.json"
-POLICY_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,11 @@ class ExportedPolicy:
     @property
     def parity(self) -> dict[str, Any] | None:
         return self.policy.get("parity")
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Requested formats that could not be made for this module, with the reason."""
+        return self.policy.get("refused_formats", {})
 
 
 def export_checkpoint(
@@ -96,84 +98,21 @@ def export_snapshot(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        _write_formats(snapshot, staging, formats)
+        refused = _write_formats(snapshot, staging, formats)
+        formats = tuple(f for f in formats if f not in refused)
         parity = None
         if verify:
             from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity
 
             count = parity_observations or DEFAULT_OBSERVATIONS
             parity = check_parity(snapshot, str(staging), list(formats), count)
-        policy = policy_json(snapshot, formats, parity)
+        policy = policy_json(snapshot, formats, parity, refused)
         (staging / POLICY_FILE).write_text(json.dumps(policy, indent=2))
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Exported module %r to %s (%s)", snapshot.module_id, target, ", ".join(formats))
     return ExportedPolicy(snapshot.module_id, target, formats, policy)
-
-
-def policy_json(
-    snapshot: PolicySnapshot, formats: tuple[str, ...], parity: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Everything a consumer needs to use the exports without RLlib."""
-    rule = snapshot.action_rule
-    return {
-        "format_version": POLICY_FORMAT_VERSION,
-        "module_id": snapshot.module_id,
-        "algorithm": snapshot.algorithm,
-        "env_id": snapshot.env_id,
-        "source_checkpoint": snapshot.source_checkpoint,
-        "training_iteration": snapshot.training_iteration,
-        "metrics": snapshot.metrics,
-        "observation_space": snapshot.observation_space,
-        "action_space": snapshot.action_space,
-        "input": {
-            "name": "observations",
-            "dtype": "float32",
-            "shape": [None, *snapshot.input_shape],
-            "description": (
-                "gymnasium.spaces.flatten(observation_space, obs) as float32"
-                if snapshot.flatten_observations
-                else "the raw observation as the environment returns it, as float32"
-            ),
-        },
-        "preprocessing": snapshot.preprocessing_json(),
-        "action_rule": rule.to_json(),
-        "outputs": {
-            "actions": "the action the environment receives from RLlib with explore=False",
-            "action_dist_inputs": f"inputs of the {rule.distribution} distribution",
-        },
-        "files": {fmt: FORMAT_FILES[fmt] for fmt in formats},
-        "formats": list(formats),
-        "module_class": snapshot.module_class,
-        "model_config": snapshot.model_config,
-        "versions": library_versions(),
-        "parity": parity,
-    }
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    # TensorFlow is installed as "tensorflow" or "tensorflow-cpu"; report either as tensorflow.
-    packages = {
-        "rllib-mlflow": ("rllib-mlflow",),
-        "ray": ("ray",),
-        "torch": ("torch",),
-        "tensorflow": ("tensorflow", "tensorflow-cpu"),
-        "keras": ("keras",),
-        "onnx": ("onnx",),
-        "mlflow": ("mlflow",),
-    }
-    for name, distributions in packages.items():
-        for distribution in distributions:
-            try:
-                versions[name] = version(distribution)
-                break
-            except PackageNotFoundError:
-                continue
-    return versions
 
 
 def _validate_formats(formats) -> tuple[str, ...]:
@@ -194,29 +133,66 @@ def _check_target(target: Path, overwrite: bool) -> None:
 
 
 def check_supported(snapshot: PolicySnapshot, formats: tuple[str, ...]) -> None:
-    keras_formats = [f for f in formats if f in ("saved_model", "h5")]
-    if snapshot.network is None and keras_formats:
+    """Refuse only when none of `formats` can be made for the module."""
+    if "onnx" in formats or snapshot.network is not None:
+        return
+    from rllib_mlflow.export.convert import converter_missing
+
+    reason = converter_missing()
+    if reason:
         raise UnsupportedModuleError(
-            f"Cannot export {keras_formats} for module {snapshot.module_id!r}: "
-            f"{snapshot.unsupported_reason} Use formats=['onnx'] (--formats onnx)."
+            f"Cannot export {list(formats)} for module {snapshot.module_id!r}: "
+            f"{snapshot.unsupported_reason} The TF formats need onnx2tf, but {reason}. "
+            "Or use formats=['onnx'] (--formats onnx)."
         )
 
 
-def _write_formats(snapshot: PolicySnapshot, staging: Path, formats: tuple[str, ...]) -> None:
-    if "saved_model" in formats or "h5" in formats:
-        from rllib_mlflow.export.keras import build_keras_model
-        from rllib_mlflow.export.tensorflow import write_h5, write_saved_model
+def _write_formats(
+    snapshot: PolicySnapshot, staging: Path, formats: tuple[str, ...]
+) -> dict[str, str]:
+    """Write every format that can be made; return {format: why not} for the others."""
+    from rllib_mlflow.export.onnx import write_onnx
 
-        model = build_keras_model(snapshot)
-        if "h5" in formats:
-            write_h5(model, str(staging / FORMAT_FILES["h5"]))
-        if "saved_model" in formats:
-            path = str(staging / FORMAT_FILES["saved_model"])
-            write_saved_model(model, snapshot.action_rule, snapshot.input_shape, path)
-    if "onnx" in formats:
-        from rllib_mlflow.export.onnx import write_onnx
+    refused: dict[str, str] = {}
+    onnx_path = staging / FORMAT_FILES["onnx"]
+    if "onnx" in formats or snapshot.network is None:
+        write_onnx(snapshot, str(onnx_path))  # the TF formats of traced modules start here
+    for fmt in ("saved_model", "h5"):
+        if fmt not in formats:
+            continue
+        try:
+            _write_tf_format(snapshot, staging, fmt, onnx_path)
+        except UnsupportedModuleError as error:
+            refused[fmt] = str(error)
+            logger.warning("Module %r: no %s: %s", snapshot.module_id, fmt, error)
+    if "onnx" not in formats and onnx_path.exists():
+        onnx_path.unlink()
+    if len(refused) == len(formats):
+        raise UnsupportedModuleError(
+            f"None of {list(formats)} can be made for module {snapshot.module_id!r}: "
+            f"{refused}. Add 'onnx' to the formats."
+        )
+    return refused
 
-        write_onnx(snapshot, str(staging / FORMAT_FILES["onnx"]))
+
+def _write_tf_format(snapshot: PolicySnapshot, staging: Path, fmt: str, onnx_path: Path) -> None:
+    path = str(staging / FORMAT_FILES[fmt])
+    if snapshot.network is None:
+        from rllib_mlflow.export import convert
+
+        if fmt == "saved_model":
+            convert.write_saved_model_from_onnx(snapshot, str(onnx_path), path)
+        else:
+            convert.write_h5_from_onnx(snapshot, path)
+        return
+    from rllib_mlflow.export.keras import build_keras_model
+    from rllib_mlflow.export.tensorflow import write_h5, write_saved_model
+
+    model = build_keras_model(snapshot)
+    if fmt == "h5":
+        write_h5(model, path)
+    else:
+        write_saved_model(model, snapshot, path)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

@@ -16,19 +16,63 @@ from rllib_mlflow.snapshot import Layer, MeanStdFilter, Network, PolicySnapshot
 
 
 def build_keras_model(snapshot: PolicySnapshot):
-    """A Keras model: raw observations -> action_dist_inputs, with the snapshot's weights."""
+    """A Keras model: graph inputs -> action_dist_inputs (and, for an LSTM policy, the next
+    state), with the snapshot's weights. Inputs are named as in `snapshot.graph_inputs()`."""
 
     if snapshot.network is None:
         raise UnsupportedModuleError(snapshot.unsupported_reason or "No rebuildable network.")
     network = snapshot.network
-    observations = keras.Input(snapshot.input_shape, dtype="float32", name="observations")
-    x = observations
+    inputs = {
+        name: keras.Input(shape, dtype="float32", name=name)
+        for name, shape in snapshot.graph_inputs()
+    }
+    x = inputs["observations"]
     if snapshot.mean_std_filter is not None:
         x = _mean_std_filter(x, snapshot.mean_std_filter)
+    if snapshot.frame_stack > 1:
+        x = _stack_frames(x, inputs["prev_frames"], snapshot)
+    if snapshot.prev_actions_rewards is not None:
+        x = keras.layers.Concatenate(axis=-1)(
+            [x, inputs["prev_n_actions"], inputs["prev_n_rewards"]]
+        )
     for layer in network.encoder:
         x = _apply(layer, x)
+    state_out = {}
+    if network.lstm:
+        x, state_out = _lstm(x, network, snapshot, inputs)
     outputs = _head(x, network)
-    return keras.Model(observations, outputs, name=f"policy_{_safe(snapshot.module_id)}")
+    name = f"policy_{_safe(snapshot.module_id)}"
+    if not state_out:
+        return keras.Model(list(inputs.values()), outputs, name=name)
+    return keras.Model(list(inputs.values()), [outputs, *state_out.values()], name=name)
+
+
+def _stack_frames(x, past, snapshot: PolicySnapshot):
+    """FrameStacking: the previous frames (flat, oldest first) and this one, last axis."""
+    frames, shape = snapshot.frame_stack - 1, snapshot.input_shape[:-1]
+    past = keras.layers.Reshape((frames, *shape))(past)
+    past = keras.layers.Permute((*range(2, len(shape) + 2), 1))(past)
+    return keras.layers.Concatenate(axis=-1)([past, x])
+
+
+def _lstm(x, network: Network, snapshot: PolicySnapshot, inputs):
+    """RLlib's LSTM encoder for one time step: state_in_h/c -> output, state_out_h/c."""
+    names = [s.name for s in snapshot.state]
+    if len(network.lstm) != 1 or sorted(names) != ["c", "h"]:
+        raise UnsupportedModuleError(
+            f"An LSTM with {len(network.lstm)} layers cannot be rebuilt in Keras yet (one "
+            "layer can); ONNX is still exported from the torch module."
+        )
+    (layer,) = network.lstm
+    lstm = keras.layers.LSTM(layer.units, return_state=True)
+    sequence = keras.layers.Reshape((1, x.shape[-1]))(x)
+    output, h, c = lstm(sequence, initial_state=[inputs["state_in_h"], inputs["state_in_c"]])
+    lstm.set_weights(list(layer.weights))
+    state_out = {
+        "h": keras.layers.Identity(name="state_out_h")(h),
+        "c": keras.layers.Identity(name="state_out_c")(c),
+    }
+    return output, {name: state_out[name] for name in names}
 
 
 def _mean_std_filter(x, spec: MeanStdFilter):

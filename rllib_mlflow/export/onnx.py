@@ -1,5 +1,10 @@
 """Export the policy to ONNX from RLlib's own torch module, preprocessing and action rule
-included, so that ONNX Runtime alone computes the action the environment receives."""
+included, so that ONNX Runtime alone computes the action the environment receives.
+
+The graph's inputs and outputs are named after `PolicySnapshot.graph_inputs()` and
+`graph_outputs()`: the observation (or one input per key of a Dict observation), the
+recurrent state (`state_in_*` -> `state_out_*`) and the previous actions and rewards.
+"""
 
 from __future__ import annotations
 
@@ -12,40 +17,59 @@ from rllib_mlflow.snapshot import ActionRule, PolicySnapshot
 OPSET = 17
 
 
-def write_onnx(snapshot: PolicySnapshot, path: str) -> None:
+def write_onnx(snapshot: PolicySnapshot, path: str, *, dist_inputs_only: bool = False) -> None:
+    """Write the policy graph; with `dist_inputs_only`, without actions and state outputs
+    (the network alone, which the `.h5` of a traced module holds)."""
     policy = TorchPolicy(snapshot)
-    example = torch.zeros((2, *snapshot.input_shape), dtype=torch.float32)
+    inputs = snapshot.graph_inputs()
+    outputs = ["action_dist_inputs"] if dist_inputs_only else snapshot.graph_outputs()
+    policy.outputs = outputs
+    examples = tuple(torch.zeros((2, *shape), dtype=torch.float32) for _, shape in inputs)
+    names = [name for name, _ in inputs]
     torch.onnx.export(
         policy,
-        (example,),
+        examples,
         path,
-        input_names=["observations"],
-        output_names=["actions", "action_dist_inputs"],
-        dynamic_axes={
-            "observations": {0: "batch"},
-            "actions": {0: "batch"},
-            "action_dist_inputs": {0: "batch"},
-        },
+        input_names=names,
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in names + outputs},
         opset_version=OPSET,
         dynamo=False,  # the TorchScript tracer handles RLlib's dict-based forward passes
     )
 
 
 class TorchPolicy(torch.nn.Module):
-    """Raw observations -> (actions, action_dist_inputs) around RLlib's torch module."""
+    """Graph inputs -> (actions, action_dist_inputs, next state) around RLlib's module."""
 
     def __init__(self, snapshot: PolicySnapshot):
         super().__init__()
         self.module = checkpoint.restore_rl_module(snapshot)
         self.module.eval()
+        self.snapshot = snapshot
         self.rule = snapshot.action_rule
+        self.input_names = [name for name, _ in snapshot.graph_inputs()]
+        self.outputs = snapshot.graph_outputs()
         self.filter = snapshot.mean_std_filter
         if self.filter is not None:
             self.register_buffer("mean", torch.tensor(self.filter.mean, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(self.filter.std, dtype=torch.float32))
 
-    def forward(self, observations):
-        x = observations
+    def forward(self, *tensors):
+        named = dict(zip(self.input_names, tensors))
+        observations = self._module_observations(named)
+        if self.snapshot.state:
+            dist_inputs, state_out = self._recurrent_step(observations, named)
+        else:
+            dist_inputs, state_out = checkpoint.module_dist_inputs(self.module, observations), {}
+        results = {"actions": self._actions(dist_inputs), "action_dist_inputs": dist_inputs}
+        results.update({f"state_out_{name}": value for name, value in state_out.items()})
+        return tuple(results[name] for name in self.outputs)
+
+    def _module_observations(self, named):
+        keys = self.snapshot.observation_inputs
+        if keys is not None:
+            return {key: named[key] for key in keys}  # a fresh dict: modules may pop from it
+        x = named["observations"]
         if self.filter is not None:
             if self.filter.demean:
                 x = x - self.mean
@@ -53,8 +77,53 @@ class TorchPolicy(torch.nn.Module):
                 x = x / (self.std + self.filter.epsilon)
             if self.filter.clip:
                 x = torch.clamp(x, -self.filter.clip, self.filter.clip)
-        dist_inputs = checkpoint.module_dist_inputs(self.module, x)
-        return torch_actions(dist_inputs, self.rule), dist_inputs
+        if self.snapshot.frame_stack > 1:
+            # FrameStacking: the previous frames, oldest first, then this one, on the last axis.
+            past = named["prev_frames"].reshape(
+                x.shape[0], self.snapshot.frame_stack - 1, *self.snapshot.input_shape[:-1]
+            )
+            x = torch.cat([torch.movedim(past, 1, -1), x], dim=-1)
+        if self.snapshot.prev_actions_rewards is not None:
+            # FlattenObservations after PrevActionsPrevRewards: the Dict's keys in sorted
+            # order ("_orig_obs", "prev_n_actions", "prev_n_rewards").
+            x = torch.cat([x, named["prev_n_actions"], named["prev_n_rewards"]], dim=-1)
+        return x
+
+    def _recurrent_step(self, observations, named):
+        """One time step with the state as explicit tensors ([B, size] each)."""
+        from ray.rllib.core.columns import Columns
+        from ray.rllib.core.models.base import ENCODER_OUT
+
+        batch = observations.shape[0]
+        flat = {
+            s.name: named[f"state_in_{s.name}"].reshape(batch, *s.shape)
+            for s in self.snapshot.state
+        }
+        inputs = {Columns.OBS: observations[:, None]}
+        network = self.snapshot.network
+        if network is not None and network.lstm:
+            # RLlib's default stateful PPO module: only the actor's encoder decides actions.
+            encoder = checkpoint.lstm_actor_encoder(self.module)
+            out = encoder({**inputs, Columns.STATE_IN: flat})
+            dist_inputs = self.module.pi(out[ENCODER_OUT])[:, 0]
+            state_out = out[Columns.STATE_OUT]
+        else:
+            like = self.module.get_initial_state()
+            state_in = checkpoint.unflatten_state(flat, like)
+            out = self.module.forward_inference({**inputs, Columns.STATE_IN: state_in})
+            dist_inputs = out[Columns.ACTION_DIST_INPUTS][:, 0]
+            state_out = checkpoint.flatten_state(out[Columns.STATE_OUT])
+        return dist_inputs, {
+            s.name: state_out[s.name].reshape(batch, s.size) for s in self.snapshot.state
+        }
+
+    def _actions(self, dist_inputs):
+        if self.snapshot.custom_distribution is None:
+            return torch_actions(dist_inputs, self.rule)
+        # Trace the module's own distribution, on a copy: it may change its input in place.
+        dist_cls = self.module.get_inference_action_dist_cls()
+        actions = dist_cls.from_logits(dist_inputs.clone()).to_deterministic().sample()
+        return _normalize_and_clip(actions, self.rule) if not self.rule.is_discrete else actions
 
 
 def torch_actions(dist_inputs, rule: ActionRule):
@@ -65,7 +134,11 @@ def torch_actions(dist_inputs, rule: ActionRule):
         parts = torch.split(dist_inputs, list(rule.input_lens), dim=-1)
         return torch.stack([torch.argmax(p, dim=-1) for p in parts], dim=-1)
     size = rule.input_lens[0]
-    actions = dist_inputs[:, :size]
+    return _normalize_and_clip(dist_inputs[:, :size], rule)
+
+
+def _normalize_and_clip(actions, rule: ActionRule):
+    """RLlib's NormalizeAndClipActions connector in torch ops."""
     if rule.normalize_actions or rule.clip_actions:
         low = torch.from_numpy(np.asarray(rule.low, np.float32))
         high = torch.from_numpy(np.asarray(rule.high, np.float32))

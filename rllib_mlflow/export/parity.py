@@ -2,13 +2,16 @@
 
 RLlib's restored torch module, action distribution and connector logic
 (`checkpoint.rllib_reference`) and each export, loaded back from disk, receive the same
-observations sampled from the observation space. Discrete actions must be identical;
-continuous actions and action_dist_inputs must agree within the tolerance.
+observations sampled from the observation space. A stateful policy plays sequences instead,
+its state (and previous actions and rewards) carried from step to step on both sides
+(`checkpoint.rllib_sequence_reference`). Discrete actions must be identical; continuous
+actions and action_dist_inputs must agree within the tolerance.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,15 +23,24 @@ from rllib_mlflow.spaces import space_from_json
 
 TOLERANCE = 1e-5
 DEFAULT_OBSERVATIONS = 1000
+SEQUENCES = 8  # parallel episodes a stateful policy's observations are split into
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> np.ndarray:
-    """`count` raw observations from the snapshot's observation space, as model input."""
+def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> Any:
+    """`count` raw observations from the snapshot's observation space, as model input
+    (a dict of batched arrays for a module that reads Dict observations)."""
     import gymnasium as gym
 
     space = space_from_json(snapshot.observation_space)
     space.seed(seed)
     samples = [space.sample() for _ in range(count)]
+    if snapshot.observation_inputs is not None:
+        return {
+            key: np.asarray([s[key] for s in samples], np.float32).reshape(count, *shape)
+            for key, shape in snapshot.observation_inputs.items()
+        }
     if snapshot.flatten_observations:
         samples = [gym.spaces.flatten(space, s) for s in samples]
     return np.asarray(samples, dtype=np.float32).reshape(count, *snapshot.input_shape)
@@ -42,21 +54,17 @@ def check_parity(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Compare each written format with RLlib; raise ParityError beyond tolerance."""
-    batch = sample_observations(snapshot, observations, seed)
-    want_actions, want_inputs = checkpoint.rllib_reference(snapshot)(batch)
+    compare = _compare_sequences if snapshot.is_stateful else _compare_batch
     report: dict[str, Any] = {
         "observations": observations,
         "seed": seed,
         "tolerance": TOLERANCE,
         "reference": "RLlib torch module + inference distribution + connectors",
-        "formats": {},
+        "formats": compare(snapshot, export_dir, formats, observations, seed),
     }
-    rule = snapshot.action_rule.to_json()
-    for fmt in formats:
-        actions, dist_inputs = _run_format(fmt, export_dir, batch, rule)
-        report["formats"][fmt] = _compare(
-            want_actions, want_inputs, actions, dist_inputs, snapshot.action_rule.is_discrete
-        )
+    if snapshot.is_stateful:
+        report["sequences"] = SEQUENCES
+        report["reference"] += ", state carried through each sequence"
     report["max_abs_diff"] = max(
         (r["max_abs_diff"] for r in report["formats"].values()), default=0.0
     )
@@ -71,30 +79,111 @@ def check_parity(
     return report
 
 
-def _run_format(fmt: str, export_dir: str, batch: np.ndarray, rule: dict):
-    if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(
-            os.path.join(export_dir, "model.onnx"), providers=["CPUExecutionProvider"]
+def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
+    batch = sample_observations(snapshot, observations, seed)
+    want_actions, want_inputs = checkpoint.rllib_reference(snapshot)(batch)
+    feeds = batch if isinstance(batch, dict) else {"observations": batch}
+    results = {}
+    for fmt in formats:
+        out = format_runner(fmt, export_dir, snapshot)(feeds)
+        results[fmt] = _compare(
+            want_actions,
+            want_inputs,
+            out["actions"],
+            out["action_dist_inputs"],
+            snapshot.action_rule.is_discrete,
         )
-        actions, inputs = session.run(["actions", "action_dist_inputs"], {"observations": batch})
-        return actions, inputs
-    if fmt == "saved_model":
-        import tensorflow as tf
+    return results
 
-        serve = tf.saved_model.load(os.path.join(export_dir, "saved_model")).signatures[
-            "serving_default"
-        ]
-        out = serve(observations=tf.constant(batch))
-        return out["actions"].numpy(), out["action_dist_inputs"].numpy()
+
+def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
+    steps = max(1, observations // SEQUENCES)
+    flat = sample_observations(snapshot, steps * SEQUENCES, seed)
+    sequences = flat.reshape(steps, SEQUENCES, *flat.shape[1:])
+    rewards = np.random.default_rng(seed).normal(size=(steps, SEQUENCES)).astype(np.float32)
+    want_actions, want_inputs = checkpoint.rllib_sequence_reference(snapshot)(sequences, rewards)
+    results = {}
+    for fmt in formats:
+        run = format_runner(fmt, export_dir, snapshot)
+        actions, inputs = _play(snapshot, run, sequences, rewards)
+        results[fmt] = _compare(
+            want_actions, want_inputs, actions, inputs, snapshot.action_rule.is_discrete
+        )
+    return results
+
+
+def _play(snapshot: PolicySnapshot, run: Runner, sequences: np.ndarray, rewards: np.ndarray):
+    """Run an export step by step, feeding back its state and history windows (the actions
+    it chose, the observations it saw, and the rewards the reference was given)."""
+    steps, batch = sequences.shape[:2]
+    state = {
+        f"state_in_{s.name}": np.tile(s.initial.astype(np.float32), (batch, 1))
+        for s in snapshot.state
+    }
+    windows = snapshot.history()
+    state.update({w.name: np.zeros((batch, w.width), np.float32) for w in windows})
+    all_actions, all_inputs = [], []
+    for t in range(steps):
+        out = run({"observations": sequences[t], **state})
+        for s in snapshot.state:
+            state[f"state_in_{s.name}"] = out[f"state_out_{s.name}"]
+        for w in windows:
+            newest = _newest(w, out["actions"], rewards[t], sequences[t])
+            state[w.name] = _push(state[w.name], newest.astype(np.float32))
+        all_actions.append(out["actions"])
+        all_inputs.append(out["action_dist_inputs"])
+    return np.stack(all_actions), np.stack(all_inputs)
+
+
+def _newest(window, actions, rewards, observations) -> np.ndarray:
+    """What enters a history window after this step."""
+    if window.push == "action_one_hot":
+        return np.eye(window.item)[actions]
+    if window.push == "reward":
+        return rewards[:, None]
+    return observations.reshape(observations.shape[0], -1)
+
+
+def _push(window: np.ndarray, newest: np.ndarray) -> np.ndarray:
+    return np.concatenate([window, newest], axis=1)[:, newest.shape[1] :]
+
+
+def format_runner(fmt: str, export_dir: str, snapshot: PolicySnapshot) -> Runner:
+    """One written format as a function: {graph input: batch} -> {graph output: batch}."""
+    outputs = snapshot.graph_outputs()
+    if fmt in ("onnx", "saved_model"):
+        backend = "onnxruntime" if fmt == "onnx" else "tensorflow"
+        return serving._load_backend(backend, export_dir, outputs)
     if fmt == "h5":
+        return _h5_runner(os.path.join(export_dir, "model.h5"), snapshot)
+    raise ValueError(f"Unknown format {fmt!r}.")
+
+
+def _h5_runner(path: str, snapshot: PolicySnapshot) -> Runner:
+    """The `.h5` holds the network alone: actions follow from the action rule."""
+    if snapshot.network is not None:
         import keras
 
-        model = keras.models.load_model(os.path.join(export_dir, "model.h5"), safe_mode=True)
-        inputs = np.asarray(model(batch))
-        return serving.deterministic_actions(inputs, rule), inputs
-    raise ValueError(f"Unknown format {fmt!r}.")
+        model = keras.models.load_model(path, safe_mode=True)
+    else:
+        import tf_keras  # onnx2tf writes tf_keras (Keras 2) files
+
+        model = tf_keras.models.load_model(path)
+    names = [name for name, _ in snapshot.graph_inputs()]
+    state_names = [f"state_out_{s.name}" for s in snapshot.state]
+    rule = snapshot.action_rule.to_json()
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = model([feeds[name] for name in names])
+        out = [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else [np.asarray(out)]
+        dist_inputs = out[0]
+        return {
+            "actions": serving.deterministic_actions(dist_inputs, rule),
+            "action_dist_inputs": dist_inputs,
+            **dict(zip(state_names, out[1:])),
+        }
+
+    return run
 
 
 def _compare(want_actions, want_inputs, actions, inputs, discrete: bool) -> dict[str, Any]:

@@ -7,22 +7,28 @@ import numpy as np
 import tensorflow as tf
 
 from rllib_mlflow import _tensorflow_first  # noqa: F401 - before Keras builds anything
-from rllib_mlflow.snapshot import ActionRule
+from rllib_mlflow.snapshot import ActionRule, PolicySnapshot
 
 
 def write_h5(model, path: str) -> None:
-    """The network alone (observations -> action_dist_inputs), in the legacy H5 format."""
+    """The network alone (graph inputs -> action_dist_inputs and next state), legacy H5."""
     model.save(path)
 
 
-def write_saved_model(model, rule: ActionRule, input_shape: tuple[int, ...], path: str) -> None:
-    """A SavedModel whose serving_default returns `actions` and `action_dist_inputs`."""
+def write_saved_model(model, snapshot: PolicySnapshot, path: str) -> None:
+    """A SavedModel whose serving_default takes the graph inputs by name and returns
+    `actions`, `action_dist_inputs` and, for a stateful policy, `state_out_*`."""
+    inputs = snapshot.graph_inputs()
+    state_names = [f"state_out_{s.name}" for s in snapshot.state]
+    rule = snapshot.action_rule
 
-    def serve(observations):
-        dist_inputs = model(observations)
+    def serve(*tensors):
+        outputs = model(list(tensors))
+        dist_inputs, states = (outputs[0], outputs[1:]) if state_names else (outputs, [])
         return {
             "actions": tf_actions(dist_inputs, rule),
             "action_dist_inputs": dist_inputs,
+            **dict(zip(state_names, states)),
         }
 
     archive = keras.export.ExportArchive()
@@ -30,7 +36,9 @@ def write_saved_model(model, rule: ActionRule, input_shape: tuple[int, ...], pat
     archive.add_endpoint(
         name="serving_default",
         fn=serve,
-        input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="observations")],
+        input_signature=[
+            tf.TensorSpec([None, *shape], tf.float32, name=name) for name, shape in inputs
+        ],
     )
     archive.write_out(path, verbose=False)
 

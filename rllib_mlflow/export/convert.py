@@ -1,0 +1,85 @@
+"""TF SavedModel and `.h5` for modules Keras cannot rebuild, converted from their ONNX graph
+by onnx2tf (a maintained ONNX-to-TensorFlow converter).
+
+The SavedModel comes from the full graph (actions included), so its `serving_default` has
+the same named inputs and outputs as `model.onnx`. The `.h5` comes from the network alone
+(graph inputs -> action_dist_inputs) and is a tf_keras (Keras 2) file, as onnx2tf writes:
+load it with `tf_keras.models.load_model(path)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.snapshot import PolicySnapshot
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install the converter with `pip install --no-deps -r requirements-convert.txt` "
+    "(onnx2tf, tf-keras and their helpers, pinned in rllib-mlflow's repository)"
+)
+
+
+def converter_missing() -> str | None:
+    """Why onnx2tf cannot run here, or None when it can."""
+    missing = [
+        m
+        for m in ("onnx2tf", "tf_keras", "onnx_graphsurgeon", "sng4onnx", "ai_edge_litert")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        return f"the ONNX-to-TensorFlow converter is not installed ({', '.join(missing)}): " + (
+            INSTALL_HINT
+        )
+    return None
+
+
+def write_saved_model_from_onnx(snapshot: PolicySnapshot, onnx_path: str, path: str) -> None:
+    """Convert the full ONNX graph into a SavedModel directory at `path`."""
+    with tempfile.TemporaryDirectory(prefix="rllib_mlflow_onnx2tf_") as work:
+        _convert(onnx_path, work, h5=False)
+        Path(path).mkdir(parents=True)
+        for name in ("saved_model.pb", "variables", "assets", "fingerprint.pb"):
+            source = Path(work, name)
+            if source.is_dir():
+                shutil.copytree(source, Path(path, name))
+            elif source.exists():
+                shutil.copy(source, Path(path, name))
+
+
+def write_h5_from_onnx(snapshot: PolicySnapshot, path: str) -> None:
+    """Convert the network alone (graph inputs -> action_dist_inputs) into a tf_keras `.h5`."""
+    from rllib_mlflow.export.onnx import write_onnx
+
+    with tempfile.TemporaryDirectory(prefix="rllib_mlflow_onnx2tf_") as work:
+        network = os.path.join(work, "network.onnx")
+        write_onnx(snapshot, network, dist_inputs_only=True)
+        _convert(network, os.path.join(work, "out"), h5=True)
+        shutil.copy(os.path.join(work, "out", "network_float32.h5"), path)
+
+
+def _convert(onnx_path: str, output_dir: str, *, h5: bool) -> None:
+    reason = converter_missing()
+    if reason:
+        raise UnsupportedModuleError(reason)
+    import onnx2tf
+
+    try:
+        onnx2tf.convert(
+            input_onnx_file_path=onnx_path,
+            output_folder_path=output_dir,
+            output_h5=h5,
+            non_verbose=True,
+        )
+    except (Exception, SystemExit) as error:  # onnx2tf exits on ops it cannot convert
+        raise UnsupportedModuleError(
+            f"onnx2tf could not convert this module's ONNX graph to TensorFlow "
+            f"({type(error).__name__}: {error})."
+        ) from error

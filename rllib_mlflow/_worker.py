@@ -116,6 +116,7 @@ def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
             tracking_uri=task.get("tracking_uri"),
             checkpoint_uri=task["checkpoint_uri"],
             metrics_logged=task.get("metrics_logged", True),
+            video=task.get("video", False),
         )
 
     versions = with_retries(attempt, attempts=task.get("retries", 5) + 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
 from rllib_mlflow.tracking import result_metrics
 
 logger = logging.getLogger(__name__)
+
+# Called with (done, total, what) before the first and after each checkpoint.
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -38,6 +42,8 @@ def sync_experiment(
     *,
     tracking_uri: str | None = None,
     verify: bool = True,
+    video: bool = False,
+    on_progress: Progress | None = None,
 ) -> SyncReport:
     """Register every pending journal entry and every checkpoint on disk of an experiment."""
     journal = Journal(experiment_dir)
@@ -56,7 +62,7 @@ def sync_experiment(
     for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri):
         tasks.setdefault(task["key"], task)
     _resolve_runs(tasks.values(), Path(experiment_dir).name, tracking_uri)
-    return _register_all(tasks, name, tracking_uri, verify, journal)
+    return _register_all(tasks, name, tracking_uri, verify, journal, video, on_progress)
 
 
 def _resolve_runs(tasks, experiment_name: str, tracking_uri: str | None) -> None:
@@ -80,6 +86,8 @@ def register_path(
     *,
     tracking_uri: str | None = None,
     verify: bool = True,
+    video: bool = False,
+    on_progress: Progress | None = None,
 ) -> SyncReport:
     """Backfill: register the checkpoints of an experiment dir, a trial dir or one checkpoint.
 
@@ -104,7 +112,14 @@ def register_path(
         tasks = _tasks_on_disk(root, Journal(root).entries(), tracking_uri)
     if not tasks:
         raise registry.RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
-    return _register_all({t["key"]: t for t in tasks}, registered_model_name, tracking_uri, verify)
+    return _register_all(
+        {t["key"]: t for t in tasks},
+        registered_model_name,
+        tracking_uri,
+        verify,
+        video=video,
+        on_progress=on_progress,
+    )
 
 
 def _register_all(
@@ -113,12 +128,17 @@ def _register_all(
     tracking_uri: str | None,
     verify: bool,
     journal: Journal | None = None,
+    video: bool = False,
+    on_progress: Progress | None = None,
 ) -> SyncReport:
     report = SyncReport()
+    progress = on_progress or (lambda done, total, key: None)
+    progress(0, len(tasks), "")
     for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
-        print(f"rllib-mlflow: [{number}/{len(tasks)}] registering {key}", flush=True)
+        logger.info("[%d/%d] registering %s", number, len(tasks), key)
         task = {**task, "registered_model_name": name, "tracking_uri": tracking_uri}
         task["verify"] = verify
+        task["video"] = video or task.get("video", False)
         if not Path(task["checkpoint"]).exists():
             task["checkpoint"] = task["checkpoint_uri"]  # the staged copy is gone
         try:
@@ -127,10 +147,11 @@ def _register_all(
             report.failed[key] = f"{type(error).__name__}: {error}"
             if journal is not None:
                 journal.record(FAILED, key, error=report.failed[key])
-            continue
-        if journal is not None:
-            journal.record(REGISTERED, key, versions=versions)
-        report.registered.append(key)
+        else:
+            if journal is not None:
+                journal.record(REGISTERED, key, versions=versions)
+            report.registered.append(key)
+        progress(number, len(tasks), key)
     return report
 
 

@@ -41,6 +41,7 @@ class RegistrationSettings:
     best_mode: str = "max"
     formats: tuple[str, ...] = FORMATS
     log_rllib_checkpoint: bool = False
+    video: bool = False  # record a replay of one seeded episode with each version
 
     def __post_init__(self) -> None:
         registry.validate_registered_model_name(self.registered_model_name)
@@ -67,6 +68,7 @@ def log_checkpoint(
     tracking_uri: str | None = None,
     checkpoint_uri: str | None = None,
     metrics_logged: bool = False,
+    video: bool = False,
 ) -> list:
     """Export an RLlib checkpoint, log it to MLflow and register one version per module.
 
@@ -88,12 +90,19 @@ def log_checkpoint(
         checkpoint_uri: where the checkpoint lives, to record when ``checkpoint`` is a
             local copy of it (default: ``checkpoint`` itself).
         metrics_logged: the metrics are already in the run at this step (Tune callback).
+        video: record one seeded episode from the env's rgb_array render (no Ray) as
+            replay.gif with the LoggedModel, shown on the version's card.
 
     Returns:
         The registered ``ModelVersion`` of each module.
     """
     settings = RegistrationSettings(
-        registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
+        registered_model_name,
+        best_metric,
+        best_mode,
+        tuple(formats),
+        log_rllib_checkpoint,
+        video,
     )
     mlflow_client = registry.client(tracking_uri)
     registry.check_tracking_server(mlflow_client)
@@ -182,7 +191,7 @@ def _log_and_register(
     verify: bool,
 ):
     """Register one module's checkpoint unless this trial's iteration already is."""
-    from rllib_mlflow import flavor
+    from rllib_mlflow import card, flavor
 
     trial_id, trial_name = trial
     existing = registry.find_versions(
@@ -237,6 +246,7 @@ def _log_and_register(
         training_iteration,
         ", now @best" if moved else "",
     )
+    card.publish_new_version(mlflow_client, model_name, version, policy, video=settings.video)
     return version
 
 

@@ -212,7 +212,21 @@ def _finish_registration(records: list[dict[str, Any]], as_json: bool) -> None:
         sys.exit(1)
 
 
-@cli.command(context_settings=CONTEXT)
+class _EvaluateCommand(click.Command):
+    """`--versions 3 4 NAME` would read NAME as a version: say how to pass several."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            if "unexpected extra argument" in error.message:
+                error.message += (
+                    ". Pass several versions as --versions 3,4 (or --versions 3 --versions 4)."
+                )
+            raise
+
+
+@cli.command(cls=_EvaluateCommand, context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--env", "env_id", metavar="ENV_ID",
               help="Gymnasium env id. [default: the versions' env_id tag]")  # fmt: skip

@@ -100,7 +100,7 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replays_") as replays:
         jobs = [
             (name, int(v.version), env_id, episodes, seed, tracking_uri, max_steps)
-            + ((str(Path(replays, v.version)),) if video else (None,))
+            + ((str(Path(replays, str(v.version))),) if video else (None,))
             for v in selected
         ]
         results = _play_all(jobs, workers, progress)

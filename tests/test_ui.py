@@ -1,7 +1,8 @@
 """The MLflow UI, seen in Debian's headless chromium: the registered model's versions with
 their training_iteration tags and aliases, a version's model card with its replay, the
-experiment's Models tab, and the evaluation plot. Screenshots go to $RLLIB_MLFLOW_SCREENSHOTS (default: the test's tmp dir);
-docs/screenshots/ holds the ones the README shows."""
+experiment's Models tab, and the evaluation plot. Screenshots go to
+$RLLIB_MLFLOW_SCREENSHOTS (default: the test's tmp dir); docs/screenshots/ holds the ones
+the README shows."""
 
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def test_version_page_shows_training_iteration_tag(ui_server, page, tmp_path):
 
 
 def test_version_page_shows_the_model_card_and_the_replay(ui_server, page, tmp_path):
+    page.set_viewport_size({"width": 1400, "height": 1500})  # the whole card
     body = _open(page, f"{ui_server.uri}/#/models/{MODEL}/versions/2", "evaluation return")
     assert "PPO on CartPole-v1, training iteration 2" in body
     assert "parity with RLlib" in body and "passed" in body

@@ -33,7 +33,17 @@ _QUIET_THIRD_PARTY = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
 }
-_NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "ray", "alembic", "urllib3", "matplotlib")
+# Ray resets the levels of "ray" and "ray.rllib" when it is imported, not of their children.
+_NOISY_LOGGERS = (
+    "absl",
+    "tensorflow",
+    "h5py",
+    "alembic",
+    "urllib3",
+    "matplotlib",
+    "ray",
+    "ray._common.deprecation",  # RLlib's own deprecations, on every module restore
+)
 
 
 def silence_third_party() -> None:

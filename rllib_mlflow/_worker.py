@@ -212,6 +212,9 @@ class Session:
 
 
 def main() -> None:
+    from rllib_mlflow.console import silence_third_party
+
+    silence_third_party()  # before TensorFlow loads: its C++ logs would fill the user's console
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(19)  # training comes first: this work fills the moments the cores are idle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")

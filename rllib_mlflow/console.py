@@ -21,7 +21,8 @@ from rllib_mlflow._logging import PREFIX_FORMAT
 
 logger = logging.getLogger("rllib_mlflow")
 
-# Read by TensorFlow, absl, gRPC and pygame at import: set before any of them loads.
+# Read by TensorFlow, absl, gRPC and pygame at import: set before any of them loads. oneDNN's
+# notice is logged before absl is initialised, which no log level hides: turn the notice off.
 _QUIET_THIRD_PARTY = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "TF_ENABLE_ONEDNN_OPTS": "0",
@@ -29,31 +30,29 @@ _QUIET_THIRD_PARTY = {
     "GLOG_minloglevel": "3",
     "ABSL_MIN_LOG_LEVEL": "3",
     "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
 }
 # Ray resets the levels of "ray" and "ray.rllib" when it is imported, not of their children.
-_NOISY_LOGGERS = (
-    "absl",
-    "tensorflow",
-    "h5py",
-    "alembic",
-    "urllib3",
-    "matplotlib",
-    "ray",
-    "ray._common.deprecation",  # RLlib's own deprecations, on every module restore
-)
+_NOISY_LOGGERS = {
+    "absl": logging.ERROR,
+    "tensorflow": logging.ERROR,
+    "h5py": logging.ERROR,
+    "alembic": logging.WARNING,
+    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables..."
+    "urllib3": logging.ERROR,
+    "matplotlib": logging.ERROR,
+    "ray": logging.ERROR,
+    "ray._common.deprecation": logging.ERROR,  # RLlib's deprecations, on every module restore
+}
 
 
 def silence_third_party() -> None:
-    """Keep TensorFlow's C++ logs, absl, Ray and Python warnings of other libraries out of
-    our output (the user's own settings win)."""
+    """Keep TensorFlow's C++ logs, absl, Ray, MLflow's info and Python warnings of other
+    libraries out of our own processes' output (the user's own settings win)."""
     for name, value in _QUIET_THIRD_PARTY.items():
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore")
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in _NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def configure_logging(verbosity: int) -> None:

@@ -108,10 +108,11 @@ def test_unknown_model_is_one_line_naming_the_store_and_its_models(store):
     assert verbose.exit_code == 1 and "Traceback" in verbose.stderr
 
 
-def test_an_unreachable_server_is_given_up_on_within_seconds():
+def test_an_unreachable_server_is_given_up_on_within_seconds(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    for args in (["versions", "foo"], ["prune", "foo", "--keep-last", "1"],
-                 ["evaluate", "foo"], ["register", ".", "--name", "foo"]):  # fmt: skip
+    for args in (["versions", "foo"], ["prune", "foo", "--keep-last", "1"], ["evaluate", "foo"],
+                 ["register", str(tmp_path), "--name", "foo"],
+                 ["sync", str(tmp_path), "--name", "foo"]):  # fmt: skip
         started = time.monotonic()
         result = run(*args, "--tracking-uri", dead)
         assert time.monotonic() - started < 30, args

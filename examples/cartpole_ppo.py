@@ -91,6 +91,7 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for Ray's worker processes too
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow's notice at import
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new output prints even at verbose=0
     for name in ("ray.rllib", "ray.tune", "ray._common.deprecation"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

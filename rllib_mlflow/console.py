@@ -37,7 +37,8 @@ _NOISY_LOGGERS = {
     "tensorflow": logging.ERROR,
     "h5py": logging.ERROR,
     "alembic": logging.WARNING,
-    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables..."
+    # MLflow resets "mlflow" when it is imported: "Creating initial MLflow database tables..."
+    "mlflow.store.db.utils": logging.WARNING,
     "urllib3": logging.ERROR,
     "matplotlib": logging.ERROR,
     "ray": logging.ERROR,

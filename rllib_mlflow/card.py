@@ -147,7 +147,7 @@ def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
         ("module", _code(tags.get(registry.TAG_MODULE_ID))),
     ]
     lines = [
-        f"### {algorithm} on {env_id}, training iteration {iteration}",
+        _headline(algorithm, env_id, iteration, tags),
         "",
         "| | |",
         "|---|---|",
@@ -158,6 +158,17 @@ def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
         *_snippets(name, number, iteration),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _headline(algorithm: str, env_id: str, iteration: str, tags: dict[str, str]) -> str:
+    """Plain text: the UI's list of versions shows the description's first characters."""
+    parts = [f"{algorithm} on {env_id}, training iteration {iteration}"]
+    if tags.get("episode_return_mean") is not None:
+        parts.append(f"training return {_number(tags['episode_return_mean'])}")
+    evaluation = _evaluation(tags, None, None)
+    if evaluation:
+        parts.append(f"evaluation return {evaluation}")
+    return " · ".join(parts)
 
 
 def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
@@ -181,14 +192,15 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     named = sorted((a, str(v)) for a, v in aliases.items() if not _ITERATION_ALIAS.match(a))
-    named.append(("(latest)", str(latest.version)))
+    named = [(f"`{alias}`", number) for alias, number in named]
+    named.append(("latest version", str(latest.version)))
     for alias, number in named:
         version = by_number.get(number)
         if version is None:
             continue
         tags = version.tags
         lines.append(
-            f"| `{alias}` | {number} | {tags.get(registry.TAG_ITERATION, _MISSING)} | "
+            f"| {alias} | {number} | {tags.get(registry.TAG_ITERATION, _MISSING)} | "
             f"{_number(tags.get('episode_return_mean')) or _MISSING} | "
             f"{_evaluation(tags, None, None) or _MISSING} |"
         )

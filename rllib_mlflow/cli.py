@@ -347,6 +347,7 @@ def prune(name, keep_last, keep_best, delete_artifacts, dry_run, tracking_uri, a
     uri = stores.resolve(tracking_uri)
     mlflow_client = stores.check(uri, must_exist=True)
     stores.require_model(mlflow_client, name, uri)
+    logger.info("pruning %s in %s", name, stores.shown(uri))
     with console.progress_bar(f"prune {name}", _show_progress() and not dry_run) as progress:
         plan = run_prune(mlflow_client, name, keep_last, keep_best,
                          delete_artifacts=delete_artifacts, dry_run=dry_run,

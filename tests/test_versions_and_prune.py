@@ -110,6 +110,11 @@ def test_register_backfills_an_experiment_trained_without_the_callback(ray_sessi
     for version in versions:  # a card and a replay on each
         assert_card_and_replay(client, version)
     one_checkpoint = next(experiment.glob("*/checkpoint_000001"))
-    again = _cli("register", str(one_checkpoint), "--name", "backfilled", "--tracking-uri", uri)
+    again = _cli(
+        "register", str(one_checkpoint), "--name", "backfilled", "--tracking-uri", uri, "--json"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
+    (report,) = json.loads(again.stdout)
+    assert report["path"] == str(one_checkpoint) and report["tracking_uri"] == uri
+    assert len(report["registered"]) == 1 and report["failed"] == {}
     assert len(client.search_model_versions("name = 'backfilled'")) == 4  # idempotent

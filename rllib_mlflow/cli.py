@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ class _Group(click.Group):
             raise
         except Exception as error:
             if ctx.meta.get("rllib_mlflow.verbosity", 0) > 0:
-                logger.exception("failed")
+                click.echo(traceback.format_exc(), err=True)
             click.echo(f"rllib-mlflow: error: {console.one_line(error)}", err=True)
             ctx.exit(1)
 
@@ -43,7 +44,6 @@ class _Group(click.Group):
 def cli() -> None:
     """Export RLlib checkpoints as standard models (TF SavedModel, Keras .h5, ONNX) and
     register them in MLflow."""
-    console.silence_third_party()
 
 
 # -- options shared by the commands ----------------------------------------------------------
@@ -66,8 +66,8 @@ def _common(command: Callable) -> Callable:
                   help="Debug messages, and the traceback of a failure.")  # fmt: skip
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        console.configure_logging(_level())
-        return command(*args, **kwargs)
+        with console.command_logging(_level()):
+            return command(*args, **kwargs)
 
     return wrapper
 
@@ -374,6 +374,7 @@ def _pruned(version) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """The console script: run the command and return its exit code."""
+    console.silence_third_party()  # this process is ours: before TensorFlow or Ray load
     try:
         cli.main(args=argv, prog_name="rllib-mlflow", standalone_mode=True)
     except SystemExit as exit_:

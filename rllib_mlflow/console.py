@@ -56,16 +56,30 @@ def silence_third_party() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def configure_logging(verbosity: int) -> None:
-    """-q: warnings and errors only; default: our progress messages; -v: debug."""
+@contextlib.contextmanager
+def command_logging(verbosity: int) -> Iterator[None]:
+    """Our messages on stderr while a command runs: -q warnings and errors only, default
+    our progress messages too, -v debug. Restored afterwards, for callers in-process."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     package = logging.getLogger("rllib_mlflow")
-    package.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    saved = package.handlers[:], package.level, package.propagate
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter(PREFIX_FORMAT))
-    package.addHandler(handler)
+    package.handlers[:] = [handler]
     package.setLevel(level)
-    package.propagate = False
+    package.propagate = False  # TensorFlow puts absl's handler on the root logger
+    try:
+        yield
+    finally:
+        package.handlers[:], package.level, package.propagate = saved
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a message comes (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def one_line(error: BaseException, limit: int = 600) -> str:

@@ -22,6 +22,7 @@ from rllib_mlflow import __version__, console
 logger = logging.getLogger("rllib_mlflow.cli")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+VERBOSITY = "rllib_mlflow.verbosity"  # in click's ctx.meta: -1 with -q, 1 with -v
 
 
 class _Group(click.Group):
@@ -33,7 +34,7 @@ class _Group(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as error:
-            if ctx.meta.get("rllib_mlflow.verbosity", 0) > 0:
+            if ctx.meta.get(VERBOSITY, 0) > 0:
                 click.echo(traceback.format_exc(), err=True)
             click.echo(f"rllib-mlflow: error: {console.one_line(error)}", err=True)
             ctx.exit(1)
@@ -51,8 +52,7 @@ def cli() -> None:
 
 def _verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if value:
-        key = "rllib_mlflow.verbosity"
-        ctx.meta[key] = -1 if param.name == "quiet" else max(1, ctx.meta.get(key, 0))
+        ctx.meta[VERBOSITY] = -1 if param.name == "quiet" else 1
     return value
 
 
@@ -73,7 +73,7 @@ def _common(command: Callable) -> Callable:
 
 
 def _level() -> int:
-    return click.get_current_context().meta.get("rllib_mlflow.verbosity", 0)
+    return click.get_current_context().meta.get(VERBOSITY, 0)
 
 
 def _show_progress() -> bool:

@@ -40,9 +40,12 @@ def publish_new_version(mlflow_client, name: str, version, exported, *, video: b
     """Card (and, with `video`, replay) of a version just registered from `exported` (an
     `ExportedPolicy`), and the family card. A failure here is logged, never raised: the
     version is registered, and `rllib-mlflow evaluate` rewrites cards."""
-    try:
-        if video:
+    if video:
+        try:
             record_and_attach(mlflow_client, name, version.version, exported.path)
+        except Exception as error:  # the card says there is no replay
+            logger.warning("No replay for %s version %s: %s", name, version.version, error)
+    try:
         publish_version_card(mlflow_client, name, version.version, policy=exported.policy)
         publish_family_card(mlflow_client, name)
     except Exception as error:

@@ -196,11 +196,18 @@ def _play(
             done = terminated or truncated
         returns.append(total)
     env.close()
-    replay = None
-    if replay_dir is not None:
-        os.makedirs(replay_dir, exist_ok=True)
-        replay = record_replay(policy, env_id, replay_dir, seed=seed, max_steps=max_steps or 1000)
-    return tuple(returns), replay
+    if replay_dir is None:
+        return tuple(returns), None
+    return tuple(returns), _replay(policy, env_id, replay_dir, seed, max_steps or 1000)
+
+
+def _replay(policy, env_id: str, directory: str, seed: int, max_steps: int) -> Replay:
+    """The replay of episode 0; a failure to record it fails only the replay."""
+    os.makedirs(directory, exist_ok=True)
+    try:
+        return record_replay(policy, env_id, directory, seed=seed, max_steps=max_steps)
+    except Exception as error:
+        return Replay(None, skipped=f"recording failed ({type(error).__name__}: {error})")
 
 
 def _evaluation(version, returns: tuple[float, ...], replay: Replay | None) -> VersionEvaluation:

@@ -5,12 +5,19 @@
 Each checkpoint (one per iteration) is exported to TF SavedModel, Keras .h5 and ONNX,
 checked against RLlib, logged as a LoggedModel of the trial's run at its training
 iteration, and registered as a version of `cartpole-ppo` with the aliases `best` and
-`iter-N`. Without --tracking-uri (and MLFLOW_TRACKING_URI) everything goes to MLflow's
-embedded default store, ./mlflow.db.
+`iter-N`, with a model card and a replay of one episode. Without --tracking-uri (and
+MLFLOW_TRACKING_URI) everything goes to MLflow's embedded default store, ./mlflow.db.
+
+The output is one line per training iteration and rllib-mlflow's messages: Tune's tables
+and Ray's, TensorFlow's and gymnasium's notices are turned off (see `quiet_third_party`).
 """
 
 import argparse
+import logging
 import os
+import shlex
+import sys
+from pathlib import Path
 
 import ray
 from ray import tune
@@ -37,7 +44,10 @@ def main() -> None:
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
         .debugging(seed=0)
     )
-    ray.init(num_cpus=2, include_dashboard=False)
+    quiet_third_party()
+    # Ray's workers' output is not forwarded: a failed trial is still reported below.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    callback = MLflowCheckpointCallback(MODEL_NAME, tracking_uri=args.tracking_uri, video=True)
     tuner = tune.Tuner(
         "PPO",
         param_space=config,
@@ -46,37 +56,80 @@ def main() -> None:
             storage_path=args.storage,
             stop={"training_iteration": args.iterations},
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=3),
-            callbacks=[MLflowCheckpointCallback(MODEL_NAME, tracking_uri=args.tracking_uri)],
-            verbose=1,
+            callbacks=[ProgressLine(args.iterations), callback],
+            verbose=0,
         ),
     )
-    tuner.fit()
+    results = tuner.fit()
     ray.shutdown()
+    if results.errors:
+        raise SystemExit(f"Training failed: {results.errors}")
     print_next_steps(args.tracking_uri)
 
 
+class ProgressLine(tune.Callback):
+    """One line per training iteration, instead of Tune's tables."""
+
+    def __init__(self, iterations: int):
+        self.iterations = iterations
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        runners = result.get("env_runners", {})
+        print(
+            f"iteration {result['training_iteration']}/{self.iterations}: episode return "
+            f"{runners.get('episode_return_mean', float('nan')):.1f}, "
+            f"{int(runners.get('num_env_steps_sampled_lifetime', 0)):,} env steps, "
+            f"{result['time_total_s']:.0f} s",
+            flush=True,
+        )
+
+
+def quiet_third_party() -> None:
+    """Python warnings (gymnasium's, Ray's deprecations) and RLlib's notices, off."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for Ray's worker processes too
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow's notice at import
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new output prints even at verbose=0
+    for name in ("ray.rllib", "ray.tune", "ray._common.deprecation"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def print_next_steps(tracking_uri: str | None) -> None:
+    """Where the versions are, and commands that run as printed from a fresh shell: absolute
+    paths, and this environment's executables (the venv need not be activated)."""
+    import mlflow
+
     from rllib_mlflow import load_policy
     from rllib_mlflow.registry import find_version
 
-    uri = tracking_uri or "sqlite:///mlflow.db"
-    best = find_version(f"models:/{MODEL_NAME}@best", tracking_uri=tracking_uri)
-    policy = load_policy(f"models:/{MODEL_NAME}@best", tracking_uri=tracking_uri)
+    uri = tracking_uri or mlflow.get_tracking_uri()  # sqlite:////abs/path/mlflow.db
+    best = find_version(f"models:/{MODEL_NAME}@best", tracking_uri=uri)
+    policy = load_policy(f"models:/{MODEL_NAME}@best", tracking_uri=uri)
+    bin_dir = Path(sys.prefix) / "bin"
+    store = f"MLFLOW_TRACKING_URI={shlex.quote(uri)}"
+    iteration = best.tags["training_iteration"]
+    load = (
+        f"p = rllib_mlflow.load_policy('{MODEL_NAME}', training_iteration={iteration}); "
+        "print(p.compute_actions([[0.0, 0.0, 0.0, 0.0]]))"
+    )
     print(f"""
-Every checkpoint is now a registered version of '{MODEL_NAME}'; @best is version \
-{best.version} (training_iteration {best.tags["training_iteration"]}, episode return \
-{best.tags.get("episode_return_mean", "?")}). Its action for a resting pole: \
+Every checkpoint is now a registered version of '{MODEL_NAME}' in {uri}, with its model \
+card and replay; @best is version {best.version} (training_iteration {iteration}, episode \
+return {best.tags.get("episode_return_mean", "?")}). Its action for a resting pole: \
 {policy.compute_actions([[0.0, 0.0, 0.0, 0.0]])[0]}.
 
-Browse the versions, runs and the Models tab:
-    mlflow ui --backend-store-uri {uri}
+Browse the versions, their cards and replays, the runs and the Models tab (then open \
+http://127.0.0.1:5000/#/models/{MODEL_NAME}):
+    {bin_dir}/mlflow ui --backend-store-uri {shlex.quote(uri)} --port 5000
+Compare the versions:
+    {store} {bin_dir}/rllib-mlflow versions {MODEL_NAME}
 Serve the best checkpoint (no Ray needed):
-    MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{MODEL_NAME}@best \\
+    PATH={bin_dir}:$PATH {store} mlflow models serve -m models:/{MODEL_NAME}@best \\
         --env-manager local -p 5001
 Load the policy of a given training iteration in Python (neither Ray nor torch imported):
-    MLFLOW_TRACKING_URI={uri} python -c "import rllib_mlflow; \
-p = rllib_mlflow.load_policy('{MODEL_NAME}', training_iteration=3); \
-print(p.compute_actions([[0.0, 0.0, 0.0, 0.0]]))"
+    {store} {bin_dir}/python -c "import rllib_mlflow; {load}"
 """)
 
 

@@ -117,6 +117,7 @@ def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
             registry_uri=task.get("registry_uri"),
             checkpoint_uri=task["checkpoint_uri"],
             metrics_logged=task.get("metrics_logged", True),
+            video=task.get("video", False),
         )
 
     versions = with_retries(attempt, attempts=task.get("retries", 5) + 1)
@@ -192,6 +193,9 @@ class Session:
 
 
 def main() -> None:
+    from rllib_mlflow.console import silence_third_party
+
+    silence_third_party()  # before TensorFlow loads: its C++ logs would fill the user's console
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(19)  # training comes first: this work fills the moments the cores are idle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")

@@ -5,21 +5,29 @@ gymnasium (episode i of every version uses seed `seed + i`, so versions face the
 starts), in parallel across the machine's cores. Results become version tags
 (`eval.episode_return_mean`, ...), metrics of an evaluation run at
 step = training iteration, and a plot of evaluation and training return against the
-training iteration.
+training iteration. With `video`, the first episode of each version is also recorded as
+a replay (replay.gif with the version's LoggedModel). The versions' cards and the
+registered model's card are rewritten with the new facts.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rllib_mlflow import registry
+from rllib_mlflow import card, registry
+from rllib_mlflow.replay import Replay, record_replay
+
+logger = logging.getLogger(__name__)
 
 EVAL_ALIAS = "eval-best"
 EVAL_EXPERIMENT = "rllib-mlflow-evaluation"
@@ -32,6 +40,7 @@ class VersionEvaluation:
     trial: str | None
     training_return: float | None
     returns: tuple[float, ...]
+    replay: str | None = None  # the `replay` tag: "replay.gif" or "skipped: <why>"
 
     @property
     def mean(self) -> float:
@@ -47,6 +56,21 @@ class VersionEvaluation:
         }
 
 
+@dataclass(frozen=True)
+class EvaluationReport:
+    """What `evaluate` did: each version's results, the evaluation run, the best version."""
+
+    registered_model: str
+    env_id: str
+    run_id: str
+    best_version: int
+    versions: list[VersionEvaluation] = field(default_factory=list)
+
+
+# Called with (done, total, what) before the first and after each version.
+Progress = Callable[[int, int, str], None]
+
+
 def evaluate(
     name: str,
     env_id: str | None = None,
@@ -58,19 +82,41 @@ def evaluate(
     workers: int | None = None,
     move_alias: bool = False,
     max_steps: int | None = None,
-) -> list[VersionEvaluation]:
-    """Evaluate versions of `name` (all, or the given numbers/aliases) in `env_id`."""
+    video: bool = False,
+    on_progress: Progress | None = None,
+) -> EvaluationReport:
+    """Evaluate versions of `name` (all, or the given numbers/aliases) in `env_id`.
+
+    With `video`, each version's first episode (seed `seed`) is recorded from the env's
+    rgb_array render as replay.gif with its LoggedModel; envs that cannot render are
+    skipped, and the card says why."""
     mlflow_client = registry.client(tracking_uri)
     registry.check_tracking_server(mlflow_client)
     selected = _select(mlflow_client, name, versions)
     env_id = env_id or selected[0].tags.get("env_id")
     if not env_id:
         raise registry.RegistryError("Pass --env ENV_ID: the versions do not record their env.")
-    jobs = [
-        (name, int(v.version), env_id, episodes, seed, tracking_uri, max_steps) for v in selected
-    ]
+    progress = on_progress or (lambda done, total, what: None)
+    with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replays_") as replays:
+        jobs = [
+            (name, int(v.version), env_id, episodes, seed, tracking_uri, max_steps)
+            + ((str(Path(replays, str(v.version))),) if video else (None,))
+            for v in selected
+        ]
+        results = _play_all(jobs, workers, progress)
+        if video:
+            _attach_replays(mlflow_client, name, results, seed)
+    evaluations = [_evaluation(v, *results[int(v.version)]) for v in selected]
+    run_id, best = _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias)
+    _rewrite_cards(mlflow_client, name, evaluations)
+    return EvaluationReport(name, env_id, run_id, best.version, evaluations)
+
+
+def _play_all(jobs: list[tuple], workers: int | None, progress: Progress) -> dict[int, tuple]:
+    """Run `_play` for each job in a pool of processes; results by version number."""
     context = multiprocessing.get_context("spawn")
-    results: dict[int, tuple[float, ...]] = {}
+    results: dict[int, tuple] = {}
+    progress(0, len(jobs), "")
     with concurrent.futures.ProcessPoolExecutor(
         workers or os.cpu_count(), mp_context=context
     ) as pool:
@@ -78,14 +124,32 @@ def evaluate(
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             number = futures[future]
             results[number] = future.result()
-            print(
-                f"rllib-mlflow evaluate: [{done}/{len(jobs)}] version {number}: "
-                f"return {np.mean(results[number]):.1f} ± {np.std(results[number]):.1f}",
-                flush=True,
+            returns = results[number][0]
+            logger.info(
+                "[%d/%d] version %s: return %.1f ± %.1f",
+                done,
+                len(jobs),
+                number,
+                np.mean(returns),
+                np.std(returns),
             )
-    evaluations = [_evaluation(v, results[int(v.version)]) for v in selected]
-    _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias)
-    return evaluations
+            progress(done, len(jobs), f"version {number}")
+    return results
+
+
+def _attach_replays(mlflow_client, name: str, results: dict[int, tuple], seed: int) -> None:
+    for number, (_, replay) in sorted(results.items()):
+        card.attach_replay(mlflow_client, name, number, replay, seed=seed)
+
+
+def _rewrite_cards(mlflow_client, name: str, evaluations: list[VersionEvaluation]) -> None:
+    """The evaluation changed the facts: rewrite the evaluated versions' and the family card."""
+    try:
+        for evaluation in evaluations:
+            card.publish_version_card(mlflow_client, name, evaluation.version)
+        card.publish_family_card(mlflow_client, name)
+    except Exception as error:  # the results are recorded; a stale card is not fatal
+        logger.warning("Could not rewrite the model cards of %s: %s", name, error)
 
 
 def _select(mlflow_client, name: str, wanted: list[str] | None) -> list:
@@ -109,8 +173,10 @@ def _play(
     seed: int,
     tracking_uri: str | None,
     max_steps: int | None,
-) -> tuple[float, ...]:
-    """Runs in a worker process: load the version without Ray and play seeded episodes."""
+    replay_dir: str | None = None,
+) -> tuple[tuple[float, ...], Replay | None]:
+    """Runs in a worker process: load the version without Ray and play seeded episodes
+    (and record the first one in `replay_dir`, if given)."""
     import gymnasium as gym
 
     policy = registry.load_policy(f"models:/{name}/{version}", tracking_uri=tracking_uri)
@@ -130,10 +196,21 @@ def _play(
             done = terminated or truncated
         returns.append(total)
     env.close()
-    return tuple(returns)
+    if replay_dir is None:
+        return tuple(returns), None
+    return tuple(returns), _replay(policy, env_id, replay_dir, seed, max_steps or 1000)
 
 
-def _evaluation(version, returns: tuple[float, ...]) -> VersionEvaluation:
+def _replay(policy, env_id: str, directory: str, seed: int, max_steps: int) -> Replay:
+    """The replay of episode 0; a failure to record it fails only the replay."""
+    os.makedirs(directory, exist_ok=True)
+    try:
+        return record_replay(policy, env_id, directory, seed=seed, max_steps=max_steps)
+    except Exception as error:
+        return Replay(None, skipped=f"recording failed ({type(error).__name__}: {error})")
+
+
+def _evaluation(version, returns: tuple[float, ...], replay: Replay | None) -> VersionEvaluation:
     tags = version.tags
     iteration = tags.get(registry.TAG_ITERATION)
     training_return = tags.get("episode_return_mean")
@@ -143,10 +220,15 @@ def _evaluation(version, returns: tuple[float, ...]) -> VersionEvaluation:
         trial=tags.get(registry.TAG_TRIAL_NAME) or tags.get(registry.TAG_TRIAL_ID),
         training_return=None if training_return is None else float(training_return),
         returns=returns,
+        replay=None if replay is None else _replay_tag(replay),
     )
 
 
-def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias) -> None:
+def _replay_tag(replay: Replay) -> str:
+    return card.REPLAY_FILE if replay.path is not None else f"skipped: {replay.skipped}"
+
+
+def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias):
     """Version tags, an evaluation run with metrics and the plot, and the eval-best alias."""
     from mlflow.entities import Metric
 
@@ -159,6 +241,7 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
             name, str(evaluation.version), "eval.episodes", str(episodes)
         )
         mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.env_id", env_id)
+        mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.seed", str(seed))
     experiment = mlflow_client.get_experiment_by_name(EVAL_EXPERIMENT)
     experiment_id = (
         experiment.experiment_id if experiment else mlflow_client.create_experiment(EVAL_EXPERIMENT)
@@ -194,10 +277,14 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
     mlflow_client.set_terminated(run_id)
     if move_alias:
         mlflow_client.set_registered_model_alias(name, EVAL_ALIAS, str(best.version))
-    print(
-        f"rllib-mlflow evaluate: best version {best.version} (return {best.mean:.1f}); "
-        f"evaluation run {run_id} in experiment {EVAL_EXPERIMENT!r}"
+    logger.info(
+        "best version %s (return %.1f); evaluation run %s in experiment %r",
+        best.version,
+        best.mean,
+        run_id,
+        EVAL_EXPERIMENT,
     )
+    return run_id, best
 
 
 def _params(name, env_id, episodes, seed) -> list:

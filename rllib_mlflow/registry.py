@@ -528,38 +528,3 @@ def redact_uri(uri: str) -> str:
 def version_tags(**tags: Any) -> dict[str, str]:
     """Version tags as MLflow stores them: strings, with empty values dropped."""
     return {k: str(v) for k, v in tags.items() if v is not None and v != ""}
-
-
-def version_rows(mlflow_client, name: str) -> list[dict[str, Any]]:
-    """One dict per version of `name`, oldest first, for tables and scripts."""
-    import datetime
-
-    aliases: dict[str, list[str]] = {}
-    for alias, number in mlflow_client.get_registered_model(name).aliases.items():
-        aliases.setdefault(str(number), []).append(alias)
-    rows = []
-    for version in sorted(find_versions(mlflow_client, name), key=lambda v: int(v.version)):
-        tags = version.tags
-        created = datetime.datetime.fromtimestamp(version.creation_timestamp / 1000)
-        rows.append(
-            {
-                "version": int(version.version),
-                "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
-                "trial": tags.get(TAG_TRIAL_NAME) or tags.get(TAG_TRIAL_ID),
-                "iteration": _int_or_none(tags.get(TAG_ITERATION)),
-                "env_steps": _int_or_none(tags.get("num_env_steps_sampled_lifetime")),
-                "return": _float_or_none(tags.get("episode_return_mean")),
-                "eval_return": _float_or_none(tags.get("eval.episode_return_mean")),
-                "formats": tags.get("formats"),
-                "created": created.isoformat(timespec="seconds"),
-            }
-        )
-    return rows
-
-
-def _int_or_none(value: str | None) -> int | None:
-    return None if value is None else int(float(value))
-
-
-def _float_or_none(value: str | None) -> float | None:
-    return None if value is None else float(value)

@@ -3,16 +3,19 @@
 A version is kept when it is among the `keep_last` highest training iterations, among the
 `keep_best` best by the model's best metric, or holds an alias a person or a tool set
 (`best`, `eval-best`, anything but the per-iteration `iter-N` aliases, which go with their
-version). Everything else is deleted from the registry, and optionally its artifacts.
+version). Everything else is deleted from the registry, and optionally its artifacts; the
+registered model's card is then rewritten.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from rllib_mlflow import registry
+from rllib_mlflow import card, registry
+from rllib_mlflow.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def plan_prune(
     for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
         if value is not None and value < 0:
             raise ValueError(f"{label} must be >= 0, not {value}.")
+    if not registry.registered_model_exists(mlflow_client, name):
+        raise RegistryError(f"There is no registered model {name!r}: nothing to prune.")
     versions = registry.find_versions(mlflow_client, name)
     aliases = _aliases(mlflow_client, name)
     reasons: dict[str, str] = {}
@@ -67,16 +72,26 @@ def prune(
     *,
     delete_artifacts: bool = False,
     dry_run: bool = False,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> PrunePlan:
-    """Delete the versions outside the retention policy (nothing, with `dry_run`)."""
+    """Delete the versions outside the retention policy (nothing, with `dry_run`).
+
+    `on_progress(done, total, what)` is called before the first and after each deletion."""
     plan = plan_prune(mlflow_client, name, keep_last, keep_best)
-    if dry_run:
+    if dry_run or not plan.delete:
         return plan
-    for version in plan.delete:
+    progress = on_progress or (lambda done, total, what: None)
+    progress(0, len(plan.delete), "")
+    for done, version in enumerate(plan.delete, start=1):
         mlflow_client.delete_model_version(name, str(version.version))
         if delete_artifacts:
             _delete_logged_model(mlflow_client, version)
         logger.info("Deleted %s version %s", name, version.version)
+        progress(done, len(plan.delete), f"version {version.version}")
+    try:
+        card.publish_family_card(mlflow_client, name)
+    except Exception as error:  # the versions are gone; a stale summary is not fatal
+        logger.warning("Could not rewrite the card of %s: %s", name, error)
     return plan
 
 

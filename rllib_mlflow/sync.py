@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ _SETTING_DEFAULTS: dict[str, Any] = {
 }
 _TASK_DEFAULTS = {"metrics": {}, "trial_id": None, "trial_name": None, **_SETTING_DEFAULTS}
 
+# Called with (done, total, what) before the first and after each checkpoint.
+Progress = Callable[[int, int, str], None]
+
 
 @dataclass
 class SyncReport:
@@ -50,6 +54,8 @@ def sync_experiment(
     *,
     tracking_uri: str | None = None,
     verify: bool = True,
+    video: bool = False,
+    on_progress: Progress | None = None,
 ) -> SyncReport:
     """Register every pending journal entry and every checkpoint on disk of an experiment."""
     _require_directory(experiment_dir, "an experiment directory (e.g. ~/ray_results/my-exp)")
@@ -75,7 +81,7 @@ def sync_experiment(
     for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri):
         tasks.setdefault(task["key"], task)
     _resolve_runs(tasks.values(), Path(experiment_dir).name, tracking_uri)
-    return _register_all(tasks, name, tracking_uri, verify, journal)
+    return _register_all(tasks, name, tracking_uri, verify, journal, video, on_progress)
 
 
 def _resolve_runs(tasks, experiment_name: str, tracking_uri: str | None) -> None:
@@ -99,6 +105,8 @@ def register_path(
     *,
     tracking_uri: str | None = None,
     verify: bool = True,
+    video: bool = False,
+    on_progress: Progress | None = None,
 ) -> SyncReport:
     """Backfill: register the checkpoints of an experiment dir, a trial dir or one checkpoint.
 
@@ -119,7 +127,14 @@ def register_path(
         tasks = _tasks_on_disk(root, Journal(root).entries(), tracking_uri)
     if not tasks:
         raise registry.RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
-    return _register_all({t["key"]: t for t in tasks}, registered_model_name, tracking_uri, verify)
+    return _register_all(
+        {t["key"]: t for t in tasks},
+        registered_model_name,
+        tracking_uri,
+        verify,
+        video=video,
+        on_progress=on_progress,
+    )
 
 
 def _require_directory(path: str, what: str) -> None:
@@ -134,13 +149,18 @@ def _register_all(
     tracking_uri: str | None,
     verify: bool,
     journal: Journal | None = None,
+    video: bool = False,
+    on_progress: Progress | None = None,
 ) -> SyncReport:
     report = SyncReport()
+    progress = on_progress or (lambda done, total, key: None)
+    progress(0, len(tasks), "")
     for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
-        print(f"rllib-mlflow: [{number}/{len(tasks)}] registering {key}", flush=True)
+        logger.info("[%d/%d] registering %s", number, len(tasks), key)
         task = {**_TASK_DEFAULTS, **task, "registered_model_name": name}
         task["tracking_uri"] = tracking_uri
         task["verify"] = verify
+        task["video"] = video or task.get("video", False)
         if not Path(task["checkpoint"]).exists():
             task["checkpoint"] = task["checkpoint_uri"]  # the staged copy is gone
         try:
@@ -149,10 +169,11 @@ def _register_all(
             report.failed[key] = f"{type(error).__name__}: {error}"
             if journal is not None:
                 journal.record(FAILED, key, error=report.failed[key])
-            continue
-        if journal is not None:
-            journal.record(REGISTERED, key, versions=versions)
-        report.registered.append(key)
+        else:
+            if journal is not None:
+                journal.record(REGISTERED, key, versions=versions)
+            report.registered.append(key)
+        progress(number, len(tasks), key)
     return report
 
 

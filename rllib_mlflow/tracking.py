@@ -43,6 +43,7 @@ class RegistrationSettings:
     best_mode: str = "max"
     formats: tuple[str, ...] = FORMATS
     log_rllib_checkpoint: bool = False
+    video: bool = False  # record a replay of one seeded episode with each version
 
     def __post_init__(self) -> None:
         registry.validate_registered_model_name(self.registered_model_name)
@@ -70,6 +71,7 @@ def log_checkpoint(
     registry_uri: str | None = None,
     checkpoint_uri: str | None = None,
     metrics_logged: bool = False,
+    video: bool = False,
 ) -> list:
     """Export an RLlib checkpoint, log it to MLflow and register one version per module.
 
@@ -93,12 +95,19 @@ def log_checkpoint(
         metrics_logged: the metrics are already in the run at this step (Tune callback).
         tracking_uri, registry_uri: default MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI
             (else the tracking store).
+        video: record one seeded episode from the env's rgb_array render (no Ray) as
+            replay.gif with the LoggedModel, shown on the version's card.
 
     Returns:
         The registered ``ModelVersion`` of each module.
     """
     settings = RegistrationSettings(
-        registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
+        registered_model_name,
+        best_metric,
+        best_mode,
+        tuple(formats),
+        log_rllib_checkpoint,
+        video,
     )
     extra_tags = validate_tags(redact(dict(tags or {})))  # before any export or server call
     mlflow_client = registry.client(tracking_uri, registry_uri)
@@ -193,6 +202,8 @@ def _log_and_register(
     verify: bool,
 ):
     """Register one module's checkpoint unless this trial's iteration already is."""
+    from rllib_mlflow import card
+
     trial_id = trial[0]
     key = (model_name, trial_id, training_iteration, snapshot.module_id)
     with host_lock(mlflow_client.tracking_uri, *key):
@@ -245,6 +256,7 @@ def _log_and_register(
         training_iteration,
         ", now @best" if best == str(version.version) else "",
     )
+    card.publish_new_version(mlflow_client, model_name, version, policy, video=settings.video)
     return version
 
 

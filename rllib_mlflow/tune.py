@@ -25,6 +25,7 @@ from typing import Any
 from ray.tune.logger import LoggerCallback
 
 from rllib_mlflow import preflight, registry
+from rllib_mlflow._logging import show_info_logs
 from rllib_mlflow._worker import WorkerProcess
 from rllib_mlflow.export import FORMATS
 from rllib_mlflow.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
@@ -76,6 +77,7 @@ class MLflowLoggerCallback(LoggerCallback):
     # Tune hooks ------------------------------------------------------------------------
 
     def setup(self, *args, **kwargs) -> None:
+        show_info_logs()  # the end-of-experiment progress must reach the person waiting
         if self.tracking_token:
             os.environ["MLFLOW_TRACKING_TOKEN"] = self.tracking_token
         preflight.check_tracking_store(
@@ -168,6 +170,10 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     With ``keep_last`` / ``keep_best``, versions outside that retention policy are deleted
     after each registration (see `rllib_mlflow.retention`); versions holding ``best`` or
     any alias a person set are never deleted.
+
+    Each version gets a model card (its description, and README.md with the model); with
+    ``video=True`` also a replay of one seeded episode (replay.gif), recorded without Ray
+    from the env's ``rgb_array`` render.
     """
 
     def __init__(
@@ -184,11 +190,17 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         retries: int = 5,
         keep_last: int | None = None,
         keep_best: int | None = None,
+        video: bool = False,
         **logger_kwargs: Any,
     ):
         super().__init__(tracking_uri, **logger_kwargs)
         self.settings = RegistrationSettings(
-            registered_model_name, best_metric, best_mode, tuple(formats), log_rllib_checkpoint
+            registered_model_name,
+            best_metric,
+            best_mode,
+            tuple(formats),
+            log_rllib_checkpoint,
+            video,
         )
         self.verify = verify
         self.retention = {"keep_last": keep_last, "keep_best": keep_best}
@@ -214,7 +226,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         try:
             self._queue_checkpoint(trial, checkpoint)
         except Exception:  # logging must never stop training
-            logger.exception("rllib-mlflow could not queue checkpoint %s", checkpoint.path)
+            logger.exception("could not queue checkpoint %s", checkpoint.path)
 
     def _queue_checkpoint(self, trial, checkpoint) -> None:
         from rllib_mlflow.checkpoint import checkpoint_uri
@@ -239,6 +251,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             "best_metric": self.settings.best_metric,
             "best_mode": self.settings.best_mode,
             "log_rllib_checkpoint": self.settings.log_rllib_checkpoint,
+            "video": self.settings.video,
             "verify": self.verify,
             "retries": self.retries,
             **self.retention,
@@ -260,7 +273,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             self._best_metric_seen = False
             similar = sorted(k for k in metrics if name.split("_")[-1] in k)[:5]
             logger.warning(
-                "rllib-mlflow: best_metric %r is not in the trial results, so the 'best' "
+                "best_metric %r is not in the trial results, so the 'best' "
                 "alias will not move. Pass best_metric= one of the result keys, e.g. %s. "
                 "Training and registration go on.",
                 name,
@@ -325,7 +338,7 @@ class Exporter:
             if not optional:
                 self._outbox.put(message)
             else:
-                logger.warning("rllib-mlflow: tracking queue full; dropped one metrics update.")
+                logger.warning("tracking queue full; dropped one metrics update.")
 
     def flush(self) -> None:
         """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
@@ -336,19 +349,21 @@ class Exporter:
         try:
             while self._busy() and time.monotonic() < deadline:
                 if self._registrations and time.monotonic() - last_report > 5:
-                    print(f"rllib-mlflow: registering {len(self._registrations)} checkpoint(s)...")
+                    logger.info("registering %d checkpoint(s)...", len(self._registrations))
                     last_report = time.monotonic()
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            print("rllib-mlflow: interrupted while registering checkpoints.")
+            logger.warning("interrupted while registering checkpoints.")
         with self._lock:
             left = sorted({str(journal.path.parent) for journal in self._registrations.values()})
             count = len(self._registrations)
             self._stopping = True
         if count:
-            print(
-                f"rllib-mlflow: {count} checkpoint(s) not registered yet; the journal "
-                f"keeps them. Run: rllib-mlflow sync {' '.join(left)}"
+            logger.warning(
+                "%d checkpoint(s) not registered yet; the journal keeps them. "
+                "Run: rllib-mlflow sync %s",
+                count,
+                " ".join(left),
             )
         self._worker.stop()
 
@@ -363,7 +378,7 @@ class Exporter:
                     self._unanswered[message["key"]] = message
                 self._worker.submit(message)
             except Exception:  # a dead worker is restarted, and resent this, by _on_reply
-                logger.warning("rllib-mlflow: could not reach the worker", exc_info=True)
+                logger.warning("could not reach the worker", exc_info=True)
             finally:
                 self._outbox.task_done()
 
@@ -377,7 +392,7 @@ class Exporter:
         if journal is not None and message is not None:
             self._record_registration(journal, key, message["task"], reply)
         elif "error" in reply:
-            logger.error("rllib-mlflow: %s failed: %s; training goes on.", key, reply["error"])
+            logger.error("%s failed: %s; training goes on.", key, reply["error"])
 
     @staticmethod
     def _record_registration(journal: Journal, key: str, task: dict, reply: dict) -> None:
@@ -387,7 +402,7 @@ class Exporter:
         else:
             journal.record(FAILED, key, error=reply["error"])
             logger.error(
-                "rllib-mlflow could not register %s: %s. It stays in the journal for "
+                "could not register %s: %s. It stays in the journal for "
                 "`rllib-mlflow sync`; training goes on.",
                 key,
                 reply["error"],
@@ -398,7 +413,7 @@ class Exporter:
             unanswered = list(self._unanswered.values())
             if self._stopping or not unanswered:
                 return
-        logger.warning("rllib-mlflow: the worker exited (%s); restarting it.", exit_code)
+        logger.warning("the worker exited (%s); restarting it.", exit_code)
         for message in unanswered:  # in the order first sent
             self._worker.submit(message)
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Train PPO on CartPole for a few iterations, exporting and registering every checkpoint in
-# MLflow (see examples/cartpole_ppo.py).
+# MLflow with its model card and replay (see examples/cartpole_ppo.py). Prints one line per
+# iteration, rllib-mlflow's messages, and commands to go on with.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 
+# Third-party notices off, in every process the demo starts (Ray's workers, the export worker).
+export PYTHONWARNINGS=ignore TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3
 python examples/cartpole_ppo.py "$@"

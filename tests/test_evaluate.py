@@ -1,9 +1,12 @@
-"""`rllib-mlflow evaluate`: seeded episodes per version without Ray, tags, run, plot, alias."""
+"""`rllib-mlflow evaluate`: seeded episodes per version without Ray, tags, run, plot, alias,
+and, with --video, a replay per version; the versions' cards show the evaluation."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -13,9 +16,10 @@ from mlflow import MlflowClient
 
 from rllib_mlflow import load_policy, log_checkpoint
 from rllib_mlflow.evaluate import EVAL_EXPERIMENT
+from tests.cards import assert_card_and_replay
 
 pytestmark = pytest.mark.slow
-CLI = str(Path(__file__).resolve().parents[1] / ".venv/bin/rllib-mlflow")
+CLI = str(Path(sys.executable).with_name("rllib-mlflow"))
 
 
 def _returns(uri: str, name: str, version: int, episodes: int, seed: int) -> list[float]:
@@ -45,14 +49,17 @@ def test_evaluate_tags_versions_logs_a_run_with_a_plot_and_moves_eval_best(
         )  # fmt: skip
     done = subprocess.run(
         [CLI, "evaluate", "evaluated", "--env", "CartPole-v1", "--episodes", "4", "--seed", "7"]
-        + ["--move-alias", "--tracking-uri", uri],
+        + ["--move-alias", "--video", "--json", "--tracking-uri", uri],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "[2/2]" in done.stdout
+    assert "evaluate evaluated" in done.stderr and "2/2" in done.stderr  # the progress bar
+    report = json.loads(done.stdout)
+    assert [v["version"] for v in report["versions"]] == [1, 2]
+    assert all(v["replay"] == "replay.gif" for v in report["versions"])
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     means = {}
     for number in (1, 2):
@@ -62,8 +69,14 @@ def test_evaluate_tags_versions_logs_a_run_with_a_plot_and_moves_eval_best(
         assert float(tags["eval.episode_return_min"]) == min(expected)
         assert tags["eval.episodes"] == "4" and tags["eval.env_id"] == "CartPole-v1"
         means[number] = np.mean(expected)
+        card = assert_card_and_replay(client, client.get_model_version("evaluated", str(number)))
+        assert f"{float(tags['eval.episode_return_mean']):.4g} ± " in card
+        assert "env.reset(seed=7)" in card  # the replay is the first evaluation episode
     best = max(means, key=means.get)
     assert str(client.get_registered_model("evaluated").aliases["eval-best"]) == str(best)
+    assert report["best_version"] == best
+    family = client.get_registered_model("evaluated").description
+    assert "`eval-best` | " + str(best) in family  # the family card names it
     experiment = client.get_experiment_by_name(EVAL_EXPERIMENT)
     run = client.search_runs([experiment.experiment_id])[0]
     history = client.get_metric_history(run.info.run_id, "eval/episode_return_mean")

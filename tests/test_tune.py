@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.journal import JOURNAL_FILE
 from tests import tune_job
+from tests.cards import assert_card, assert_card_and_replay
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +39,12 @@ def _keys(versions) -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def sweep(ray_session, tmp_path_factory):
-    """Two trials, three iterations, a checkpoint each iteration, num_to_keep=1."""
+    """Two trials, three iterations, a checkpoint each iteration, num_to_keep=1, replays."""
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root}/mlflow.db"
-    results = tune_job.run(str(root / "results"), uri, iterations=3, num_to_keep=1)
+    results = tune_job.run(
+        str(root / "results"), uri, iterations=3, num_to_keep=1, callback_kwargs={"video": True}
+    )
     return uri, results, root
 
 
@@ -97,6 +100,19 @@ def test_each_version_is_a_logged_model_at_its_step_with_metrics(sweep):
         assert "env_runners/episode_return_mean" in linked
 
 
+def test_each_version_has_a_card_and_a_replay(sweep):
+    uri, _, _ = sweep
+    client = _client(uri)
+    for version in _versions(uri):
+        card = assert_card_and_replay(client, version)
+        assert f"`{version.tags['trial_name']}`" in card
+        assert f"{int(version.tags['num_env_steps_sampled_lifetime']):,}" in card
+        assert "passed: max abs diff" in card and "`Discrete(2)`" in card
+        assert "hunter2-secret" not in card
+    family = client.get_registered_model(tune_job.MODEL_NAME).description
+    assert "6 version(s) from 2 trial(s)" in family and "`iter-3` → v" in family
+
+
 def test_each_trial_run_has_metrics_per_iteration_and_redacted_params(sweep):
     uri, results, _ = sweep
     client = _client(uri)
@@ -133,6 +149,8 @@ def test_plain_training_loop_registers_with_log_checkpoint(ray_session, tmp_path
     assert sorted(int(v.tags["training_iteration"]) for v in versions) == [1, 2]
     holder = _client(uri).get_model_version_by_alias("plain-loop", "iter-2")
     assert holder.tags["training_iteration"] == "2"
+    card = assert_card(_client(uri), holder)  # a card, and no replay unless asked
+    assert "No replay yet" in card and "replay" not in holder.tags
 
 
 def test_invalid_model_name_is_refused_at_construction():

@@ -1,7 +1,8 @@
 """The MLflow UI, seen in Debian's headless chromium: the registered model's versions with
-their training_iteration tags and aliases, the experiment's Models tab, and the
-evaluation plot. Screenshots go to $RLLIB_MLFLOW_SCREENSHOTS (default: the test's tmp dir);
-docs/screenshots/ holds the ones the README shows."""
+their training_iteration tags and aliases, a version's model card with its replay, the
+experiment's Models tab, and the evaluation plot. Screenshots go to
+$RLLIB_MLFLOW_SCREENSHOTS (default: the test's tmp dir); docs/screenshots/ holds the ones
+the README shows."""
 
 from __future__ import annotations
 
@@ -46,11 +47,12 @@ def ui_server(trained_checkpoint, tmp_path_factory):
                 checkpoint.path, MODEL, training_iteration=iteration, formats=["onnx"],
                 metrics={"env_runners": {"episode_return_mean": 20.0 + iteration}},
                 trial_id="ui_trial", trial_name="PPO_CartPole-v1_ui_trial",
-                tracking_uri=server.uri,
+                tracking_uri=server.uri, video=iteration == 1,
             )  # fmt: skip
         evaluate(
-            MODEL, "CartPole-v1", episodes=3, tracking_uri=server.uri, workers=1, move_alias=True
-        )
+            MODEL, "CartPole-v1", episodes=3, tracking_uri=server.uri, workers=1,
+            move_alias=True, video=True,
+        )  # fmt: skip
         yield server
     finally:
         server.stop()
@@ -104,6 +106,7 @@ def test_registered_model_page_shows_versions_and_aliases(ui_server, page, tmp_p
     body = _open(page, f"{ui_server.uri}/#/models/{MODEL}", "Version 2")
     assert "Version 1" in body and "Version 2" in body
     assert "best" in body and "iter-2" in body and "eval-best" in body
+    assert "2 version(s) from 1 trial(s)" in body  # the family's card
     page.screenshot(path=str(_screenshots(tmp_path) / "registered_model.png"), full_page=True)
 
 
@@ -112,6 +115,22 @@ def test_version_page_shows_training_iteration_tag(ui_server, page, tmp_path):
     assert "training_iteration" in body and "episode_return_mean" in body
     assert "eval.episode_return_mean" in body
     page.screenshot(path=str(_screenshots(tmp_path) / "model_version.png"), full_page=True)
+
+
+def test_version_page_shows_the_model_card_and_the_replay(ui_server, page, tmp_path):
+    page.set_viewport_size({"width": 1400, "height": 1500})  # the whole card
+    body = _open(page, f"{ui_server.uri}/#/models/{MODEL}/versions/2", "evaluation return")
+    assert "PPO on CartPole-v1, training iteration 2" in body
+    assert "parity with RLlib" in body and "passed" in body
+    assert "load_policy" in body and "mlflow models serve" in body
+    assert "download_checkpoint" in body
+    replay = page.locator("img[src*='replay.gif']").first
+    replay.wait_for(timeout=60_000)
+    replay.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 100", arg=replay.element_handle()
+    )
+    page.screenshot(path=str(_screenshots(tmp_path) / "model_card.png"), full_page=True)
 
 
 def test_experiment_models_tab_lists_the_logged_models(ui_server, page, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ from mlflow import MlflowClient
 
 from rllib_mlflow import log_checkpoint
 from rllib_mlflow.retention import plan_prune
+from tests.cards import assert_card_and_replay
 
 pytestmark = pytest.mark.slow
-CLI = str(Path(__file__).resolve().parents[1] / ".venv/bin/rllib-mlflow")
+CLI = str(Path(sys.executable).with_name("rllib-mlflow"))
 RETURNS = {1: 10.0, 2: 50.0, 3: 20.0, 4: 40.0, 5: 30.0, 6: 5.0}
 
 
@@ -51,10 +53,10 @@ def test_versions_lists_iterations_returns_and_aliases(registered):
     listed = _cli("versions", "prune-me", "--tracking-uri", uri, "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
-    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert [r["return"] for r in rows] == list(RETURNS.values())
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["episode_return_mean"] for r in rows] == list(RETURNS.values())
     assert "best" in rows[1]["aliases"] and "prod" in rows[0]["aliases"]
-    assert all(r["formats"] == "onnx" for r in rows)
+    assert all(r["formats"] == ["onnx"] for r in rows)
     table = _cli("versions", "prune-me", "--tracking-uri", uri)
     assert table.stdout.splitlines()[0].split()[:4] == ["version", "aliases", "trial", "iteration"]
     assert len(table.stdout.splitlines()) == 7
@@ -92,9 +94,12 @@ def test_register_backfills_an_experiment_trained_without_the_callback(ray_sessi
         str(tmp_path / "results"), uri, iterations=2, num_to_keep=None, with_callback=False
     )
     experiment = tmp_path / "results" / tune_job.EXPERIMENT
-    backfill = _cli("register", str(experiment), "--name", "backfilled", "--tracking-uri", uri)
+    backfill = _cli(
+        "register", str(experiment), "--name", "backfilled", "--video", "--tracking-uri", uri
+    )
     assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-3000:]
-    assert "[4/4]" in backfill.stdout  # progress: two trials x two checkpoints
+    assert "4/4" in backfill.stderr  # progress: two trials x two checkpoints
+    assert "4 checkpoint(s) registered" in backfill.stdout
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions("name = 'backfilled'")
     keys = sorted((v.tags["trial_id"], int(v.tags["training_iteration"])) for v in versions)
@@ -102,7 +107,14 @@ def test_register_backfills_an_experiment_trained_without_the_callback(ray_sessi
     assert {k[1] for k in keys} == {1, 2}
     assert all(float(v.tags["episode_return_mean"]) > 0 for v in versions)
     assert all(v.tags["trial_name"].startswith("PPO_CartPole-v1_") for v in versions)
+    for version in versions:  # a card and a replay on each
+        assert_card_and_replay(client, version)
     one_checkpoint = next(experiment.glob("*/checkpoint_000001"))
-    again = _cli("register", str(one_checkpoint), "--name", "backfilled", "--tracking-uri", uri)
+    again = _cli(
+        "register", str(one_checkpoint), "--name", "backfilled", "--tracking-uri", uri, "--json"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
+    (report,) = json.loads(again.stdout)
+    assert report["path"] == str(one_checkpoint) and report["tracking_uri"] == uri
+    assert len(report["registered"]) == 1 and report["failed"] == {}
     assert len(client.search_model_versions("name = 'backfilled'")) == 4  # idempotent

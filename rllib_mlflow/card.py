@@ -1,0 +1,333 @@
+"""Model cards: what a person reads about a version, and about the registered model.
+
+A version's card is its description in the registry (Markdown, which the MLflow UI renders)
+and the same text as `README.md` in its LoggedModel: the algorithm, env, trial, training
+iteration, env steps, training and evaluation return, parity result, formats, spaces, the
+replay when one was recorded, and snippets to load, serve and resume it. The registered
+model's description summarises the family: how many versions, the best, the latest, and
+which aliases name which iterations.
+
+Cards are written from the version tags and the version's `policy.json`, so that anything
+that changes the facts (registration, `evaluate`, `prune`) rewrites them the same way.
+Nothing here reads the tracking URI into a card: it may carry credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from typing import Any
+
+from rllib_mlflow import registry
+from rllib_mlflow.replay import REPLAY_FILE, Replay, record_replay
+
+logger = logging.getLogger(__name__)
+
+README_FILE = "README.md"
+TAG_REPLAY = "replay"  # "replay.gif", or "skipped: <why>"
+TAG_REPLAY_SEED = "replay.seed"
+_ITERATION_ALIAS = re.compile(r"^iter-\d+$")
+_MISSING = "–"
+
+
+# -- writing cards ---------------------------------------------------------------------------
+
+
+def publish_new_version(mlflow_client, name: str, version, exported, *, video: bool) -> None:
+    """Card (and, with `video`, replay) of a version just registered from `exported` (an
+    `ExportedPolicy`), and the family card. A failure here is logged, never raised: the
+    version is registered, and `rllib-mlflow evaluate` rewrites cards."""
+    if video:
+        try:
+            record_and_attach(mlflow_client, name, version.version, exported.path)
+        except Exception as error:  # the card says there is no replay
+            logger.warning("No replay for %s version %s: %s", name, version.version, error)
+    try:
+        publish_version_card(mlflow_client, name, version.version, policy=exported.policy)
+        publish_family_card(mlflow_client, name)
+    except Exception as error:
+        logger.warning("No card for %s version %s: %s", name, version.version, error)
+
+
+def record_and_attach(mlflow_client, name: str, number, export_dir, *, seed: int = 0) -> Replay:
+    """Record a replay with the exported policy in `export_dir` (no Ray) and attach it."""
+    from rllib_mlflow.serving import Policy
+
+    policy = Policy(str(export_dir))
+    with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replay_") as directory:
+        replay = record_replay(policy, policy.metadata["env_id"], directory, seed=seed)
+        attach_replay(mlflow_client, name, number, replay, seed=seed)
+    return replay
+
+
+def publish_version_card(mlflow_client, name: str, number, *, policy: dict | None = None) -> str:
+    """Write version `number`'s card: its description and README.md in its LoggedModel."""
+    version = mlflow_client.get_model_version(name, str(number))
+    policy = policy if policy is not None else _download_policy(mlflow_client, version)
+    model_id = logged_model_id(version)
+    description = version_card(version, policy, image_url=replay_url(model_id))
+    mlflow_client.update_model_version(name, str(number), description=description)
+    with tempfile.TemporaryDirectory(prefix="rllib_mlflow_card_") as directory:
+        readme = os.path.join(directory, README_FILE)
+        with open(readme, "w") as stream:
+            stream.write(version_card(version, policy, image_url=REPLAY_FILE))
+        mlflow_client.log_model_artifact(model_id, readme)
+    return description
+
+
+def publish_family_card(mlflow_client, name: str) -> str:
+    """Write the registered model's description from its versions and aliases."""
+    versions = registry.find_versions(mlflow_client, name)
+    aliases = dict(mlflow_client.get_registered_model(name).aliases)
+    description = family_card(name, versions, aliases)
+    mlflow_client.update_registered_model(name, description=description)
+    return description
+
+
+def attach_replay(mlflow_client, name: str, number, replay: Replay, *, seed: int) -> None:
+    """Log a recorded replay with the version's LoggedModel (or note why there is none)."""
+    version = mlflow_client.get_model_version(name, str(number))
+    if replay.path is not None:
+        mlflow_client.log_model_artifact(logged_model_id(version), str(replay.path))
+        value = REPLAY_FILE
+        mlflow_client.set_model_version_tag(name, str(number), TAG_REPLAY_SEED, str(seed))
+    else:
+        value = f"skipped: {replay.skipped}"[:500]
+    mlflow_client.set_model_version_tag(name, str(number), TAG_REPLAY, value)
+
+
+def logged_model_id(version) -> str:
+    return getattr(version, "model_id", None) or version.source.removeprefix("models:/")
+
+
+def replay_url(model_id: str) -> str:
+    """The replay as the tracking server serves it, relative to the UI's address (so it works
+    behind a path prefix too)."""
+    files = f"ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
+    return f"{files}?artifact_file_path={REPLAY_FILE}"
+
+
+def _download_policy(mlflow_client, version) -> dict[str, Any]:
+    """The version's policy.json (spaces, preprocessing, parity), or {} if unreadable."""
+    import mlflow
+
+    try:
+        root = mlflow_client.get_logged_model(logged_model_id(version)).artifact_location
+        with tempfile.TemporaryDirectory(prefix="rllib_mlflow_card_") as directory:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{root.rstrip('/')}/data/policy.json",
+                dst_path=directory,
+                tracking_uri=mlflow_client.tracking_uri,
+            )
+            with open(path) as stream:
+                return json.load(stream)
+    except Exception as error:  # a card without spaces beats no card
+        logger.warning("Could not read policy.json of version %s: %s", version.version, error)
+        return {}
+
+
+# -- the text --------------------------------------------------------------------------------
+
+
+def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
+    """The Markdown card of one version (pure: from the version's tags and policy.json)."""
+    tags, name, number = version.tags, version.name, version.version
+    iteration = tags.get(registry.TAG_ITERATION, "?")
+    algorithm, env_id = tags.get("algorithm", "RLlib"), tags.get("env_id", "?")
+    rows = [
+        ("trial", _code(tags.get(registry.TAG_TRIAL_NAME) or tags.get(registry.TAG_TRIAL_ID))),
+        ("training iteration", iteration),
+        ("env steps", _count(tags.get("num_env_steps_sampled_lifetime"))),
+        ("training return", _number(tags.get("episode_return_mean"))),
+        ("evaluation return", _evaluation(tags, name, number)),
+        ("parity with RLlib", _parity(tags, policy)),
+        ("formats", ", ".join(_code(f) for f in _split(tags.get("formats")))),
+        ("observation space", _code(_space(policy.get("observation_space")))),
+        ("action space", _code(_space(policy.get("action_space")))),
+        ("module", _code(tags.get(registry.TAG_MODULE_ID))),
+    ]
+    lines = [
+        _headline(algorithm, env_id, iteration, tags),
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {label} | {value or _MISSING} |" for label, value in rows),
+        "",
+        *_replay_lines(tags, image_url, name, number),
+        *_filter_note(policy),
+        *_snippets(name, number, iteration),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _headline(algorithm: str, env_id: str, iteration: str, tags: dict[str, str]) -> str:
+    """Plain text: the UI's list of versions shows the description's first characters."""
+    parts = [f"{algorithm} on {env_id}, training iteration {iteration}"]
+    if tags.get("episode_return_mean") is not None:
+        parts.append(f"training return {_number(tags['episode_return_mean'])}")
+    evaluation = _evaluation(tags, None, None)
+    if evaluation:
+        parts.append(f"evaluation return {evaluation}")
+    return " · ".join(parts)
+
+
+def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
+    """The Markdown summary of a registered model's versions (pure)."""
+    if not versions:
+        return f"**{name}**: no versions left. Registered by rllib-mlflow.\n"
+    by_number = {str(v.version): v for v in versions}
+    latest = max(versions, key=lambda v: int(v.version))
+    envs = sorted({f"{v.tags.get('algorithm', '?')} on {v.tags.get('env_id', '?')}"
+                   for v in versions})  # fmt: skip
+    trials = {v.tags.get(registry.TAG_TRIAL_ID) for v in versions}
+    iterations = sorted(int(v.tags[registry.TAG_ITERATION]) for v in versions
+                        if registry.TAG_ITERATION in v.tags)  # fmt: skip
+    span = f", training iterations {iterations[0]}–{iterations[-1]}" if iterations else ""
+    lines = [
+        f"**{name}**: {', '.join(envs)}; {len(versions)} version(s) from {len(trials)} "
+        f"trial(s){span}. Each version is one RLlib checkpoint exported to "
+        "TF SavedModel / Keras `.h5` / ONNX by rllib-mlflow; its description is its card.",
+        "",
+        "| alias | version | training iteration | training return | evaluation return |",
+        "|---|---|---|---|---|",
+    ]
+    named = sorted((a, str(v)) for a, v in aliases.items() if not _ITERATION_ALIAS.match(a))
+    named = [(f"`{alias}`", number) for alias, number in named]
+    named.append(("latest version", str(latest.version)))
+    for alias, number in named:
+        version = by_number.get(number)
+        if version is None:
+            continue
+        tags = version.tags
+        lines.append(
+            f"| {alias} | {number} | {tags.get(registry.TAG_ITERATION, _MISSING)} | "
+            f"{_number(tags.get('episode_return_mean')) or _MISSING} | "
+            f"{_evaluation(tags, None, None) or _MISSING} |"
+        )
+    lines += ["", *_iteration_alias_lines(aliases), ""]
+    lines += [
+        f'Load one without Ray: `rllib_mlflow.load_policy("models:/{name}@best")`, or '
+        f'`rllib_mlflow.load_policy("{name}", training_iteration=N)`. Compare them: '
+        f"`rllib-mlflow versions {name}`; play them: `rllib-mlflow evaluate {name} --video`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _iteration_alias_lines(aliases: dict[str, Any]) -> list[str]:
+    iteration_aliases = sorted(
+        (int(a.split("-")[1]), str(v)) for a, v in aliases.items() if _ITERATION_ALIAS.match(a)
+    )
+    if not iteration_aliases:
+        return []
+    shown = ", ".join(f"`iter-{i}` → v{v}" for i, v in iteration_aliases[-12:])
+    more = f" (and {len(iteration_aliases) - 12} earlier)" if len(iteration_aliases) > 12 else ""
+    return [f"`iter-N` names training iteration N: {shown}{more}."]
+
+
+def _replay_lines(tags: dict[str, str], image_url: str, name: str, number) -> list[str]:
+    replay = tags.get(TAG_REPLAY)
+    if replay == REPLAY_FILE:
+        seed = tags.get(TAG_REPLAY_SEED, "0")
+        return [f"![replay of one episode, seed {seed}]({image_url})", "",
+                f"*Replay: one episode from `env.reset(seed={seed})`, "
+                f"[{REPLAY_FILE}]({image_url}).*", ""]  # fmt: skip
+    if replay:
+        return [f"*No replay: {replay.removeprefix('skipped: ')}.*", ""]
+    return [f"*No replay yet: `rllib-mlflow evaluate {name} --versions {number} --video`.*", ""]
+
+
+def _filter_note(policy: dict[str, Any]) -> list[str]:
+    if any(s.get("type") == "mean_std_filter" for s in policy.get("preprocessing", [])):
+        return [
+            "The observation filter (MeanStdFilter) is frozen at this checkpoint; RLlib keeps "
+            "updating it while it acts, so long runs of RLlib itself may drift from this export.",
+            "",
+        ]
+    return []
+
+
+def _snippets(name: str, number, iteration: str) -> list[str]:
+    uri = f"models:/{name}/{number}"
+    return [
+        "**Load** (neither Ray nor torch; `MLFLOW_TRACKING_URI` set to this server):",
+        "```python",
+        "import rllib_mlflow",
+        f'policy = rllib_mlflow.load_policy("{uri}")',
+        f'# or: rllib_mlflow.load_policy("{name}", training_iteration={iteration})',
+        "actions = policy.compute_actions(observations)  # a batch of raw observations",
+        "```",
+        "**Serve**:",
+        "```bash",
+        f"mlflow models serve -m {uri} --env-manager local -p 5001",
+        "```",
+        "**Resume training** (Ray):",
+        "```python",
+        "from ray.rllib.algorithms.algorithm import Algorithm",
+        f'algo = Algorithm.from_checkpoint(rllib_mlflow.download_checkpoint("{uri}"))',
+        "```",
+    ]
+
+
+def _evaluation(tags: dict[str, str], name: str | None, number) -> str | None:
+    mean = tags.get("eval.episode_return_mean")
+    if mean is None:
+        return None if name is None else "not evaluated yet"
+    text = f"{_number(mean)} ± {_number(tags.get('eval.episode_return_std', '0'))}"
+    episodes = tags.get("eval.episodes")
+    return f"{text} ({episodes} episodes)" if episodes else text
+
+
+def _parity(tags: dict[str, str], policy: dict[str, Any]) -> str | None:
+    report = policy.get("parity")
+    if report:
+        verdict = "passed" if report.get("passed") else "FAILED"
+        return (
+            f"{verdict}: max abs diff {report.get('max_abs_diff', 0):.2g} on "
+            f"{report.get('observations', '?')} observations"
+        )
+    diff = tags.get("parity_max_abs_diff")
+    return f"max abs diff {diff}" if diff else "not verified"
+
+
+def _space(space: dict[str, Any] | None) -> str | None:
+    if not space:
+        return None
+    kind = space.get("type")
+    if kind == "Box":
+        return f"Box(shape={tuple(space['shape'])}, {space['dtype']})"
+    if kind == "Discrete":
+        return f"Discrete({space['n']})"
+    if kind == "MultiDiscrete":
+        return f"MultiDiscrete({space['nvec']})"
+    if kind in ("Dict", "Tuple"):
+        inner = space["spaces"]
+        items = inner.items() if kind == "Dict" else enumerate(inner)
+        return f"{kind}({', '.join(f'{k}: {_space(s)}' for k, s in items)})"
+    return str(kind)
+
+
+def _split(value: str | None) -> list[str]:
+    return [v for v in (value or "").split(",") if v]
+
+
+def _code(value: str | None) -> str | None:
+    return f"`{value}`" if value else None
+
+
+def _number(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def _count(value: str | None) -> str | None:
+    try:
+        return None if value is None else f"{int(float(value)):,}"
+    except ValueError:
+        return value

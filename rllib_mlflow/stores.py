@@ -1,0 +1,96 @@
+"""Which MLflow store a command uses, and checking it before any work.
+
+Reading commands (`versions`, `evaluate`, `prune`) never create a store: MLflow's client
+creates an empty `mlflow.db` (or `mlruns/`) wherever it is pointed, so a typo or an unset
+MLFLOW_TRACKING_URI would silently look at a new, empty store. A tracking server is probed
+first, with MLflow's own HTTP retries bounded, so that a dead address fails in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+from rllib_mlflow import registry
+from rllib_mlflow.errors import RegistryError, TrackingError
+
+CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call
+
+
+def resolve(tracking_uri: str | None) -> str:
+    """The store a command uses: `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's
+    default (sqlite:///mlflow.db in the current directory)."""
+    import mlflow
+
+    return tracking_uri or mlflow.get_tracking_uri()
+
+
+def shown(uri: str) -> str:
+    """The URI without credentials, for messages."""
+    return registry._redact(uri)
+
+
+def check(uri: str, *, must_exist: bool):
+    """An MlflowClient for `uri`, once the store is known to answer (and, with `must_exist`,
+    to be there already)."""
+    if must_exist:
+        _require_local_store(uri)
+    mlflow_client = registry.client(uri)
+    if uri.startswith(("http://", "https://")):
+        with bounded_http_retries():
+            registry.check_tracking_server(mlflow_client)
+    return mlflow_client
+
+
+def require_model(mlflow_client, name: str, uri: str) -> None:
+    """Fail with one line naming the store and what it holds when `name` is not there."""
+    with bounded_http_retries():
+        if registry.registered_model_exists(mlflow_client, name):
+            return
+        names = sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
+    held = f"registered models there: {', '.join(names)}" if names else "it has none"
+    raise RegistryError(f"No registered model {name!r} in {shown(uri)} ({held}).")
+
+
+@contextlib.contextmanager
+def bounded_http_retries() -> Iterator[None]:
+    """MLflow retries a failing server for minutes by default: not while we only check."""
+    saved = {k: os.environ.get(k) for k in _BOUNDED}
+    os.environ.update(_BOUNDED)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_BOUNDED = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": CHECK_TIMEOUT_S,
+}
+
+
+def _require_local_store(uri: str) -> None:
+    path = _local_path(uri)
+    if path is not None and not os.path.exists(path):
+        raise TrackingError(
+            f"No MLflow store at {shown(uri)} ({os.path.abspath(path)} does not exist). "
+            "Pass --tracking-uri or set MLFLOW_TRACKING_URI to the store that holds your models."
+        )
+
+
+def _local_path(uri: str) -> str | None:
+    """The file or directory behind a sqlite:// or file store URI; None for servers."""
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///") :] or None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return parsed.path
+    if not parsed.scheme:
+        return uri
+    return None

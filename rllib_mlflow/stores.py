@@ -29,7 +29,7 @@ def resolve(tracking_uri: str | None) -> str:
 
 def shown(uri: str) -> str:
     """The URI without credentials, for messages."""
-    return registry._redact(uri)
+    return registry.redact_uri(uri)
 
 
 def check(uri: str, *, must_exist: bool):

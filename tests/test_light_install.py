@@ -29,6 +29,8 @@ print(json.dumps({"installed": heavy, "actions": policy.compute_actions(observat
 
 
 def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    # Without PYTHONPATH: pip would take this checkout (with its egg-info) for an install.
+    kwargs.setdefault("env", _light_env())
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done

@@ -25,6 +25,7 @@ from typing import Any
 
 from rllib_mlflow.errors import RegistryError, TrackingError
 from rllib_mlflow.paths import check_tree, inside
+from rllib_mlflow.redaction import mask_urls
 from rllib_mlflow.rest import (
     RestApiError,
     RestClient,
@@ -521,8 +522,8 @@ def _registered_iterations(mlflow_client, name: str) -> list[int]:
 
 
 def redact_uri(uri: str) -> str:
-    """A URI without its user:password@ part, for messages."""
-    return re.sub(r"//[^/@]*@", "//***@", uri)
+    """A URI without its password, for messages."""
+    return mask_urls(uri)
 
 
 def version_tags(**tags: Any) -> dict[str, str]:

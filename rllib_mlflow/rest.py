@@ -27,6 +27,7 @@ from typing import Any
 
 from rllib_mlflow.errors import TrackingError, UnsafePathError
 from rllib_mlflow.paths import inside
+from rllib_mlflow.redaction import mask_urls
 
 _RETRIES = 2  # MLflow's default is 7 with backoff: minutes before a dead server is reported
 _BACKOFF = 0.5
@@ -343,8 +344,7 @@ class RestClient:
         return RestApiError(answer.status_code, code, message)
 
     def _redacted(self) -> str:
-        parsed = urllib.parse.urlparse(self.tracking_uri)
-        return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+        return mask_urls(self.tracking_uri)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

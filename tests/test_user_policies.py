@@ -157,6 +157,7 @@ def test_custom_distribution_is_traced_and_its_inputs_are_not_divided(case):
     c = case("ppo_custom_distribution")
     assert c.policy_json["custom_distribution"].endswith("TorchCategoricalWithTemp")
     assert c.policy_json["how"]["saved_model"] == "converted from model.onnx by onnx2tf"
+    assert "distribution's deterministic sample" in c.policy_json["how"]["onnx"]
     # The logits are the module's, not divided by the temperature (5) as the distribution
     # does in place: the parity reference hands the distribution a copy.
     assert c.policy_json["parity"]["max_abs_diff"] < 1e-5

@@ -228,7 +228,7 @@ class ObservationConverter:
             single = np.ndim(observations[first]) == _rank(self.space["spaces"][first])
             if single:
                 return {k: [observations[k]] for k in keys}
-            return {k: list(np.asarray(observations[k])) for k in keys}
+            return {k: list(observations[k]) for k in keys}
         if isinstance(observations, (list, tuple)) and observations:
             if all(isinstance(o, dict) for o in observations):
                 return {k: [o[k] for o in observations] for k in keys}

@@ -192,3 +192,39 @@ def test_fresh_virtualenv_serves_rllib_actions(bare_venv, registered, tmp_path):
     finally:
         server.stop()
     print(f"fresh-venv model server ready in {startup:.1f} s")
+
+
+def test_fresh_virtualenv_serves_a_stateful_policy(
+    bare_venv, registered, trained_checkpoint, tmp_path
+):
+    """An LSTM reading previous actions and rewards, served with neither Ray, torch nor
+    rllib-mlflow installed: the state goes out and comes back as named tensors, and the
+    actions are load_policy's (which tests/test_user_policies.py proves equal to RLlib's)."""
+    from rllib_mlflow import load_policy, log_checkpoint
+
+    checkpoint = trained_checkpoint("ppo_lstm_prev").path
+    (version,) = log_checkpoint(checkpoint, "lstm-served", tracking_uri=registered["uri"])
+    uri = f"models:/lstm-served/{version.version}"
+    local = load_policy(uri, tracking_uri=registered["uri"])
+    server = start_model_server(
+        uri,
+        registered["uri"],
+        tmp_path / "serve.log",
+        mlflow_executable=str(bare_venv / "bin" / "mlflow"),
+        env=_bare_env(bare_venv),
+    )
+    try:
+        rng = np.random.default_rng(0)
+        state, reward = local.initial_state(1), 0.0
+        served_state = {f"state_{k}": v.tolist() for k, v in state.items()}  # zeros
+        for _ in range(12):
+            obs = rng.uniform(-1, 1, 3).astype(np.float32)
+            want, state = local.step(obs, state, prev_rewards=[reward])
+            inputs = {"observations": [obs.tolist()], "prev_rewards": [reward], **served_state}
+            status, body = post_json(f"{server.uri}/invocations", {"inputs": inputs})
+            assert status == 200, body
+            assert body["predictions"]["actions"] == want.tolist()
+            served_state = {k: v for k, v in body["predictions"].items() if k != "actions"}
+            reward = float(rng.normal())
+    finally:
+        server.stop()

@@ -157,6 +157,7 @@ def test_custom_distribution_is_traced_and_its_inputs_are_not_divided(case):
     c = case("ppo_custom_distribution")
     assert c.policy_json["custom_distribution"].endswith("TorchCategoricalWithTemp")
     assert c.policy_json["how"]["saved_model"] == "converted from model.onnx by onnx2tf"
+    assert "distribution's deterministic sample" in c.policy_json["how"]["onnx"]
     # The logits are the module's, not divided by the temperature (5) as the distribution
     # does in place: the parity reference hands the distribution a copy.
     assert c.policy_json["parity"]["max_abs_diff"] < 1e-5
@@ -197,10 +198,19 @@ def test_frame_stacking_takes_the_previous_frames_as_an_input(case):
     }
 
 
-def test_policy_json_records_lifetime_env_steps_and_the_frozen_filter(case):
+def test_policy_json_records_the_frozen_filter(case):
     c = case("ppo_dict_obs")
-    assert c.policy_json["metrics"]["num_env_steps_sampled_lifetime"] == 400.0  # 2 x 200
     assert c.policy_json["filter"]["frozen_at_checkpoint"] is True
+    assert c.policy_json["preprocessing"][-1]["frozen_at_checkpoint"] is True
+
+
+@pytest.mark.parametrize("name", ["ppo_dict_obs", "dqn_cartpole", "sac_pendulum"])
+def test_lifetime_env_steps_are_the_total_not_the_last_iteration(trained_checkpoint, name):
+    """Each of these samples exactly 200 env steps per iteration, for 2 iterations."""
+    tc = trained_checkpoint(name)
+    (snapshot,) = read_snapshots(tc.path)
+    assert tc.training_iteration == 2
+    assert snapshot.metrics["num_env_steps_sampled_lifetime"] == 400.0
 
 
 # -- load_policy, both backends ----------------------------------------------------------

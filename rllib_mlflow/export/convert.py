@@ -69,7 +69,7 @@ def _convert(onnx_path: str, output_dir: str, *, h5: bool) -> None:
     reason = converter_missing()
     if reason:
         raise UnsupportedModuleError(reason)
-    import onnx2tf
+    onnx2tf = _import_onnx2tf()
 
     try:
         onnx2tf.convert(
@@ -83,3 +83,18 @@ def _convert(onnx_path: str, output_dir: str, *, h5: bool) -> None:
             f"onnx2tf could not convert this module's ONNX graph to TensorFlow "
             f"({type(error).__name__}: {error})."
         ) from error
+
+
+def _import_onnx2tf():
+    """onnx2tf seeds Python's and NumPy's global random generators on import: keep the
+    caller's sequences as they were."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    import onnx2tf
+
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    return onnx2tf

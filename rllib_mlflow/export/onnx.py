@@ -8,6 +8,8 @@ recurrent state (`state_in_*` -> `state_out_*`) and the previous actions and rew
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -26,6 +28,15 @@ def write_onnx(snapshot: PolicySnapshot, path: str, *, dist_inputs_only: bool = 
     policy.outputs = outputs
     examples = tuple(torch.zeros((2, *shape), dtype=torch.float32) for _, shape in inputs)
     names = [name for name, _ in inputs]
+    with warnings.catch_warnings():
+        # The tracer warns about RLlib's shape assertions and the LSTM's batch size; the
+        # parity check, not the tracer, decides whether the graph is right.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
+        _export(policy, examples, path, names, outputs)
+
+
+def _export(policy, examples, path: str, names: list[str], outputs: list[str]) -> None:
     torch.onnx.export(
         policy,
         examples,

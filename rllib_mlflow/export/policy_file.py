@@ -105,6 +105,8 @@ def _graph_json(snapshot: PolicySnapshot) -> dict[str, Any]:
 
 
 def _how(snapshot: PolicySnapshot, fmt: str) -> str:
+    if fmt == "onnx" and snapshot.custom_distribution is not None:
+        return "torch.onnx.export of the module and its distribution's deterministic sample"
     if fmt == "onnx":
         return "torch.onnx.export of RLlib's module (traced), with the action rule"
     if snapshot.network is not None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow import card, registry
+from rllib_mlflow.episode import EpisodeActor
 from rllib_mlflow.replay import Replay, record_replay
 
 logger = logging.getLogger(__name__)
@@ -180,17 +181,16 @@ def _play(
     import gymnasium as gym
 
     policy = registry.load_policy(f"models:/{name}/{version}", tracking_uri=tracking_uri)
-    flatten = any(step["type"] == "flatten" for step in policy.metadata["preprocessing"])
     env = gym.make(env_id)
     returns = []
     for episode in range(episodes):
         observation, _ = env.reset(seed=seed + episode)
+        actor = EpisodeActor(policy)
         total, steps, done = 0.0, 0, False
         while not done and (max_steps is None or steps < max_steps):
-            if flatten:
-                observation = gym.spaces.flatten(env.observation_space, observation)
-            action = policy.compute_actions(np.asarray(observation)[None])[0]
+            action = actor.act(observation, env.observation_space)
             observation, reward, terminated, truncated, _ = env.step(action)
+            actor.rewarded(reward)
             total += float(reward)
             steps += 1
             done = terminated or truncated

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rllib_mlflow.episode import EpisodeActor
+
 logger = logging.getLogger(__name__)
 
 REPLAY_FILE = "replay.gif"
@@ -72,16 +74,13 @@ def _rendering_env(env_id: str):
 
 
 def _play(policy, env, seed: int, max_steps: int):
-    import gymnasium as gym
-
-    flatten = any(step["type"] == "flatten" for step in policy.metadata["preprocessing"])
     observation, _ = env.reset(seed=seed)
+    actor = EpisodeActor(policy)
     frames, stride, total, steps, done = [_small(env.render())], 1, 0.0, 0, False
     while not done and steps < max_steps:
-        if flatten:
-            observation = gym.spaces.flatten(env.observation_space, observation)
-        action = policy.compute_actions(np.asarray(observation)[None])[0]
+        action = actor.act(observation, env.observation_space)
         observation, reward, terminated, truncated, _ = env.step(action)
+        actor.rewarded(reward)
         total, steps, done = total + float(reward), steps + 1, terminated or truncated
         if steps % stride == 0:
             frames.append(_small(env.render()))

@@ -85,3 +85,29 @@ def test_evaluate_tags_versions_logs_a_run_with_a_plot_and_moves_eval_best(
     assert "evaluation_evaluated.png" in artifacts
     plot = client.download_artifacts(run.info.run_id, "evaluation_evaluated.png", str(tmp_path))
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_carries_a_stateful_policys_state_through_each_episode(
+    trained_checkpoint, tmp_path
+):
+    """An LSTM policy is played with `initial_state`/`step` (compute_actions refuses it),
+    and its replay is recorded the same way."""
+    from rllib_mlflow.evaluate import evaluate
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    checkpoint = trained_checkpoint("ppo_lstm")
+    log_checkpoint(checkpoint.path, "stateful", formats=["onnx"], tracking_uri=uri)
+    report = evaluate("stateful", "CartPole-v1", episodes=2, seed=3, tracking_uri=uri,
+                      workers=1, video=True)  # fmt: skip
+    policy = load_policy("models:/stateful/1", tracking_uri=uri)
+    env, expected = gym.make("CartPole-v1"), []
+    for episode in range(2):
+        observation, _ = env.reset(seed=3 + episode)
+        state, total, done = policy.initial_state(1), 0.0, False
+        while not done:
+            actions, state = policy.step(np.asarray(observation)[None], state)
+            observation, reward, terminated, truncated, _ = env.step(actions[0])
+            total, done = total + reward, terminated or truncated
+        expected.append(total)
+    assert list(report.versions[0].returns) == expected
+    assert report.versions[0].replay == "replay.gif"

@@ -27,16 +27,23 @@ def redact_params(config: Mapping[str, Any]) -> dict[str, str]:
 
 def driver_context_tags(source: str) -> dict[str, str]:
     """The tags MLflow's fluent `start_run` adds (user, source name and type, git commit),
-    as seen from the driver's script `source` rather than from this worker."""
+    as seen from the driver's script `source` rather than from this worker. `mlflow.user` is
+    the system user: MLflow would put MLFLOW_TRACKING_USERNAME there, a credential."""
+    import getpass
     import sys
 
     from mlflow.tracking.context.registry import resolve_tags
 
     argv0, sys.argv[0] = sys.argv[0], source
     try:
-        return resolve_tags()
+        tags = resolve_tags()
     finally:
         sys.argv[0] = argv0
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (e.g. in a container)
+        tags.pop("mlflow.user", None)
+    return tags
 
 
 def trial_run_lock(mlflow_client, trial_id: str):

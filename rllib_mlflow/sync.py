@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 from rllib_mlflow import registry
 from rllib_mlflow._worker import register_task
+from rllib_mlflow.errors import CheckpointError
 from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.tracking import result_metrics
@@ -36,6 +39,10 @@ _TASK_DEFAULTS = {"metrics": {}, "trial_id": None, "trial_name": None, **_SETTIN
 
 # Called with (done, total, what) before the first and after each checkpoint.
 Progress = Callable[[int, int, str], None]
+
+
+# A checkpoint written this recently may still be in Tune's hands.
+_SETTLING_S = 30.0
 
 
 @dataclass
@@ -164,7 +171,7 @@ def _register_all(
         if not Path(task["checkpoint"]).exists():
             task["checkpoint"] = task["checkpoint_uri"]  # the staged copy is gone
         try:
-            versions = register_task(task)
+            versions = _register_settled(task)
         except Exception as error:
             report.failed[key] = f"{type(error).__name__}: {error}"
             if journal is not None:
@@ -175,6 +182,27 @@ def _register_all(
             report.registered.append(key)
         progress(number, len(tasks), key)
     return report
+
+
+def _register_settled(task: dict[str, Any]) -> list[dict[str, str]]:
+    """`register_task`, with a second chance for a checkpoint that looks truncated because
+    Tune is still writing it (a sync while training runs)."""
+    try:
+        return register_task(task)
+    except CheckpointError:
+        if time.time() - _last_write(task["checkpoint"]) > _SETTLING_S:
+            raise
+        logger.info("%s looks incomplete and was just written; retrying", task["checkpoint"])
+        time.sleep(_SETTLING_S / 10)
+        return register_task(task)
+
+
+def _last_write(checkpoint: str) -> float:
+    """When any file of a local checkpoint directory last changed (0 for remote ones)."""
+    if not os.path.isdir(checkpoint):
+        return 0.0
+    times = [os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(checkpoint) for f in fs]
+    return max(times, default=os.path.getmtime(checkpoint))
 
 
 def _tasks_on_disk(

@@ -185,11 +185,15 @@ def _register_all(
 
 
 def _register_settled(task: dict[str, Any]) -> list[dict[str, str]]:
-    """`register_task`, with a second chance for a checkpoint that looks truncated because
-    Tune is still writing it (a sync while training runs)."""
+    """`register_task`, with a second chance for a checkpoint read while it changed: a staged
+    copy the callback deleted once it registered it (then the original is read), or one
+    Tune is still writing (a sync while training runs)."""
     try:
         return register_task(task)
     except CheckpointError:
+        source = task.get("checkpoint_uri")
+        if source and source != task["checkpoint"]:
+            return register_task({**task, "checkpoint": source})
         if time.time() - _last_write(task["checkpoint"]) > _SETTLING_S:
             raise
         logger.info("%s looks incomplete and was just written; retrying", task["checkpoint"])

@@ -52,7 +52,8 @@ def is_transient(error: BaseException) -> bool:
     module = type(error).__module__ or ""
     if module.startswith(("requests", "urllib3", "botocore")):
         return "Connection" in name or "Timeout" in name or "Endpoint" in name
-    return any(is_transient(cause) for cause in _causes(error)[:1])
+    cause = error.__cause__ or error.__context__  # e.g. MLflow wrapping a dropped connection
+    return cause is not None and is_transient(cause)
 
 
 def _retryable(status: int) -> bool:
@@ -97,12 +98,3 @@ def _http_status(error: BaseException) -> int | None:
         return int(status) if status else None
     status = getattr(response, "status_code", None)  # requests
     return int(status) if isinstance(status, int) else None
-
-
-def _causes(error: BaseException) -> list[BaseException]:
-    chain = []
-    cause = error.__cause__ or error.__context__
-    while cause is not None and len(chain) < 5:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    return chain

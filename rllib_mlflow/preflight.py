@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rllib_mlflow import __version__, registry, runs
 from rllib_mlflow.errors import TrackingError
+from rllib_mlflow.redaction import mask_urls
 from rllib_mlflow.rest import rest_client
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the working directory
@@ -72,7 +73,7 @@ def _check_experiment_id(mlflow_client, experiment_id: str) -> None:
     except Exception as error:
         raise TrackingError(
             f"MLFLOW_EXPERIMENT_ID={experiment_id} names no experiment on "
-            f"{registry.redact_uri(mlflow_client.tracking_uri)} ({str(error)[:200]}). Unset it, "
+            f"{mask_urls(mlflow_client.tracking_uri)} ({str(error)[:200]}). Unset it, "
             "set it to an existing experiment's id, or pass experiment_name=."
         ) from error
     registry.check_write_access(

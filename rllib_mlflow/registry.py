@@ -88,7 +88,7 @@ def validate_tracking_uri(uri: str) -> str:
         return uri
     if not isinstance(uri, str) or not _TRACKING_URI.fullmatch(uri.strip()):
         raise TrackingError(
-            f"Malformed tracking URI {redact_uri(str(uri))!r}: use the server's address, e.g. "
+            f"Malformed tracking URI {mask_urls(str(uri))!r}: use the server's address, e.g. "
             "'http://localhost:5000', or a database, e.g. 'sqlite:///mlflow.db' or "
             "'postgresql://user@host/db' (credentials in MLFLOW_TRACKING_USERNAME / "
             "MLFLOW_TRACKING_PASSWORD, not in the URI)."
@@ -115,14 +115,14 @@ def check_tracking_server(mlflow_client) -> None:
         raise
     except _client_errors(mlflow_client) as error:
         raise TrackingError(
-            f"The MLflow tracking server at {redact_uri(uri)} refused the request: "
+            f"The MLflow tracking server at {mask_urls(uri)} refused the request: "
             f"{error.message[:300]}. Check MLFLOW_TRACKING_URI and, with authentication, "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.",
             status=_status(error),
         ) from error
     except Exception as error:
         raise TrackingError(
-            f"Cannot reach the MLflow tracking server at {redact_uri(uri)} "
+            f"Cannot reach the MLflow tracking server at {mask_urls(uri)} "
             f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
             "reachable server (unset, MLflow uses sqlite:///mlflow.db in this directory)."
         ) from error
@@ -139,7 +139,7 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
     except _client_errors(mlflow_client) as error:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
         raise TrackingError(
-            f"The MLflow tracking server at {redact_uri(mlflow_client.tracking_uri)} does not let "
+            f"The MLflow tracking server at {mask_urls(mlflow_client.tracking_uri)} does not let "
             f"{f'user {user!r}' if user else 'this client'} write to {resource} "
             f"({error.message[:200]}). Ask its owner or an admin for EDIT permission on it, "
             "or log to another experiment / registered model name.",
@@ -168,7 +168,7 @@ def _probe_http_server(uri: str, timeout: float = 5.0) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)  # any answer will do
     except requests.RequestException as error:
         raise TrackingError(
-            f"Cannot reach the MLflow tracking server at {redact_uri(uri)} "
+            f"Cannot reach the MLflow tracking server at {mask_urls(uri)} "
             f"({type(error).__name__} within {timeout:g} s). Start it, or set "
             "MLFLOW_TRACKING_URI to a reachable server (unset, MLflow uses "
             "sqlite:///mlflow.db in this directory)."
@@ -519,11 +519,6 @@ def _existing_aliases(mlflow_client, name: str) -> list[str]:
 def _registered_iterations(mlflow_client, name: str) -> list[int]:
     versions = _search_all(mlflow_client, f"name = '{name}'")
     return sorted({int(v.tags[TAG_ITERATION]) for v in versions if TAG_ITERATION in v.tags})
-
-
-def redact_uri(uri: str) -> str:
-    """A URI without its password, for messages."""
-    return mask_urls(uri)
 
 
 def version_tags(**tags: Any) -> dict[str, str]:

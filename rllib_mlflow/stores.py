@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from rllib_mlflow import registry
 from rllib_mlflow.errors import RegistryError, TrackingError
+from rllib_mlflow.redaction import mask_urls
 
 CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call
 
@@ -29,7 +30,7 @@ def resolve(tracking_uri: str | None) -> str:
 
 def shown(uri: str) -> str:
     """The URI without credentials, for messages."""
-    return registry.redact_uri(uri)
+    return mask_urls(uri)
 
 
 def check(uri: str, *, must_exist: bool):

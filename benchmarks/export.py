@@ -78,12 +78,12 @@ def act():
     return session.run(["actions"], {{"observations": obs}})[0]
 """,
     "serving.Policy, onnxruntime": """
-from rllib_mlflow.serving import Policy
+from rllib_mlflow.policy.serving import Policy
 def act():
     return Policy({export!r}, backend="onnxruntime").compute_actions(obs)
 """,
     "serving.Policy, tensorflow": """
-from rllib_mlflow.serving import Policy
+from rllib_mlflow.policy.serving import Policy
 def act():
     return Policy({export!r}, backend="tensorflow").compute_actions(obs)
 """,

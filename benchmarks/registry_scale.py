@@ -38,7 +38,8 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def _tags(iteration: int, trial_id: str, reward: float) -> dict[str, str]:
-    from rllib_mlflow import __version__, registry
+    from rllib_mlflow import __version__
+    from rllib_mlflow.mlflow import registry
 
     tags = registry.version_tags(
         training_iteration=iteration,
@@ -62,8 +63,8 @@ def _tags(iteration: int, trial_id: str, reward: float) -> dict[str, str]:
 
 
 def register_one(client, run, iteration: int, trial_id: str, reward: float):
-    """What `rllib_mlflow.tracking._log_and_register` does around the export."""
-    from rllib_mlflow import registry
+    """What `rllib_mlflow.register.registration._log_and_register` does around the export."""
+    from rllib_mlflow.mlflow import registry
 
     existing = registry.find_versions(
         client, MODEL, training_iteration=iteration, trial=trial_id, module_id="default_policy"
@@ -82,7 +83,7 @@ def register_one(client, run, iteration: int, trial_id: str, reward: float):
 
 
 def benchmark(tracking_uri: str, versions: int, samples: int) -> None:
-    from rllib_mlflow import registry
+    from rllib_mlflow.mlflow import registry
 
     client = registry.client(tracking_uri)
     experiment_id = client.create_experiment(f"registry-scale-{int(time.time())}")

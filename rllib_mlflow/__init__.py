@@ -20,13 +20,13 @@ _EXPORTS = {
     "export_checkpoint": "rllib_mlflow.export",
     "ExportedPolicy": "rllib_mlflow.export",
     "FORMATS": "rllib_mlflow.export",
-    "log_checkpoint": "rllib_mlflow.tracking",
-    "load_policy": "rllib_mlflow.registry",
-    "find_version": "rllib_mlflow.registry",
-    "download_checkpoint": "rllib_mlflow.registry",
-    "Policy": "rllib_mlflow.serving",
-    "MLflowLoggerCallback": "rllib_mlflow.tune",
-    "MLflowCheckpointCallback": "rllib_mlflow.tune",
+    "log_checkpoint": "rllib_mlflow.register.registration",
+    "load_policy": "rllib_mlflow.mlflow.registry",
+    "find_version": "rllib_mlflow.mlflow.registry",
+    "download_checkpoint": "rllib_mlflow.mlflow.registry",
+    "Policy": "rllib_mlflow.policy.serving",
+    "MLflowLoggerCallback": "rllib_mlflow.tune.callbacks",
+    "MLflowCheckpointCallback": "rllib_mlflow.tune.callbacks",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -157,8 +157,8 @@ def _export_record(policy) -> dict[str, Any]:
 @_common
 def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
     """Register what Tune experiments left unregistered (journal and checkpoints on disk)."""
-    from rllib_mlflow import stores
-    from rllib_mlflow.sync import sync_experiment
+    from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.tune.sync import sync_experiment
 
     uri = stores.resolve(tracking_uri)
     stores.check(uri, must_exist=False)
@@ -181,8 +181,8 @@ def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
 def register(path, name, video, tracking_uri, as_json) -> None:
     """Backfill: register the checkpoints of an experiment, a trial or one checkpoint
     directory (idempotent)."""
-    from rllib_mlflow import stores
-    from rllib_mlflow.sync import register_path
+    from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.tune.sync import register_path
 
     uri = stores.resolve(tracking_uri)
     stores.check(uri, must_exist=False)
@@ -192,7 +192,7 @@ def register(path, name, video, tracking_uri, as_json) -> None:
 
 
 def _report_record(path: str, report, uri: str) -> dict[str, Any]:
-    from rllib_mlflow import stores
+    from rllib_mlflow.mlflow import stores
 
     return {
         "path": str(path),
@@ -250,8 +250,8 @@ def evaluate(name, env_id, episodes, wanted, seed, workers, move_alias, video, t
              as_json) -> None:  # fmt: skip
     """Play seeded episodes with each version of NAME (no Ray) and record the results as
     version tags, an evaluation run with a plot, and the versions' cards."""
-    from rllib_mlflow import stores
-    from rllib_mlflow.evaluate import evaluate as run_evaluation
+    from rllib_mlflow.evaluate.evaluation import evaluate as run_evaluation
+    from rllib_mlflow.mlflow import stores
 
     uri = stores.resolve(tracking_uri)
     stores.require_model(stores.check(uri, must_exist=True), name, uri)
@@ -304,8 +304,8 @@ def _evaluation_record(evaluation) -> dict[str, Any]:
 def versions(name, tracking_uri, as_json) -> None:
     """List the versions of NAME: aliases, trial, iteration, env steps, training and
     evaluation return, formats."""
-    from rllib_mlflow import stores
-    from rllib_mlflow.listing import version_records
+    from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.mlflow.listing import version_records
 
     uri = stores.resolve(tracking_uri)
     mlflow_client = stores.check(uri, must_exist=True)
@@ -344,8 +344,8 @@ _VERSION_COLUMNS = {
 def prune(name, keep_last, keep_best, delete_artifacts, dry_run, tracking_uri, as_json) -> None:
     """Delete the versions of NAME outside a retention policy. Versions holding `best`,
     `eval-best` or an alias a person set are always kept."""
-    from rllib_mlflow import stores
-    from rllib_mlflow.retention import prune as run_prune
+    from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.mlflow.retention import prune as run_prune
 
     if keep_last is None and keep_best is None:
         raise click.UsageError("Say what to keep: --keep-last N and/or --keep-best K.")

@@ -8,7 +8,7 @@ MANIFEST.json is a list of jobs ``{"key": ..., "export_dir": ..., "observations"
 For each job and each format listed in the export's policy.json this script computes actions
 and action_dist_inputs for the observations and writes them to RESULTS_DIR/<key>.npz, as
 ``<format>.actions`` and ``<format>.action_dist_inputs`` (and the same for
-``rllib_mlflow.serving.Policy`` with each backend, as ``policy-<backend>.*``).
+``rllib_mlflow.policy.serving.Policy`` with each backend, as ``policy-<backend>.*``).
 
 Importing `ray` or `torch` (or anything below them) raises ImportError here, and the script
 fails if either ended up in `sys.modules` anyway.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rllib_mlflow.export import export_checkpoint
-from rllib_mlflow.serving import Policy
+from rllib_mlflow.policy.serving import Policy
 from tests import envs
 
 pytestmark = pytest.mark.slow

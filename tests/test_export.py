@@ -22,9 +22,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rllib_mlflow import checkpoint
 from rllib_mlflow.export import FORMATS, ExportedPolicy, export_checkpoint
-from rllib_mlflow.spaces import space_from_json
+from rllib_mlflow.policy.spaces import space_from_json
+from rllib_mlflow.rllib import checkpoint
 from tests import envs
 
 pytestmark = pytest.mark.slow

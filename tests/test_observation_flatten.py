@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rllib_mlflow.serving import ObservationConverter, flatten_observation
-from rllib_mlflow.spaces import space_to_json
+from rllib_mlflow.policy.serving import ObservationConverter, flatten_observation
+from rllib_mlflow.policy.spaces import space_to_json
 
 SPACE = gym.spaces.Dict(
     {

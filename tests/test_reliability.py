@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from rllib_mlflow.journal import JOURNAL_FILE
+from rllib_mlflow.tune.journal import JOURNAL_FILE
 from tests import tune_job
 from tests.mlflow_server import (
     VENV_BIN,
@@ -141,7 +141,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 def _persisted(experiment: Path) -> set[tuple[str, int]]:
     """(trial id, training iteration) of every checkpoint on disk. The trial id comes from
     the trial directory's name: after a SIGKILL, Tune's result.json may be empty."""
-    from rllib_mlflow.checkpoint import read_training_iteration
+    from rllib_mlflow.rllib.checkpoint import read_training_iteration
 
     found = set()
     for checkpoint in experiment.glob("*/checkpoint_*"):
@@ -180,7 +180,7 @@ def _workers_of(pid: int) -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and b"rllib_mlflow._worker" in cmdline:
+        if parent == pid and b"rllib_mlflow.tune.worker" in cmdline:
             workers.append(int(entry.name))
     return workers
 
@@ -333,7 +333,7 @@ def test_planted_credentials_appear_nowhere(outage):
 
 
 def test_secret_looking_config_keys_are_redacted():
-    from rllib_mlflow.runs import redact_params
+    from rllib_mlflow.mlflow.runs import redact_params
 
     config = {
         "db_password": "p1",
@@ -440,7 +440,7 @@ def test_sigint_during_the_flush_exits_promptly_and_sync_finishes(tmp_path):
     output = log.read_text(errors="replace")
     assert exit_s < 30, output[-3000:]
     assert pending_at_flush >= 1
-    from rllib_mlflow.journal import Journal
+    from rllib_mlflow.tune.journal import Journal
 
     left = Journal(experiment).pending()
     assert left, "everything was registered before the interrupt: nothing tested"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.tracking import logged_model_id
+from rllib_mlflow.register.registration import logged_model_id
 from tests import tune_job
 from tests.mlflow_server import VENV_BIN, free_port, start_process, start_tracking_server
 from tests.test_reliability import (
@@ -210,7 +210,7 @@ def test_a_permanent_registration_failure_fails_at_once_not_after_a_minute(
     trained_checkpoint, tmp_path
 ):
     """An unwritable export folder used to be retried for about a minute per checkpoint."""
-    from rllib_mlflow._worker import register_task
+    from rllib_mlflow.tune.worker import register_task
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")

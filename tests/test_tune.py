@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.journal import JOURNAL_FILE
+from rllib_mlflow.tune.journal import JOURNAL_FILE
 from tests import tune_job
 from tests.cards import assert_card, assert_card_and_replay
 
@@ -166,7 +166,7 @@ def test_invalid_model_name_is_refused_at_construction():
 
 def test_unknown_best_metric_warns_and_training_goes_on(ray_session, tmp_path, caplog):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with caplog.at_level(logging.WARNING, logger="rllib_mlflow.tune"):
+    with caplog.at_level(logging.WARNING, logger="rllib_mlflow.tune.callbacks"):
         results = tune_job.run(
             str(tmp_path / "results"),
             uri,
@@ -209,7 +209,7 @@ def _interrupt_after_checkpoints(process: subprocess.Popen, journal: Path, count
 
 
 def _persisted_checkpoints(experiment: Path) -> set[tuple[str, int]]:
-    from rllib_mlflow.checkpoint import read_training_iteration
+    from rllib_mlflow.rllib.checkpoint import read_training_iteration
 
     found = set()
     for result in experiment.glob("*/result.json"):

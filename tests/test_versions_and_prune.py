@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rllib_mlflow import log_checkpoint
-from rllib_mlflow.retention import plan_prune
+from rllib_mlflow.mlflow.retention import plan_prune
 from tests.cards import assert_card_and_replay
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow import checkpoint
 from rllib_mlflow.errors import UnsupportedModuleError
 from rllib_mlflow.export.policy_file import FORMAT_FILES, POLICY_FILE, policy_json
-from rllib_mlflow.snapshot import PolicySnapshot
+from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 logger = logging.getLogger(__name__)
 

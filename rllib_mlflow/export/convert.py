@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from rllib_mlflow.errors import UnsupportedModuleError
-from rllib_mlflow.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
-from rllib_mlflow.snapshot import Layer, MeanStdFilter, Network, PolicySnapshot
+from rllib_mlflow.rllib.snapshot import Layer, MeanStdFilter, Network, PolicySnapshot
 
 
 def build_keras_model(snapshot: PolicySnapshot):

@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import torch
 
-from rllib_mlflow import checkpoint
-from rllib_mlflow.snapshot import ActionRule, PolicySnapshot
+from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.snapshot import ActionRule, PolicySnapshot
 
 OPSET = 17
 

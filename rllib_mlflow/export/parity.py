@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from rllib_mlflow import checkpoint, serving
 from rllib_mlflow.errors import ParityError
-from rllib_mlflow.snapshot import PolicySnapshot
-from rllib_mlflow.spaces import space_from_json
+from rllib_mlflow.policy import serving
+from rllib_mlflow.policy.spaces import space_from_json
+from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 TOLERANCE = 1e-5
 DEFAULT_OBSERVATIONS = 1000

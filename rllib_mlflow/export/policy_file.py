@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from rllib_mlflow.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 FORMAT_FILES = {"saved_model": "saved_model", "h5": "model.h5", "onnx": "model.onnx"}
 POLICY_FILE = "policy.json"

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from rllib_mlflow import _tensorflow_first  # noqa: F401 - before Keras builds anything
-from rllib_mlflow.snapshot import ActionRule, PolicySnapshot
+from rllib_mlflow.rllib.snapshot import ActionRule, PolicySnapshot
 
 
 def write_h5(model, path: str) -> None:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow import registry
-from rllib_mlflow.checkpoint import checkpoint_uri as source_uri
-from rllib_mlflow.checkpoint import read_snapshots
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.locks import host_lock
+from rllib_mlflow.mlflow import registry
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
-from rllib_mlflow.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.checkpoint import checkpoint_uri as source_uri
+from rllib_mlflow.rllib.checkpoint import read_snapshots
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
 from rllib_mlflow.validation import validate_tags
 
 logger = get_logger(__name__)
@@ -202,7 +202,7 @@ def _log_and_register(
     verify: bool,
 ):
     """Register one module's checkpoint unless this trial's iteration already is."""
-    from rllib_mlflow import card
+    from rllib_mlflow.mlflow import card
 
     trial_id = trial[0]
     key = (model_name, trial_id, training_iteration, snapshot.module_id)
@@ -273,7 +273,7 @@ def _log_version(
 ):
     """Log the export as a LoggedModel and register it; on failure, leave neither the
     LoggedModel nor a registered model created for it behind."""
-    from rllib_mlflow import flavor
+    from rllib_mlflow.mlflow import flavor
 
     info = flavor.log_model(
         policy.path,
@@ -409,7 +409,7 @@ def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:
-    from rllib_mlflow.checkpoint import local_checkpoint_dir
+    from rllib_mlflow.rllib.checkpoint import local_checkpoint_dir
 
     path = f"rllib_checkpoints/checkpoint_{training_iteration:06d}"
     mlflow_client.log_artifacts(run_id, local_checkpoint_dir(checkpoint), artifact_path=path)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from rllib_mlflow import card, registry
-from rllib_mlflow.episode import EpisodeActor
-from rllib_mlflow.replay import Replay, record_replay
+from rllib_mlflow.evaluate.replay import Replay, record_replay
+from rllib_mlflow.mlflow import card, registry
+from rllib_mlflow.policy.episode import EpisodeActor
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-from rllib_mlflow import registry
 from rllib_mlflow.errors import RegistryError, TrackingError
+from rllib_mlflow.mlflow import registry
 from rllib_mlflow.redaction import mask_urls
 
 CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call

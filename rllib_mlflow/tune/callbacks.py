@@ -1,7 +1,7 @@
 """Ray Tune callbacks: one MLflow run per trial, and every checkpoint a registered version.
 
 The hooks only translate Tune events into messages. `Exporter` passes them, in order, to
-one worker process (`rllib_mlflow._worker`) that does all the MLflow work at the lowest
+one worker process (`rllib_mlflow.tune.worker`) that does all the MLflow work at the lowest
 CPU priority: the trials' runs, and exporting and registering checkpoints. So the driver
 never imports mlflow, TensorFlow or torch, and never waits on a server. Every checkpoint
 is first copied out of Tune's hands (so `num_to_keep` cannot delete it under us) and
@@ -24,14 +24,18 @@ from typing import Any
 
 from ray.tune.logger import LoggerCallback
 
-from rllib_mlflow import preflight, registry
 from rllib_mlflow._logging import show_info_logs
-from rllib_mlflow._worker import WorkerProcess
 from rllib_mlflow.export import FORMATS
-from rllib_mlflow.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
+from rllib_mlflow.mlflow import preflight, registry
+from rllib_mlflow.mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.redaction import get_logger, redact
-from rllib_mlflow.runs import TrialInfo, redact_params
-from rllib_mlflow.tracking import DEFAULT_BEST_METRIC, RegistrationSettings, result_metrics
+from rllib_mlflow.register.registration import (
+    DEFAULT_BEST_METRIC,
+    RegistrationSettings,
+    result_metrics,
+)
+from rllib_mlflow.tune.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
+from rllib_mlflow.tune.worker import WorkerProcess
 from rllib_mlflow.validation import validate_tags
 
 logger = get_logger(__name__)
@@ -168,7 +172,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     experiment directory, for ``rllib-mlflow sync EXPERIMENT_DIR``.
 
     With ``keep_last`` / ``keep_best``, versions outside that retention policy are deleted
-    after each registration (see `rllib_mlflow.retention`); versions holding ``best`` or
+    after each registration (see `rllib_mlflow.mlflow.retention`); versions holding ``best`` or
     any alias a person set are never deleted.
 
     Each version gets a model card (its description, and README.md with the model); with
@@ -229,7 +233,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             logger.exception("could not queue checkpoint %s", checkpoint.path)
 
     def _queue_checkpoint(self, trial, checkpoint) -> None:
-        from rllib_mlflow.checkpoint import checkpoint_uri
+        from rllib_mlflow.rllib.checkpoint import checkpoint_uri
 
         self._ensure_setup()
         info = TrialInfo.of(trial)

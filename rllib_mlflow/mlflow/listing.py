@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rllib_mlflow import registry
 from rllib_mlflow.console import utc_iso
+from rllib_mlflow.mlflow import registry
 
 _NUMBERS = {
     registry.TAG_ITERATION: int,

@@ -2,7 +2,7 @@
 
 Same four verbs as MLflow's own flavors. A saved model holds the exports under `data/`
 (saved_model/, model.h5, model.onnx, policy.json) and the pyfunc loader under
-`code/rllib_mlflow_serving.py`, a copy of `rllib_mlflow.serving`, so that serving needs
+`code/rllib_mlflow_serving.py`, a copy of `rllib_mlflow.policy.serving`, so that serving needs
 only mlflow, numpy and one inference backend: never Ray, torch or rllib-mlflow.
 """
 
@@ -31,8 +31,8 @@ from mlflow.utils.environment import (
 from mlflow.utils.file_utils import write_to
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
-from rllib_mlflow import serving
 from rllib_mlflow.paths import inside
+from rllib_mlflow.policy import serving
 
 FLAVOR_NAME = "rllib_mlflow"
 DATA_DIR = "data"
@@ -109,7 +109,7 @@ def log_model(
     **kwargs: Any,
 ) -> ModelInfo:
     """Log an exported policy as a LoggedModel of a run at `step` (and optionally register)."""
-    import rllib_mlflow.flavor as flavor_module
+    import rllib_mlflow.mlflow.flavor as flavor_module
 
     if run_id is not None and kwargs.get("model_id") is None:
         # Model.log would file the LoggedModel under the active experiment (by default the
@@ -143,7 +143,7 @@ def load_model(
     backend: str | None = None,
     tracking_uri: str | None = None,
 ):
-    """Load a logged policy as `rllib_mlflow.serving.Policy` (no Ray, no torch)."""
+    """Load a logged policy as `rllib_mlflow.policy.serving.Policy` (no Ray, no torch)."""
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=_resolve_models_uri(model_uri, tracking_uri),
         dst_path=dst_path,
@@ -240,7 +240,7 @@ def _reads_rewards(policy: dict[str, Any]) -> bool:
 
 def _input_example(policy: dict[str, Any]):
     """Two raw observations (with the initial state, for a stateful policy)."""
-    from rllib_mlflow.spaces import space_from_json
+    from rllib_mlflow.policy.spaces import space_from_json
 
     space = space_from_json(policy["observation_space"])
     space.seed(0)

@@ -1,6 +1,6 @@
 """A replay: one seeded episode of a policy, rendered by its environment, as a small GIF.
 
-Plays without Ray: the policy is an exported one (`rllib_mlflow.serving.Policy`, from
+Plays without Ray: the policy is an exported one (`rllib_mlflow.policy.serving.Policy`, from
 `load_policy` or an export directory), the environment a gymnasium one made with
 ``render_mode="rgb_array"``. Environments that cannot render that way (no such mode, or a
 missing renderer such as pygame for the classic-control envs) are skipped, and the
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rllib_mlflow.episode import EpisodeActor
+from rllib_mlflow.policy.episode import EpisodeActor
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import re
 import tempfile
 from typing import Any
 
-from rllib_mlflow import registry
-from rllib_mlflow.replay import REPLAY_FILE, Replay, record_replay
+from rllib_mlflow.evaluate.replay import REPLAY_FILE, Replay, record_replay
+from rllib_mlflow.mlflow import registry
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def publish_new_version(mlflow_client, name: str, version, exported, *, video: b
 
 def record_and_attach(mlflow_client, name: str, number, export_dir, *, seed: int = 0) -> Replay:
     """Record a replay with the exported policy in `export_dir` (no Ray) and attach it."""
-    from rllib_mlflow.serving import Policy
+    from rllib_mlflow.policy.serving import Policy
 
     policy = Policy(str(export_dir))
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replay_") as directory:

@@ -5,7 +5,7 @@ checkpoints, so that the driver never imports mlflow, TensorFlow or torch and ne
 waits on a server. A separate process also because the Tune driver imported RLlib before
 TensorFlow (which leaves TF in graph mode), and at the lowest CPU priority, so that
 training keeps the cores and this work fills the idle moments. It is started with
-`python -m rllib_mlflow._worker` rather than multiprocessing, so that the user's training
+`python -m rllib_mlflow.tune.worker` rather than multiprocessing, so that the user's training
 script is never re-imported.
 
 Protocol: one JSON message per line on stdin, `{"op": ..., "key": ..., ...}`, handled in
@@ -61,7 +61,7 @@ class WorkerProcess:
     def _ensure_started(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "rllib_mlflow._worker"],
+                [sys.executable, "-m", "rllib_mlflow.tune.worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -97,7 +97,7 @@ def _send(process: subprocess.Popen, message: dict[str, Any]) -> None:
 
 def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
     """Export, log and register one queued checkpoint; retried on transient failures."""
-    from rllib_mlflow.tracking import log_checkpoint
+    from rllib_mlflow.register.registration import log_checkpoint
 
     def attempt():
         return log_checkpoint(
@@ -127,8 +127,8 @@ def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
-    from rllib_mlflow import registry
-    from rllib_mlflow.retention import prune
+    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow.retention import prune
 
     mlflow_client = registry.client(task.get("tracking_uri"), task.get("registry_uri"))
     for name in sorted(names):
@@ -171,8 +171,8 @@ class Session:
     @property
     def runs(self):
         if self._runs is None:
-            from rllib_mlflow import registry
-            from rllib_mlflow.runs import TrialRuns
+            from rllib_mlflow.mlflow import registry
+            from rllib_mlflow.mlflow.runs import TrialRuns
 
             self._runs = TrialRuns(
                 registry.client(
@@ -187,7 +187,7 @@ class Session:
 
     @staticmethod
     def _trial(message: dict[str, Any]):
-        from rllib_mlflow.runs import TrialInfo
+        from rllib_mlflow.mlflow.runs import TrialInfo
 
         return TrialInfo(**message["trial"])
 

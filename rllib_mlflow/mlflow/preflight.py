@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rllib_mlflow import __version__, registry, runs
+from rllib_mlflow import __version__
 from rllib_mlflow.errors import TrackingError
+from rllib_mlflow.mlflow import registry, runs
+from rllib_mlflow.mlflow.rest import rest_client
 from rllib_mlflow.redaction import mask_urls
-from rllib_mlflow.rest import rest_client
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the working directory
 

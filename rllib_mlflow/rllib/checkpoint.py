@@ -27,7 +27,8 @@ import gymnasium as gym
 import numpy as np
 
 from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
-from rllib_mlflow.snapshot import (
+from rllib_mlflow.policy.spaces import space_to_json
+from rllib_mlflow.rllib.snapshot import (
     ActionRule,
     Layer,
     LSTMLayer,
@@ -37,7 +38,6 @@ from rllib_mlflow.snapshot import (
     PrevActionsRewards,
     StateTensor,
 )
-from rllib_mlflow.spaces import space_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -914,7 +914,7 @@ def _conv_layer(conv) -> Layer:
 
 
 def _gym_space(data: dict[str, Any]):
-    from rllib_mlflow.spaces import space_from_json
+    from rllib_mlflow.policy.spaces import space_from_json
 
     return space_from_json(data)
 

@@ -1,6 +1,6 @@
 """MLflow runs for Tune trials: one run per trial, its params, metrics, artifacts and status.
 
-Used by the export worker process (see `rllib_mlflow._worker`), never by the Tune driver,
+Used by the export worker process (see `rllib_mlflow.tune.worker`), never by the Tune driver,
 which only sends it `TrialInfo`s and JSON-ready params and metrics.
 """
 

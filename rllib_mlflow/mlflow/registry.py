@@ -24,23 +24,23 @@ from collections.abc import Callable
 from typing import Any
 
 from rllib_mlflow.errors import RegistryError, TrackingError
-from rllib_mlflow.paths import check_tree, inside
-from rllib_mlflow.redaction import mask_urls
-from rllib_mlflow.rest import (
+from rllib_mlflow.mlflow.rest import (
     RestApiError,
     RestClient,
     RestPermissionError,
     load_deadline_seconds,
     rest_client,
 )
-from rllib_mlflow.rest import max_file_bytes as default_max_file_bytes
-from rllib_mlflow.serving import (
+from rllib_mlflow.mlflow.rest import max_file_bytes as default_max_file_bytes
+from rllib_mlflow.paths import check_tree, inside
+from rllib_mlflow.policy.serving import (
     ONNX_FILE,
     POLICY_FILE,
     SAVED_MODEL_DIR,
     Policy,
     onnxruntime_installed,
 )
+from rllib_mlflow.redaction import mask_urls
 from rllib_mlflow.validation import validate_registered_model_name  # noqa: F401 (API)
 
 ALIAS_BEST = "best"
@@ -261,7 +261,7 @@ def load_policy(
         max_file_bytes: refuse a larger file (default: RLLIB_MLFLOW_MAX_FILE_BYTES, 2 GiB).
 
     Returns:
-        `rllib_mlflow.serving.Policy`, with ``compute_actions(obs)``,
+        `rllib_mlflow.policy.serving.Policy`, with ``compute_actions(obs)``,
         ``action_dist_inputs(obs)`` and ``metadata``. The downloaded files are deleted
         once the policy is in memory.
     """
@@ -290,7 +290,7 @@ def _read_policy(version, backend, tracking_uri, export_dir, local) -> Policy:
     try:
         if export_dir:
             return Policy(export_dir, backend=backend)
-        from rllib_mlflow.flavor import load_model
+        from rllib_mlflow.mlflow.flavor import load_model
 
         uri = f"models:/{version.name}/{version.version}"
         return load_model(uri, dst_path=local, backend=backend, tracking_uri=tracking_uri)

@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rllib_mlflow import card, registry
 from rllib_mlflow.errors import RegistryError
+from rllib_mlflow.mlflow import card, registry
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 `import mlflow` alone takes over a second, more than the whole rest of loading a policy,
 and the Tune driver should not pay it before training starts. Against an HTTP(S) tracking
-server, `RestClient` therefore answers the lookups of `rllib_mlflow.registry` and the
-checks of `rllib_mlflow.preflight` like an MlflowClient would, and `load_policy` downloads
+server, `RestClient` therefore answers the lookups of `rllib_mlflow.mlflow.registry` and the
+checks of `rllib_mlflow.mlflow.preflight` like an MlflowClient would, and `load_policy` downloads
 just the files its backend needs through the server's artifact proxy. Any other store,
 artifact location or TLS setup goes through MLflow itself (`rest_client` returns None).
 

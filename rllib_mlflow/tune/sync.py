@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow import registry
-from rllib_mlflow._worker import register_task
 from rllib_mlflow.errors import CheckpointError
-from rllib_mlflow.journal import FAILED, REGISTERED, Journal, task_key
+from rllib_mlflow.mlflow import registry
 from rllib_mlflow.redaction import get_logger
-from rllib_mlflow.tracking import result_metrics
+from rllib_mlflow.register.registration import result_metrics
+from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal, task_key
+from rllib_mlflow.tune.worker import register_task
 
 logger = get_logger(__name__)
 
@@ -228,7 +228,7 @@ def _trial_tasks(
     checkpoints: list[Path] | None = None,
 ) -> list[dict[str, Any]]:
     """A task per checkpoint of one Tune trial directory, with metrics from result.json."""
-    from rllib_mlflow.checkpoint import read_training_iteration
+    from rllib_mlflow.rllib.checkpoint import read_training_iteration
 
     results = (
         _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}
@@ -295,7 +295,7 @@ def _trial_run(
     trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
 ) -> tuple[str, bool]:
     """The trial's run from an earlier session (True), else a new run (False)."""
-    from rllib_mlflow.runs import trial_run_lock
+    from rllib_mlflow.mlflow.runs import trial_run_lock
 
     mlflow_client = registry.client(tracking_uri)
     with trial_run_lock(mlflow_client, trial_id or trial_dir.name):
@@ -305,7 +305,7 @@ def _trial_run(
 def _find_or_create_run(
     mlflow_client, trial_id: str | None, trial_dir: Path, experiment_name: str
 ) -> tuple[str, bool]:
-    from rllib_mlflow.runs import TAG_TRIAL_ID, experiment_id
+    from rllib_mlflow.mlflow.runs import TAG_TRIAL_ID, experiment_id
 
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     if trial_id:

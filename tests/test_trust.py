@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.register.registration import logged_model_id
+from rllib_mlflow.register.versions import logged_model_id
 from tests import tune_job
 from tests.mlflow_server import VENV_BIN, free_port, start_process, start_tracking_server
 from tests.test_reliability import (
@@ -210,32 +210,24 @@ def test_a_permanent_registration_failure_fails_at_once_not_after_a_minute(
     trained_checkpoint, tmp_path
 ):
     """An unwritable export folder used to be retried for about a minute per checkpoint."""
-    from rllib_mlflow.tune.worker import register_task
+    from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask, register_task
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     checkpoint = trained_checkpoint("ppo_cartpole")
-    task = {
-        "checkpoint": checkpoint.path,
-        "checkpoint_uri": checkpoint.path,
-        "registered_model_name": "permanent",
-        "training_iteration": 1,
-        "metrics": {},
-        "run_id": None,
-        "trial_id": "t1",
-        "trial_name": "t1",
-        "formats": ["onnx"],
-        "best_metric": "episode_return_mean",
-        "best_mode": "max",
-        "log_rllib_checkpoint": False,
-        "verify": False,
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-    }
+    task = RegistrationTask(
+        RegistrationSettings("permanent", formats=("onnx",), verify=False),
+        checkpoint=checkpoint.path,
+        checkpoint_uri=checkpoint.path,
+        training_iteration=1,
+        trial_id="t1",
+        trial_name="t1",
+    )
     os.environ["RLLIB_MLFLOW_TMPDIR"] = str(not_a_folder)
     started = time.monotonic()
     try:
         with pytest.raises(NotADirectoryError):
-            register_task(task)
+            register_task(task, f"sqlite:///{tmp_path}/mlflow.db")
     finally:
         del os.environ["RLLIB_MLFLOW_TMPDIR"]
     assert time.monotonic() - started < 30  # not 2 + 4 + 8 + 16 + 32 s of retries

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow.evaluate.replay import Replay, record_replay
-from rllib_mlflow.mlflow import card, registry
+from rllib_mlflow.mlflow import card, registry, runs
 from rllib_mlflow.policy.episode import EpisodeActor
 
 logger = logging.getLogger(__name__)
@@ -242,12 +242,10 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
         )
         mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.env_id", env_id)
         mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.seed", str(seed))
-    experiment = mlflow_client.get_experiment_by_name(EVAL_EXPERIMENT)
-    experiment_id = (
-        experiment.experiment_id if experiment else mlflow_client.create_experiment(EVAL_EXPERIMENT)
-    )
     run = mlflow_client.create_run(
-        experiment_id, run_name=f"evaluate-{name}", tags={"registered_model": name}
+        runs.experiment_id(mlflow_client, EVAL_EXPERIMENT),
+        run_name=f"evaluate-{name}",
+        tags={"registered_model": name},
     )
     run_id = run.info.run_id
     mlflow_client.log_batch(run_id, params=_params(name, env_id, episodes, seed))
@@ -256,8 +254,7 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
         step = evaluation.training_iteration or 0
         for key, value in evaluation.summary().items():
             metrics.append(Metric(f"eval/{key}", value, 0, step))
-    for start in range(0, len(metrics), 1000):
-        mlflow_client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    runs.log_metric_batches(mlflow_client, run_id, metrics)
     best = max(evaluations, key=lambda e: e.mean)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, f"evaluation_{name}.png")

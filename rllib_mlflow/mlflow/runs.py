@@ -81,6 +81,20 @@ def experiment_id(mlflow_client, name: str) -> str:
         return experiment.experiment_id
 
 
+def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log `metrics` at `step`, now."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    log_metric_batches(mlflow_client, run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
+
+
+def log_metric_batches(mlflow_client, run_id: str, metrics: list) -> None:
+    """Log MLflow `Metric`s in batches of `log_batch`'s limit."""
+    for start in range(0, len(metrics), _METRICS_PER_BATCH):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + _METRICS_PER_BATCH])
+
+
 class TrialRuns:
     """The MLflow run of each trial; continues a restored trial's run."""
 
@@ -138,13 +152,7 @@ class TrialRuns:
             self.client.log_batch(run_id, params=new[start : start + _PARAMS_PER_BATCH])
 
     def log_metrics(self, trial: TrialInfo, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self.run_id(trial)
-        now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, step) for k, v in metrics.items()]
-        for start in range(0, len(batch), _METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=batch[start : start + _METRICS_PER_BATCH])
+        log_metrics(self.client, self.run_id(trial), metrics, step)
 
     def log_artifacts(self, trial: TrialInfo, path: str) -> None:
         self.client.log_artifacts(self.run_id(trial), path)

@@ -11,15 +11,8 @@ written to a journal, so that nothing is lost on Ctrl-C or a crash:
 
 from __future__ import annotations
 
-import atexit
-import itertools
 import os
-import queue
-import shutil
 import sys
-import threading
-import time
-from pathlib import Path
 from typing import Any
 
 from ray.tune.logger import LoggerCallback
@@ -29,18 +22,14 @@ from rllib_mlflow.export import FORMATS
 from rllib_mlflow.mlflow import preflight, registry
 from rllib_mlflow.mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.redaction import get_logger, redact
-from rllib_mlflow.register.registration import (
-    DEFAULT_BEST_METRIC,
-    RegistrationSettings,
-    result_metrics,
-)
-from rllib_mlflow.tune.journal import FAILED, QUEUED, REGISTERED, Journal, task_key
-from rllib_mlflow.tune.worker import WorkerProcess
+from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, result_metrics
+from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
+from rllib_mlflow.tune.exporter import Exporter, default_export_workers, local_experiment_dir
+from rllib_mlflow.tune.journal import QUEUED
+from rllib_mlflow.tune.staging import StagingLimit
 from rllib_mlflow.validation import validate_tags
 
 logger = get_logger(__name__)
-
-STAGING_DIR = ".rllib_mlflow_staging"
 
 
 class MLflowLoggerCallback(LoggerCallback):
@@ -96,9 +85,13 @@ class MLflowLoggerCallback(LoggerCallback):
                     "tags": self.tags,
                     # MLflow's run context (source name, git commit) is the driver's script.
                     "source": sys.argv[0] if sys.argv else "",
-                }
+                },
+                **self._exporter_options(),
             )
         self._exporter.start_worker()  # its start-up overlaps the trials' start-up
+
+    def _exporter_options(self) -> dict[str, Any]:
+        return {}
 
     def _experiment(self) -> dict[str, str]:
         """Where the runs go, in the order Ray's callback and MLflow's env vars imply."""
@@ -178,6 +171,12 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     Each version gets a model card (its description, and README.md with the model); with
     ``video=True`` also a replay of one seeded episode (replay.gif), recorded without Ray
     from the env's ``rgb_array`` render.
+
+    ``export_workers`` processes export in parallel (default: RLLIB_MLFLOW_EXPORT_WORKERS,
+    else one per two cores, at most 4); each trial's checkpoints go to one of them, in
+    order. At most ``max_staged`` checkpoints (and ``max_staged_bytes``) wait as staged
+    copies (see `rllib_mlflow.tune.staging`); past that a checkpoint is exported from where
+    Tune keeps it, which ``num_to_keep`` may delete before its turn.
     """
 
     def __init__(
@@ -195,6 +194,9 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         keep_last: int | None = None,
         keep_best: int | None = None,
         video: bool = False,
+        export_workers: int | None = None,
+        max_staged: int | None = None,
+        max_staged_bytes: int | None = None,
         **logger_kwargs: Any,
     ):
         super().__init__(tracking_uri, **logger_kwargs)
@@ -205,12 +207,18 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             tuple(formats),
             log_rllib_checkpoint,
             video,
+            verify,
+            retries,
+            keep_last,
+            keep_best,
         )
-        self.verify = verify
-        self.retention = {"keep_last": keep_last, "keep_best": keep_best}
+        self.export_workers = export_workers or default_export_workers()
+        self.staging_limit = StagingLimit.from_env(max_staged, max_staged_bytes)
         self.flush_timeout_s = flush_timeout_s
-        self.retries = retries
         self._best_metric_seen: bool | None = None
+
+    def _exporter_options(self) -> dict[str, Any]:
+        return {"workers": self.export_workers, "staging": self.staging_limit}
 
     def setup(self, *args, **kwargs) -> None:
         super().setup(*args, **kwargs)
@@ -237,33 +245,26 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
 
         self._ensure_setup()
         info = TrialInfo.of(trial)
-        journal = self._exporter.journal_for(trial)
+        journal = self._exporter.journal_for(local_experiment_dir(trial))
         result = dict(trial.last_result or {})
         iteration = int(result.get("training_iteration", 0))
-        key = task_key(trial.trial_id, iteration)
         source = checkpoint_uri(checkpoint)
-        staged = _stage_checkpoint(checkpoint, journal.path.parent, trial.trial_id, iteration)
-        task = {
-            "checkpoint": staged,
-            "checkpoint_uri": source,
-            "registered_model_name": self.settings.registered_model_name,
-            "training_iteration": iteration,
-            "metrics": result_metrics(result),
-            "trial_id": info.trial_id,
-            "trial_name": info.name,
-            "formats": list(self.settings.formats),
-            "best_metric": self.settings.best_metric,
-            "best_mode": self.settings.best_mode,
-            "log_rllib_checkpoint": self.settings.log_rllib_checkpoint,
-            "video": self.settings.video,
-            "verify": self.verify,
-            "retries": self.retries,
-            **self.retention,
-        }
+        staged = self._exporter.staging.stage(
+            checkpoint, journal.path.parent, trial.trial_id, iteration
+        )
+        task = RegistrationTask(
+            self.settings,
+            checkpoint=staged or source,
+            checkpoint_uri=source,
+            training_iteration=iteration,
+            metrics=result_metrics(result),
+            trial_id=info.trial_id,
+            trial_name=info.name,
+        )
         # The journal never holds the tracking URI (it may carry credentials); the worker
         # adds it, and the run id of the trial.
-        journal.record(QUEUED, key, **task)
-        self._exporter.register(journal, key, task, trial=info.to_json())
+        journal.record(QUEUED, task.key, **task.to_json())
+        self._exporter.register(journal, task, trial=info.to_json())
 
     def _check_best_metric(self, result: dict) -> None:
         if self._best_metric_seen:
@@ -283,148 +284,3 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
                 name,
                 similar or sorted(metrics)[:5],
             )
-
-
-def _stage_checkpoint(checkpoint, journal_dir: Path, trial_id: str, iteration: int) -> str:
-    """Copy the checkpoint where Tune's `num_to_keep` cannot delete it before export."""
-    target = journal_dir / STAGING_DIR / trial_id / f"checkpoint_{iteration:06d}"
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.to_directory(str(target))
-    return str(target)
-
-
-# -- background work ----------------------------------------------------------------------
-
-
-class Exporter:
-    """The driver's side of the worker: a bounded, ordered outbox that a thread forwards to
-    the worker process, what the worker has not answered yet, and the bounded final flush."""
-
-    def __init__(self, worker_settings: dict[str, Any], max_queued: int = 10_000):
-        self._outbox: queue.Queue = queue.Queue(maxsize=max_queued)
-        self._worker = WorkerProcess(self._on_reply, worker_settings)
-        self._unanswered: dict[str, dict[str, Any]] = {}  # by key, in the order sent
-        self._registrations: dict[str, Journal] = {}  # checkpoint key -> its journal
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._stopping = False
-        self._journals: dict[str, Journal] = {}
-        self.flush_timeout_s = 600.0
-        threading.Thread(target=self._forward, name="rllib-mlflow", daemon=True).start()
-        atexit.register(self.flush)
-
-    def start_worker(self) -> None:
-        self._worker.start()
-
-    def journal_for(self, trial) -> Journal:
-        directory = _local_experiment_dir(trial)
-        if directory not in self._journals:
-            self._journals[directory] = Journal(directory)
-        return self._journals[directory]
-
-    def send(self, op: str, optional: bool = False, **fields: Any) -> None:
-        """Queue one message for the worker; `optional` ones are dropped when it lags far."""
-        self._queue({"op": op, "key": f"{op}-{next(self._ids)}", **fields}, optional)
-
-    def register(self, journal: Journal, key: str, task: dict[str, Any], trial: dict) -> None:
-        """Export and register `task` in the worker, after the messages queued before it
-        (so that the iteration's metrics are in the run when the model links them)."""
-        with self._lock:
-            self._registrations[key] = journal
-        self._queue({"op": "register", "key": key, "task": task, "trial": trial}, False)
-
-    def _queue(self, message: dict[str, Any], optional: bool) -> None:
-        try:
-            self._outbox.put_nowait(message)
-        except queue.Full:
-            if not optional:
-                self._outbox.put(message)
-            else:
-                logger.warning("tracking queue full; dropped one metrics update.")
-
-    def flush(self) -> None:
-        """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
-        if self._stopping:  # flushed already (atexit after the experiment end, or Ctrl-C)
-            return
-        deadline = time.monotonic() + self.flush_timeout_s
-        last_report = 0.0
-        try:
-            while self._busy() and time.monotonic() < deadline:
-                if self._registrations and time.monotonic() - last_report > 5:
-                    logger.info("registering %d checkpoint(s)...", len(self._registrations))
-                    last_report = time.monotonic()
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            logger.warning("interrupted while registering checkpoints.")
-        with self._lock:
-            left = sorted({str(journal.path.parent) for journal in self._registrations.values()})
-            count = len(self._registrations)
-            self._stopping = True
-        if count:
-            logger.warning(
-                "%d checkpoint(s) not registered yet; the journal keeps them. "
-                "Run: rllib-mlflow sync %s",
-                count,
-                " ".join(left),
-            )
-        self._worker.stop()
-
-    def _busy(self) -> bool:
-        return bool(self._unanswered or self._outbox.unfinished_tasks)
-
-    def _forward(self) -> None:
-        while True:
-            message = self._outbox.get()
-            try:
-                with self._lock:
-                    self._unanswered[message["key"]] = message
-                self._worker.submit(message)
-            except Exception:  # a dead worker is restarted, and resent this, by _on_reply
-                logger.warning("could not reach the worker", exc_info=True)
-            finally:
-                self._outbox.task_done()
-
-    def _on_reply(self, key: str, reply: dict[str, Any]) -> None:
-        if "worker_exited" in reply:
-            self._restart_after_crash(reply["worker_exited"])
-            return
-        with self._lock:
-            message = self._unanswered.pop(key, None)
-            journal = self._registrations.pop(key, None)
-        if journal is not None and message is not None:
-            self._record_registration(journal, key, message["task"], reply)
-        elif "error" in reply:
-            logger.error("%s failed: %s; training goes on.", key, reply["error"])
-
-    @staticmethod
-    def _record_registration(journal: Journal, key: str, task: dict, reply: dict) -> None:
-        if "versions" in reply:
-            journal.record(REGISTERED, key, versions=reply["versions"])
-            shutil.rmtree(task["checkpoint"], ignore_errors=True)
-        else:
-            journal.record(FAILED, key, error=reply["error"])
-            logger.error(
-                "could not register %s: %s. It stays in the journal for "
-                "`rllib-mlflow sync`; training goes on.",
-                key,
-                reply["error"],
-            )
-
-    def _restart_after_crash(self, exit_code: int) -> None:
-        with self._lock:
-            unanswered = list(self._unanswered.values())
-            if self._stopping or not unanswered:
-                return
-        logger.warning("the worker exited (%s); restarting it.", exit_code)
-        for message in unanswered:  # in the order first sent
-            self._worker.submit(message)
-
-
-def _local_experiment_dir(trial) -> str:
-    """The experiment directory when storage is local, else a local mirror of it."""
-    storage = trial.storage
-    if storage.storage_filesystem.type_name == "local":
-        return storage.experiment_fs_path
-    return os.path.join(os.path.expanduser("~/ray_results"), storage.experiment_dir_name)

@@ -111,7 +111,3 @@ def _parse(line: str) -> tuple[dict[str, Any] | None, str | None]:
             if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
                 return None, f"a queued entry without a valid {name!r}"
     return entry, None
-
-
-def task_key(trial_id: str | None, training_iteration: int) -> str:
-    return f"{trial_id or 'no-trial'}/{int(training_iteration)}"

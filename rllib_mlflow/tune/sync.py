@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,22 +20,14 @@ from typing import Any
 from rllib_mlflow.errors import CheckpointError
 from rllib_mlflow.mlflow import registry
 from rllib_mlflow.redaction import get_logger
-from rllib_mlflow.register.registration import result_metrics
-from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal, task_key
-from rllib_mlflow.tune.worker import register_task
+from rllib_mlflow.register.metrics import result_metrics
+from rllib_mlflow.register.task import RegistrationTask, register_task
+from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
 
 logger = get_logger(__name__)
 
-
-# What a task needs beyond the checkpoint, when neither the journal nor the callback's
-# settings say otherwise.
-_SETTING_DEFAULTS: dict[str, Any] = {
-    "formats": ["saved_model", "h5", "onnx"],
-    "best_metric": "episode_return_mean",
-    "best_mode": "max",
-    "log_rllib_checkpoint": False,
-}
-_TASK_DEFAULTS = {"metrics": {}, "trial_id": None, "trial_name": None, **_SETTING_DEFAULTS}
+# The settings a journal entry of the callback carries over to the trial's other checkpoints.
+_TRIAL_SETTINGS = ("formats", "best_metric", "best_mode", "log_rllib_checkpoint")
 
 # Called with (done, total, what) before the first and after each checkpoint.
 Progress = Callable[[int, int, str], None]
@@ -84,26 +76,35 @@ def sync_experiment(
         )
     registry.validate_registered_model_name(name)
     registry.check_tracking_server(registry.client(tracking_uri))
-    tasks = {e["key"]: e for e in journal.pending()}
-    for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri):
-        tasks.setdefault(task["key"], task)
-    _resolve_runs(tasks.values(), Path(experiment_dir).name, tracking_uri)
-    return _register_all(tasks, name, tracking_uri, verify, journal, video, on_progress)
+    settings = {"registered_model_name": name, "verify": verify}
+    tasks = {}
+    for entry in journal.pending():
+        task = RegistrationTask.from_json(entry, **settings, video=video or entry.get("video"))
+        tasks[entry["key"]] = task
+    for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri, settings, video):
+        tasks.setdefault(task.key, task)
+    tasks = _resolve_runs(tasks, Path(experiment_dir).name, tracking_uri)
+    return _register_all(tasks, tracking_uri, journal, on_progress)
 
 
-def _resolve_runs(tasks, experiment_name: str, tracking_uri: str | None) -> None:
+def _resolve_runs(
+    tasks: dict[str, RegistrationTask], experiment_name: str, tracking_uri: str | None
+) -> dict[str, RegistrationTask]:
     """Journal entries carry no run id (the callback resolves it when it submits the task):
     find the trial's run by its tag, or create one."""
     runs: dict[str | None, tuple[str, bool]] = {}
-    for task in tasks:
-        if task.get("run_id"):
-            continue
-        trial_id = task.get("trial_id")
-        if trial_id not in runs:
-            trial_dir = Path(task.get("trial_name") or trial_id or experiment_name)
-            runs[trial_id] = _trial_run(trial_id, trial_dir, experiment_name, tracking_uri)
-        task["run_id"], existed = runs[trial_id]
-        task["metrics_logged"] = existed and task.get("metrics_logged", True)
+    resolved = {}
+    for key, task in tasks.items():
+        if not task.run_id:
+            if task.trial_id not in runs:
+                trial_dir = Path(task.trial_name or task.trial_id or experiment_name)
+                runs[task.trial_id] = _trial_run(
+                    task.trial_id, trial_dir, experiment_name, tracking_uri
+                )
+            run_id, existed = runs[task.trial_id]
+            task = task.replace(run_id=run_id, metrics_logged=existed and task.metrics_logged)
+        resolved[key] = task
+    return resolved
 
 
 def register_path(
@@ -125,23 +126,20 @@ def register_path(
     _require_directory(path, "an experiment directory, a trial directory or a checkpoint")
     registry.check_tracking_server(registry.client(tracking_uri))
     root = Path(path)
+    settings = {"registered_model_name": registered_model_name, "verify": verify}
     if (root / "rllib_checkpoint.json").exists():  # one checkpoint inside a trial directory
         experiment = root.parent.parent
-        tasks = _trial_tasks(root.parent, experiment.name, {}, tracking_uri, [root])
+        tasks = _trial_tasks(
+            root.parent, experiment.name, {}, tracking_uri, settings, video, [root]
+        )
     elif (root / "result.json").exists():  # one trial
-        tasks = _trial_tasks(root, root.parent.name, {}, tracking_uri)
+        tasks = _trial_tasks(root, root.parent.name, {}, tracking_uri, settings, video)
     else:
-        tasks = _tasks_on_disk(root, Journal(root).entries(), tracking_uri)
+        entries = Journal(root).entries()
+        tasks = _tasks_on_disk(root, entries, tracking_uri, settings, video)
     if not tasks:
         raise registry.RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
-    return _register_all(
-        {t["key"]: t for t in tasks},
-        registered_model_name,
-        tracking_uri,
-        verify,
-        video=video,
-        on_progress=on_progress,
-    )
+    return _register_all({t.key: t for t in tasks}, tracking_uri, on_progress=on_progress)
 
 
 def _require_directory(path: str, what: str) -> None:
@@ -151,12 +149,9 @@ def _require_directory(path: str, what: str) -> None:
 
 
 def _register_all(
-    tasks: dict[str, dict[str, Any]],
-    name: str,
+    tasks: dict[str, RegistrationTask],
     tracking_uri: str | None,
-    verify: bool,
     journal: Journal | None = None,
-    video: bool = False,
     on_progress: Progress | None = None,
 ) -> SyncReport:
     report = SyncReport()
@@ -164,14 +159,10 @@ def _register_all(
     progress(0, len(tasks), "")
     for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
         logger.info("[%d/%d] registering %s", number, len(tasks), key)
-        task = {**_TASK_DEFAULTS, **task, "registered_model_name": name}
-        task["tracking_uri"] = tracking_uri
-        task["verify"] = verify
-        task["video"] = video or task.get("video", False)
-        if not Path(task["checkpoint"]).exists():
-            task["checkpoint"] = task["checkpoint_uri"]  # the staged copy is gone
+        if not Path(task.checkpoint).exists():
+            task = task.replace(checkpoint=task.checkpoint_uri)  # the staged copy is gone
         try:
-            versions = _register_settled(task)
+            versions = _register_settled(task, tracking_uri)
         except Exception as error:
             report.failed[key] = f"{type(error).__name__}: {error}"
             if journal is not None:
@@ -184,21 +175,20 @@ def _register_all(
     return report
 
 
-def _register_settled(task: dict[str, Any]) -> list[dict[str, str]]:
+def _register_settled(task: RegistrationTask, tracking_uri: str | None) -> list[dict[str, str]]:
     """`register_task`, with a second chance for a checkpoint read while it changed: a staged
     copy the callback deleted once it registered it (then the original is read), or one
     Tune is still writing (a sync while training runs)."""
     try:
-        return register_task(task)
+        return register_task(task, tracking_uri)
     except CheckpointError:
-        source = task.get("checkpoint_uri")
-        if source and source != task["checkpoint"]:
-            return register_task({**task, "checkpoint": source})
-        if time.time() - _last_write(task["checkpoint"]) > _SETTLING_S:
+        if task.checkpoint_uri != task.checkpoint:
+            return register_task(task.replace(checkpoint=task.checkpoint_uri), tracking_uri)
+        if time.time() - _last_write(task.checkpoint) > _SETTLING_S:
             raise
-        logger.info("%s looks incomplete and was just written; retrying", task["checkpoint"])
+        logger.info("%s looks incomplete and was just written; retrying", task.checkpoint)
         time.sleep(_SETTLING_S / 10)
-        return register_task(task)
+        return register_task(task, tracking_uri)
 
 
 def _last_write(checkpoint: str) -> float:
@@ -210,13 +200,18 @@ def _last_write(checkpoint: str) -> float:
 
 
 def _tasks_on_disk(
-    experiment: Path, entries: list[dict[str, Any]], tracking_uri: str | None
-) -> list[dict[str, Any]]:
+    experiment: Path,
+    entries: list[dict[str, Any]],
+    tracking_uri: str | None,
+    settings: dict[str, Any],
+    video: bool,
+) -> list[RegistrationTask]:
     """A task per checkpoint of each trial directory of `experiment`."""
     runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
     tasks = []
     for result_file in sorted(experiment.glob("*/result.json")):
-        tasks += _trial_tasks(result_file.parent, experiment.name, runs, tracking_uri)
+        trial_dir = result_file.parent
+        tasks += _trial_tasks(trial_dir, experiment.name, runs, tracking_uri, settings, video)
     return tasks
 
 
@@ -225,8 +220,10 @@ def _trial_tasks(
     experiment_name: str,
     runs: dict[str, dict[str, Any]],
     tracking_uri: str | None,
-    checkpoints: list[Path] | None = None,
-) -> list[dict[str, Any]]:
+    settings: dict[str, Any],
+    video: bool,
+    checkpoints: Iterable[Path] | None = None,
+) -> list[RegistrationTask]:
     """A task per checkpoint of one Tune trial directory, with metrics from result.json."""
     from rllib_mlflow.rllib.checkpoint import read_training_iteration
 
@@ -248,20 +245,18 @@ def _trial_tasks(
         iteration = read_training_iteration(str(checkpoint))
         if iteration is None:
             continue
-        tasks.append(
-            {
-                "key": task_key(trial_id, iteration),
-                "checkpoint": str(checkpoint),
-                "checkpoint_uri": str(checkpoint.resolve()),
-                "training_iteration": iteration,
-                "metrics": result_metrics(results.get(iteration, {})),
-                "run_id": run_id,
-                "trial_id": trial_id,
-                "trial_name": known.get("trial_name") or _trial_name(trial_dir.name, trial_id),
-                **{k: known.get(k, default) for k, default in _SETTING_DEFAULTS.items()},
-                "metrics_logged": run_existed,  # the logger put them in the run
-            }
-        )
+        facts = {
+            "checkpoint": str(checkpoint),
+            "checkpoint_uri": str(checkpoint.resolve()),
+            "training_iteration": iteration,
+            "metrics": result_metrics(results.get(iteration, {})),
+            "run_id": run_id,
+            "trial_id": trial_id,
+            "trial_name": known.get("trial_name") or _trial_name(trial_dir.name, trial_id),
+            "metrics_logged": run_existed,  # the logger put them in the run
+        }
+        trial_settings = {k: known[k] for k in _TRIAL_SETTINGS if k in known}
+        tasks.append(RegistrationTask.from_json(facts | trial_settings | settings, video=video))
     return tasks
 
 

@@ -34,7 +34,9 @@ logger = get_logger(__name__)
 class WorkerProcess:
     """The driver's handle on the worker: submit messages, get called back with replies."""
 
-    def __init__(self, on_reply: Callable[[str, dict[str, Any]], None], settings: dict[str, Any]):
+    def __init__(
+        self, on_reply: Callable[[WorkerProcess, str, dict], None], settings: dict[str, Any]
+    ):
         self._on_reply = on_reply
         self._configure = {"op": "configure", **settings}
         self._process: subprocess.Popen | None = None
@@ -86,53 +88,13 @@ class WorkerProcess:
                 reply = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            self._on_reply(reply["key"], reply)
-        self._on_reply("", {"worker_exited": process.wait()})
+            self._on_reply(self, reply["key"], reply)
+        self._on_reply(self, "", {"worker_exited": process.wait()})
 
 
 def _send(process: subprocess.Popen, message: dict[str, Any]) -> None:
     process.stdin.write(json.dumps(message, default=str) + "\n")
     process.stdin.flush()
-
-
-def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
-    """Export, log and register one queued checkpoint; retried on transient failures."""
-    from rllib_mlflow.register.registration import log_checkpoint
-
-    def attempt():
-        return log_checkpoint(
-            task["checkpoint"],
-            task["registered_model_name"],
-            training_iteration=task["training_iteration"],
-            metrics=task["metrics"],
-            run_id=task["run_id"],
-            trial_id=task["trial_id"],
-            trial_name=task["trial_name"],
-            formats=task["formats"],
-            best_metric=task["best_metric"],
-            best_mode=task["best_mode"],
-            log_rllib_checkpoint=task["log_rllib_checkpoint"],
-            verify=task["verify"],
-            tracking_uri=task.get("tracking_uri"),
-            registry_uri=task.get("registry_uri"),
-            checkpoint_uri=task["checkpoint_uri"],
-            metrics_logged=task.get("metrics_logged", True),
-            video=task.get("video", False),
-        )
-
-    versions = with_retries(attempt, attempts=task.get("retries", 5) + 1)
-    if task.get("keep_last") is not None or task.get("keep_best") is not None:
-        _apply_retention(task, {v.name for v in versions})
-    return [{"name": v.name, "version": str(v.version)} for v in versions]
-
-
-def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
-    from rllib_mlflow.mlflow import registry
-    from rllib_mlflow.mlflow.retention import prune
-
-    mlflow_client = registry.client(task.get("tracking_uri"), task.get("registry_uri"))
-    for name in sorted(names):
-        prune(mlflow_client, name, task.get("keep_last"), task.get("keep_best"))
 
 
 class Session:
@@ -148,13 +110,12 @@ class Session:
             self.settings, self._runs = message, None
             return None
         if op == "register":
-            task = {
-                **message["task"],
-                "tracking_uri": self.settings.get("tracking_uri"),
-                "registry_uri": self.settings.get("registry_uri"),
-            }
-            task["run_id"] = with_retries(lambda: self.runs.run_id(self._trial(message)))
-            return {"versions": register_task(task)}
+            from rllib_mlflow.register.task import RegistrationTask, register_task
+
+            run_id = with_retries(lambda: self.runs.run_id(self._trial(message)))
+            task = RegistrationTask.from_json(message["task"], run_id=run_id)
+            uris = self.settings.get("tracking_uri"), self.settings.get("registry_uri")
+            return {"versions": register_task(task, *uris)}
         trial = self._trial(message)
         calls = {
             "start_run": lambda: self.runs.start(trial),

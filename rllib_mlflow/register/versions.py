@@ -1,0 +1,162 @@
+"""One version per trial, training iteration and module: log the export as a LoggedModel,
+register it with its tags, and keep the key's first version when two hosts race."""
+
+from __future__ import annotations
+
+import re
+
+from rllib_mlflow.mlflow import registry
+from rllib_mlflow.redaction import get_logger
+from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
+from rllib_mlflow.register.task import RegistrationSettings
+
+logger = get_logger(__name__)
+
+
+def log_version(
+    mlflow_client,
+    policy,
+    *,
+    model_name: str,
+    run_id: str,
+    training_iteration: int,
+    tags: dict[str, str],
+    trial_name: str | None,
+):
+    """Log the export `policy` as a LoggedModel and register it; on failure, leave neither
+    the LoggedModel nor a registered model created for it behind."""
+    from rllib_mlflow.mlflow import flavor
+
+    info = flavor.log_model(
+        policy.path,
+        name=_logged_model_name(training_iteration, policy.module_id, trial_name),
+        step=training_iteration,
+        run_id=run_id,
+        tags={"module_id": policy.module_id, "training_iteration": training_iteration},
+    )
+    created_model = False
+    try:
+        created_model = _ensure_registered_model(mlflow_client, model_name)
+        return mlflow_client.create_model_version(
+            name=model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+        )
+    except Exception:
+        _discard(mlflow_client, info.model_id, model_name if created_model else None)
+        raise
+
+
+def versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id) -> list:
+    """The versions registered for one trial, iteration and module, oldest first."""
+    found = registry.find_versions(
+        mlflow_client,
+        name,
+        training_iteration=training_iteration,
+        trial=trial_id,
+        module_id=module_id,
+    )
+    same = [v for v in found if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
+    return sorted(same, key=lambda v: int(v.version))
+
+
+def first_of_key(mlflow_client, version, name, trial_id, training_iteration, module_id):
+    """The registry-side rule that keeps one version per key across hosts: after creating,
+    the lowest version number of the key wins and any other deletes itself."""
+    same = versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id)
+    first = same[0] if same and int(same[0].version) < int(version.version) else version
+    if first is not version:
+        logger.info(
+            "%s iteration %s was registered concurrently as version %s; dropping version %s",
+            name,
+            training_iteration,
+            first.version,
+            version.version,
+        )
+        mlflow_client.delete_model_version(name, version.version)
+        _discard(mlflow_client, logged_model_id(version), None)
+    return first
+
+
+def logged_model_id(version) -> str | None:
+    """The LoggedModel behind a version (older servers leave `model_id` empty)."""
+    source = str(getattr(version, "source", "") or "")
+    return getattr(version, "model_id", None) or source.removeprefix("models:/") or None
+
+
+def version_tags(
+    policy,
+    settings: RegistrationSettings,
+    metrics: dict[str, float],
+    training_iteration: int,
+    trial: tuple[str | None, str | None],
+    source: str,
+    artifact: str | None,
+) -> dict[str, str]:
+    """What a version says about itself: its checkpoint, export, parity and metrics."""
+    from rllib_mlflow import __version__
+
+    meta = policy.policy
+    versions = meta["versions"]
+    tags = registry.version_tags(
+        training_iteration=training_iteration,
+        module_id=policy.module_id,
+        trial_id=trial[0],
+        trial_name=trial[1],
+        algorithm=meta["algorithm"],
+        env_id=meta["env_id"],
+        checkpoint_uri=source,
+        rllib_checkpoint_artifact=artifact,
+        formats=",".join(policy.formats),
+        # Requested formats that could not be made, with why ("h5: ..."), as in policy.json.
+        formats_refused="; ".join(f"{f}: {why}" for f, why in policy.refused.items())[:4000],
+        parity_max_abs_diff=None
+        if policy.parity is None
+        else f"{policy.parity['max_abs_diff']:.3g}",
+        ray_version=versions.get("ray"),
+        mlflow_version=versions.get("mlflow"),
+        rllib_mlflow_version=__version__,
+        best_metric=settings.best_metric,
+        best_mode=settings.best_mode,
+    )
+    for name, short in TAGGED_METRICS.items():
+        if name in metrics:
+            tags[short] = f"{metrics[name]:.6g}"
+    best_value = find_metric(metrics, settings.best_metric)
+    if best_value is not None:
+        tags[f"metric.{settings.best_metric}"] = repr(best_value)
+    return tags
+
+
+def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> None:
+    """Best effort: delete a LoggedModel no version points to, and a registered model that
+    was created for a version that never came to be."""
+    try:
+        if model_id:
+            mlflow_client.delete_logged_model(model_id)
+        if empty_model and not registry.find_versions(mlflow_client, empty_model):
+            mlflow_client.delete_registered_model(empty_model)
+    except Exception as error:
+        logger.warning("rllib-mlflow: could not clean up after a failed registration: %s", error)
+
+
+def _ensure_registered_model(mlflow_client, name: str) -> bool:
+    """Create registered model `name` unless it exists; True when this call created it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+        return False
+    except MlflowException:
+        try:
+            mlflow_client.create_registered_model(
+                name, description="RLlib policy checkpoints registered by rllib-mlflow."
+            )
+            return True
+        except MlflowException:
+            mlflow_client.get_registered_model(name)  # created concurrently: fine
+            return False
+
+
+def _logged_model_name(iteration: int, module_id: str, trial_name: str | None) -> str:
+    parts = [trial_name, f"iter-{iteration}", None if module_id == "default_policy" else module_id]
+    # MLflow refuses '/', ':', '.', '%' and quotes in LoggedModel names.
+    return re.sub(r"[/:.%\"'\s]", "_", "-".join(p for p in parts if p))

@@ -1,0 +1,212 @@
+"""The driver's side of the export workers: ordered outboxes, one per worker, what the
+workers have not answered yet, and the bounded final flush.
+
+Every message of a trial goes to the same worker (chosen from its trial id), so a trial's
+runs, metrics and registrations happen in the order Tune produced them, while trials
+export in parallel. A worker starts when its first message comes, so a one-trial sweep
+starts one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import queue
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from rllib_mlflow.redaction import get_logger
+from rllib_mlflow.register.task import RegistrationTask
+from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
+from rllib_mlflow.tune.staging import Staging, StagingLimit
+from rllib_mlflow.tune.worker import WorkerProcess
+
+logger = get_logger(__name__)
+
+
+def default_export_workers() -> int:
+    """RLLIB_MLFLOW_EXPORT_WORKERS, else one per two cores (at most 4): training keeps the
+    others, and each worker holds TensorFlow and torch in memory."""
+    value = os.environ.get("RLLIB_MLFLOW_EXPORT_WORKERS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"RLLIB_MLFLOW_EXPORT_WORKERS must be 1 or more, not {value!r}.")
+        return int(value)
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+class _Lane:
+    """One worker process and the outbox a thread forwards to it, in order."""
+
+    def __init__(self, worker: WorkerProcess, max_queued: int):
+        self.worker = worker
+        self.outbox: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.unanswered: dict[str, dict[str, Any]] = {}  # by key, in the order sent
+
+
+class Exporter:
+    """Queue work for the workers without ever blocking the Tune driver on them."""
+
+    def __init__(
+        self,
+        worker_settings: dict[str, Any],
+        *,
+        workers: int = 1,
+        staging: StagingLimit | None = None,
+        max_queued: int = 10_000,
+    ):
+        self._lanes = [
+            _Lane(WorkerProcess(self._on_reply, worker_settings), max_queued)
+            for _ in range(workers)
+        ]
+        self._started: set[int] = set()
+        self.staging = Staging(staging or StagingLimit())
+        self._registrations: dict[str, tuple[Journal, RegistrationTask]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._stopping = False
+        self._journals: dict[str, Journal] = {}
+        self.flush_timeout_s = 600.0
+        atexit.register(self.flush)
+
+    @property
+    def workers(self) -> int:
+        return len(self._lanes)
+
+    def start_worker(self, trial_id: str = "") -> None:
+        """Start the worker of `trial_id`'s lane now, so that its start-up overlaps the
+        trials' start-up rather than their first iterations."""
+        self._lane(trial_id)[1].worker.start()
+
+    def journal_for(self, directory: str) -> Journal:
+        if directory not in self._journals:
+            self._journals[directory] = Journal(directory)
+        return self._journals[directory]
+
+    def send(self, op: str, trial: dict[str, str], optional: bool = False, **fields: Any) -> None:
+        """Queue one message about `trial`; `optional` ones are dropped when its worker lags
+        far behind."""
+        message = {"op": op, "key": f"{op}-{next(self._ids)}", "trial": trial, **fields}
+        self._queue(message, optional)
+
+    def register(self, journal: Journal, task: RegistrationTask, trial: dict[str, str]) -> None:
+        """Export and register `task` after the messages queued before it about the same
+        trial (so that the iteration's metrics are in the run when the model links them)."""
+        with self._lock:
+            self._registrations[task.key] = (journal, task)
+        message = {"op": "register", "key": task.key, "task": task.to_json(), "trial": trial}
+        self._queue(message, optional=False)
+
+    def flush(self) -> None:
+        """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
+        if self._stopping:  # flushed already (atexit after the experiment end, or Ctrl-C)
+            return
+        deadline = time.monotonic() + self.flush_timeout_s
+        last_report = 0.0
+        try:
+            while self._busy() and time.monotonic() < deadline:
+                if self._registrations and time.monotonic() - last_report > 5:
+                    logger.info("registering %d checkpoint(s)...", len(self._registrations))
+                    last_report = time.monotonic()
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            logger.warning("interrupted while registering checkpoints.")
+        with self._lock:
+            left = sorted({str(j.path.parent) for j, _ in self._registrations.values()})
+            count = len(self._registrations)
+            self._stopping = True
+        if count:
+            logger.warning(
+                "%d checkpoint(s) not registered yet; the journal keeps them. "
+                "Run: rllib-mlflow sync %s",
+                count,
+                " ".join(left),
+            )
+        for lane in self._lanes:
+            lane.worker.stop()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _lane(self, trial_id: str) -> tuple[int, _Lane]:
+        index = zlib.crc32(trial_id.encode()) % len(self._lanes)
+        with self._lock:
+            if index not in self._started:
+                self._started.add(index)
+                lane = self._lanes[index]
+                threading.Thread(
+                    target=self._forward, args=(lane,), name=f"rllib-mlflow-{index}", daemon=True
+                ).start()
+        return index, self._lanes[index]
+
+    def _queue(self, message: dict[str, Any], optional: bool) -> None:
+        _, lane = self._lane(message["trial"]["trial_id"])
+        try:
+            lane.outbox.put_nowait(message)
+        except queue.Full:
+            if not optional:
+                lane.outbox.put(message)
+            else:
+                logger.warning("tracking queue full; dropped one metrics update.")
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return any(lane.unanswered or lane.outbox.unfinished_tasks for lane in self._lanes)
+
+    def _forward(self, lane: _Lane) -> None:
+        while True:
+            message = lane.outbox.get()
+            try:
+                with self._lock:
+                    lane.unanswered[message["key"]] = message
+                lane.worker.submit(message)
+            except Exception:  # a dead worker is restarted, and resent this, by _on_reply
+                logger.warning("could not reach the worker", exc_info=True)
+            finally:
+                lane.outbox.task_done()
+
+    def _on_reply(self, worker: WorkerProcess, key: str, reply: dict[str, Any]) -> None:
+        lane = next(lane for lane in self._lanes if lane.worker is worker)
+        if "worker_exited" in reply:
+            self._restart_after_crash(lane, reply["worker_exited"])
+            return
+        with self._lock:
+            message = lane.unanswered.pop(key, None)
+            registration = self._registrations.pop(key, None)
+        if registration is not None and message is not None:
+            self._record_registration(*registration, reply)
+        elif "error" in reply:
+            logger.error("%s failed: %s; training goes on.", key, reply["error"])
+
+    def _record_registration(self, journal: Journal, task: RegistrationTask, reply: dict) -> None:
+        if "versions" in reply:
+            journal.record(REGISTERED, task.key, versions=reply["versions"])
+            self.staging.release(task.checkpoint)
+        else:
+            journal.record(FAILED, task.key, error=reply["error"])
+            logger.error(
+                "could not register %s: %s. It stays in the journal for "
+                "`rllib-mlflow sync`; training goes on.",
+                task.key,
+                reply["error"],
+            )
+
+    def _restart_after_crash(self, lane: _Lane, exit_code: int) -> None:
+        with self._lock:
+            unanswered = list(lane.unanswered.values())
+            if self._stopping or not unanswered:
+                return
+        logger.warning("the worker exited (%s); restarting it.", exit_code)
+        for message in unanswered:  # in the order first sent
+            lane.worker.submit(message)
+
+
+def local_experiment_dir(trial) -> str:
+    """The experiment directory when storage is local, else a local mirror of it."""
+    storage = trial.storage
+    if storage.storage_filesystem.type_name == "local":
+        return storage.experiment_fs_path
+    return str(Path("~/ray_results").expanduser() / storage.experiment_dir_name)

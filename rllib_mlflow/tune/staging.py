@@ -1,0 +1,111 @@
+"""Staged copies of checkpoints, so that Tune's `num_to_keep` cannot delete one before it
+is exported, and a bound on them, so that a sweep checkpointing faster than it exports
+cannot fill the driver's disk.
+
+Past the bound the checkpoint is not copied: the task reads the checkpoint itself, which
+is safe unless Tune deletes it first (with `num_to_keep`, a checkpoint that falls out of the
+kept ones before its turn comes). Then that registration fails and says so, and the
+journal keeps its entry. Training never waits for staging room.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from rllib_mlflow.redaction import get_logger
+
+logger = get_logger(__name__)
+
+STAGING_DIR = ".rllib_mlflow_staging"
+DEFAULT_MAX_STAGED = 64
+
+
+@dataclass(frozen=True)
+class StagingLimit:
+    """At most `count` staged checkpoints holding at most `bytes` at once (None: no bound)."""
+
+    count: int | None = DEFAULT_MAX_STAGED
+    bytes: int | None = None
+
+    @classmethod
+    def from_env(cls, count: int | None = None, size: int | None = None) -> StagingLimit:
+        """Explicit values, else RLLIB_MLFLOW_MAX_STAGED / RLLIB_MLFLOW_MAX_STAGED_BYTES,
+        else the defaults."""
+        count = count if count is not None else _env_int("RLLIB_MLFLOW_MAX_STAGED")
+        size = size if size is not None else _env_int("RLLIB_MLFLOW_MAX_STAGED_BYTES")
+        return cls(DEFAULT_MAX_STAGED if count is None else count, size)
+
+
+class Staging:
+    """The staged copies not yet registered, and how much room they take."""
+
+    def __init__(self, limit: StagingLimit):
+        self.limit = limit
+        self._sizes: dict[str, int] = {}  # staged path -> bytes
+        self._lock = threading.Lock()
+        self._warned = False
+        self.peak_bytes = 0
+
+    def stage(self, checkpoint, journal_dir: Path, trial_id: str, iteration: int) -> str | None:
+        """Copy `checkpoint` (a `ray.tune.Checkpoint`) out of Tune's hands and return the
+        copy's path, or None when the bound is reached (then read the checkpoint itself)."""
+        if self._full():
+            self._report_full(checkpoint.path)
+            return None
+        target = journal_dir / STAGING_DIR / trial_id / f"checkpoint_{iteration:06d}"
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.to_directory(str(target))
+        with self._lock:
+            self._sizes[str(target)] = _tree_size(target)
+            self.peak_bytes = max(self.peak_bytes, sum(self._sizes.values()))
+        return str(target)
+
+    def release(self, path: str) -> None:
+        """Delete a staged copy once its checkpoint is registered."""
+        with self._lock:
+            staged = self._sizes.pop(path, None) is not None
+        if staged:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _full(self) -> bool:
+        with self._lock:
+            count, size = len(self._sizes), sum(self._sizes.values())
+        return (self.limit.count is not None and count >= self.limit.count) or (
+            self.limit.bytes is not None and size >= self.limit.bytes
+        )
+
+    def _report_full(self, path: str) -> None:
+        how = logger.info if self._warned else logger.warning
+        self._warned = True
+        how(
+            "staging is full (%s); %s is exported from where Tune keeps it. With num_to_keep, "
+            "Tune may delete it before its turn: raise max_staged / RLLIB_MLFLOW_MAX_STAGED "
+            "(or _BYTES) to keep copies.",
+            self._describe(),
+            path,
+        )
+
+    def _describe(self) -> str:
+        with self._lock:
+            count, size = len(self._sizes), sum(self._sizes.values())
+        return f"{count} checkpoint(s), {size / 2**20:.1f} MiB"
+
+
+def _tree_size(path: Path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}.") from None

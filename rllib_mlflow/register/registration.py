@@ -16,9 +16,9 @@ from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.locks import host_lock
 from rllib_mlflow.mlflow import registry
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
-from rllib_mlflow.rllib.checkpoint import checkpoint_uri as source_uri
-from rllib_mlflow.rllib.checkpoint import read_snapshots
+from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.uris import checkpoint_uri as source_uri
 from rllib_mlflow.validation import validate_tags
 
 logger = get_logger(__name__)
@@ -409,7 +409,7 @@ def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:
-    from rllib_mlflow.rllib.checkpoint import local_checkpoint_dir
+    from rllib_mlflow.rllib.uris import local_checkpoint_dir
 
     path = f"rllib_checkpoints/checkpoint_{training_iteration:06d}"
     mlflow_client.log_artifacts(run_id, local_checkpoint_dir(checkpoint), artifact_path=path)

@@ -42,12 +42,12 @@ import tensorflow as tf  # noqa: E402
 
 
 def _import_serving():
-    """rllib_mlflow/serving.py as a standalone module, the way a logged model ships it."""
+    """rllib_mlflow/policy/serving.py as a standalone module, the way a logged model ships it."""
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(
-        "rllib_mlflow_serving", os.path.join(root, "rllib_mlflow", "serving.py")
+        "rllib_mlflow_serving", os.path.join(root, "rllib_mlflow", "policy", "serving.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

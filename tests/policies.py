@@ -22,7 +22,8 @@ def cartpole_observations(count: int = 64, seed: int = 0) -> np.ndarray:
 
 def rllib_actions(checkpoint_path: str, observations: np.ndarray) -> np.ndarray:
     """What RLlib's module and connectors (explore=False) do with these observations."""
-    from rllib_mlflow.rllib.checkpoint import read_snapshots, rllib_reference
+    from rllib_mlflow.rllib.reader import read_snapshots
+    from rllib_mlflow.rllib.reference import rllib_reference
 
     (snapshot,) = read_snapshots(checkpoint_path)
     return np.asarray(rllib_reference(snapshot)(observations)[0])

@@ -68,7 +68,7 @@ def test_unreachable_server_fails_the_callback_setup_quickly():
 
 
 def test_s3_checkpoint_without_credentials_says_which_variables_to_set(monkeypatch, tmp_path):
-    from rllib_mlflow.rllib.checkpoint import local_checkpoint_dir
+    from rllib_mlflow.rllib.uris import local_checkpoint_dir
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)

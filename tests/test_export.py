@@ -24,7 +24,8 @@ import pytest
 
 from rllib_mlflow.export import FORMATS, ExportedPolicy, export_checkpoint
 from rllib_mlflow.policy.spaces import space_from_json
-from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.reader import read_snapshots
+from rllib_mlflow.rllib.reference import rllib_reference
 from tests import envs
 
 pytestmark = pytest.mark.slow
@@ -285,12 +286,12 @@ def test_exports_act_like_rllib_on_real_episodes(export_case, no_ray_results, na
     case.check()
     _, results = no_ray_results
     assert sorted(case.episodes) == sorted(case.tc.module_ids), "every module played"
-    snapshots = {s.module_id: s for s in checkpoint.read_snapshots(case.tc.path)}
+    snapshots = {s.module_id: s for s in read_snapshots(case.tc.path)}
     for module_id, (observations, env_actions) in case.episodes.items():
         assert len(observations) >= 20
         got = results[f"{name}--{module_id}"]
         rule = snapshots[module_id].action_rule
-        _, reference_inputs = checkpoint.rllib_reference(snapshots[module_id])(observations)
+        _, reference_inputs = rllib_reference(snapshots[module_id])(observations)
         sources = [*FORMATS, "policy-onnxruntime", "policy-tensorflow"]
         for source in sources:
             actions = got[f"{source}.actions"]

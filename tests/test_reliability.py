@@ -141,7 +141,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 def _persisted(experiment: Path) -> set[tuple[str, int]]:
     """(trial id, training iteration) of every checkpoint on disk. The trial id comes from
     the trial directory's name: after a SIGKILL, Tune's result.json may be empty."""
-    from rllib_mlflow.rllib.checkpoint import read_training_iteration
+    from rllib_mlflow.rllib.layout import read_training_iteration
 
     found = set()
     for checkpoint in experiment.glob("*/checkpoint_*"):

@@ -209,7 +209,7 @@ def _interrupt_after_checkpoints(process: subprocess.Popen, journal: Path, count
 
 
 def _persisted_checkpoints(experiment: Path) -> set[tuple[str, int]]:
-    from rllib_mlflow.rllib.checkpoint import read_training_iteration
+    from rllib_mlflow.rllib.layout import read_training_iteration
 
     found = set()
     for result in experiment.glob("*/result.json"):

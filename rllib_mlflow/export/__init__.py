@@ -18,8 +18,9 @@ from typing import Any
 
 from rllib_mlflow.errors import UnsupportedModuleError
 from rllib_mlflow.export.policy_file import FORMAT_FILES, POLICY_FILE, policy_json
-from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.uris import CheckpointLike
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class ExportedPolicy:
 
 
 def export_checkpoint(
-    checkpoint_path: checkpoint.CheckpointLike,
+    checkpoint_path: CheckpointLike,
     output_dir: str | os.PathLike,
     formats: tuple[str, ...] | list[str] = FORMATS,
     module_id: str | None = None,
@@ -74,7 +75,7 @@ def export_checkpoint(
     """
     formats = _validate_formats(formats)
     output = Path(output_dir)
-    snapshots = checkpoint.read_snapshots(checkpoint_path, module_id)
+    snapshots = read_snapshots(checkpoint_path, module_id)
     single = len(snapshots) == 1
     targets = {s.module_id: output if single else output / s.module_id for s in snapshots}
     for target in targets.values():

@@ -13,7 +13,9 @@ import warnings
 import numpy as np
 import torch
 
-from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.networks import lstm_actor_encoder
+from rllib_mlflow.rllib.reader import flatten_state, unflatten_state
+from rllib_mlflow.rllib.reference import module_dist_inputs, restore_rl_module
 from rllib_mlflow.rllib.snapshot import ActionRule, PolicySnapshot
 
 OPSET = 17
@@ -54,7 +56,7 @@ class TorchPolicy(torch.nn.Module):
 
     def __init__(self, snapshot: PolicySnapshot):
         super().__init__()
-        self.module = checkpoint.restore_rl_module(snapshot)
+        self.module = restore_rl_module(snapshot)
         self.module.eval()
         self.snapshot = snapshot
         self.rule = snapshot.action_rule
@@ -71,7 +73,7 @@ class TorchPolicy(torch.nn.Module):
         if self.snapshot.state:
             dist_inputs, state_out = self._recurrent_step(observations, named)
         else:
-            dist_inputs, state_out = checkpoint.module_dist_inputs(self.module, observations), {}
+            dist_inputs, state_out = module_dist_inputs(self.module, observations), {}
         results = {"actions": self._actions(dist_inputs), "action_dist_inputs": dist_inputs}
         results.update({f"state_out_{name}": value for name, value in state_out.items()})
         return tuple(results[name] for name in self.outputs)
@@ -114,16 +116,16 @@ class TorchPolicy(torch.nn.Module):
         network = self.snapshot.network
         if network is not None and network.lstm:
             # RLlib's default stateful PPO module: only the actor's encoder decides actions.
-            encoder = checkpoint.lstm_actor_encoder(self.module)
+            encoder = lstm_actor_encoder(self.module)
             out = encoder({**inputs, Columns.STATE_IN: flat})
             dist_inputs = self.module.pi(out[ENCODER_OUT])[:, 0]
             state_out = out[Columns.STATE_OUT]
         else:
             like = self.module.get_initial_state()
-            state_in = checkpoint.unflatten_state(flat, like)
+            state_in = unflatten_state(flat, like)
             out = self.module.forward_inference({**inputs, Columns.STATE_IN: state_in})
             dist_inputs = out[Columns.ACTION_DIST_INPUTS][:, 0]
-            state_out = checkpoint.flatten_state(out[Columns.STATE_OUT])
+            state_out = flatten_state(out[Columns.STATE_OUT])
         return dist_inputs, {
             s.name: state_out[s.name].reshape(batch, s.size) for s in self.snapshot.state
         }

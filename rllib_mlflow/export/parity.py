@@ -1,10 +1,10 @@
 """Prove that every written export acts like RLlib's own policy.
 
 RLlib's restored torch module, action distribution and connector logic
-(`checkpoint.rllib_reference`) and each export, loaded back from disk, receive the same
+(`reference.rllib_reference`) and each export, loaded back from disk, receive the same
 observations sampled from the observation space. A stateful policy plays sequences instead,
 its state (and previous actions and rewards) carried from step to step on both sides
-(`checkpoint.rllib_sequence_reference`). Discrete actions must be identical; continuous
+(`reference.rllib_sequence_reference`). Discrete actions must be identical; continuous
 actions and action_dist_inputs must agree within the tolerance.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from rllib_mlflow.errors import ParityError
 from rllib_mlflow.policy import serving
 from rllib_mlflow.policy.spaces import space_from_json
-from rllib_mlflow.rllib import checkpoint
+from rllib_mlflow.rllib.reference import rllib_reference, rllib_sequence_reference
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 TOLERANCE = 1e-5
@@ -82,7 +82,7 @@ def check_parity(
 
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
     batch = sample_observations(snapshot, observations, seed)
-    want_actions, want_inputs = checkpoint.rllib_reference(snapshot)(batch)
+    want_actions, want_inputs = rllib_reference(snapshot)(batch)
     feeds = batch if isinstance(batch, dict) else {"observations": batch}
     results = {}
     for fmt in formats:
@@ -102,7 +102,7 @@ def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dic
     flat = sample_observations(snapshot, steps * SEQUENCES, seed)
     sequences = flat.reshape(steps, SEQUENCES, *flat.shape[1:])
     rewards = np.random.default_rng(seed).normal(size=(steps, SEQUENCES)).astype(np.float32)
-    want_actions, want_inputs = checkpoint.rllib_sequence_reference(snapshot)(sequences, rewards)
+    want_actions, want_inputs = rllib_sequence_reference(snapshot)(sequences, rewards)
     results = {}
     for fmt in formats:
         run = format_runner(fmt, export_dir, snapshot)

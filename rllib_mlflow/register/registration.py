@@ -17,9 +17,9 @@ from rllib_mlflow.redaction import get_logger, mask_urls, redact
 from rllib_mlflow.register import versions
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, flatten_metrics, metric_key
 from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
-from rllib_mlflow.rllib.checkpoint import checkpoint_uri as source_uri
-from rllib_mlflow.rllib.checkpoint import read_snapshots
+from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.uris import checkpoint_uri as source_uri
 from rllib_mlflow.validation import validate_tags
 
 logger = get_logger(__name__)
@@ -224,7 +224,7 @@ def _log_and_register(
 
 
 def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:
-    from rllib_mlflow.rllib.checkpoint import local_checkpoint_dir
+    from rllib_mlflow.rllib.uris import local_checkpoint_dir
 
     path = f"rllib_checkpoints/checkpoint_{training_iteration:06d}"
     mlflow_client.log_artifacts(run_id, local_checkpoint_dir(checkpoint), artifact_path=path)

@@ -1,6 +1,6 @@
 """A framework-neutral description of one trained policy's inference path.
 
-`checkpoint.py` reads an RLlib checkpoint into a `PolicySnapshot`; the exporters turn
+`reader.py` reads an RLlib checkpoint into a `PolicySnapshot`; the exporters turn
 it into Keras, TensorFlow and ONNX models. Nothing here imports Ray, torch or TF.
 
 The inference path is always the same three stages, mirroring RLlib's connectors:

@@ -241,7 +241,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             logger.exception("could not queue checkpoint %s", checkpoint.path)
 
     def _queue_checkpoint(self, trial, checkpoint) -> None:
-        from rllib_mlflow.rllib.checkpoint import checkpoint_uri
+        from rllib_mlflow.rllib.uris import checkpoint_uri
 
         self._ensure_setup()
         info = TrialInfo.of(trial)

@@ -225,7 +225,7 @@ def _trial_tasks(
     checkpoints: Iterable[Path] | None = None,
 ) -> list[RegistrationTask]:
     """A task per checkpoint of one Tune trial directory, with metrics from result.json."""
-    from rllib_mlflow.rllib.checkpoint import read_training_iteration
+    from rllib_mlflow.rllib.layout import read_training_iteration
 
     results = (
         _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}

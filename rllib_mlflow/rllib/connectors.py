@@ -1,0 +1,221 @@
+"""What RLlib's connector pipelines do to observations and actions, as `PolicySnapshot` fields.
+
+Env-to-module connectors that can be reproduced outside RLlib (MeanStdFilter,
+FlattenObservations, PrevActionsPrevRewards, FrameStacking) become preprocessing
+settings; any other value-changing connector makes the module unexportable. On the way
+out, the action distribution and NormalizeAndClipActions become the `ActionRule`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+import numpy as np
+
+from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.rllib.snapshot import ActionRule, MeanStdFilter, PrevActionsRewards
+
+_NEUTRAL_ENV_TO_MODULE = {
+    "AddObservationsFromEpisodesToBatch",
+    "AddTimeDimToBatchAndZeroPad",
+    "AddStatesFromEpisodesToBatch",
+    "AgentToModuleMapping",
+    "BatchIndividualItems",
+    "NumpyToTensor",
+}
+_DISTRIBUTIONS = {
+    "TorchCategorical": "categorical",
+    "TorchMultiCategorical": "multi_categorical",
+    "TorchDiagGaussian": "diag_gaussian",
+    "TorchSquashedGaussian": "squashed_gaussian",
+}
+
+
+def _check_env_to_module(connectors: list[tuple[str, dict]]) -> tuple[bool, str | None]:
+    """Whether observations are flattened, or why the pipeline cannot be exported."""
+    names = [name for name, _ in connectors]
+    supported = {"MeanStdFilter", "FlattenObservations", "PrevActionsPrevRewards", "FrameStacking"}
+    unknown = [n for n in names if n not in _NEUTRAL_ENV_TO_MODULE | supported]
+    if unknown:
+        return False, (
+            f"The env-to-module connector {unknown[0]} changes observations in a way "
+            "rllib-mlflow cannot reproduce, so no export would receive the same inputs as "
+            f"the policy. Supported: {', '.join(sorted(supported))}. The RLlib "
+            "checkpoint itself still works with `Algorithm.from_checkpoint`."
+        )
+    if "PrevActionsPrevRewards" in names:
+        settings = dict(connectors)["PrevActionsPrevRewards"]
+        if settings.get("multi_agent") or names[names.index("PrevActionsPrevRewards") + 1 :][
+            :1
+        ] != ["FlattenObservations"]:
+            return False, (
+                "PrevActionsPrevRewards is exported when FlattenObservations follows it "
+                "directly, in a single-agent pipeline; this pipeline is "
+                f"{' -> '.join(names)}."
+            )
+    if dict(connectors).get("FlattenObservations", {}).get("keys_to_remove"):
+        return False, (
+            "FlattenObservations with keys_to_remove drops parts of the observation; "
+            "exporting it is not supported yet."
+        )
+    if "MeanStdFilter" in names and "FlattenObservations" in names:
+        if names.index("MeanStdFilter") < names.index("FlattenObservations"):
+            return True, (
+                "MeanStdFilter runs before FlattenObservations in this pipeline; only the "
+                "order FlattenObservations -> MeanStdFilter can be exported."
+            )
+    return "FlattenObservations" in names, None
+
+
+def _input_shape(obs_space, flatten: bool) -> tuple[int, ...]:
+    if flatten:
+        return (int(gym.spaces.flatdim(obs_space)),)
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise UnsupportedModuleError(
+            f"Observation space {obs_space} reaches the module unflattened; add RLlib's "
+            "FlattenObservations connector to the env-to-module pipeline to export it."
+        )
+    return tuple(int(d) for d in obs_space.shape)
+
+
+def _raw_observation_space(algorithm: dict, flatten: bool, module_space):
+    # Connectors change the space the module sees: FlattenObservations makes it a flat Box,
+    # MeanStdFilter a Box(-clip, clip). The raw space is the env's, which a single-agent
+    # pipeline records as its input space.
+    names = dict(algorithm["env_to_module"])
+    multi_agent = "AgentToModuleMapping" in names
+    changed = flatten or "MeanStdFilter" in names or "FrameStacking" in names
+    env_space = algorithm.get("env_observation_space")
+    return env_space if changed and env_space is not None and not multi_agent else module_space
+
+
+def _mean_std_filter(algorithm: dict, module_id: str, input_shape) -> MeanStdFilter | None:
+    kwargs = dict(algorithm["env_to_module"]).get("MeanStdFilter")
+    if kwargs is None:
+        return None
+    state = algorithm["env_to_module_state"]
+    filters = next((v for k, v in state.items() if "MeanStdFilter" in k), None)
+    if not filters:
+        raise UnsupportedModuleError(
+            "The checkpoint has a MeanStdFilter connector but no filter statistics; "
+            "it cannot be exported faithfully."
+        )
+    if kwargs.get("multi_agent"):
+        raise UnsupportedModuleError(
+            "A multi-agent MeanStdFilter keeps statistics per agent, not per module "
+            f"({module_id!r}); exporting it is not supported yet."
+        )
+    from ray.rllib.utils.filter import RunningStat
+
+    agent_state = next(iter(filters.values()))
+    rllib_state = agent_state["running_stats"][0]
+    stats = RunningStat.from_state(rllib_state)
+    return MeanStdFilter(
+        mean=np.asarray(stats.mean, dtype=np.float64).reshape(input_shape),
+        std=np.asarray(stats.std, dtype=np.float64).reshape(input_shape),
+        demean=agent_state["de_mean_to_zero"],
+        destd=agent_state["de_std_to_one"],
+        clip=agent_state["clip_by_value"],
+        rllib_state=rllib_state,
+    )
+
+
+def _prev_actions_rewards(connectors: list[tuple[str, dict]], act_space):
+    settings = dict(connectors).get("PrevActionsPrevRewards")
+    if settings is None:
+        return None
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UnsupportedModuleError(
+            f"PrevActionsPrevRewards with {act_space} actions cannot be exported yet; "
+            "Discrete actions are supported."
+        )
+    return PrevActionsRewards(
+        n_prev_actions=int(settings.get("n_prev_actions", 1)),
+        n_prev_rewards=int(settings.get("n_prev_rewards", 1)),
+        num_actions=int(act_space.n),
+    )
+
+
+def _frame_stack(connectors: list[tuple[str, dict]], raw_space) -> int:
+    """FrameStacking's number of frames (0 without it), for the single-agent [..., 1] Box
+    observations it supports."""
+    settings = dict(connectors).get("FrameStacking")
+    if settings is None:
+        return 0
+    if settings.get("multi_agent"):
+        raise UnsupportedModuleError("A multi-agent FrameStacking cannot be exported yet.")
+    if not isinstance(raw_space, gym.spaces.Box) or raw_space.shape[-1:] != (1,):
+        raise UnsupportedModuleError(f"FrameStacking on {raw_space} cannot be exported.")
+    return int(settings.get("num_frames", 1))
+
+
+def _box_shape(space, connector: str) -> tuple[int, ...]:
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UnsupportedModuleError(
+            f"{connector} on a {space} observation cannot be exported yet; a 1-D Box "
+            "observation is supported."
+        )
+    return tuple(int(d) for d in space.shape)
+
+
+def _dict_observation_inputs(space) -> dict[str, tuple[int, ...]]:
+    """One graph input per key of a Dict observation the module reads as a dict."""
+    parts = {}
+    for key, sub in space.spaces.items():
+        if not isinstance(sub, gym.spaces.Box) or not key.isidentifier():
+            raise UnsupportedModuleError(
+                f"The module reads Dict observations, and key {key!r} is {sub}: only Box "
+                "parts with identifier keys can be graph inputs. If the module accepts "
+                "flat observations, add RLlib's FlattenObservations connector."
+            )
+        parts[key] = tuple(int(d) for d in sub.shape)
+    return parts
+
+
+def _action_rule(
+    module, act_space, module_to_env: list[tuple[str, dict]]
+) -> tuple[ActionRule, str | None]:
+    """How actions follow from action_dist_inputs, and the name of the distribution class
+    when it is not one of RLlib's own (its deterministic sample is then traced)."""
+    dist_cls = module.get_inference_action_dist_cls()
+    if isinstance(dist_cls, functools.partial):
+        dist_cls = dist_cls.func
+    # RLlib may hand out a generated subclass (a "DistributionPartial"): use its base.
+    bases = getattr(dist_cls, "__mro__", ())
+    name = next((_DISTRIBUTIONS[c.__name__] for c in bases if c.__name__ in _DISTRIBUTIONS), None)
+    if name is None:
+        raise UnsupportedModuleError(
+            f"Action distribution {dist_cls!r} of {type(module).__name__} is not supported; "
+            f"supported: {sorted(_DISTRIBUTIONS)} and their subclasses."
+        )
+    rllib_own = next(c for c in bases if c.__name__ in _DISTRIBUTIONS)
+    partial = "DistributionPartial" in dist_cls.__qualname__ and bases[1] is rllib_own
+    standard = dist_cls is rllib_own or partial
+    custom = None if standard else f"{dist_cls.__module__}.{dist_cls.__qualname__}"
+    return _rule_for_space(name, act_space, module_to_env), custom
+
+
+def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]]) -> ActionRule:
+    settings = dict(module_to_env).get("NormalizeAndClipActions", {})
+    if isinstance(act_space, gym.spaces.Discrete):
+        return ActionRule(name, (int(act_space.n),))
+    if isinstance(act_space, gym.spaces.MultiDiscrete):
+        return ActionRule(name, tuple(int(n) for n in act_space.nvec), action_shape=act_space.shape)
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        size = int(act_space.shape[0])
+        return ActionRule(
+            name,
+            (size, size),
+            # RLlib unsquashes only fully bounded boxes (space_utils.unsquash_action).
+            normalize_actions=bool(settings.get("normalize_actions", False))
+            and bool(np.all(act_space.bounded_below) and np.all(act_space.bounded_above)),
+            clip_actions=bool(settings.get("clip_actions", False)),
+            low=act_space.low.astype(np.float32),
+            high=act_space.high.astype(np.float32),
+            action_shape=act_space.shape,
+        )
+    raise UnsupportedModuleError(
+        f"Action space {act_space} is not supported; supported: Discrete, MultiDiscrete "
+        "and 1-D Box."
+    )

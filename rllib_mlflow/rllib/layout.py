@@ -1,0 +1,171 @@
+"""The files of an RLlib checkpoint: where its modules are, and what its pickles record.
+
+Layouts understood (Ray 2.60, new API stack):
+    <algo>/learner_group/learner/rl_module/<module_id>/   an Algorithm checkpoint
+    <rl_module>/<module_id>/                              a MultiRLModule checkpoint
+    <module>/module_state.pkl                             a single RLModule checkpoint
+
+Unreadable, truncated or missing files become `CheckpointError`s that say what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rllib_mlflow.errors import CheckpointError
+
+_MODULES_SUBDIR = Path("learner_group", "learner", "rl_module")
+_CLASS_FILE = "class_and_ctor_args.pkl"
+_STATE_FILE = "module_state.pkl"
+
+
+def _tensorflow_before_rllib() -> None:
+    """Import TensorFlow before this process's first RLlib import (see `_tensorflow_first`).
+
+    Called by the functions through which RLlib gets imported (by name or by unpickling),
+    rather than at module import, so that the Tune driver, which only queues work, never
+    loads TensorFlow."""
+    from rllib_mlflow import _tensorflow_first  # noqa: F401
+
+
+def list_module_ids(checkpoint_dir: str) -> list[str]:
+    """The module ids a local checkpoint directory holds, in sorted order."""
+    _tensorflow_before_rllib()
+    return sorted(_module_dirs(Path(checkpoint_dir)))
+
+
+def read_training_iteration(checkpoint_dir: str) -> int | None:
+    """The training iteration an Algorithm checkpoint recorded, if any."""
+    _tensorflow_before_rllib()
+    state = Path(checkpoint_dir) / "algorithm_state.pkl"
+    if not state.exists():
+        return None
+    iteration = _load_pickle(state).get("training_iteration")
+    return None if iteration is None else int(iteration)
+
+
+def _module_dirs(root: Path) -> dict[str, Path]:
+    if not root.is_dir():
+        raise CheckpointError(
+            f"{root} is not a directory. Pass the directory that `algo.save()` or Tune "
+            "wrote (e.g. .../checkpoint_000003), or a module directory inside it."
+        )
+    if (root / _CLASS_FILE).exists() and _is_single_module(root):
+        return {_single_module_id(root): root}
+    candidates = root / _MODULES_SUBDIR if (root / _MODULES_SUBDIR).is_dir() else root
+    modules = {
+        child.name: child
+        for child in candidates.iterdir()
+        if child.is_dir() and (child / _CLASS_FILE).exists()
+    }
+    if not modules:
+        if (root / "learner_group").exists() or (root / "rllib_checkpoint.json").exists():
+            raise CheckpointError(
+                f"Checkpoint {root} is incomplete: no module under {_MODULES_SUBDIR}. It may "
+                "have been truncated while copying; use another checkpoint of the run."
+            )
+        raise CheckpointError(
+            f"{root} is not an RLlib checkpoint (no rllib_checkpoint.json, no "
+            f"{_MODULES_SUBDIR}, no {_STATE_FILE}). Pass the directory that `algo.save()` "
+            "or Tune wrote (e.g. .../checkpoint_000003)."
+        )
+    return modules
+
+
+def _is_single_module(root: Path) -> bool:
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    cls = _load_pickle(root / _CLASS_FILE)["class"]
+    return issubclass(cls, RLModule) and not issubclass(cls, MultiRLModule)
+
+
+def _single_module_id(root: Path) -> str:
+    meta = root / "metadata.json"
+    return (
+        root.name if not meta.exists() else json.loads(meta.read_text()).get("module_id", root.name)
+    )
+
+
+def _load_pickle(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(
+            f"Checkpoint file {path} is missing: the checkpoint is incomplete or truncated. "
+            "Use another checkpoint of the run, or re-save it with `algo.save()`."
+        )
+    try:
+        with path.open("rb") as stream:
+            return pickle.load(stream)
+    except (ModuleNotFoundError, AttributeError) as error:
+        # The pickle is intact but refers to user code (an env, a policy_mapping_fn, a
+        # custom module) that this process cannot import.
+        raise CheckpointError(
+            f"Checkpoint file {path} refers to code that cannot be imported here "
+            f"({type(error).__name__}: {error}). Make the modules the checkpoint was trained "
+            "with importable (install them or add them to PYTHONPATH) and try again."
+        ) from error
+    except Exception as error:
+        raise CheckpointError(
+            f"Checkpoint file {path} is corrupted or truncated ({type(error).__name__}: "
+            f"{error}). Use another checkpoint of the run."
+        ) from error
+
+
+def _read_algorithm_info(root: Path) -> dict[str, Any]:
+    """Algorithm name, env id, iteration, metrics and connectors, where recorded."""
+    info: dict[str, Any] = {
+        "env_to_module": [],
+        "env_to_module_state": {},
+        "module_to_env": [],
+    }
+    if (root / "rllib_checkpoint.json").exists() and (root / _CLASS_FILE).exists():
+        algo = _load_pickle(root / _CLASS_FILE)
+        info["algorithm"] = algo["class"].__name__
+        config = algo["ctor_args_and_kwargs"][0][0] if algo["ctor_args_and_kwargs"][0] else {}
+        env = config.get("env") if isinstance(config, dict) else None
+        info["env_id"] = env if isinstance(env, str) else getattr(env, "__name__", None)
+        state_path = root / "algorithm_state.pkl"
+        if state_path.exists():
+            state = _load_pickle(state_path)
+            info["training_iteration"] = state.get("training_iteration")
+            info["metrics"] = _metrics_from_logger_state(state.get("metrics_logger", {}))
+    runner = root / "env_runner"
+    for name in ("env_to_module", "module_to_env"):
+        pipeline = runner / f"{name}_connector"
+        if (pipeline / _CLASS_FILE).exists():
+            args, kwargs = _load_pickle(pipeline / _CLASS_FILE)["ctor_args_and_kwargs"]
+            info[name] = [(cls.__name__, kw) for cls, _, kw in kwargs["connectors"]]
+            if name == "env_to_module" and args:
+                info["env_observation_space"] = args[0]
+            if name == "env_to_module":
+                # Each connector with state keeps it in a sub-directory named after it.
+                info["env_to_module_state"] = {
+                    sub.name: _load_pickle(sub / "state.pkl")
+                    for sub in pipeline.iterdir()
+                    if (sub / "state.pkl").exists()
+                }
+    return info
+
+
+def _metrics_from_logger_state(logger_state: dict[str, Any]) -> dict[str, float]:
+    wanted = {
+        "env_runners--episode_return_mean": "episode_return_mean",
+        "env_runners--episode_len_mean": "episode_len_mean",
+        "env_runners--num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
+    }
+    metrics = {}
+    for key, stat in logger_state.get("stats", {}).items():
+        # A lifetime counter's "latest_merged" is the last iteration's increment; its
+        # total (what Tune's result reports) is "lifetime_sum".
+        latest = stat.get("lifetime_sum") if key.endswith("_lifetime") else None
+        latest = stat.get("latest_merged") if latest is None else latest
+        if key in wanted and latest is not None and np.size(latest):
+            value = float(np.asarray(latest, dtype=np.float64).ravel()[-1])
+            if np.isfinite(value):
+                metrics[wanted[key]] = value
+    return metrics

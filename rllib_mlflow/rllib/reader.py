@@ -1,0 +1,169 @@
+"""Read an RLlib checkpoint into one `PolicySnapshot` per module.
+
+`read_snapshots` restores each RLModule and gathers what the exporters need from the
+checkpoint's files (`layout`), its connectors (`connectors`) and its network (`networks`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
+from rllib_mlflow.policy.spaces import space_to_json
+from rllib_mlflow.rllib.connectors import (
+    _action_rule,
+    _box_shape,
+    _check_env_to_module,
+    _dict_observation_inputs,
+    _frame_stack,
+    _input_shape,
+    _mean_std_filter,
+    _prev_actions_rewards,
+    _raw_observation_space,
+)
+from rllib_mlflow.rllib.layout import (
+    _CLASS_FILE,
+    _STATE_FILE,
+    _load_pickle,
+    _module_dirs,
+    _read_algorithm_info,
+    _tensorflow_before_rllib,
+)
+from rllib_mlflow.rllib.networks import _network_or_reason, _numpy, lstm_actor_encoder
+from rllib_mlflow.rllib.snapshot import Network, PolicySnapshot, StateTensor
+from rllib_mlflow.rllib.uris import CheckpointLike, checkpoint_uri, local_checkpoint_dir
+
+
+def read_snapshots(
+    checkpoint: CheckpointLike, module_id: str | None = None
+) -> list[PolicySnapshot]:
+    """Read one snapshot per module (or only `module_id`) from an RLlib checkpoint."""
+    _tensorflow_before_rllib()
+    local = Path(local_checkpoint_dir(checkpoint))
+    modules = _module_dirs(local)
+    if module_id is not None:
+        if module_id not in modules:
+            raise CheckpointError(
+                f"Module id {module_id!r} is not in checkpoint {local}; it holds "
+                f"{sorted(modules)}. Pass one of those as module_id."
+            )
+        modules = {module_id: modules[module_id]}
+    algorithm = _read_algorithm_info(local)
+    source = checkpoint_uri(checkpoint)
+    return [
+        _read_module(mid, mdir, local, algorithm, source) for mid, mdir in sorted(modules.items())
+    ]
+
+
+def _read_module(
+    module_id: str, module_dir: Path, root: Path, algorithm: dict, source: str
+) -> PolicySnapshot:
+    _load_pickle(module_dir / _CLASS_FILE)  # clear errors for missing/corrupt files first
+    _load_pickle(module_dir / _STATE_FILE)
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    try:
+        module = RLModule.from_checkpoint(str(module_dir.resolve()))
+    except Exception as error:
+        raise CheckpointError(
+            f"RLlib could not restore module {module_id!r} from {module_dir} "
+            f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
+            "by another Ray version."
+        ) from error
+    obs_space, act_space = module.observation_space, module.action_space
+    connectors = algorithm["env_to_module"]
+    flatten, connector_error = _check_env_to_module(connectors)
+    if connector_error:
+        raise UnsupportedModuleError(connector_error)
+    network, reason = _network_or_reason(module)
+    raw_space = _raw_observation_space(algorithm, flatten, obs_space)
+    prev = _prev_actions_rewards(connectors, act_space)
+    frames = _frame_stack(connectors, raw_space)
+    observation_inputs = None
+    if prev is not None:  # the graph takes the raw observation and the history separately
+        input_shape, flatten = _box_shape(raw_space, "PrevActionsPrevRewards"), False
+    elif frames:
+        input_shape = tuple(int(d) for d in raw_space.shape)
+    elif isinstance(obs_space, gym.spaces.Dict) and not flatten:
+        observation_inputs, input_shape = _dict_observation_inputs(obs_space), ()
+    else:
+        input_shape = _input_shape(obs_space, flatten)
+    if (prev is not None or frames) and "MeanStdFilter" in dict(connectors):
+        raise UnsupportedModuleError(
+            "MeanStdFilter together with PrevActionsPrevRewards or FrameStacking cannot be "
+            "exported yet."
+        )
+    rule, custom_distribution = _action_rule(module, act_space, algorithm["module_to_env"])
+    return PolicySnapshot(
+        module_id=module_id,
+        observation_space=space_to_json(raw_space),
+        action_space=space_to_json(act_space),
+        input_shape=input_shape,
+        flatten_observations=flatten,
+        mean_std_filter=_mean_std_filter(algorithm, module_id, input_shape),
+        network=network,
+        unsupported_reason=reason,
+        action_rule=rule,
+        module_dir=str(module_dir.resolve()),
+        module_class=f"{type(module).__module__}.{type(module).__name__}",
+        algorithm=algorithm.get("algorithm"),
+        env_id=algorithm.get("env_id"),
+        source_checkpoint=source,
+        training_iteration=algorithm.get("training_iteration"),
+        metrics=dict(algorithm.get("metrics", {})),
+        model_config=_jsonable(module.model_config),
+        observation_inputs=observation_inputs,
+        state=_state_tensors(module, network),
+        prev_actions_rewards=prev,
+        frame_stack=frames,
+        custom_distribution=custom_distribution,
+    )
+
+
+def _state_tensors(module, network: Network | None) -> tuple[StateTensor, ...]:
+    """The recurrent state the exported graphs carry: for RLlib's default LSTM, the actor
+    encoder's; for other stateful modules, every tensor of `get_initial_state()`."""
+    if not module.is_stateful():
+        return ()
+    initial = (
+        lstm_actor_encoder(module).get_initial_state()
+        if network is not None and network.lstm
+        else module.get_initial_state()
+    )
+    return tuple(
+        StateTensor(name, tuple(int(d) for d in value.shape), _numpy(value).ravel())
+        for name, value in flatten_state(initial).items()
+    )
+
+
+def flatten_state(state: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested state dict as {"actor_h": tensor, ...}; `unflatten_state` inverts it."""
+    flat: dict[str, Any] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_state(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten_state(flat: dict[str, Any], like: dict, prefix: str = "") -> dict:
+    """`flat` back into the nesting of `like` (a module's initial state)."""
+    return {
+        key: unflatten_state(flat, value, f"{prefix}{key}_")
+        if isinstance(value, dict)
+        else flat[f"{prefix}{key}"]
+        for key, value in like.items()
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return {}

@@ -202,6 +202,7 @@ def _log_and_register(
     verify: bool,
 ):
     """Register one module's checkpoint unless this trial's iteration already is."""
+    from rllib_mlflow.evaluate import replay
     from rllib_mlflow.mlflow import card
 
     trial_id = trial[0]
@@ -256,7 +257,9 @@ def _log_and_register(
         training_iteration,
         ", now @best" if best == str(version.version) else "",
     )
-    card.publish_new_version(mlflow_client, model_name, version, policy, video=settings.video)
+    if settings.video:
+        replay.record_and_attach(mlflow_client, model_name, version.version, policy.path)
+    card.publish_new_version(mlflow_client, model_name, version, policy)
     return version
 
 
@@ -343,7 +346,7 @@ def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> No
 
 
 def _version_tags(policy, settings, metrics, training_iteration, trial, source, artifact):
-    from rllib_mlflow import __version__
+    from rllib_mlflow._version import __version__
 
     meta = policy.policy
     versions = meta["versions"]

@@ -78,6 +78,14 @@ def test_each_tier_imports_nothing_above_it():
     assert not found, "imports against the tiers (tests/tiers.py):\n" + "\n".join(found)
 
 
+def test_the_read_commands_import_no_training_tier():
+    """`versions` and `prune` run in the light install, `evaluate` with `[evaluate]`."""
+    path = module_files()["rllib_mlflow.cli.read"]
+    imported = imported_modules(path.read_text(), "rllib_mlflow.cli.read")
+    training = {"rllib", "export", "register", "tune"}
+    assert not {name for name in imported if tier_of(name) in training}
+
+
 def test_no_module_is_longer_than_a_reader_takes_in():
     long = {
         str(path.relative_to(PACKAGE.parent)): lines

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from rllib_mlflow._version import __version__ as __version__
 
 _EXPORTS = {
     "export_checkpoint": "rllib_mlflow.export",

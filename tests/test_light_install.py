@@ -1,6 +1,6 @@
 """The light install: the built wheel without extras, in a fresh virtualenv, has neither Ray,
-torch, TensorFlow nor Keras, and still loads, runs and lists what a full install registered;
-the export side names the extra to install."""
+torch, TensorFlow nor Keras, imports every module of its tiers, and still loads, runs and
+lists what a full install registered; the export side names the extra to install."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.mlflow_server import start_tracking_server, subprocess_env
+from tests.tiers import LIGHT_TIERS, light_modules, tier_of
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,19 @@ policy = rllib_mlflow.load_policy(sys.argv[2], tracking_uri=sys.argv[1])
 observations = json.loads(sys.stdin.read())
 print(json.dumps({"installed": heavy, "actions": policy.compute_actions(observations).tolist(),
                   "loaded": sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[3])}))
+"""
+
+IMPORT_ALL = """
+import importlib, json, sys
+failed = {}
+for name in sys.argv[1].split(","):
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        failed[name] = f"{type(error).__name__}: {error}"
+heavy = sys.argv[2].split(",")
+print(json.dumps({"failed": failed,
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in heavy)}))
 """
 
 
@@ -82,6 +96,19 @@ def test_the_light_install_loads_a_version_a_full_install_registered(light_venv,
     assert answer["installed"] == [], answer  # not even installed
     assert answer["loaded"] == []
     assert answer["actions"] == expected
+
+
+def test_the_light_install_imports_every_module_of_its_tiers(light_venv):
+    modules = light_modules()
+    assert {tier_of(m) for m in modules} == set(LIGHT_TIERS), modules
+    done = _run(
+        [str(light_venv / "bin" / "python"), "-c", IMPORT_ALL, ",".join(modules), ",".join(HEAVY)],
+        env=_light_env(),
+        cwd=light_venv.parent,
+    )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["failed"] == {}
+    assert answer["loaded"] == []
 
 
 def test_the_light_install_lists_versions(light_venv, registered):

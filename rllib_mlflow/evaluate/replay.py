@@ -4,23 +4,25 @@ Plays without Ray: the policy is an exported one (`rllib_mlflow.policy.serving.P
 `load_policy` or an export directory), the environment a gymnasium one made with
 ``render_mode="rgb_array"``. Environments that cannot render that way (no such mode, or a
 missing renderer such as pygame for the classic-control envs) are skipped, and the
-reason is returned for the model card.
+reason is returned for the model card. `record_and_attach` does the same for a version just
+registered, so that the mlflow tier only attaches replays and never plays an environment.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rllib_mlflow.mlflow import card
 from rllib_mlflow.policy.episode import EpisodeActor
 
 logger = logging.getLogger(__name__)
 
-REPLAY_FILE = "replay.gif"
 MAX_FRAMES = 200  # longer episodes keep every 2nd, 4th... frame: a small file either way
 WIDTH = 320
 
@@ -48,9 +50,24 @@ def record_replay(
         fps = float(env.metadata.get("render_fps") or 30)
     finally:
         env.close()
-    path = Path(directory) / REPLAY_FILE
+    path = Path(directory) / card.REPLAY_FILE
     _write_gif(frames, path, frame_ms=1000.0 * stride / fps)
     return Replay(path, episode_return=total, steps=steps)
+
+
+def record_and_attach(mlflow_client, name: str, number, export_dir, *, seed: int = 0) -> None:
+    """Record a replay with the exported policy in `export_dir` (no Ray) and attach it to
+    version `number`. A failure is logged, never raised: the version is registered, and
+    its card says there is no replay."""
+    try:
+        from rllib_mlflow.policy.serving import Policy
+
+        policy = Policy(str(export_dir))
+        with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replay_") as directory:
+            replay = record_replay(policy, policy.metadata["env_id"], directory, seed=seed)
+            card.attach_replay(mlflow_client, name, number, replay, seed=seed)
+    except Exception as error:
+        logger.warning("No replay for %s version %s: %s", name, number, error)
 
 
 def _rendering_env(env_id: str):

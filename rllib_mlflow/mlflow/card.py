@@ -21,12 +21,12 @@ import re
 import tempfile
 from typing import Any
 
-from rllib_mlflow.evaluate.replay import REPLAY_FILE, Replay, record_replay
 from rllib_mlflow.mlflow import registry
 
 logger = logging.getLogger(__name__)
 
 README_FILE = "README.md"
+REPLAY_FILE = "replay.gif"  # beside README.md in the LoggedModel; the recorder writes it
 TAG_REPLAY = "replay"  # "replay.gif", or "skipped: <why>"
 TAG_REPLAY_SEED = "replay.seed"
 _ITERATION_ALIAS = re.compile(r"^iter-\d+$")
@@ -36,31 +36,15 @@ _MISSING = "–"
 # -- writing cards ---------------------------------------------------------------------------
 
 
-def publish_new_version(mlflow_client, name: str, version, exported, *, video: bool) -> None:
-    """Card (and, with `video`, replay) of a version just registered from `exported` (an
-    `ExportedPolicy`), and the family card. A failure here is logged, never raised: the
-    version is registered, and `rllib-mlflow evaluate` rewrites cards."""
-    if video:
-        try:
-            record_and_attach(mlflow_client, name, version.version, exported.path)
-        except Exception as error:  # the card says there is no replay
-            logger.warning("No replay for %s version %s: %s", name, version.version, error)
+def publish_new_version(mlflow_client, name: str, version, exported) -> None:
+    """Card of a version just registered from `exported` (an `ExportedPolicy`), and the
+    family card. A failure here is logged, never raised: the version is registered, and
+    `rllib-mlflow evaluate` rewrites cards."""
     try:
         publish_version_card(mlflow_client, name, version.version, policy=exported.policy)
         publish_family_card(mlflow_client, name)
     except Exception as error:
         logger.warning("No card for %s version %s: %s", name, version.version, error)
-
-
-def record_and_attach(mlflow_client, name: str, number, export_dir, *, seed: int = 0) -> Replay:
-    """Record a replay with the exported policy in `export_dir` (no Ray) and attach it."""
-    from rllib_mlflow.policy.serving import Policy
-
-    policy = Policy(str(export_dir))
-    with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replay_") as directory:
-        replay = record_replay(policy, policy.metadata["env_id"], directory, seed=seed)
-        attach_replay(mlflow_client, name, number, replay, seed=seed)
-    return replay
 
 
 def publish_version_card(mlflow_client, name: str, number, *, policy: dict | None = None) -> str:
@@ -87,8 +71,9 @@ def publish_family_card(mlflow_client, name: str) -> str:
     return description
 
 
-def attach_replay(mlflow_client, name: str, number, replay: Replay, *, seed: int) -> None:
-    """Log a recorded replay with the version's LoggedModel (or note why there is none)."""
+def attach_replay(mlflow_client, name: str, number, replay, *, seed: int) -> None:
+    """Log a recorded replay (an `evaluate.replay.Replay`: its GIF, or why there is none;
+    recording is the evaluate tier's) with the version's LoggedModel."""
     version = mlflow_client.get_model_version(name, str(number))
     if replay.path is not None:
         mlflow_client.log_model_artifact(logged_model_id(version), str(replay.path))

@@ -4,6 +4,8 @@ Same four verbs as MLflow's own flavors. A saved model holds the exports under `
 (saved_model/, model.h5, model.onnx, policy.json) and the pyfunc loader under
 `code/rllib_mlflow_serving.py`, a copy of `rllib_mlflow.policy.serving`, so that serving needs
 only mlflow, numpy and one inference backend: never Ray, torch or rllib-mlflow.
+Signatures and input examples need pandas, which `mlflow-skinny` leaves out: they are
+imported where a model is saved, so that the light install imports this module.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 from mlflow import pyfunc
-from mlflow.models import Model, ModelSignature
+from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
-from mlflow.models.utils import _save_example
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.utils.environment import (
     _CONDA_ENV_FILE_NAME,
@@ -33,6 +34,9 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from rllib_mlflow.paths import inside
 from rllib_mlflow.policy import serving
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
 
 FLAVOR_NAME = "rllib_mlflow"
 DATA_DIR = "data"
@@ -59,6 +63,8 @@ def save_model(
     **_: Any,
 ) -> None:
     """Save one exported policy directory (from `export_checkpoint`) as an MLflow model."""
+    from mlflow.models.utils import _save_example
+
     export_dir, path = Path(export_dir), Path(path).resolve()
     policy = json.loads((export_dir / serving.POLICY_FILE).read_text())
     backend = backend or ("onnxruntime" if "onnx" in policy["formats"] else "tensorflow")
@@ -185,6 +191,8 @@ def _load_pyfunc(path: str):
 def policy_signature(policy: dict[str, Any]) -> ModelSignature:
     """Tensor signature: raw observations in (one tensor, or one per Dict key), actions out;
     a stateful policy's state as `state_<name>` tensors in and out; explore/seed as params."""
+    from mlflow.models import ModelSignature
+
     rule = policy["action_rule"]
     discrete = rule["distribution"] in ("categorical", "multi_categorical")
     action_type = np.dtype(np.int64) if discrete else np.dtype(np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rllib_mlflow import __version__
+from rllib_mlflow._version import __version__
 from rllib_mlflow.errors import TrackingError
 from rllib_mlflow.mlflow import registry, runs
 from rllib_mlflow.mlflow.rest import rest_client

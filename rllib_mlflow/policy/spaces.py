@@ -1,14 +1,22 @@
-"""Gymnasium spaces to and from plain JSON, for policy.json."""
+"""Gymnasium spaces to and from plain JSON, for policy.json.
+
+gymnasium is imported only where a space is made or read: the light install has none, and
+imports every module of the policy tier all the same.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gymnasium as gym
 import numpy as np
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 
 def space_to_json(space: gym.Space) -> dict[str, Any]:
+    import gymnasium as gym
+
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
@@ -34,6 +42,8 @@ def space_to_json(space: gym.Space) -> dict[str, Any]:
 
 
 def space_from_json(data: dict[str, Any]) -> gym.Space:
+    import gymnasium as gym
+
     kind = data["type"]
     if kind == "Box":
         low = np.array(data["low"], dtype=np.float64)

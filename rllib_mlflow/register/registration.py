@@ -159,6 +159,7 @@ def _log_and_register(
     export_dir: Path,
 ):
     """Register one module's checkpoint unless this trial's iteration already is."""
+    from rllib_mlflow.evaluate import replay
     from rllib_mlflow.mlflow import card
 
     settings = task.settings
@@ -219,7 +220,9 @@ def _log_and_register(
         iteration,
         ", now @best" if best == str(version.version) else "",
     )
-    card.publish_new_version(mlflow_client, model_name, version, policy, video=settings.video)
+    if settings.video:
+        replay.record_and_attach(mlflow_client, model_name, version.version, policy.path)
+    card.publish_new_version(mlflow_client, model_name, version, policy)
     return version
 
 

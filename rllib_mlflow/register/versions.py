@@ -92,7 +92,7 @@ def version_tags(
     artifact: str | None,
 ) -> dict[str, str]:
     """What a version says about itself: its checkpoint, export, parity and metrics."""
-    from rllib_mlflow import __version__
+    from rllib_mlflow._version import __version__
 
     meta = policy.policy
     versions = meta["versions"]

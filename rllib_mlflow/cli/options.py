@@ -1,0 +1,60 @@
+"""What every command shares: --json, -q and -v, --tracking-uri and --video, and the
+verbosity they set, kept in click's context so that the group's error handling reads it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from rllib_mlflow import console
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+VERBOSITY = "rllib_mlflow.verbosity"  # in click's ctx.meta: -1 with -q, 1 with -v
+
+
+def _verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value:
+        ctx.meta[VERBOSITY] = -1 if param.name == "quiet" else 1
+    return value
+
+
+def common(command: Callable) -> Callable:
+    """--json, -q and -v on every command; logging set up before the command runs."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+    @click.option("-q", "--quiet", is_flag=True, callback=_verbosity, expose_value=False,
+                  help="Only warnings and errors; no progress bars.")  # fmt: skip
+    @click.option("-v", "--verbose", is_flag=True, callback=_verbosity, expose_value=False,
+                  help="Debug messages, and the traceback of a failure.")  # fmt: skip
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with console.command_logging(_level()):
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
+def _level() -> int:
+    return click.get_current_context().meta.get(VERBOSITY, 0)
+
+
+def show_progress() -> bool:
+    return _level() >= 0
+
+
+tracking_uri = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    show_envvar=True,
+    metavar="URI",
+    help="MLflow tracking server or database. [default: sqlite:///mlflow.db here]",
+)
+video = click.option(
+    "--video",
+    is_flag=True,
+    help="Record one seeded episode per version from the env's rgb_array render (no Ray) "
+    "as replay.gif, linked from the version's card.",
+)

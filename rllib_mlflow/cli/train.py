@@ -1,0 +1,126 @@
+"""The training side's commands: `export`, `sync` and `register` read RLlib checkpoints, so
+they need the `[tune]` extra (imported inside each command, for the one-line error that
+names it)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from rllib_mlflow import console
+from rllib_mlflow.cli import options
+
+
+@click.command(context_settings=options.CONTEXT)
+@click.argument("checkpoint")
+@click.option("-o", "--output", required=True, metavar="DIR", help="Output directory.")
+@click.option("--formats", default="saved_model,h5,onnx", show_default=True,
+              help="Comma-separated export formats.")  # fmt: skip
+@click.option("--module-id", metavar="ID", help="Only this module of a multi-agent checkpoint.")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check against RLlib.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files in the output directory.")
+@options.common
+def export(checkpoint, output, formats, module_id, no_verify, overwrite, as_json) -> None:
+    """Export CHECKPOINT (a directory or s3:// URI) to SavedModel, .h5 and ONNX."""
+    from rllib_mlflow.export import export_checkpoint
+
+    exported = export_checkpoint(
+        checkpoint,
+        output,
+        formats=formats,
+        module_id=module_id,
+        verify=not no_verify,
+        overwrite=overwrite,
+    )
+    records = [_export_record(policy) for policy in exported]
+    if as_json:
+        console.print_json(records)
+        return
+    for record in records:
+        parity = record["parity_max_abs_diff"]
+        summary = "not verified" if parity is None else f"parity max abs diff {parity:.2e}"
+        click.echo(f"{record['module_id']}: {record['path']} "
+                   f"({', '.join(record['formats'])}; {summary})")  # fmt: skip
+
+
+def _export_record(policy) -> dict[str, Any]:
+    parity = policy.parity
+    return {
+        "module_id": policy.module_id,
+        "path": str(policy.path),
+        "formats": list(policy.formats),
+        "parity_max_abs_diff": None if parity is None else parity["max_abs_diff"],
+        "parity_passed": None if parity is None else parity["passed"],
+    }
+
+
+@click.command(context_settings=options.CONTEXT)
+@click.argument("experiment_dirs", nargs=-1, required=True, metavar="EXPERIMENT_DIR...",
+                type=click.Path(exists=True, file_okay=False))  # fmt: skip
+@click.option("--name", metavar="NAME",
+              help="Registered model name. [default: the one in the journal]")  # fmt: skip
+@options.video
+@options.tracking_uri
+@options.common
+def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
+    """Register what Tune experiments left unregistered (journal and checkpoints on disk)."""
+    from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.tune.sync import sync_experiment
+
+    uri = stores.resolve(tracking_uri)
+    stores.check(uri, must_exist=False)
+    reports = []
+    for directory in experiment_dirs:
+        with console.progress_bar(f"sync {directory}", options.show_progress()) as progress:
+            report = sync_experiment(
+                directory, name, tracking_uri=uri, video=video, on_progress=progress
+            )
+        reports.append(_report_record(directory, report, uri))
+    _finish_registration(reports, as_json)
+
+
+@click.command(context_settings=options.CONTEXT)
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", required=True, metavar="NAME", help="Registered model name.")
+@options.video
+@options.tracking_uri
+@options.common
+def register(path, name, video, tracking_uri, as_json) -> None:
+    """Backfill: register the checkpoints of an experiment, a trial or one checkpoint
+    directory (idempotent)."""
+    from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.tune.sync import register_path
+
+    uri = stores.resolve(tracking_uri)
+    stores.check(uri, must_exist=False)
+    with console.progress_bar(f"register {name}", options.show_progress()) as progress:
+        report = register_path(path, name, tracking_uri=uri, video=video, on_progress=progress)
+    _finish_registration([_report_record(path, report, uri)], as_json)
+
+
+def _report_record(path: str, report, uri: str) -> dict[str, Any]:
+    from rllib_mlflow.mlflow import stores
+
+    return {
+        "path": str(path),
+        "tracking_uri": stores.shown(uri),
+        "registered": list(report.registered),
+        "failed": dict(report.failed),
+    }
+
+
+def _finish_registration(records: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        console.print_json(records)
+    else:
+        for record in records:
+            click.echo(f"{record['path']}: {len(record['registered'])} checkpoint(s) registered "
+                       f"or already there, {len(record['failed'])} failed "
+                       f"(in {record['tracking_uri']})")  # fmt: skip
+    for record in records:
+        for key, error in record["failed"].items():
+            click.echo(f"rllib-mlflow: failed {key}: {error}", err=True)
+    if any(record["failed"] for record in records):
+        sys.exit(1)

@@ -1,0 +1,149 @@
+"""Each tier imports nothing above it, and no module grows past what a reader takes in at once.
+
+Read from the source (every import statement, at module level or inside a function, and
+`importlib.import_module` / `import_feature` of a literal name), not by importing: a lazy
+import inside a function is a dependency all the same.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from tests.tiers import MAY_IMPORT, ORDER, PACKAGE, module_files, tier_of
+
+MAX_LINES = 350
+_DYNAMIC = {"import_module", "import_feature"}
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
+    """The rllib_mlflow modules that `source` (the text of `module`) imports."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package)
+            # `from package import name`: the submodule when there is one, else the package.
+            found.update(
+                f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base
+                for alias in node.names
+            )
+        elif isinstance(node, ast.Call) and _called(node) in _DYNAMIC and node.args:
+            if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return {name for name in found if name.split(".")[0] == "rllib_mlflow"}
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".")
+    package = package[: len(package) - node.level + (1 if is_package else 0)]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _called(call: ast.Call) -> str | None:
+    function = call.func
+    return function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)
+
+
+def violations(module: str, imported: set[str]) -> list[str]:
+    tier = tier_of(module)
+    allowed = MAY_IMPORT[tier] | ({tier} if tier != "policy" else set())
+    found = []
+    for name in sorted(imported):
+        other = tier_of(name)
+        if other in allowed:
+            continue
+        if ORDER.index(other) > ORDER.index(tier):
+            relation = f"tier {other} above tier {tier}"
+        else:
+            relation = f"tier {tier} may not import tier {other}"
+        found.append(f"{module} -> {name} ({relation})")
+    return found
+
+
+def test_each_tier_imports_nothing_above_it():
+    found = []
+    for module, path in module_files().items():
+        imported = imported_modules(path.read_text(), module, path.name == "__init__.py")
+        found += violations(module, imported)
+    assert not found, "imports against the tiers (tests/tiers.py):\n" + "\n".join(found)
+
+
+def test_the_read_commands_import_no_training_tier():
+    """`versions` and `prune` run in the light install, `evaluate` with `[evaluate]`."""
+    path = module_files()["rllib_mlflow.cli.read"]
+    imported = imported_modules(path.read_text(), "rllib_mlflow.cli.read")
+    training = {"rllib", "export", "register", "tune"}
+    assert not {name for name in imported if tier_of(name) in training}
+
+
+def test_no_module_is_longer_than_a_reader_takes_in():
+    long = {
+        str(path.relative_to(PACKAGE.parent)): lines
+        for path in module_files().values()
+        if (lines := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_reader_sees_every_form_of_import():
+    source = """
+import os
+import rllib_mlflow
+import rllib_mlflow.tune.worker as worker
+from rllib_mlflow import __version__, errors
+from rllib_mlflow.mlflow import card
+from rllib_mlflow.export import FORMATS
+from . import stores
+from ..evaluate.replay import Replay
+from .. import paths
+
+def lazy():
+    from rllib_mlflow.register.registration import log_checkpoint
+    importlib.import_module("rllib_mlflow.rllib.checkpoint")
+"""
+    assert imported_modules(source, "rllib_mlflow.mlflow.runs") == {
+        "rllib_mlflow",
+        "rllib_mlflow.tune.worker",
+        "rllib_mlflow.errors",
+        "rllib_mlflow.mlflow.card",
+        "rllib_mlflow.export",
+        "rllib_mlflow.mlflow.stores",
+        "rllib_mlflow.evaluate.replay",
+        "rllib_mlflow.paths",
+        "rllib_mlflow.register.registration",
+        "rllib_mlflow.rllib.checkpoint",
+    }
+    assert imported_modules("from . import card", "rllib_mlflow.mlflow", is_package=True) == {
+        "rllib_mlflow.mlflow.card"
+    }
+    assert violations("rllib_mlflow.mlflow.card", {"rllib_mlflow.evaluate.replay"}) == [
+        "rllib_mlflow.mlflow.card -> rllib_mlflow.evaluate.replay (tier evaluate above tier mlflow)"
+    ]
+    assert violations("rllib_mlflow.rllib.checkpoint", {"rllib_mlflow.mlflow.runs"}) == [
+        "rllib_mlflow.rllib.checkpoint -> rllib_mlflow.mlflow.runs "
+        "(tier rllib may not import tier mlflow)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "tier"),
+    [
+        ("rllib_mlflow", "top"),
+        ("rllib_mlflow.cli", "top"),
+        ("rllib_mlflow.errors", "core"),
+        ("rllib_mlflow.policy.serving", "policy"),
+        ("rllib_mlflow.tune", "tune"),
+    ],
+)
+def test_tier_of(module, tier):
+    assert tier_of(module) == tier

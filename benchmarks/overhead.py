@@ -1,6 +1,6 @@
 """Wall-time overhead of MLflowCheckpointCallback on a Tune run, side by side.
 
-    python benchmarks/overhead.py [--iterations 10] [--rounds 3]
+    python benchmarks/overhead.py [--iterations 8 [24]] [--rounds 3]
 
 The same seeded PPO CartPole training, a checkpoint every iteration, runs (a) with no
 callback, (b) with Ray's own MLflowLoggerCallback, (c) with rllib-mlflow's
@@ -8,8 +8,11 @@ MLflowCheckpointCallback, alternating a, b, c per round so that machine drift hi
 three alike. Each run is a fresh process (Ray start-up excluded from the timing: the
 clock covers `Tuner.fit()` only, which for (c) includes the final flush, i.e. waiting
 until every checkpoint is registered; afterwards the run checks that there is one version
-per iteration). Prints the median wall times and the ratios
-c/a and c/b. Target: c/a <= 1.05.
+per iteration). Prints the median wall times and the ratios c/a and c/b, the lag from a
+checkpoint being queued to its version being registered (p50, p95, from the journal), and
+how long `fit()` went on after the last checkpoint was queued (the final flush included).
+With two lengths, the extra wall time c - a splits into a fixed cost and a cost per
+checkpoint (a straight line through the two). Target: c/a <= 1.03.
 """
 
 from __future__ import annotations
@@ -47,25 +50,31 @@ RUN = textwrap.dedent(
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
         .debugging(seed=0)
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     tuner = tune.Tuner("PPO", param_space=config, run_config=tune.RunConfig(
         name=variant, storage_path=f"{workdir}/results", verbose=0, callbacks=callbacks,
         stop={"training_iteration": iterations},
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1)))
     start = time.perf_counter()
     tuner.fit()
-    elapsed = time.perf_counter() - start
-    versions = None
+    elapsed, ended = time.perf_counter() - start, time.time()
+    result = {"variant": variant, "seconds": elapsed}
     if variant == "rllib_mlflow":  # outside the clock: was every checkpoint registered?
         from mlflow import MlflowClient
-        versions = len(MlflowClient(uri).search_model_versions("name = 'overhead'"))
-    print("RESULT " + json.dumps({"variant": variant, "seconds": elapsed, "versions": versions}))
+        result["versions"] = len(MlflowClient(uri).search_model_versions("name = 'overhead'"))
+        journal = f"{workdir}/results/{variant}/rllib_mlflow_journal.jsonl"
+        entries = [json.loads(line) for line in open(journal)]
+        queued = {e["key"]: e["time"] for e in entries if e["event"] == "queued"}
+        done = {e["key"]: e["time"] for e in entries if e["event"] == "registered"}
+        result["lags"] = [done[k] - queued[k] for k in queued if k in done]
+        result["tail"] = ended - max(queued.values())
+    print("RESULT " + json.dumps(result))
     """
 )
 VARIANTS = ("no_callback", "ray_logger", "rllib_mlflow")
 
 
-def run_once(variant: str, iterations: int) -> float:
+def run_once(variant: str, iterations: int) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         done = subprocess.run(
             [sys.executable, "-c", RUN, variant, str(iterations), workdir],
@@ -81,28 +90,56 @@ def run_once(variant: str, iterations: int) -> float:
                 raise RuntimeError(
                     f"rllib_mlflow registered {result['versions']} of {iterations} checkpoints"
                 )
-            return result["seconds"]
+            return result
     raise RuntimeError(f"{variant} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+
+
+def measure(iterations: int, rounds: int) -> float:
+    """Print one length's medians and ratios; return the extra seconds c - a."""
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    lags, tails = [], []
+    for round_number in range(1, rounds + 1):
+        for variant in VARIANTS:
+            result = run_once(variant, iterations)
+            times[variant].append(result["seconds"])
+            lags += result.get("lags", [])
+            tails += [result["tail"]] if "tail" in result else []
+            print(f"round {round_number}: {variant:<13} {result['seconds']:7.2f} s", flush=True)
+    median = {v: statistics.median(t) for v, t in times.items()}
+    print(f"\n{iterations} iterations, a checkpoint each, median of {rounds} rounds:")
+    for variant in VARIANTS:
+        spread = max(times[variant]) - min(times[variant])
+        print(f"  {variant:<13} {median[variant]:7.2f} s (spread {spread:.2f} s)")
+    ours, none = median["rllib_mlflow"], median["no_callback"]
+    rounds_ca = ", ".join(f"{c / a:.3f}" for c, a in zip(times["rllib_mlflow"], times[VARIANTS[0]]))
+    print(f"  c/a (rllib-mlflow / no callback)      = {ours / none:.3f} (rounds: {rounds_ca})")
+    print(f"  c/b (rllib-mlflow / Ray MLflowLogger) = {ours / median['ray_logger']:.3f}")
+    lags.sort()
+    print(
+        f"  lag queued -> registered: p50 {_percentile(lags, 50):.2f} s, "
+        f"p95 {_percentile(lags, 95):.2f} s ({len(lags)} checkpoints)"
+    )
+    print(f"  fit() after the last checkpoint: median {statistics.median(tails):.2f} s\n")
+    return ours - none
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    return values[min(len(values) - 1, round(percent / 100 * (len(values) - 1)))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, nargs="+", default=[8])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for round_number in range(1, args.rounds + 1):
-        for variant in VARIANTS:
-            seconds = run_once(variant, args.iterations)
-            times[variant].append(seconds)
-            print(f"round {round_number}: {variant:<13} {seconds:7.2f} s", flush=True)
-    median = {v: statistics.median(t) for v, t in times.items()}
-    print(f"\n{args.iterations} iterations, a checkpoint each, median of {args.rounds} rounds:")
-    for variant in VARIANTS:
-        print(f"  {variant:<13} {median[variant]:7.2f} s")
-    ours = median["rllib_mlflow"]
-    print(f"  c/a (rllib-mlflow / no callback)      = {ours / median['no_callback']:.3f}")
-    print(f"  c/b (rllib-mlflow / Ray MLflowLogger) = {ours / median['ray_logger']:.3f}")
+    extra = {n: measure(n, args.rounds) for n in args.iterations}
+    if len(extra) >= 2:
+        (short, a), (long, b) = sorted(extra.items())[0], sorted(extra.items())[-1]
+        per_checkpoint = (b - a) / (long - short)
+        print(
+            f"extra wall time c - a: {a:.2f} s at {short}, {b:.2f} s at {long} iterations: "
+            f"fixed {a - short * per_checkpoint:.2f} s + {per_checkpoint:.3f} s per checkpoint"
+        )
 
 
 if __name__ == "__main__":

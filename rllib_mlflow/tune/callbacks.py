@@ -77,18 +77,18 @@ class MLflowLoggerCallback(LoggerCallback):
             self.tracking_uri, registry_uri=self.registry_uri, **self._preflight_targets()
         )
         if self._exporter is None:
-            self._exporter = Exporter(
-                {
-                    "tracking_uri": self.tracking_uri,
-                    "registry_uri": self.registry_uri,
-                    **self._experiment(),
-                    "tags": self.tags,
-                    # MLflow's run context (source name, git commit) is the driver's script.
-                    "source": sys.argv[0] if sys.argv else "",
-                },
-                **self._exporter_options(),
-            )
+            self._exporter = Exporter(self._worker_settings(), **self._exporter_options())
         self._exporter.start_worker()  # its start-up overlaps the trials' start-up
+
+    def _worker_settings(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "registry_uri": self.registry_uri,
+            **self._experiment(),
+            "tags": self.tags,
+            # MLflow's run context (source name, git commit) is the driver's script.
+            "source": sys.argv[0] if sys.argv else "",
+        }
 
     def _exporter_options(self) -> dict[str, Any]:
         return {}
@@ -219,6 +219,9 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
 
     def _exporter_options(self) -> dict[str, Any]:
         return {"workers": self.export_workers, "staging": self.staging_limit}
+
+    def _worker_settings(self) -> dict[str, Any]:
+        return {**super()._worker_settings(), "prewarm_formats": list(self.settings.formats)}
 
     def setup(self, *args, **kwargs) -> None:
         super().setup(*args, **kwargs)

@@ -108,6 +108,8 @@ class Session:
         op = message["op"]
         if op == "configure":
             self.settings, self._runs = message, None
+            if message.get("prewarm_formats") is not None:
+                _prewarm(message["prewarm_formats"])
             return None
         if op == "register":
             from rllib_mlflow.register.task import RegistrationTask, register_task
@@ -151,6 +153,22 @@ class Session:
         from rllib_mlflow.mlflow.runs import TrialInfo
 
         return TrialInfo(**message["trial"])
+
+
+def _prewarm(formats: list[str]) -> None:
+    """Import what exporting needs now, while the trials start up, rather than when the
+    first checkpoint comes and the cores are busy training (seconds of CPU otherwise)."""
+    import importlib
+
+    modules = ["rllib_mlflow.register.registration", "rllib_mlflow.mlflow.flavor"]
+    if {"saved_model", "h5"} & set(formats):  # TensorFlow first: see _tensorflow_first
+        modules = ["rllib_mlflow.export.tensorflow", "rllib_mlflow.export.keras", *modules]
+    modules += ["rllib_mlflow.export.onnx", "rllib_mlflow.export.parity", "ray.rllib.core"]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:  # the registration will say what is missing
+            logger.debug("prewarm: %s", error)
 
 
 def main() -> None:

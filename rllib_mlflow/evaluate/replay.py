@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rllib_mlflow import names
 from rllib_mlflow.policy.episode import EpisodeActor
 
 logger = logging.getLogger(__name__)
 
-REPLAY_FILE = "replay.gif"
 MAX_FRAMES = 200  # longer episodes keep every 2nd, 4th... frame: a small file either way
 WIDTH = 320
 
@@ -48,7 +48,7 @@ def record_replay(
         fps = float(env.metadata.get("render_fps") or 30)
     finally:
         env.close()
-    path = Path(directory) / REPLAY_FILE
+    path = Path(directory) / names.REPLAY_FILE
     _write_gif(frames, path, frame_ms=1000.0 * stride / fps)
     return Replay(path, episode_return=total, steps=steps)
 

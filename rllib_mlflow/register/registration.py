@@ -12,14 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rllib_mlflow import names
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.locks import host_lock
-from rllib_mlflow.mlflow import registry
+from rllib_mlflow.mlflow.client import check_tracking_server, client
+from rllib_mlflow.mlflow.versions import (
+    find_versions,
+    set_iteration_alias,
+    update_best_alias,
+    version_tags,
+)
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
 from rllib_mlflow.rllib.checkpoint import checkpoint_uri as source_uri
 from rllib_mlflow.rllib.checkpoint import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
-from rllib_mlflow.validation import validate_tags
+from rllib_mlflow.validation import validate_registered_model_name, validate_tags
 
 logger = get_logger(__name__)
 
@@ -46,7 +53,7 @@ class RegistrationSettings:
     video: bool = False  # record a replay of one seeded episode with each version
 
     def __post_init__(self) -> None:
-        registry.validate_registered_model_name(self.registered_model_name)
+        validate_registered_model_name(self.registered_model_name)
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', not {self.best_mode!r}.")
 
@@ -110,8 +117,8 @@ def log_checkpoint(
         video,
     )
     extra_tags = validate_tags(redact(dict(tags or {})))  # before any export or server call
-    mlflow_client = registry.client(tracking_uri, registry_uri)
-    registry.check_tracking_server(mlflow_client)
+    mlflow_client = client(tracking_uri, registry_uri)
+    check_tracking_server(mlflow_client)
     flat_metrics = flatten_metrics(metrics or {})
     # Model.log goes through MLflow's fluent API, which knows only the global URI.
     with _fluent_tracking_uri(tracking_uri):
@@ -152,7 +159,7 @@ def _fluent_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
     if tracking_uri is None:
         yield
         return
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from rllib_mlflow.mlflow.internals import _use_tracking_uri
 
     with _use_tracking_uri(tracking_uri):
         yield
@@ -244,9 +251,9 @@ def _log_and_register(
         first = _first_of_key(mlflow_client, version, *key)
         if first is not version:
             return first
-    registry.set_iteration_alias(mlflow_client, model_name, version)
+    set_iteration_alias(mlflow_client, model_name, version)
     with host_lock(mlflow_client.tracking_uri, model_name, "best"):
-        best = registry.update_best_alias(
+        best = update_best_alias(
             mlflow_client, model_name, settings.best_metric, settings.best_mode
         )
     logger.info(
@@ -295,14 +302,14 @@ def _log_version(
 
 def _versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id) -> list:
     """The versions registered for one trial, iteration and module, oldest first."""
-    found = registry.find_versions(
+    found = find_versions(
         mlflow_client,
         name,
         training_iteration=training_iteration,
         trial=trial_id,
         module_id=module_id,
     )
-    same = [v for v in found if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
+    same = [v for v in found if v.tags.get(names.VERSION_TAG_TRIAL_ID) == (trial_id or None)]
     return sorted(same, key=lambda v: int(v.version))
 
 
@@ -336,7 +343,7 @@ def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> No
     try:
         if model_id:
             mlflow_client.delete_logged_model(model_id)
-        if empty_model and not registry.find_versions(mlflow_client, empty_model):
+        if empty_model and not find_versions(mlflow_client, empty_model):
             mlflow_client.delete_registered_model(empty_model)
     except Exception as error:
         logger.warning("rllib-mlflow: could not clean up after a failed registration: %s", error)
@@ -347,7 +354,7 @@ def _version_tags(policy, settings, metrics, training_iteration, trial, source, 
 
     meta = policy.policy
     versions = meta["versions"]
-    tags = registry.version_tags(
+    tags = version_tags(
         training_iteration=training_iteration,
         module_id=policy.module_id,
         trial_id=trial[0],
@@ -437,12 +444,14 @@ def _ensure_registered_model(mlflow_client, name: str) -> bool:
 def _resolve_run(mlflow_client, run_id: str | None) -> tuple[str, bool]:
     import mlflow
 
+    from rllib_mlflow.mlflow.internals import _get_experiment_id
+
     if run_id:
         return run_id, False
     active = mlflow.active_run()
     if active is not None:
         return active.info.run_id, False
-    experiment_id = mlflow.tracking.fluent._get_experiment_id() or "0"
+    experiment_id = _get_experiment_id() or "0"
     run = mlflow_client.create_run(experiment_id, tags={"mlflow.source.name": "rllib-mlflow"})
     return run.info.run_id, True
 

@@ -127,10 +127,10 @@ def register_task(task: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _apply_retention(task: dict[str, Any], names: set[str]) -> None:
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow.client import client
     from rllib_mlflow.mlflow.retention import prune
 
-    mlflow_client = registry.client(task.get("tracking_uri"), task.get("registry_uri"))
+    mlflow_client = client(task.get("tracking_uri"), task.get("registry_uri"))
     for name in sorted(names):
         prune(mlflow_client, name, task.get("keep_last"), task.get("keep_best"))
 
@@ -171,13 +171,11 @@ class Session:
     @property
     def runs(self):
         if self._runs is None:
-            from rllib_mlflow.mlflow import registry
+            from rllib_mlflow.mlflow.client import client
             from rllib_mlflow.mlflow.runs import TrialRuns
 
             self._runs = TrialRuns(
-                registry.client(
-                    self.settings.get("tracking_uri"), self.settings.get("registry_uri")
-                ),
+                client(self.settings.get("tracking_uri"), self.settings.get("registry_uri")),
                 self.settings.get("experiment_name"),
                 self.settings.get("tags") or {},
                 experiment_id=self.settings.get("experiment_id"),

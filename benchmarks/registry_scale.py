@@ -39,9 +39,9 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 def _tags(iteration: int, trial_id: str, reward: float) -> dict[str, str]:
     from rllib_mlflow import __version__
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow.versions import version_tags
 
-    tags = registry.version_tags(
+    tags = version_tags(
         training_iteration=iteration,
         module_id="default_policy",
         trial_id=trial_id,
@@ -64,9 +64,9 @@ def _tags(iteration: int, trial_id: str, reward: float) -> dict[str, str]:
 
 def register_one(client, run, iteration: int, trial_id: str, reward: float):
     """What `rllib_mlflow.register.registration._log_and_register` does around the export."""
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow import versions
 
-    existing = registry.find_versions(
+    existing = versions.find_versions(
         client, MODEL, training_iteration=iteration, trial=trial_id, module_id="default_policy"
     )
     if existing:
@@ -77,15 +77,16 @@ def register_one(client, run, iteration: int, trial_id: str, reward: float):
         run_id=run.info.run_id,
         tags=_tags(iteration, trial_id, reward),
     )
-    registry.set_iteration_alias(client, MODEL, version)
-    registry.update_best_alias(client, MODEL, version, "episode_return_mean", "max", reward)
+    versions.set_iteration_alias(client, MODEL, version)
+    versions.update_best_alias(client, MODEL, version, "episode_return_mean", "max", reward)
     return version
 
 
 def benchmark(tracking_uri: str, versions: int, samples: int) -> None:
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow import versions
+    from rllib_mlflow.mlflow.client import client as mlflow_client
 
-    client = registry.client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     experiment_id = client.create_experiment(f"registry-scale-{int(time.time())}")
     run = client.create_run(experiment_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,11 +111,11 @@ def benchmark(tracking_uri: str, versions: int, samples: int) -> None:
         best, by_iteration = [], []
         for _ in range(samples):
             start = time.perf_counter()
-            registry.find_version(f"models:/{MODEL}@best", tracking_uri=tracking_uri)
+            versions.find_version(f"models:/{MODEL}@best", tracking_uri=tracking_uri)
             best.append(time.perf_counter() - start)
             iteration = rng.randint(1, registered)
             start = time.perf_counter()
-            found = registry.find_version(
+            found = versions.find_version(
                 MODEL, training_iteration=iteration, tracking_uri=tracking_uri
             )
             by_iteration.append(time.perf_counter() - start)

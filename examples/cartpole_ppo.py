@@ -102,7 +102,7 @@ def print_next_steps(tracking_uri: str | None) -> None:
     import mlflow
 
     from rllib_mlflow import load_policy
-    from rllib_mlflow.mlflow.registry import find_version
+    from rllib_mlflow.mlflow.versions import find_version
 
     uri = tracking_uri or mlflow.get_tracking_uri()  # sqlite:////abs/path/mlflow.db
     best = find_version(f"models:/{MODEL_NAME}@best", tracking_uri=uri)

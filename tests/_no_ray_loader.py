@@ -41,20 +41,28 @@ import onnxruntime  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def _import_serving():
-    """rllib_mlflow/policy/serving.py as a standalone module, the way a logged model ships it."""
+def _import_policy_package(module: str):
+    """A module of rllib_mlflow/policy/ imported as the standalone package a logged model
+    ships (`code/rllib_mlflow_policy/`), not as part of rllib_mlflow."""
+    import importlib
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "rllib_mlflow_serving", os.path.join(root, "rllib_mlflow", "policy", "serving.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    package_dir = os.path.join(root, "rllib_mlflow", "policy")
+    if "rllib_mlflow_policy" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "rllib_mlflow_policy",
+            os.path.join(package_dir, "__init__.py"),
+            submodule_search_locations=[package_dir],
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["rllib_mlflow_policy"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"rllib_mlflow_policy.{module}")
 
 
-serving = _import_serving()
+serving = _import_policy_package("serving")
+actions = _import_policy_package("actions")
 
 
 def run_saved_model(export_dir: str, observations: np.ndarray):
@@ -66,7 +74,7 @@ def run_saved_model(export_dir: str, observations: np.ndarray):
 def run_h5(export_dir: str, observations: np.ndarray, rule: dict):
     model = keras.models.load_model(os.path.join(export_dir, "model.h5"), safe_mode=True)
     dist_inputs = np.asarray(model.predict(observations, verbose=0))
-    return serving.deterministic_actions(dist_inputs, rule), dist_inputs
+    return actions.deterministic_actions(dist_inputs, rule), dist_inputs
 
 
 def run_onnx(export_dir: str, observations: np.ndarray):

@@ -32,10 +32,10 @@ def test_malformed_tracking_uri_fails_log_checkpoint_before_any_export(tmp_path)
 
 
 def test_malformed_tracking_uri_never_echoes_a_password():
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow.client import validate_tracking_uri
 
     with pytest.raises(TrackingError) as info:
-        registry.validate_tracking_uri("htp://user:planted-pw@host")
+        validate_tracking_uri("htp://user:planted-pw@host")
     assert "planted-pw" not in str(info.value)
 
 

@@ -1,4 +1,4 @@
-"""serving.py flattens raw Dict observations with numpy alone (a served model has no
+"""policy/observations.py flattens raw Dict observations with numpy alone (a served model has no
 gymnasium); it must agree with gymnasium.spaces.flatten, which RLlib's FlattenObservations
 matches (tests/test_user_policies.py checks that against RLlib's EnvRunner)."""
 
@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rllib_mlflow.policy.serving import ObservationConverter, flatten_observation
+from rllib_mlflow.policy.observations import ObservationConverter, flatten_observation
 from rllib_mlflow.policy.spaces import space_to_json
 
 SPACE = gym.spaces.Dict(

@@ -20,7 +20,7 @@ import pytest
 
 from rllib_mlflow.export import FORMATS, export_checkpoint
 from rllib_mlflow.export.parity import _play, format_runner
-from rllib_mlflow.policy.serving import ObservationConverter
+from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.rllib.reader import read_snapshots
 from tests import envs
 from tests.mlflow_server import mlflow_server, post_json, start_model_server  # noqa: F401

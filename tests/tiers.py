@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rllib_mlflow"
 # `top` (cli and the package's __init__) may import anything.
 MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),
-    "policy": set(),  # copied standalone into logged models: nothing of rllib_mlflow at all
+    "policy": set(),  # copied standalone into logged models: only itself, relatively
     "mlflow": {"core", "policy"},
     "evaluate": {"core", "policy", "mlflow"},
     "rllib": {"core", "policy"},

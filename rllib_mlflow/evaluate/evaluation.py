@@ -23,14 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from rllib_mlflow import names
+from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.evaluate import plot
 from rllib_mlflow.evaluate.replay import Replay, record_replay
-from rllib_mlflow.mlflow import card, registry, runs
+from rllib_mlflow.mlflow import card, loading, runs
+from rllib_mlflow.mlflow.client import check_tracking_server, client
+from rllib_mlflow.mlflow.versions import find_version, find_versions
 from rllib_mlflow.policy.episode import EpisodeActor
 
 logger = logging.getLogger(__name__)
 
-EVAL_ALIAS = "eval-best"
 EVAL_EXPERIMENT = "rllib-mlflow-evaluation"
 
 
@@ -91,12 +94,12 @@ def evaluate(
     With `video`, each version's first episode (seed `seed`) is recorded from the env's
     rgb_array render as replay.gif with its LoggedModel; envs that cannot render are
     skipped, and the card says why."""
-    mlflow_client = registry.client(tracking_uri)
-    registry.check_tracking_server(mlflow_client)
+    mlflow_client = client(tracking_uri)
+    check_tracking_server(mlflow_client)
     selected = _select(mlflow_client, name, versions)
-    env_id = env_id or selected[0].tags.get("env_id")
+    env_id = env_id or selected[0].tags.get(names.VERSION_TAG_ENV_ID)
     if not env_id:
-        raise registry.RegistryError("Pass --env ENV_ID: the versions do not record their env.")
+        raise RegistryError("Pass --env ENV_ID: the versions do not record their env.")
     progress = on_progress or (lambda done, total, what: None)
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replays_") as replays:
         jobs = [
@@ -155,14 +158,14 @@ def _rewrite_cards(mlflow_client, name: str, evaluations: list[VersionEvaluation
 
 def _select(mlflow_client, name: str, wanted: list[str] | None) -> list:
     if not wanted:
-        found = registry.find_versions(mlflow_client, name)
+        found = find_versions(mlflow_client, name)
         if not found:
-            raise registry.RegistryError(f"{name!r} has no registered versions.")
+            raise RegistryError(f"{name!r} has no registered versions.")
         return sorted(found, key=lambda v: int(v.version))
     chosen = []
     for item in wanted:
         uri = f"models:/{name}@{item}" if not str(item).isdigit() else f"models:/{name}/{item}"
-        chosen.append(registry.find_version(uri, tracking_uri=mlflow_client.tracking_uri))
+        chosen.append(find_version(uri, tracking_uri=mlflow_client.tracking_uri))
     return chosen
 
 
@@ -180,7 +183,7 @@ def _play(
     (and record the first one in `replay_dir`, if given)."""
     import gymnasium as gym
 
-    policy = registry.load_policy(f"models:/{name}/{version}", tracking_uri=tracking_uri)
+    policy = loading.load_policy(f"models:/{name}/{version}", tracking_uri=tracking_uri)
     env = gym.make(env_id)
     returns = []
     for episode in range(episodes):
@@ -212,12 +215,12 @@ def _replay(policy, env_id: str, directory: str, seed: int, max_steps: int) -> R
 
 def _evaluation(version, returns: tuple[float, ...], replay: Replay | None) -> VersionEvaluation:
     tags = version.tags
-    iteration = tags.get(registry.TAG_ITERATION)
+    iteration = tags.get(names.VERSION_TAG_ITERATION)
     training_return = tags.get("episode_return_mean")
     return VersionEvaluation(
         version=int(version.version),
         training_iteration=None if iteration is None else int(iteration),
-        trial=tags.get(registry.TAG_TRIAL_NAME) or tags.get(registry.TAG_TRIAL_ID),
+        trial=tags.get(names.VERSION_TAG_TRIAL_NAME) or tags.get(names.VERSION_TAG_TRIAL_ID),
         training_return=None if training_return is None else float(training_return),
         returns=returns,
         replay=None if replay is None else _replay_tag(replay),
@@ -225,7 +228,7 @@ def _evaluation(version, returns: tuple[float, ...], replay: Replay | None) -> V
 
 
 def _replay_tag(replay: Replay) -> str:
-    return card.REPLAY_FILE if replay.path is not None else f"skipped: {replay.skipped}"
+    return names.REPLAY_FILE if replay.path is not None else f"skipped: {replay.skipped}"
 
 
 def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias):
@@ -233,15 +236,15 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
     from mlflow.entities import Metric
 
     for evaluation in evaluations:
+        number = str(evaluation.version)
         for key, value in evaluation.summary().items():
-            mlflow_client.set_model_version_tag(
-                name, str(evaluation.version), f"eval.{key}", f"{value:.6g}"
-            )
+            tag = f"{names.VERSION_TAG_EVAL_PREFIX}{key}"
+            mlflow_client.set_model_version_tag(name, number, tag, f"{value:.6g}")
         mlflow_client.set_model_version_tag(
-            name, str(evaluation.version), "eval.episodes", str(episodes)
+            name, number, names.VERSION_TAG_EVAL_EPISODES, str(episodes)
         )
-        mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.env_id", env_id)
-        mlflow_client.set_model_version_tag(name, str(evaluation.version), "eval.seed", str(seed))
+        mlflow_client.set_model_version_tag(name, number, names.VERSION_TAG_EVAL_ENV_ID, env_id)
+        mlflow_client.set_model_version_tag(name, number, names.VERSION_TAG_EVAL_SEED, str(seed))
     run = mlflow_client.create_run(
         runs.experiment_id(mlflow_client, EVAL_EXPERIMENT),
         run_name=f"evaluate-{name}",
@@ -263,7 +266,7 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
             name,
             env_id,
             path,
-            best_version=_alias_version(mlflow_client, name, registry.ALIAS_BEST),
+            best_version=_alias_version(mlflow_client, name, names.ALIAS_BEST),
         )
         mlflow_client.log_artifact(run_id, path)
         with open(os.path.join(directory, "evaluation.json"), "w") as stream:
@@ -273,7 +276,7 @@ def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias
         mlflow_client.log_artifact(run_id, os.path.join(directory, "evaluation.json"))
     mlflow_client.set_terminated(run_id)
     if move_alias:
-        mlflow_client.set_registered_model_alias(name, EVAL_ALIAS, str(best.version))
+        mlflow_client.set_registered_model_alias(name, names.ALIAS_EVAL_BEST, str(best.version))
     logger.info(
         "best version %s (return %.1f); evaluation run %s in experiment %r",
         best.version,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rllib_mlflow import names
 from rllib_mlflow.mlflow import card
 from rllib_mlflow.policy.episode import EpisodeActor
 
@@ -50,7 +51,7 @@ def record_replay(
         fps = float(env.metadata.get("render_fps") or 30)
     finally:
         env.close()
-    path = Path(directory) / card.REPLAY_FILE
+    path = Path(directory) / names.REPLAY_FILE
     _write_gif(frames, path, frame_ms=1000.0 * stride / fps)
     return Replay(path, episode_return=total, steps=steps)
 

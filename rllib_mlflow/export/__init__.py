@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rllib_mlflow.errors import UnsupportedModuleError
-from rllib_mlflow.export.policy_file import FORMAT_FILES, POLICY_FILE, policy_json
+from rllib_mlflow.export.policy_file import FORMAT_FILES, policy_json
+from rllib_mlflow.policy.serving import POLICY_FILE
 from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 from rllib_mlflow.rllib.uris import CheckpointLike

@@ -18,6 +18,7 @@ import numpy as np
 
 from rllib_mlflow.errors import ParityError
 from rllib_mlflow.policy import serving
+from rllib_mlflow.policy.actions import deterministic_actions
 from rllib_mlflow.policy.spaces import space_from_json
 from rllib_mlflow.rllib.reference import rllib_reference, rllib_sequence_reference
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
@@ -179,7 +180,7 @@ def _h5_runner(path: str, snapshot: PolicySnapshot) -> Runner:
         out = [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else [np.asarray(out)]
         dist_inputs = out[0]
         return {
-            "actions": serving.deterministic_actions(dist_inputs, rule),
+            "actions": deterministic_actions(dist_inputs, rule),
             "action_dist_inputs": dist_inputs,
             **dict(zip(state_names, out[1:])),
         }

@@ -10,10 +10,11 @@ from __future__ import annotations
 import platform
 from typing import Any
 
+from rllib_mlflow.policy.serving import ONNX_FILE, SAVED_MODEL_DIR
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
-FORMAT_FILES = {"saved_model": "saved_model", "h5": "model.h5", "onnx": "model.onnx"}
-POLICY_FILE = "policy.json"
+# Named where the files are read: `rllib_mlflow.policy`, which a served model ships alone.
+FORMAT_FILES = {"saved_model": SAVED_MODEL_DIR, "h5": "model.h5", "onnx": ONNX_FILE}
 POLICY_FORMAT_VERSION = 1
 
 

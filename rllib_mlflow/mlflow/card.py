@@ -21,15 +21,12 @@ import re
 import tempfile
 from typing import Any
 
-from rllib_mlflow.mlflow import registry
+from rllib_mlflow import names
+from rllib_mlflow.mlflow.versions import find_versions
 
 logger = logging.getLogger(__name__)
 
-README_FILE = "README.md"
-REPLAY_FILE = "replay.gif"  # beside README.md in the LoggedModel; the recorder writes it
-TAG_REPLAY = "replay"  # "replay.gif", or "skipped: <why>"
-TAG_REPLAY_SEED = "replay.seed"
-_ITERATION_ALIAS = re.compile(r"^iter-\d+$")
+_ITERATION_ALIAS = re.compile(rf"^{names.ITERATION_ALIAS_PREFIX}\d+$")
 _MISSING = "–"
 
 
@@ -55,16 +52,16 @@ def publish_version_card(mlflow_client, name: str, number, *, policy: dict | Non
     description = version_card(version, policy, image_url=replay_url(model_id))
     mlflow_client.update_model_version(name, str(number), description=description)
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_card_") as directory:
-        readme = os.path.join(directory, README_FILE)
+        readme = os.path.join(directory, names.README_FILE)
         with open(readme, "w") as stream:
-            stream.write(version_card(version, policy, image_url=REPLAY_FILE))
+            stream.write(version_card(version, policy, image_url=names.REPLAY_FILE))
         mlflow_client.log_model_artifact(model_id, readme)
     return description
 
 
 def publish_family_card(mlflow_client, name: str) -> str:
     """Write the registered model's description from its versions and aliases."""
-    versions = registry.find_versions(mlflow_client, name)
+    versions = find_versions(mlflow_client, name)
     aliases = dict(mlflow_client.get_registered_model(name).aliases)
     description = family_card(name, versions, aliases)
     mlflow_client.update_registered_model(name, description=description)
@@ -77,11 +74,13 @@ def attach_replay(mlflow_client, name: str, number, replay, *, seed: int) -> Non
     version = mlflow_client.get_model_version(name, str(number))
     if replay.path is not None:
         mlflow_client.log_model_artifact(logged_model_id(version), str(replay.path))
-        value = REPLAY_FILE
-        mlflow_client.set_model_version_tag(name, str(number), TAG_REPLAY_SEED, str(seed))
+        value = names.REPLAY_FILE
+        mlflow_client.set_model_version_tag(
+            name, str(number), names.VERSION_TAG_REPLAY_SEED, str(seed)
+        )
     else:
         value = f"skipped: {replay.skipped}"[:500]
-    mlflow_client.set_model_version_tag(name, str(number), TAG_REPLAY, value)
+    mlflow_client.set_model_version_tag(name, str(number), names.VERSION_TAG_REPLAY, value)
 
 
 def logged_model_id(version) -> str:
@@ -92,7 +91,7 @@ def replay_url(model_id: str) -> str:
     """The replay as the tracking server serves it, relative to the UI's address (so it works
     behind a path prefix too)."""
     files = f"ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
-    return f"{files}?artifact_file_path={REPLAY_FILE}"
+    return f"{files}?artifact_file_path={names.REPLAY_FILE}"
 
 
 def _download_policy(mlflow_client, version) -> dict[str, Any]:
@@ -120,19 +119,21 @@ def _download_policy(mlflow_client, version) -> dict[str, Any]:
 def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
     """The Markdown card of one version (pure: from the version's tags and policy.json)."""
     tags, name, number = version.tags, version.name, version.version
-    iteration = tags.get(registry.TAG_ITERATION, "?")
-    algorithm, env_id = tags.get("algorithm", "RLlib"), tags.get("env_id", "?")
+    iteration = tags.get(names.VERSION_TAG_ITERATION, "?")
+    algorithm = tags.get(names.VERSION_TAG_ALGORITHM, "RLlib")
+    env_id = tags.get(names.VERSION_TAG_ENV_ID, "?")
+    trial = tags.get(names.VERSION_TAG_TRIAL_NAME) or tags.get(names.VERSION_TAG_TRIAL_ID)
     rows = [
-        ("trial", _code(tags.get(registry.TAG_TRIAL_NAME) or tags.get(registry.TAG_TRIAL_ID))),
+        ("trial", _code(trial)),
         ("training iteration", iteration),
         ("env steps", _count(tags.get("num_env_steps_sampled_lifetime"))),
         ("training return", _number(tags.get("episode_return_mean"))),
         ("evaluation return", _evaluation(tags, name, number)),
         ("parity with RLlib", _parity(tags, policy)),
-        ("formats", ", ".join(_code(f) for f in _split(tags.get("formats")))),
+        ("formats", ", ".join(_code(f) for f in _split(tags.get(names.VERSION_TAG_FORMATS)))),
         ("observation space", _code(_space(policy.get("observation_space")))),
         ("action space", _code(_space(policy.get("action_space")))),
-        ("module", _code(tags.get(registry.TAG_MODULE_ID))),
+        ("module", _code(tags.get(names.VERSION_TAG_MODULE_ID))),
     ]
     lines = [
         _headline(algorithm, env_id, iteration, tags),
@@ -165,11 +166,11 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
         return f"**{name}**: no versions left. Registered by rllib-mlflow.\n"
     by_number = {str(v.version): v for v in versions}
     latest = max(versions, key=lambda v: int(v.version))
-    envs = sorted({f"{v.tags.get('algorithm', '?')} on {v.tags.get('env_id', '?')}"
-                   for v in versions})  # fmt: skip
-    trials = {v.tags.get(registry.TAG_TRIAL_ID) for v in versions}
-    iterations = sorted(int(v.tags[registry.TAG_ITERATION]) for v in versions
-                        if registry.TAG_ITERATION in v.tags)  # fmt: skip
+    envs = sorted({f"{v.tags.get(names.VERSION_TAG_ALGORITHM, '?')} on "
+                   f"{v.tags.get(names.VERSION_TAG_ENV_ID, '?')}" for v in versions})  # fmt: skip
+    trials = {v.tags.get(names.VERSION_TAG_TRIAL_ID) for v in versions}
+    iterations = sorted(int(v.tags[names.VERSION_TAG_ITERATION]) for v in versions
+                        if names.VERSION_TAG_ITERATION in v.tags)  # fmt: skip
     span = f", training iterations {iterations[0]}–{iterations[-1]}" if iterations else ""
     lines = [
         f"**{name}**: {', '.join(envs)}; {len(versions)} version(s) from {len(trials)} "
@@ -188,7 +189,7 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
             continue
         tags = version.tags
         lines.append(
-            f"| {alias} | {number} | {tags.get(registry.TAG_ITERATION, _MISSING)} | "
+            f"| {alias} | {number} | {tags.get(names.VERSION_TAG_ITERATION, _MISSING)} | "
             f"{_number(tags.get('episode_return_mean')) or _MISSING} | "
             f"{_evaluation(tags, None, None) or _MISSING} |"
         )
@@ -213,12 +214,12 @@ def _iteration_alias_lines(aliases: dict[str, Any]) -> list[str]:
 
 
 def _replay_lines(tags: dict[str, str], image_url: str, name: str, number) -> list[str]:
-    replay = tags.get(TAG_REPLAY)
-    if replay == REPLAY_FILE:
-        seed = tags.get(TAG_REPLAY_SEED, "0")
+    replay = tags.get(names.VERSION_TAG_REPLAY)
+    if replay == names.REPLAY_FILE:
+        seed = tags.get(names.VERSION_TAG_REPLAY_SEED, "0")
         return [f"![replay of one episode, seed {seed}]({image_url})", "",
                 f"*Replay: one episode from `env.reset(seed={seed})`, "
-                f"[{REPLAY_FILE}]({image_url}).*", ""]  # fmt: skip
+                f"[{names.REPLAY_FILE}]({image_url}).*", ""]  # fmt: skip
     if replay:
         return [f"*No replay: {replay.removeprefix('skipped: ')}.*", ""]
     return [f"*No replay yet: `rllib-mlflow evaluate {name} --versions {number} --video`.*", ""]
@@ -257,11 +258,11 @@ def _snippets(name: str, number, iteration: str) -> list[str]:
 
 
 def _evaluation(tags: dict[str, str], name: str | None, number) -> str | None:
-    mean = tags.get("eval.episode_return_mean")
+    mean = tags.get(names.VERSION_TAG_EVAL_RETURN_MEAN)
     if mean is None:
         return None if name is None else "not evaluated yet"
-    text = f"{_number(mean)} ± {_number(tags.get('eval.episode_return_std', '0'))}"
-    episodes = tags.get("eval.episodes")
+    text = f"{_number(mean)} ± {_number(tags.get(names.VERSION_TAG_EVAL_RETURN_STD, '0'))}"
+    episodes = tags.get(names.VERSION_TAG_EVAL_EPISODES)
     return f"{text} ({episodes} episodes)" if episodes else text
 
 
@@ -273,7 +274,7 @@ def _parity(tags: dict[str, str], policy: dict[str, Any]) -> str | None:
             f"{verdict}: max abs diff {report.get('max_abs_diff', 0):.2g} on "
             f"{report.get('observations', '?')} observations"
         )
-    diff = tags.get("parity_max_abs_diff")
+    diff = tags.get(names.VERSION_TAG_PARITY)
     return f"max abs diff {diff}" if diff else "not verified"
 
 

@@ -2,10 +2,11 @@
 
 Same four verbs as MLflow's own flavors. A saved model holds the exports under `data/`
 (saved_model/, model.h5, model.onnx, policy.json) and the pyfunc loader under
-`code/rllib_mlflow_serving.py`, a copy of `rllib_mlflow.policy.serving`, so that serving needs
-only mlflow, numpy and one inference backend: never Ray, torch or rllib-mlflow.
-Signatures and input examples need pandas, which `mlflow-skinny` leaves out: they are
-imported where a model is saved, so that the light install imports this module.
+`code/rllib_mlflow_policy/`, a copy of the package `rllib_mlflow.policy`, so that serving
+needs only mlflow, numpy and one inference backend: never Ray, torch or rllib-mlflow.
+Models logged before that ship `code/rllib_mlflow_serving.py` instead and keep loading
+with it. Signatures and input examples need pandas, which `mlflow-skinny` leaves out: they
+are imported where a model is saved, so that the light install imports this module.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ from mlflow import pyfunc
 from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
-from mlflow.utils.environment import (
+from mlflow.utils.file_utils import write_to
+
+from rllib_mlflow.mlflow.internals import (
     _CONDA_ENV_FILE_NAME,
     _PYTHON_ENV_FILE_NAME,
     _REQUIREMENTS_FILE_NAME,
+    _get_pinned_requirement,
     _process_pip_requirements,
     _PythonEnv,
 )
-from mlflow.utils.file_utils import write_to
-from mlflow.utils.requirements_utils import _get_pinned_requirement
-
 from rllib_mlflow.paths import inside
 from rllib_mlflow.policy import serving
+from rllib_mlflow.policy.observations import served_observation_keys
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
 FLAVOR_NAME = "rllib_mlflow"
 DATA_DIR = "data"
 CODE_DIR = "code"
-LOADER_MODULE = "rllib_mlflow_serving"
+CODE_PACKAGE = "rllib_mlflow_policy"  # `rllib_mlflow.policy`, as a served model imports it
+LOADER_MODULE = f"{CODE_PACKAGE}.pyfunc"
 _EXAMPLE_ROWS = 2
 
 
@@ -72,8 +75,11 @@ def save_model(
         raise FileExistsError(f"{path} already exists and is not empty.")
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(export_dir, path / DATA_DIR)
-    (path / CODE_DIR).mkdir()
-    shutil.copy(serving.__file__, path / CODE_DIR / f"{LOADER_MODULE}.py")
+    shutil.copytree(
+        Path(serving.__file__).parent,
+        path / CODE_DIR / CODE_PACKAGE,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
 
     mlflow_model = mlflow_model or Model()
     mlflow_model.signature = policy_signature(policy)
@@ -185,7 +191,9 @@ def _resolve_models_uri(model_uri: str, tracking_uri: str | None) -> str:
 
 
 def _load_pyfunc(path: str):
-    return serving._load_pyfunc(path)
+    from rllib_mlflow.policy.pyfunc import _load_pyfunc
+
+    return _load_pyfunc(path)
 
 
 def policy_signature(policy: dict[str, Any]) -> ModelSignature:
@@ -218,7 +226,7 @@ def policy_signature(policy: dict[str, Any]) -> ModelSignature:
 
 
 def _observation_specs(policy: dict[str, Any]) -> list[TensorSpec]:
-    keys = serving.served_observation_keys(policy)
+    keys = served_observation_keys(policy)
     named = policy.get("stateful", False)
     if keys is None:
         shape = tuple(-1 if d is None else d for d in policy["input"]["shape"])
@@ -253,7 +261,7 @@ def _input_example(policy: dict[str, Any]):
     space = space_from_json(policy["observation_space"])
     space.seed(0)
     samples = [space.sample() for _ in range(_EXAMPLE_ROWS)]
-    keys = serving.served_observation_keys(policy)
+    keys = served_observation_keys(policy)
     if keys is not None:
         example = {k: np.stack([np.asarray(s[k]) for s in samples]) for k in keys}
         example = {

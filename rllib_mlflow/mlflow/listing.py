@@ -5,28 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from rllib_mlflow import names
 from rllib_mlflow.console import utc_iso
-from rllib_mlflow.mlflow import registry
+from rllib_mlflow.mlflow.versions import find_versions
 
 _NUMBERS = {
-    registry.TAG_ITERATION: int,
+    names.VERSION_TAG_ITERATION: int,
     "num_env_steps_sampled_lifetime": int,
     "episode_return_mean": float,
-    "eval.episode_return_mean": float,
-    "eval.episode_return_std": float,
-    "eval.episodes": int,
-    "parity_max_abs_diff": float,
+    names.VERSION_TAG_EVAL_RETURN_MEAN: float,
+    names.VERSION_TAG_EVAL_RETURN_STD: float,
+    names.VERSION_TAG_EVAL_EPISODES: int,
+    names.VERSION_TAG_PARITY: float,
 }
-_LISTS = ("formats",)
+_LISTS = (names.VERSION_TAG_FORMATS,)
 _COLUMNS = (
-    "trial_name",
-    "trial_id",
-    "module_id",
+    names.VERSION_TAG_TRIAL_NAME,
+    names.VERSION_TAG_TRIAL_ID,
+    names.VERSION_TAG_MODULE_ID,
     *_NUMBERS,
-    "algorithm",
-    "env_id",
+    names.VERSION_TAG_ALGORITHM,
+    names.VERSION_TAG_ENV_ID,
     *_LISTS,
-    "replay",
+    names.VERSION_TAG_REPLAY,
 )
 
 
@@ -35,7 +36,7 @@ def version_records(mlflow_client, name: str) -> list[dict[str, Any]]:
     aliases: dict[str, list[str]] = {}
     for alias, number in mlflow_client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(number), []).append(alias)
-    versions = sorted(registry.find_versions(mlflow_client, name), key=lambda v: int(v.version))
+    versions = sorted(find_versions(mlflow_client, name), key=lambda v: int(v.version))
     return [_record(v, sorted(aliases.get(str(v.version), []), key=_alias_order)) for v in versions]
 
 
@@ -54,7 +55,7 @@ def _record(version, aliases: list[str]) -> dict[str, Any]:
 
 
 def _alias_order(alias: str) -> tuple[bool, str]:
-    return alias.startswith("iter-"), alias  # named aliases (best, prod) first
+    return alias.startswith(names.ITERATION_ALIAS_PREFIX), alias  # named aliases (best, prod) first
 
 
 def _number(value: str, kind: type) -> int | float | str:

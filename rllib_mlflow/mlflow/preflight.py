@@ -12,9 +12,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rllib_mlflow import names
 from rllib_mlflow._version import __version__
 from rllib_mlflow.errors import TrackingError
-from rllib_mlflow.mlflow import registry, runs
+from rllib_mlflow.mlflow import runs
+from rllib_mlflow.mlflow.client import (
+    check_tracking_server,
+    check_write_access,
+    client,
+    is_file_store,
+    registered_model_exists,
+    validate_tracking_uri,
+)
 from rllib_mlflow.mlflow.rest import rest_client
 from rllib_mlflow.redaction import mask_urls
 
@@ -31,38 +40,38 @@ def check_tracking_store(
 ) -> None:
     """Raise TrackingError, saying what to do, unless logging there can work."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if registry.is_file_store(uri):
-        registry.validate_tracking_uri(uri)  # refused unless MLFLOW_ALLOW_FILE_STORE
+    if is_file_store(uri):
+        validate_tracking_uri(uri)  # refused unless MLFLOW_ALLOW_FILE_STORE
         _check_writable_directory(Path(uri.removeprefix("file://")).absolute(), uri)
         return
     if uri.startswith("sqlite:"):
         _check_sqlite_writable(uri)
         return
-    mlflow_client = rest_client(uri) or registry.client(uri)
-    registry.check_tracking_server(mlflow_client)
+    mlflow_client = rest_client(uri) or client(uri)
+    check_tracking_server(mlflow_client)
     if experiment_id:
         _check_experiment_id(mlflow_client, experiment_id)
     elif experiment_name:
-        registry.check_write_access(
+        check_write_access(
             mlflow_client,
             f"experiment {experiment_name!r}",
             lambda: mlflow_client.set_experiment_tag(
-                runs.experiment_id(mlflow_client, experiment_name), registry.TAG_WRITER, __version__
+                runs.experiment_id(mlflow_client, experiment_name), names.TAG_WRITER, __version__
             ),
         )
     if registered_model_name:
         models = mlflow_client
         registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI")
         if registry_uri and registry_uri != uri:
-            models = rest_client(registry_uri) or registry.client(uri, registry_uri)
+            models = rest_client(registry_uri) or client(uri, registry_uri)
 
         def tag_model_if_it_exists() -> None:  # else the first registration creates it
-            if registry.registered_model_exists(models, registered_model_name):
+            if registered_model_exists(models, registered_model_name):
                 models.set_registered_model_tag(
-                    registered_model_name, registry.TAG_WRITER, __version__
+                    registered_model_name, names.TAG_WRITER, __version__
                 )
 
-        registry.check_write_access(
+        check_write_access(
             models, f"registered model {registered_model_name!r}", tag_model_if_it_exists
         )
 
@@ -77,10 +86,10 @@ def _check_experiment_id(mlflow_client, experiment_id: str) -> None:
             f"{mask_urls(mlflow_client.tracking_uri)} ({str(error)[:200]}). Unset it, "
             "set it to an existing experiment's id, or pass experiment_name=."
         ) from error
-    registry.check_write_access(
+    check_write_access(
         mlflow_client,
         f"experiment {experiment_id}",
-        lambda: mlflow_client.set_experiment_tag(experiment_id, registry.TAG_WRITER, __version__),
+        lambda: mlflow_client.set_experiment_tag(experiment_id, names.TAG_WRITER, __version__),
     )
 
 

@@ -14,8 +14,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.mlflow import card, registry
+from rllib_mlflow.mlflow import card
+from rllib_mlflow.mlflow.client import registered_model_exists
+from rllib_mlflow.mlflow.versions import find_versions
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +41,9 @@ def plan_prune(
     for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
         if value is not None and value < 0:
             raise ValueError(f"{label} must be >= 0, not {value}.")
-    if not registry.registered_model_exists(mlflow_client, name):
+    if not registered_model_exists(mlflow_client, name):
         raise RegistryError(f"There is no registered model {name!r}: nothing to prune.")
-    versions = registry.find_versions(mlflow_client, name)
+    versions = find_versions(mlflow_client, name)
     aliases = _aliases(mlflow_client, name)
     reasons: dict[str, str] = {}
     for version in versions:
@@ -103,17 +106,17 @@ def _aliases(mlflow_client, name: str) -> dict[str, list[str]]:
 
 
 def _iteration_order(version) -> tuple[int, int]:
-    return int(version.tags.get(registry.TAG_ITERATION, -1)), int(version.version)
+    return int(version.tags.get(names.VERSION_TAG_ITERATION, -1)), int(version.version)
 
 
 def _score(version) -> float | None:
-    metric = version.tags.get(registry.TAG_BEST_METRIC)
-    value = version.tags.get(f"metric.{metric}") if metric else None
+    metric = version.tags.get(names.VERSION_TAG_BEST_METRIC)
+    value = version.tags.get(names.metric_tag(metric)) if metric else None
     return None if value is None else float(value)
 
 
 def _mode(versions) -> str:
-    modes = {v.tags.get("best_mode", "max") for v in versions}
+    modes = {v.tags.get(names.VERSION_TAG_BEST_MODE, "max") for v in versions}
     return "min" if modes == {"min"} else "max"
 
 

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rllib_mlflow import names
 from rllib_mlflow.locks import host_lock
 from rllib_mlflow.redaction import flat_params
 
-TAG_TRIAL_ID = "rllib_mlflow.trial_id"
 _PARAM_VALUE_LIMIT = 6000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
@@ -127,8 +127,8 @@ class TrialRuns:
                 tags = {
                     **driver_context_tags(self.source),
                     **self.tags,
-                    "trial_name": trial.name,
-                    TAG_TRIAL_ID: trial.trial_id,
+                    names.RUN_TAG_TRIAL_NAME: trial.name,
+                    names.RUN_TAG_TRIAL_ID: trial.trial_id,
                 }
                 run = self.client.create_run(experiment, tags=tags, run_name=trial.name)
                 run_id = run.info.run_id
@@ -164,6 +164,6 @@ class TrialRuns:
 
     def _existing_run(self, experiment: str, trial_id: str) -> str | None:
         runs = self.client.search_runs(
-            [experiment], f"tags.`{TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
+            [experiment], f"tags.`{names.RUN_TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
         )
         return runs[0].info.run_id if runs else None

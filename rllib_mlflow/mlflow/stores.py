@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from rllib_mlflow.errors import RegistryError, TrackingError
-from rllib_mlflow.mlflow import registry
+from rllib_mlflow.mlflow.client import check_tracking_server, client, registered_model_exists
 from rllib_mlflow.redaction import mask_urls
 
 CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call
@@ -38,17 +38,17 @@ def check(uri: str, *, must_exist: bool):
     to be there already)."""
     if must_exist:
         _require_local_store(uri)
-    mlflow_client = registry.client(uri)
+    mlflow_client = client(uri)
     if uri.startswith(("http://", "https://")):
         with bounded_http_retries():
-            registry.check_tracking_server(mlflow_client)
+            check_tracking_server(mlflow_client)
     return mlflow_client
 
 
 def require_model(mlflow_client, name: str, uri: str) -> None:
     """Fail with one line naming the store and what it holds when `name` is not there."""
     with bounded_http_retries():
-        if registry.registered_model_exists(mlflow_client, name):
+        if registered_model_exists(mlflow_client, name):
             return
         names = sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
     held = f"registered models there: {', '.join(names)}" if names else "it has none"

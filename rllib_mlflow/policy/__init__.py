@@ -1,6 +1,7 @@
 """Acting with an exported policy: numpy and one inference backend, nothing else.
 
 The light install (`pip install rllib-mlflow`) stops here and at `rllib_mlflow.mlflow`.
-`serving.py` is also MLflow's pyfunc loader, copied into every logged model, so it imports
-nothing from the rest of this package.
+This package is copied into every logged model (`pyfunc.py` is MLflow's loader there), so
+it imports nothing from the rest of rllib-mlflow, its modules import each other relatively,
+and this file imports nothing at all.
 """

@@ -1,8 +1,9 @@
 """Run an exported policy with numpy and one inference backend: ONNX Runtime or TensorFlow.
 
-This module is shipped inside every logged model (as `rllib_mlflow_serving.py`) and is
-MLflow's pyfunc loader for it, so it must import nothing from Ray, torch or the rest of
-rllib-mlflow: a served model then needs only mlflow, numpy and one backend.
+This package is shipped inside every logged model (as `code/rllib_mlflow_policy/`), where
+`pyfunc` is MLflow's loader, so it imports nothing from Ray, torch or the rest of
+rllib-mlflow, and its modules import each other relatively: a served model then needs only
+mlflow, numpy and one backend.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import os
 from typing import Any
 
 import numpy as np
+
+from .actions import sample_actions
+from .observations import ObservationConverter
 
 POLICY_FILE = "policy.json"
 ONNX_FILE = "model.onnx"
@@ -187,162 +191,6 @@ def _push(window: np.ndarray, newest: np.ndarray) -> np.ndarray:
     return np.concatenate([window, newest], axis=1)[:, newest.shape[1] :].astype(np.float32)
 
 
-class ObservationConverter:
-    """Raw observations -> the named float32 arrays the exported graph takes.
-
-    Box observations pass through. Dict observations come as one dict, a list of dicts or
-    a dict of batched arrays; they are flattened as RLlib's FlattenObservations does
-    (gymnasium.spaces.flatten: keys in order, Discrete one-hot; already flattened arrays
-    are taken as they are) or, for a module that reads the dict itself, fed one graph input
-    per key."""
-
-    def __init__(self, metadata: dict[str, Any]):
-        self.space = metadata["observation_space"]
-        self.keys = metadata.get("observation_keys")
-        inputs = metadata.get("inputs") or [
-            {"name": "observations", "shape": metadata["input"]["shape"]}
-        ]
-        self.shapes = {i["name"]: tuple(i["shape"][1:]) for i in inputs}
-
-    def feeds(self, observations: Any) -> dict[str, np.ndarray]:
-        if self.space["type"] == "Dict" and (self.keys or _holds_dicts(observations)):
-            columns = self._dict_columns(observations)
-            if self.keys:
-                return {key: self._batch(columns[key], key) for key in self.keys}
-            rows = len(next(iter(columns.values())))
-            flat = [
-                flatten_observation(self.space, {k: v[i] for k, v in columns.items()})
-                for i in range(rows)
-            ]
-            return {"observations": self._batch(flat, "observations")}
-        return {"observations": self._batch(observations, "observations")}
-
-    def _dict_columns(self, observations: Any) -> dict[str, list]:
-        """One dict, a list of dicts or a dict of batched arrays -> {key: list of rows}."""
-        keys = list(self.space["spaces"])
-        if isinstance(observations, dict):
-            missing = [k for k in keys if k not in observations]
-            if missing:
-                raise ValueError(f"Observation dict lacks key(s) {missing}; expected {keys}.")
-            first = keys[0]
-            single = np.ndim(observations[first]) == _rank(self.space["spaces"][first])
-            if single:
-                return {k: [observations[k]] for k in keys}
-            return {k: list(observations[k]) for k in keys}
-        if isinstance(observations, (list, tuple)) and observations:
-            if all(isinstance(o, dict) for o in observations):
-                return {k: [o[k] for o in observations] for k in keys}
-        raise ValueError(
-            f"Expected a Dict observation with keys {keys}: one dict, a non-empty list of "
-            f"dicts, or a dict of batched arrays; got {type(observations).__name__}."
-        )
-
-    def _batch(self, observations: Any, name: str) -> np.ndarray:
-        shape = self.shapes[name]
-        try:
-            batch = np.asarray(observations, dtype=np.float32)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"Observations must be numbers: {error}") from error
-        if batch.shape == shape:
-            batch = batch[None]
-        if batch.shape[1:] != shape or batch.shape[0] == 0:
-            raise ValueError(
-                f"Expected a non-empty batch of {name} of shape {list(shape)}"
-                f" (batch shape [N, {', '.join(map(str, shape))}]), got "
-                f"{list(batch.shape)}."
-            )
-        if not np.all(np.isfinite(batch)):
-            raise ValueError("Observations contain NaN or infinite values.")
-        return batch
-
-
-def _holds_dicts(observations: Any) -> bool:
-    """A raw Dict observation, a list of them or a dict of batches (not flat arrays)."""
-    if isinstance(observations, dict):
-        return True
-    return isinstance(observations, (list, tuple)) and any(
-        isinstance(o, dict) for o in observations
-    )
-
-
-def _rank(space: dict[str, Any]) -> int:
-    """The number of dimensions of one raw observation of `space`."""
-    if space["type"] == "Box":
-        return len(space["shape"])
-    return 1 if space["type"] in ("MultiDiscrete", "MultiBinary") else 0
-
-
-def flatten_observation(space: dict[str, Any], value: Any) -> np.ndarray:
-    """gymnasium.spaces.flatten(space, value) for a space described as in policy.json."""
-    kind = space["type"]
-    if kind in ("Box", "MultiBinary"):
-        return np.asarray(value, dtype=np.float32).ravel()
-    if kind == "Discrete":
-        one_hot = np.zeros(space["n"], np.float32)
-        one_hot[int(value) - space.get("start", 0)] = 1.0
-        return one_hot
-    if kind == "MultiDiscrete":
-        return np.concatenate(
-            [np.eye(n, dtype=np.float32)[int(v)] for v, n in zip(np.ravel(value), space["nvec"])]
-        )
-    if kind == "Dict":
-        return np.concatenate(
-            [flatten_observation(sub, value[key]) for key, sub in space["spaces"].items()]
-        )
-    if kind == "Tuple":
-        return np.concatenate(
-            [flatten_observation(sub, part) for sub, part in zip(space["spaces"], value)]
-        )
-    raise ValueError(f"Cannot flatten observations of space type {kind!r}.")
-
-
-def deterministic_actions(dist_inputs: np.ndarray, rule: dict[str, Any]) -> np.ndarray:
-    """RLlib's action for explore=False, computed from action_dist_inputs with numpy."""
-    kind, lens = rule["distribution"], rule["input_lens"]
-    if kind == "categorical":
-        return np.argmax(dist_inputs, axis=-1)
-    if kind == "multi_categorical":
-        parts = np.split(dist_inputs, np.cumsum(lens)[:-1], axis=-1)
-        return np.stack([np.argmax(p, axis=-1) for p in parts], axis=-1)
-    # Gaussians, squashed ones included: RLlib 2.60 acts with the (pre-tanh) mean.
-    actions = dist_inputs[:, : lens[0]]
-    return _postprocess(actions.astype(np.float32), rule)
-
-
-def sample_actions(
-    dist_inputs: np.ndarray, rule: dict[str, Any], rng: np.random.Generator
-) -> np.ndarray:
-    """RLlib's action for explore=True: a sample of the action distribution."""
-    kind, lens = rule["distribution"], rule["input_lens"]
-    if kind in ("categorical", "multi_categorical"):
-        parts = np.split(dist_inputs, np.cumsum(lens)[:-1], axis=-1)
-        picks = np.stack([_sample_categorical(p, rng) for p in parts], axis=-1)
-        return picks[:, 0] if kind == "categorical" else picks
-    mean, log_std = dist_inputs[:, : lens[0]], dist_inputs[:, lens[0] :]
-    if kind == "squashed_gaussian":
-        log_std = np.clip(log_std, -5.0, 2.0)  # RLlib's MIN/MAX_LOG_NN_OUTPUT
-    sample = mean + np.exp(log_std) * rng.standard_normal(mean.shape)
-    if kind == "squashed_gaussian":
-        sample = np.clip(np.tanh(sample), -1.0, 1.0)
-    return _postprocess(sample.astype(np.float32), rule)
-
-
-def _sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits).
-    return np.argmax(logits - np.log(-np.log(rng.uniform(size=logits.shape))), axis=-1)
-
-
-def _postprocess(actions: np.ndarray, rule: dict[str, Any]) -> np.ndarray:
-    """RLlib's NormalizeAndClipActions: unsquash [-1, 1] to the bounds, or clip to them."""
-    if not (rule["normalize_actions"] or rule["clip_actions"]):
-        return actions
-    low = np.asarray(rule["low"], dtype=np.float32)
-    high = np.asarray(rule["high"], dtype=np.float32)
-    if rule["normalize_actions"]:
-        actions = low + (actions + 1.0) * (high - low) / 2.0
-    return np.clip(actions, low, high)
-
-
 def onnxruntime_installed() -> bool:
     import importlib.util
 
@@ -382,107 +230,3 @@ def _load_backend(backend: str, export_dir: str, outputs: list[str]):
 
         return run
     raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
-
-
-# -- MLflow pyfunc ------------------------------------------------------------------------
-
-
-class _PyfuncPolicy:
-    """What `mlflow.pyfunc.load_model` returns for an rllib-mlflow model.
-
-    A stateful policy takes its state as named tensors `state_<name>` (and `prev_rewards`
-    when it reads past rewards) beside the observations, and returns `actions` with the
-    next `state_<name>` tensors: send those back with the next observations."""
-
-    def __init__(self, export_dir: str):
-        self.policy = Policy(export_dir)
-
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None):
-        params = params or {}
-        explore, seed = bool(params.get("explore", False)), params.get("seed")
-        try:
-            named = _named_inputs(model_input, self.policy)
-            if self.policy.is_stateful:
-                return self._step(named, explore, seed, bool(params.get("return_dist_inputs")))
-            observations = _observations(named, self.policy)
-            actions = self.policy.compute_actions(observations, explore=explore, seed=seed)
-            if params.get("return_dist_inputs"):
-                dist_inputs = self.policy.action_dist_inputs(observations)
-                return {"actions": actions, "action_dist_inputs": dist_inputs}
-            return actions
-        except (TypeError, ValueError) as error:
-            _raise_invalid_input(str(error))
-
-    def _step(self, named: dict[str, Any], explore: bool, seed, return_dist_inputs: bool):
-        state = {name: named.pop(f"state_{name}", None) for name in self.policy.state_names}
-        missing = [f"state_{name}" for name, value in state.items() if value is None]
-        if missing:
-            raise ValueError(
-                f"A stateful policy needs its state with every request: {missing} are missing "
-                "(send zeros on an episode's first step, then the state_* of the last response)."
-            )
-        prev_rewards = named.pop("prev_rewards", None)
-        observations = _observations(named, self.policy)
-        actions, next_state, dist_inputs = self.policy.step(
-            observations, state, prev_rewards, explore, seed, return_dist_inputs=True
-        )
-        response = {"actions": actions, **{f"state_{k}": v for k, v in next_state.items()}}
-        if return_dist_inputs:
-            response["action_dist_inputs"] = dist_inputs
-        return response
-
-
-def _named_inputs(model_input: Any, policy: Policy) -> dict[str, Any]:
-    """MLflow's parsed request as {input name: batch}; an unnamed tensor is "observations"."""
-    if hasattr(model_input, "to_numpy") and hasattr(model_input, "columns"):  # a DataFrame
-        if not _has_named_inputs(policy.metadata):  # one row per flat observation
-            return {"observations": model_input.to_numpy()}
-        return {c: np.stack(model_input[c].to_numpy()) for c in model_input.columns}
-    if isinstance(model_input, dict):
-        return dict(model_input)
-    return {"observations": model_input}
-
-
-def _has_named_inputs(metadata: dict[str, Any]) -> bool:
-    """Whether the served model takes named tensors (Dict keys, state) or one tensor."""
-    return metadata.get("stateful", False) or served_observation_keys(metadata) is not None
-
-
-def served_observation_keys(metadata: dict[str, Any]) -> list[str] | None:
-    """The keys of a Dict observation the served model takes one tensor each for (a Dict
-    of Box, Discrete, MultiDiscrete and MultiBinary parts), else None."""
-    space = metadata["observation_space"]
-    if space["type"] != "Dict":
-        return None
-    simple = ("Box", "Discrete", "MultiDiscrete", "MultiBinary")
-    if not all(sub["type"] in simple for sub in space["spaces"].values()):
-        return None
-    return list(space["spaces"])
-
-
-def _observations(named: dict[str, Any], policy: Policy) -> Any:
-    """The raw observations within a request: one tensor, or one tensor per Dict key."""
-    keys = served_observation_keys(policy.metadata)
-    if keys is not None:
-        missing = [k for k in keys if k not in named]
-        if missing:
-            raise ValueError(f"Observation input(s) {missing} are missing; send {keys}.")
-        return {k: np.asarray(named.pop(k)) for k in keys}
-    if len(named) != 1 or ("observations" not in named and len(named) > 1):
-        raise ValueError(
-            f"Send one tensor of observations (input name 'observations'); got inputs "
-            f"{sorted(named)}."
-        )
-    return next(iter(named.values()))
-
-
-def _raise_invalid_input(message: str):
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _load_pyfunc(path: str) -> _PyfuncPolicy:
-    """MLflow's pyfunc entry point: `path` is the model's data directory."""
-    return _PyfuncPolicy(path)

@@ -12,7 +12,9 @@ from typing import Any
 
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.locks import host_lock
-from rllib_mlflow.mlflow import registry, runs
+from rllib_mlflow.mlflow import runs
+from rllib_mlflow.mlflow.client import check_tracking_server, client
+from rllib_mlflow.mlflow.versions import set_iteration_alias, update_best_alias
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
 from rllib_mlflow.register import versions
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, flatten_metrics, metric_key
@@ -110,8 +112,8 @@ def register(
     """Carry out `task` (see `log_checkpoint`); `source` is the checkpoint to read when it is
     more than a path (a ``ray.tune.Checkpoint``), else ``task.checkpoint`` is read."""
     source = task.checkpoint if source is None else source
-    mlflow_client = registry.client(tracking_uri, registry_uri)
-    registry.check_tracking_server(mlflow_client)
+    mlflow_client = client(tracking_uri, registry_uri)
+    check_tracking_server(mlflow_client)
     # Model.log goes through MLflow's fluent API, which knows only the global URI.
     with _fluent_tracking_uri(tracking_uri):
         run_id, created_run = _resolve_run(mlflow_client, task.run_id)
@@ -143,7 +145,7 @@ def _fluent_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
     if tracking_uri is None:
         yield
         return
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from rllib_mlflow.mlflow.internals import _use_tracking_uri
 
     with _use_tracking_uri(tracking_uri):
         yield
@@ -187,7 +189,7 @@ def _log_and_register(
             if settings.log_rllib_checkpoint
             else None
         )
-        tags = versions.version_tags(
+        tags = versions.policy_version_tags(
             policy,
             settings,
             metrics,
@@ -208,9 +210,9 @@ def _log_and_register(
         first = versions.first_of_key(mlflow_client, version, *key)
         if first is not version:
             return first
-    registry.set_iteration_alias(mlflow_client, model_name, version)
+    set_iteration_alias(mlflow_client, model_name, version)
     with host_lock(mlflow_client.tracking_uri, model_name, "best"):
-        best = registry.update_best_alias(
+        best = update_best_alias(
             mlflow_client, model_name, settings.best_metric, settings.best_mode
         )
     logger.info(
@@ -237,12 +239,14 @@ def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteratio
 def _resolve_run(mlflow_client, run_id: str | None) -> tuple[str, bool]:
     import mlflow
 
+    from rllib_mlflow.mlflow.internals import _get_experiment_id
+
     if run_id:
         return run_id, False
     active = mlflow.active_run()
     if active is not None:
         return active.info.run_id, False
-    experiment_id = mlflow.tracking.fluent._get_experiment_id() or "0"
+    experiment_id = _get_experiment_id() or "0"
     run = mlflow_client.create_run(experiment_id, tags={"mlflow.source.name": "rllib-mlflow"})
     return run.info.run_id, True
 

@@ -105,9 +105,9 @@ def register_task(
 
 
 def _apply_retention(settings, names: set[str], tracking_uri, registry_uri) -> None:
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow.mlflow.client import client
     from rllib_mlflow.mlflow.retention import prune
 
-    mlflow_client = registry.client(tracking_uri, registry_uri)
+    mlflow_client = client(tracking_uri, registry_uri)
     for name in sorted(names):
         prune(mlflow_client, name, settings.keep_last, settings.keep_best)

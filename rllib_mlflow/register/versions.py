@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from rllib_mlflow.mlflow import registry
+from rllib_mlflow import names
+from rllib_mlflow.mlflow.versions import find_versions, version_tags
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
 from rllib_mlflow.register.task import RegistrationSettings
@@ -47,14 +48,14 @@ def log_version(
 
 def versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id) -> list:
     """The versions registered for one trial, iteration and module, oldest first."""
-    found = registry.find_versions(
+    found = find_versions(
         mlflow_client,
         name,
         training_iteration=training_iteration,
         trial=trial_id,
         module_id=module_id,
     )
-    same = [v for v in found if v.tags.get(registry.TAG_TRIAL_ID) == (trial_id or None)]
+    same = [v for v in found if v.tags.get(names.VERSION_TAG_TRIAL_ID) == (trial_id or None)]
     return sorted(same, key=lambda v: int(v.version))
 
 
@@ -82,7 +83,7 @@ def logged_model_id(version) -> str | None:
     return getattr(version, "model_id", None) or source.removeprefix("models:/") or None
 
 
-def version_tags(
+def policy_version_tags(
     policy,
     settings: RegistrationSettings,
     metrics: dict[str, float],
@@ -96,7 +97,7 @@ def version_tags(
 
     meta = policy.policy
     versions = meta["versions"]
-    tags = registry.version_tags(
+    tags = version_tags(
         training_iteration=training_iteration,
         module_id=policy.module_id,
         trial_id=trial[0],
@@ -132,7 +133,7 @@ def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> No
     try:
         if model_id:
             mlflow_client.delete_logged_model(model_id)
-        if empty_model and not registry.find_versions(mlflow_client, empty_model):
+        if empty_model and not find_versions(mlflow_client, empty_model):
             mlflow_client.delete_registered_model(empty_model)
     except Exception as error:
         logger.warning("rllib-mlflow: could not clean up after a failed registration: %s", error)

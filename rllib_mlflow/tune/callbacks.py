@@ -19,7 +19,8 @@ from ray.tune.logger import LoggerCallback
 
 from rllib_mlflow._logging import show_info_logs
 from rllib_mlflow.export import FORMATS
-from rllib_mlflow.mlflow import preflight, registry
+from rllib_mlflow.mlflow import preflight
+from rllib_mlflow.mlflow.client import validate_tracking_uri
 from rllib_mlflow.mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.redaction import get_logger, redact
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, result_metrics
@@ -57,7 +58,7 @@ class MLflowLoggerCallback(LoggerCallback):
     ):
         for uri in (tracking_uri, registry_uri):
             if uri is not None:
-                registry.validate_tracking_uri(uri)
+                validate_tracking_uri(uri)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.experiment_name = experiment_name

@@ -1,10 +1,10 @@
 """The driver's side of the export workers: ordered outboxes, one per worker, what the
 workers have not answered yet, and the bounded final flush.
 
-Every message of a trial goes to the same worker (chosen from its trial id), so a trial's
-runs, metrics and registrations happen in the order Tune produced them, while trials
-export in parallel. A worker starts when its first message comes, so a one-trial sweep
-starts one.
+Every message of a trial goes to the same worker (the one with the fewest trials when the
+trial is first seen), so a trial's runs, metrics and registrations happen in the order Tune
+produced them, while trials export in parallel. A worker starts when its first message
+comes, so a one-trial sweep starts one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import queue
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ class Exporter:
             for _ in range(workers)
         ]
         self._started: set[int] = set()
+        self._trial_lanes: dict[str, int] = {}
         self.staging = Staging(staging or StagingLimit())
         self._registrations: dict[str, tuple[Journal, RegistrationTask]] = {}
         self._lock = threading.Lock()
@@ -77,10 +77,11 @@ class Exporter:
     def workers(self) -> int:
         return len(self._lanes)
 
-    def start_worker(self, trial_id: str = "") -> None:
-        """Start the worker of `trial_id`'s lane now, so that its start-up overlaps the
-        trials' start-up rather than their first iterations."""
-        self._lane(trial_id)[1].worker.start()
+    def start_worker(self) -> None:
+        """Start the first worker now, so that its start-up overlaps the trials' start-up
+        rather than their first iterations."""
+        self._start_lane(0)
+        self._lanes[0].worker.start()
 
     def journal_for(self, directory: str) -> Journal:
         if directory not in self._journals:
@@ -131,19 +132,33 @@ class Exporter:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _lane(self, trial_id: str) -> tuple[int, _Lane]:
-        index = zlib.crc32(trial_id.encode()) % len(self._lanes)
+    def _lane(self, trial_id: str) -> _Lane:
+        """The trial's lane: the one with the fewest trials when it is first seen. (Tune's
+        trial ids differ only in a counter: a hash of them would crowd a few lanes.)"""
         with self._lock:
-            if index not in self._started:
-                self._started.add(index)
-                lane = self._lanes[index]
-                threading.Thread(
-                    target=self._forward, args=(lane,), name=f"rllib-mlflow-{index}", daemon=True
-                ).start()
-        return index, self._lanes[index]
+            if trial_id not in self._trial_lanes:
+                load = [0] * len(self._lanes)
+                for index in self._trial_lanes.values():
+                    load[index] += 1
+                self._trial_lanes[trial_id] = load.index(min(load))
+            index = self._trial_lanes[trial_id]
+        self._start_lane(index)
+        return self._lanes[index]
+
+    def _start_lane(self, index: int) -> None:
+        with self._lock:
+            if index in self._started:
+                return
+            self._started.add(index)
+        threading.Thread(
+            target=self._forward,
+            args=(self._lanes[index],),
+            name=f"rllib-mlflow-{index}",
+            daemon=True,
+        ).start()
 
     def _queue(self, message: dict[str, Any], optional: bool) -> None:
-        _, lane = self._lane(message["trial"]["trial_id"])
+        lane = self._lane(message["trial"]["trial_id"])
         try:
             lane.outbox.put_nowait(message)
         except queue.Full:

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow.errors import CheckpointError
-from rllib_mlflow.mlflow import registry
+from rllib_mlflow import names
+from rllib_mlflow.errors import CheckpointError, RegistryError
+from rllib_mlflow.mlflow.client import check_tracking_server, client
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import result_metrics
 from rllib_mlflow.register.task import RegistrationTask, register_task
 from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
+from rllib_mlflow.validation import validate_registered_model_name
 
 logger = get_logger(__name__)
 
@@ -70,12 +72,12 @@ def sync_experiment(
         None,
     )
     if name is None:
-        raise registry.RegistryError(
+        raise RegistryError(
             f"{experiment_dir} has no rllib-mlflow journal naming a registered model; pass "
             "--name NAME to register its checkpoints."
         )
-    registry.validate_registered_model_name(name)
-    registry.check_tracking_server(registry.client(tracking_uri))
+    validate_registered_model_name(name)
+    check_tracking_server(client(tracking_uri))
     settings = {"registered_model_name": name, "verify": verify}
     tasks = {}
     for entry in journal.pending():
@@ -122,9 +124,9 @@ def register_path(
     when the callback logged them, else new runs in an experiment named after the
     directory. Idempotent with what the callback registers.
     """
-    registry.validate_registered_model_name(registered_model_name)
+    validate_registered_model_name(registered_model_name)
     _require_directory(path, "an experiment directory, a trial directory or a checkpoint")
-    registry.check_tracking_server(registry.client(tracking_uri))
+    check_tracking_server(client(tracking_uri))
     root = Path(path)
     settings = {"registered_model_name": registered_model_name, "verify": verify}
     if (root / "rllib_checkpoint.json").exists():  # one checkpoint inside a trial directory
@@ -138,14 +140,14 @@ def register_path(
         entries = Journal(root).entries()
         tasks = _tasks_on_disk(root, entries, tracking_uri, settings, video)
     if not tasks:
-        raise registry.RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
+        raise RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
     return _register_all({t.key: t for t in tasks}, tracking_uri, on_progress=on_progress)
 
 
 def _require_directory(path: str, what: str) -> None:
     if not Path(path).is_dir():
         problem = "does not exist" if not Path(path).exists() else "is not a directory"
-        raise registry.RegistryError(f"{path} {problem}: pass {what}.")
+        raise RegistryError(f"{path} {problem}: pass {what}.")
 
 
 def _register_all(
@@ -292,7 +294,7 @@ def _trial_run(
     """The trial's run from an earlier session (True), else a new run (False)."""
     from rllib_mlflow.mlflow.runs import trial_run_lock
 
-    mlflow_client = registry.client(tracking_uri)
+    mlflow_client = client(tracking_uri)
     with trial_run_lock(mlflow_client, trial_id or trial_dir.name):
         return _find_or_create_run(mlflow_client, trial_id, trial_dir, experiment_name)
 
@@ -300,16 +302,16 @@ def _trial_run(
 def _find_or_create_run(
     mlflow_client, trial_id: str | None, trial_dir: Path, experiment_name: str
 ) -> tuple[str, bool]:
-    from rllib_mlflow.mlflow.runs import TAG_TRIAL_ID, experiment_id
+    from rllib_mlflow.mlflow.runs import experiment_id
 
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     if trial_id:
         runs = mlflow_client.search_runs(
-            experiment_ids, f"tags.`{TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
+            experiment_ids, f"tags.`{names.RUN_TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
         )
         if runs:
             return runs[0].info.run_id, True
-    tags = {TAG_TRIAL_ID: trial_id or "", "trial_name": trial_dir.name}
+    tags = {names.RUN_TAG_TRIAL_ID: trial_id or "", names.RUN_TAG_TRIAL_NAME: trial_dir.name}
     run = mlflow_client.create_run(
         experiment_id(mlflow_client, experiment_name), tags=tags, run_name=trial_dir.name
     )

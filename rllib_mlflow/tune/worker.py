@@ -134,13 +134,11 @@ class Session:
     @property
     def runs(self):
         if self._runs is None:
-            from rllib_mlflow.mlflow import registry
+            from rllib_mlflow.mlflow.client import client
             from rllib_mlflow.mlflow.runs import TrialRuns
 
             self._runs = TrialRuns(
-                registry.client(
-                    self.settings.get("tracking_uri"), self.settings.get("registry_uri")
-                ),
+                client(self.settings.get("tracking_uri"), self.settings.get("registry_uri")),
                 self.settings.get("experiment_name"),
                 self.settings.get("tags") or {},
                 experiment_id=self.settings.get("experiment_id"),

@@ -1,0 +1,147 @@
+"""The client boundary: which tracking store we talk to, whether it answers and lets us
+write, and MLflow's and our REST client's errors turned into `TrackingError`.
+
+Every lookup takes a client that is either an `MlflowClient` or our `RestClient`;
+`client_errors` names what either raises when the server answers with an error, so callers
+catch one tuple instead of two kinds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from rllib_mlflow.errors import TrackingError
+from rllib_mlflow.mlflow.rest import RestClient
+from rllib_mlflow.mlflow.transport import RestApiError, RestPermissionError
+from rllib_mlflow.redaction import mask_urls
+
+_TRACKING_URI = re.compile(
+    r"(https?://[^/\s]+.*|(sqlite|postgresql|mysql|mssql)(\+\w+)?://.+|databricks(-uc)?(://.*)?|uc:.+)"
+)
+
+
+def client(tracking_uri: str | None = None, registry_uri: str | None = None):
+    """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default;
+    its registry is `registry_uri`, else MLFLOW_REGISTRY_URI, else the tracking store."""
+    from mlflow import MlflowClient
+
+    if tracking_uri is not None:
+        validate_tracking_uri(tracking_uri)
+    registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    if registry_uri is not None:
+        validate_tracking_uri(registry_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+def validate_tracking_uri(uri: str) -> str:
+    """Refuse a tracking URI MLflow cannot use, before anything is queued or exported."""
+    if isinstance(uri, str) and is_file_store(uri):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+            raise TrackingError(
+                f"{uri!r} is MLflow's file store, which MLflow 3 refuses unless "
+                "MLFLOW_ALLOW_FILE_STORE=true (it is in maintenance mode). Use a database, "
+                "e.g. 'sqlite:///mlflow.db', or set MLFLOW_ALLOW_FILE_STORE=true."
+            )
+        return uri
+    if not isinstance(uri, str) or not _TRACKING_URI.fullmatch(uri.strip()):
+        raise TrackingError(
+            f"Malformed tracking URI {mask_urls(str(uri))!r}: use the server's address, e.g. "
+            "'http://localhost:5000', or a database, e.g. 'sqlite:///mlflow.db' or "
+            "'postgresql://user@host/db' (credentials in MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD, not in the URI)."
+        )
+    return uri
+
+
+def is_file_store(uri: str) -> bool:
+    """A `file:` URI or a local path (`mlruns`, `./mlruns`, `/data/mlruns`): MLflow's file
+    store. `http//host` (no scheme, a double slash) is a typo, not a path."""
+    if uri.startswith("file:"):
+        return True
+    path = re.fullmatch(r"[~./\w][^:\s]*", uri) and "//" not in uri
+    return bool(path) and uri not in ("databricks", "databricks-uc")
+
+
+def check_tracking_server(mlflow_client) -> None:
+    """Fail fast, with the URI, when the tracking server is unreachable or refuses us."""
+    uri = mlflow_client.tracking_uri
+    _probe_http_server(uri)
+    try:
+        mlflow_client.search_registered_models(max_results=1)
+    except TrackingError:
+        raise
+    except client_errors(mlflow_client) as error:
+        raise TrackingError(
+            f"The MLflow tracking server at {mask_urls(uri)} refused the request: "
+            f"{error.message[:300]}. Check MLFLOW_TRACKING_URI and, with authentication, "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.",
+            status=_status(error),
+        ) from error
+    except Exception as error:
+        raise TrackingError(
+            f"Cannot reach the MLflow tracking server at {mask_urls(uri)} "
+            f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
+            "reachable server (unset, MLflow uses sqlite:///mlflow.db in this directory)."
+        ) from error
+
+
+def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -> None:
+    """Run `write`, a harmless write that needs the permission logging to `resource` needs,
+    so that a user who may only read is told before training rather than after it."""
+    try:
+        write()
+    except client_errors(mlflow_client) as error:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise TrackingError(
+            f"The MLflow tracking server at {mask_urls(mlflow_client.tracking_uri)} does not let "
+            f"{f'user {user!r}' if user else 'this client'} write to {resource} "
+            f"({error.message[:200]}). Ask its owner or an admin for EDIT permission on it, "
+            "or log to another experiment / registered model name.",
+            status=_status(error),
+        ) from error
+
+
+def registered_model_exists(mlflow_client, name: str) -> bool:
+    try:
+        mlflow_client.get_registered_model(name)
+        return True
+    except client_errors(mlflow_client) as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def client_errors(mlflow_client) -> tuple[type[Exception], ...]:
+    """What a client raises when the server answers with an error (missing, refused...)."""
+    if isinstance(mlflow_client, RestClient):
+        return (RestApiError, RestPermissionError)
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException,)
+
+
+def _status(error: Exception) -> int | None:
+    if hasattr(error, "get_http_status_code"):
+        return error.get_http_status_code()
+    return getattr(error, "status", None)
+
+
+def _probe_http_server(uri: str, timeout: float = 5.0) -> None:
+    """One quick request to an HTTP(S) tracking server: MLflow's own client retries a dead
+    server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with backoff) before failing."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)  # any answer will do
+    except requests.RequestException as error:
+        raise TrackingError(
+            f"Cannot reach the MLflow tracking server at {mask_urls(uri)} "
+            f"({type(error).__name__} within {timeout:g} s). Start it, or set "
+            "MLFLOW_TRACKING_URI to a reachable server (unset, MLflow uses "
+            "sqlite:///mlflow.db in this directory)."
+        ) from error

@@ -1,0 +1,30 @@
+"""Every private MLflow name rllib-mlflow uses, in one module.
+
+MLflow may change these in any release (they start with `_`), so an upgrade that breaks
+one breaks it here. Import this module only where `mlflow` is imported anyway: it loads
+`mlflow.models` and `mlflow.utils`, which the fast REST paths never need.
+"""
+
+from mlflow.models.utils import _save_example
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.tracking.fluent import _get_experiment_id
+from mlflow.utils.environment import (
+    _CONDA_ENV_FILE_NAME,
+    _PYTHON_ENV_FILE_NAME,
+    _REQUIREMENTS_FILE_NAME,
+    _process_pip_requirements,
+    _PythonEnv,
+)
+from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+__all__ = [
+    "_CONDA_ENV_FILE_NAME",
+    "_PYTHON_ENV_FILE_NAME",
+    "_REQUIREMENTS_FILE_NAME",
+    "_PythonEnv",
+    "_get_experiment_id",
+    "_get_pinned_requirement",
+    "_process_pip_requirements",
+    "_save_example",
+    "_use_tracking_uri",
+]

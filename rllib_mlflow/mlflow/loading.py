@@ -1,0 +1,189 @@
+"""Loading a registered policy, and the RLlib checkpoint a version came from.
+
+This module imports neither Ray nor torch: `load_policy` runs on machines without them.
+Against an HTTP(S) server it does not even import mlflow: the version is looked up over
+REST and only the files the chosen backend needs are downloaded through the server's
+artifact proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from rllib_mlflow import names
+from rllib_mlflow.errors import RegistryError
+from rllib_mlflow.mlflow.client import client
+from rllib_mlflow.mlflow.rest import RestClient, rest_client
+from rllib_mlflow.mlflow.transport import load_deadline_seconds
+from rllib_mlflow.mlflow.transport import max_file_bytes as default_max_file_bytes
+from rllib_mlflow.mlflow.versions import find_version, resolve_version
+from rllib_mlflow.paths import check_tree, inside
+from rllib_mlflow.policy.serving import (
+    ONNX_FILE,
+    POLICY_FILE,
+    SAVED_MODEL_DIR,
+    Policy,
+    onnxruntime_installed,
+)
+
+
+def load_policy(
+    model: str,
+    *,
+    training_iteration: int | None = None,
+    trial: str | None = None,
+    backend: str | None = None,
+    tracking_uri: str | None = None,
+    timeout_s: float | None = None,
+    max_file_bytes: int | None = None,
+):
+    """Load a registered policy without Ray or torch.
+
+    Args:
+        model: ``models:/NAME/3``, ``models:/NAME@best``, ``models:/NAME@iter-20``, or a
+            registered model name together with ``training_iteration``.
+        training_iteration: pick the version registered for this iteration.
+        trial: trial id or name, when several trials registered that iteration.
+        backend: ``"onnxruntime"`` or ``"tensorflow"``; default: ONNX Runtime if installed.
+        timeout_s: the whole load from an HTTP server ends within this many seconds
+            (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 120).
+        max_file_bytes: refuse a larger file (default: RLLIB_MLFLOW_MAX_FILE_BYTES, 2 GiB).
+
+    Returns:
+        `rllib_mlflow.policy.serving.Policy`, with ``compute_actions(obs)``,
+        ``action_dist_inputs(obs)`` and ``metadata``. The downloaded files are deleted
+        once the policy is in memory.
+    """
+    rest = rest_client(  # no `import mlflow` against an HTTP server
+        tracking_uri,
+        deadline_s=timeout_s or load_deadline_seconds(),
+        max_file_bytes=max_file_bytes or default_max_file_bytes(),
+    )
+    version = resolve_version(
+        rest or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
+    )
+    with tempfile.TemporaryDirectory(prefix="rllib_policy_") as local:
+        export_dir = rest and _download_through_proxy(rest, version, backend, local)
+        policy = _read_policy(version, backend, tracking_uri, export_dir, local)
+    policy.metadata = {
+        **policy.metadata,
+        "registered_model": version.name,
+        "version": version.version,
+    }
+    return policy
+
+
+def _read_policy(version, backend, tracking_uri, export_dir, local) -> Policy:
+    """The policy in `export_dir`, else downloaded with MLflow into `local`; a malformed
+    policy.json is the model's fault, said so."""
+    try:
+        if export_dir:
+            return Policy(export_dir, backend=backend)
+        from rllib_mlflow.mlflow.flavor import load_model
+
+        uri = f"models:/{version.name}/{version.version}"
+        return load_model(uri, dst_path=local, backend=backend, tracking_uri=tracking_uri)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        raise RegistryError(
+            f"Version {version.version} of {version.name!r} is not a loadable rllib-mlflow "
+            f"policy: its files are malformed ({type(error).__name__}: {str(error)[:200]}). "
+            "Re-register it from its checkpoint."
+        ) from error
+
+
+def _download_through_proxy(rest: RestClient, version, backend: str | None, local: str):
+    """The export directory of `version`, fetched into `local` through the server's
+    artifact proxy with only the files `backend` needs; None when the server does not
+    proxy its artifacts. Every path the server names stays inside `local`."""
+    import yaml
+
+    root = rest.proxied_artifact_path(rest.download_uri(version.name, version.version))
+    if root is None:
+        return None
+    mlmodel = rest.download_artifact(f"{root}/MLmodel", local, "MLmodel")
+    with open(mlmodel) as stream:
+        flavors = _mapping(yaml.safe_load(stream)).get("flavors")
+    conf = _mapping(flavors).get("rllib_mlflow")
+    if not isinstance(conf, dict) or not isinstance(conf.get("data"), str):
+        raise RegistryError(
+            f"Version {version.version} of {version.name!r} is not an rllib-mlflow model "
+            "(its MLmodel has no rllib_mlflow flavor with a data folder)."
+        )
+    data = conf["data"]
+    export_dir = inside(local, data)
+    policy_file = rest.download_artifact(
+        f"{root}/{data}/{POLICY_FILE}", local, f"{data}/{POLICY_FILE}"
+    )
+    with open(policy_file) as stream:
+        try:
+            policy = json.load(stream)
+        except ValueError:
+            policy = None
+    if not isinstance(policy, dict):
+        raise RegistryError(
+            f"Version {version.version} of {version.name!r} has a malformed policy.json (not "
+            "a JSON object). Re-register it from its checkpoint."
+        )
+    formats = policy.get("formats") or []
+    use_onnx = backend == "onnxruntime" or (
+        backend is None and "onnx" in formats and onnxruntime_installed()
+    )
+    if use_onnx:
+        rest.download_artifact(f"{root}/{data}/{ONNX_FILE}", local, f"{data}/{ONNX_FILE}")
+    else:
+        saved_model = f"{root}/{data}/{SAVED_MODEL_DIR}"
+        rest.download_tree(saved_model, local, f"{data}/{SAVED_MODEL_DIR}")
+    return export_dir
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def download_checkpoint(
+    model: str, dst_path: str | None = None, *, tracking_uri: str | None = None
+) -> str:
+    """A local directory with the RLlib checkpoint a version came from.
+
+    The result is accepted by ``Algorithm.from_checkpoint`` to resume training. The
+    checkpoint is fetched from the run's artifacts when it was logged there
+    (``log_rllib_checkpoint=True``), else from the recorded checkpoint URI.
+    """
+    version = find_version(model, tracking_uri=tracking_uri)
+    dst = dst_path or tempfile.mkdtemp(prefix="rllib_checkpoint_")
+    artifact = version.tags.get(names.VERSION_TAG_CHECKPOINT_ARTIFACT)
+    if artifact:
+        import mlflow
+
+        if not artifact.startswith("runs:/"):
+            raise RegistryError(
+                f"Version {version.version} of {version.name!r} names its checkpoint artifact "
+                f"{artifact!r}, which is no runs:/ URI; refusing to download it."
+            )
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
+        )
+        check_tree(dst)
+        return local
+    source = version.tags.get(names.VERSION_TAG_CHECKPOINT_URI)
+    if not source:
+        raise RegistryError(f"Version {version.version} of {version.name!r} records no checkpoint.")
+    if "://" not in source:
+        if not os.path.isdir(source):
+            raise RegistryError(
+                f"The checkpoint of version {version.version} of {version.name!r} was at "
+                f"{source}, which no longer exists. Log checkpoints with "
+                "log_rllib_checkpoint=True to keep them in MLflow."
+            )
+        target = inside(dst, os.path.basename(source.rstrip("/")))
+        shutil.copytree(source, target)
+        return target
+    from ray.tune import Checkpoint  # remote storage: pyarrow through Ray, as Tune wrote it
+
+    local = Checkpoint(source).to_directory(dst)
+    check_tree(dst)
+    return local

@@ -1,0 +1,133 @@
+"""Raw observations as the exported graph takes them, with numpy alone.
+
+A served model receives raw observations (a Dict observation as one dict, a list of them or
+a dict of batches) and has neither gymnasium nor RLlib to flatten them: this does what
+RLlib's FlattenObservations connector does, from the space as policy.json describes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ObservationConverter:
+    """Raw observations -> the named float32 arrays the exported graph takes.
+
+    Box observations pass through. Dict observations come as one dict, a list of dicts or
+    a dict of batched arrays; they are flattened as RLlib's FlattenObservations does
+    (gymnasium.spaces.flatten: keys in order, Discrete one-hot; already flattened arrays
+    are taken as they are) or, for a module that reads the dict itself, fed one graph input
+    per key."""
+
+    def __init__(self, metadata: dict[str, Any]):
+        self.space = metadata["observation_space"]
+        self.keys = metadata.get("observation_keys")
+        inputs = metadata.get("inputs") or [
+            {"name": "observations", "shape": metadata["input"]["shape"]}
+        ]
+        self.shapes = {i["name"]: tuple(i["shape"][1:]) for i in inputs}
+
+    def feeds(self, observations: Any) -> dict[str, np.ndarray]:
+        if self.space["type"] == "Dict" and (self.keys or _holds_dicts(observations)):
+            columns = self._dict_columns(observations)
+            if self.keys:
+                return {key: self._batch(columns[key], key) for key in self.keys}
+            rows = len(next(iter(columns.values())))
+            flat = [
+                flatten_observation(self.space, {k: v[i] for k, v in columns.items()})
+                for i in range(rows)
+            ]
+            return {"observations": self._batch(flat, "observations")}
+        return {"observations": self._batch(observations, "observations")}
+
+    def _dict_columns(self, observations: Any) -> dict[str, list]:
+        """One dict, a list of dicts or a dict of batched arrays -> {key: list of rows}."""
+        keys = list(self.space["spaces"])
+        if isinstance(observations, dict):
+            missing = [k for k in keys if k not in observations]
+            if missing:
+                raise ValueError(f"Observation dict lacks key(s) {missing}; expected {keys}.")
+            first = keys[0]
+            single = np.ndim(observations[first]) == _rank(self.space["spaces"][first])
+            if single:
+                return {k: [observations[k]] for k in keys}
+            return {k: list(observations[k]) for k in keys}
+        if isinstance(observations, (list, tuple)) and observations:
+            if all(isinstance(o, dict) for o in observations):
+                return {k: [o[k] for o in observations] for k in keys}
+        raise ValueError(
+            f"Expected a Dict observation with keys {keys}: one dict, a non-empty list of "
+            f"dicts, or a dict of batched arrays; got {type(observations).__name__}."
+        )
+
+    def _batch(self, observations: Any, name: str) -> np.ndarray:
+        shape = self.shapes[name]
+        try:
+            batch = np.asarray(observations, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Observations must be numbers: {error}") from error
+        if batch.shape == shape:
+            batch = batch[None]
+        if batch.shape[1:] != shape or batch.shape[0] == 0:
+            raise ValueError(
+                f"Expected a non-empty batch of {name} of shape {list(shape)}"
+                f" (batch shape [N, {', '.join(map(str, shape))}]), got "
+                f"{list(batch.shape)}."
+            )
+        if not np.all(np.isfinite(batch)):
+            raise ValueError("Observations contain NaN or infinite values.")
+        return batch
+
+
+def _holds_dicts(observations: Any) -> bool:
+    """A raw Dict observation, a list of them or a dict of batches (not flat arrays)."""
+    if isinstance(observations, dict):
+        return True
+    return isinstance(observations, (list, tuple)) and any(
+        isinstance(o, dict) for o in observations
+    )
+
+
+def _rank(space: dict[str, Any]) -> int:
+    """The number of dimensions of one raw observation of `space`."""
+    if space["type"] == "Box":
+        return len(space["shape"])
+    return 1 if space["type"] in ("MultiDiscrete", "MultiBinary") else 0
+
+
+def flatten_observation(space: dict[str, Any], value: Any) -> np.ndarray:
+    """gymnasium.spaces.flatten(space, value) for a space described as in policy.json."""
+    kind = space["type"]
+    if kind in ("Box", "MultiBinary"):
+        return np.asarray(value, dtype=np.float32).ravel()
+    if kind == "Discrete":
+        one_hot = np.zeros(space["n"], np.float32)
+        one_hot[int(value) - space.get("start", 0)] = 1.0
+        return one_hot
+    if kind == "MultiDiscrete":
+        return np.concatenate(
+            [np.eye(n, dtype=np.float32)[int(v)] for v, n in zip(np.ravel(value), space["nvec"])]
+        )
+    if kind == "Dict":
+        return np.concatenate(
+            [flatten_observation(sub, value[key]) for key, sub in space["spaces"].items()]
+        )
+    if kind == "Tuple":
+        return np.concatenate(
+            [flatten_observation(sub, part) for sub, part in zip(space["spaces"], value)]
+        )
+    raise ValueError(f"Cannot flatten observations of space type {kind!r}.")
+
+
+def served_observation_keys(metadata: dict[str, Any]) -> list[str] | None:
+    """The keys of a Dict observation the served model takes one tensor each for (a Dict
+    of Box, Discrete, MultiDiscrete and MultiBinary parts), else None."""
+    space = metadata["observation_space"]
+    if space["type"] != "Dict":
+        return None
+    simple = ("Box", "Discrete", "MultiDiscrete", "MultiBinary")
+    if not all(sub["type"] in simple for sub in space["spaces"].values()):
+        return None
+    return list(space["spaces"])

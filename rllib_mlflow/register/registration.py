@@ -78,13 +78,7 @@ def log_checkpoint(
         The registered ``ModelVersion`` of each module.
     """
     settings = RegistrationSettings(
-        registered_model_name,
-        best_metric,
-        best_mode,
-        tuple(formats),
-        log_rllib_checkpoint,
-        video,
-        verify,
+        registered_model_name, best_metric, best_mode, formats, log_rllib_checkpoint, video, verify
     )
     task = RegistrationTask(
         settings,

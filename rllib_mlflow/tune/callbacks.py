@@ -1,12 +1,12 @@
 """Ray Tune callbacks: one MLflow run per trial, and every checkpoint a registered version.
 
-The hooks only translate Tune events into messages. `Exporter` passes them, in order, to
-one worker process (`rllib_mlflow.tune.worker`) that does all the MLflow work at the lowest
-CPU priority: the trials' runs, and exporting and registering checkpoints. So the driver
-never imports mlflow, TensorFlow or torch, and never waits on a server. Every checkpoint
-is first copied out of Tune's hands (so `num_to_keep` cannot delete it under us) and
-written to a journal, so that nothing is lost on Ctrl-C or a crash:
-`rllib-mlflow sync EXPERIMENT_DIR` finishes the job.
+The hooks only translate Tune events into messages. `Exporter` passes them, in each trial's
+order, to worker processes (`rllib_mlflow.tune.worker`) that do all the MLflow work at the
+lowest CPU priority: the trials' runs, and exporting and registering checkpoints. So the
+driver never imports mlflow, TensorFlow or torch, and never waits on a server. Every
+checkpoint is first copied out of Tune's hands (so `num_to_keep` cannot delete it under
+us; see `staging` for the bound) and written to a journal, so that nothing is lost on
+Ctrl-C or a crash: `rllib-mlflow sync EXPERIMENT_DIR` finishes the job.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -34,6 +35,18 @@ def test_staging_refuses_past_the_count_and_makes_room_on_release(tmp_path):
     staging.release(staged[0])
     assert not os.path.exists(staged[0])
     assert staging.stage(_checkpoint(tmp_path / "c3", 1000), tmp_path / "exp", "t", 3)
+
+
+def test_a_staged_copy_outlives_tune_deleting_the_checkpoint(tmp_path):
+    """What staging is for: `num_to_keep` deletes the original before its export."""
+    import shutil
+
+    original = tmp_path / "checkpoint"
+    checkpoint = _checkpoint(original, 1000)
+    content = (original / "weights.bin").read_bytes()
+    staged = Staging(StagingLimit()).stage(checkpoint, tmp_path / "exp", "t", 1)
+    shutil.rmtree(original)
+    assert (Path(staged) / "weights.bin").read_bytes() == content
 
 
 def test_staging_refuses_past_the_bytes(tmp_path):

@@ -1,6 +1,7 @@
 """Staged copies of checkpoints, so that Tune's `num_to_keep` cannot delete one before it
 is exported, and a bound on them, so that a sweep checkpointing faster than it exports
-cannot fill the driver's disk.
+cannot fill the driver's disk. On local storage the copies are hard links (no extra space
+until Tune deletes its own names); the bound counts their bytes all the same.
 
 Past the bound the checkpoint is not copied: the task reads the checkpoint itself, which
 is safe unless Tune deletes it first (with `num_to_keep`, a checkpoint that falls out of the
@@ -60,7 +61,7 @@ class Staging:
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.to_directory(str(target))
+        _copy(checkpoint, target)
         with self._lock:
             self._sizes[str(target)] = _tree_size(target)
             self.peak_bytes = max(self.peak_bytes, sum(self._sizes.values()))
@@ -95,6 +96,18 @@ class Staging:
         with self._lock:
             count, size = len(self._sizes), sum(self._sizes.values())
         return f"{count} checkpoint(s), {size / 2**20:.1f} MiB"
+
+
+def _copy(checkpoint, target: Path) -> None:
+    """Hard links when the checkpoint is on this machine's disk: instant, no extra space, and
+    the files live on when Tune deletes its own names. A real copy otherwise."""
+    if checkpoint.filesystem.type_name == "local":
+        try:
+            shutil.copytree(checkpoint.path, target, copy_function=os.link)
+            return
+        except OSError:  # another filesystem, or links not allowed: copy
+            shutil.rmtree(target, ignore_errors=True)
+    checkpoint.to_directory(str(target))
 
 
 def _tree_size(path: Path) -> int:

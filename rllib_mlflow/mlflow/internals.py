@@ -5,7 +5,6 @@ one breaks it here. Import this module only where `mlflow` is imported anyway: i
 `mlflow.models` and `mlflow.utils`, which the fast REST paths never need.
 """
 
-from mlflow.models.utils import _save_example
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.tracking.fluent import _get_experiment_id
 from mlflow.utils.environment import (
@@ -16,6 +15,15 @@ from mlflow.utils.environment import (
     _PythonEnv,
 )
 from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+
+def _save_example(*args, **kwargs):
+    """MLflow's `_save_example`, imported when called: it needs pandas, which the light
+    install (`mlflow-skinny`) leaves out, and only saving a model calls it."""
+    from mlflow.models.utils import _save_example as save_example
+
+    return save_example(*args, **kwargs)
+
 
 __all__ = [
     "_CONDA_ENV_FILE_NAME",

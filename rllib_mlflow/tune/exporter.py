@@ -1,7 +1,9 @@
 """The driver's side of the export workers: ordered outboxes, one per worker, what the
 workers have not answered yet, and the bounded final flush.
 
-Every message of a trial goes to the same worker (chosen from its trial id), so a trial's
+Every message of a trial goes to the same worker (trials take the workers in turn as they
+first appear; not a hash of the trial id: Tune's ids differ only in a counter, and crc32,
+being linear, sent the first four trials of every sweep to one of two workers), so a trial's
 runs, metrics and registrations happen in the order Tune produced them, while trials
 export in parallel. A worker starts when its first message comes, so a one-trial sweep
 starts one.
@@ -15,7 +17,6 @@ import os
 import queue
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class Exporter:
             for _ in range(workers)
         ]
         self._started: set[int] = set()
+        self._lane_of_trial: dict[str, int] = {}
         self.staging = Staging(staging or StagingLimit())
         self._registrations: dict[str, tuple[Journal, RegistrationTask]] = {}
         self._lock = threading.Lock()
@@ -132,8 +134,12 @@ class Exporter:
     # -- internals ----------------------------------------------------------------------
 
     def _lane(self, trial_id: str) -> tuple[int, _Lane]:
-        index = zlib.crc32(trial_id.encode()) % len(self._lanes)
         with self._lock:
+            index = self._lane_of_trial.get(trial_id)
+            if index is None:  # the next lane in turn ("" for `start_worker`: the first trial's)
+                index = len(self._lane_of_trial) % len(self._lanes)
+                if trial_id:
+                    self._lane_of_trial[trial_id] = index
             if index not in self._started:
                 self._started.add(index)
                 lane = self._lanes[index]

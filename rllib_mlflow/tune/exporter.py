@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ from rllib_mlflow.tune.worker import WorkerProcess
 
 logger = get_logger(__name__)
 
+# Makes a lane's worker from (on_reply, worker settings): `WorkerProcess`, or `RayWorker`
+# (rllib_mlflow.tune.ray_worker) to export on the Ray cluster's nodes.
+WorkerFactory = Callable[[Callable[..., None], dict[str, Any]], Any]
+
 
 def default_export_workers() -> int:
     """RLLIB_MLFLOW_EXPORT_WORKERS, else one per two cores (at most 4): training keeps the
@@ -38,6 +43,22 @@ def default_export_workers() -> int:
             raise ValueError(f"RLLIB_MLFLOW_EXPORT_WORKERS must be 1 or more, not {value!r}.")
         return int(value)
     return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+EXPORT_ON = ("driver", "cluster")
+
+
+def resolve_export_on(value: str | None) -> str:
+    """`value`, else RLLIB_MLFLOW_EXPORT_ON, else "driver"; refused early when unknown."""
+    chosen = value or os.environ.get("RLLIB_MLFLOW_EXPORT_ON", "").strip() or "driver"
+    if chosen not in EXPORT_ON:
+        source = "export_on" if value else "RLLIB_MLFLOW_EXPORT_ON"
+        raise ValueError(
+            f"{source} must be 'driver' (export processes on the driver's machine) or "
+            f"'cluster' (Ray actors on the cluster's nodes, for checkpoints on storage every "
+            f"node can read), not {chosen!r}."
+        )
+    return chosen
 
 
 class _Lane:
@@ -59,9 +80,10 @@ class Exporter:
         workers: int = 1,
         staging: StagingLimit | None = None,
         max_queued: int = 10_000,
+        worker_factory: WorkerFactory = WorkerProcess,
     ):
         self._lanes = [
-            _Lane(WorkerProcess(self._on_reply, worker_settings), max_queued)
+            _Lane(worker_factory(self._on_reply, worker_settings), max_queued)
             for _ in range(workers)
         ]
         self._started: set[int] = set()
@@ -182,6 +204,8 @@ class Exporter:
         with self._lock:
             message = lane.unanswered.pop(key, None)
             registration = self._registrations.pop(key, None)
+        if "node" in reply:
+            logger.debug("%s done on node %s", key, reply["node"])
         if registration is not None and message is not None:
             self._record_registration(*registration, reply)
         elif "error" in reply:

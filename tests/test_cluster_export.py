@@ -101,3 +101,38 @@ def test_unknown_export_on_is_refused_with_what_to_pass(monkeypatch):
         MLflowCheckpointCallback("fine-name")
     monkeypatch.setenv("RLLIB_MLFLOW_EXPORT_ON", "cluster")
     assert MLflowCheckpointCallback("fine-name").export_on == "cluster"
+
+
+def test_export_processes_starting_together_on_a_new_sqlite_file_all_work(tmp_path):
+    """MLflow creates its tables on first use; several processes doing so at once on one new
+    SQLite file leave it half migrated ("table ... already exists")."""
+    import threading
+
+    from rllib_mlflow.tune.worker import WorkerProcess
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    replies: dict[str, dict] = {}
+    all_replied = threading.Event()
+
+    def on_reply(worker, key: str, reply: dict) -> None:
+        if key:  # not the exits that stop() causes
+            replies[key] = reply
+        if len(replies) == 3:
+            all_replied.set()
+
+    workers = [WorkerProcess(on_reply, {"tracking_uri": uri}) for _ in range(3)]
+    try:
+        for index, worker in enumerate(workers):
+            trial = {"trial_id": f"t{index}", "name": f"trial-{index}", "experiment_dir_name": "e"}
+            worker.submit({"op": "start_run", "key": f"start-{index}", "trial": trial})
+        assert all_replied.wait(timeout=120), replies
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert replies == {
+        f"start-{index}": {"key": f"start-{index}", "done": True} for index in range(3)
+    }
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("e").experiment_id]
+    )
+    assert len(runs) == 3

@@ -25,7 +25,12 @@ from rllib_mlflow.mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.redaction import get_logger, redact
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, result_metrics
 from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
-from rllib_mlflow.tune.exporter import Exporter, default_export_workers, local_experiment_dir
+from rllib_mlflow.tune.exporter import (
+    Exporter,
+    default_export_workers,
+    local_experiment_dir,
+    resolve_export_on,
+)
 from rllib_mlflow.tune.journal import QUEUED
 from rllib_mlflow.tune.staging import StagingLimit
 from rllib_mlflow.validation import validate_tags
@@ -178,6 +183,13 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     order. At most ``max_staged`` checkpoints (and ``max_staged_bytes``) wait as staged
     copies (see `rllib_mlflow.tune.staging`); past that a checkpoint is exported from where
     Tune keeps it, which ``num_to_keep`` may delete before its turn.
+
+    ``export_on="cluster"`` (default ``"driver"``, or RLLIB_MLFLOW_EXPORT_ON) runs the
+    ``export_workers`` as Ray actors spread over the cluster's nodes, asking for no CPU and
+    at the lowest priority, instead of processes on the driver's machine. The checkpoints
+    must then be on storage every node can read: cloud storage or a shared filesystem (the
+    staged copies are under the experiment directory; a node that cannot see them reads the
+    checkpoint itself). rllib-mlflow must be installed on every node.
     """
 
     def __init__(
@@ -198,6 +210,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         export_workers: int | None = None,
         max_staged: int | None = None,
         max_staged_bytes: int | None = None,
+        export_on: str | None = None,
         **logger_kwargs: Any,
     ):
         super().__init__(tracking_uri, **logger_kwargs)
@@ -214,12 +227,18 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             keep_best,
         )
         self.export_workers = export_workers or default_export_workers()
+        self.export_on = resolve_export_on(export_on)
         self.staging_limit = StagingLimit.from_env(max_staged, max_staged_bytes)
         self.flush_timeout_s = flush_timeout_s
         self._best_metric_seen: bool | None = None
 
     def _exporter_options(self) -> dict[str, Any]:
-        return {"workers": self.export_workers, "staging": self.staging_limit}
+        options = {"workers": self.export_workers, "staging": self.staging_limit}
+        if self.export_on == "cluster":
+            from rllib_mlflow.tune.ray_worker import RayWorker
+
+            options["worker_factory"] = RayWorker
+        return options
 
     def _worker_settings(self) -> dict[str, Any]:
         return {**super()._worker_settings(), "prewarm_formats": list(self.settings.formats)}

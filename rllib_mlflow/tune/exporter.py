@@ -1,10 +1,12 @@
 """The driver's side of the export workers: ordered outboxes, one per worker, what the
 workers have not answered yet, and the bounded final flush.
 
-Every message of a trial goes to the same worker (the one with the fewest trials when the
-trial is first seen), so a trial's runs, metrics and registrations happen in the order Tune
-produced them, while trials export in parallel. A worker starts when its first message
-comes, so a one-trial sweep starts one.
+Every message of a trial goes to the same worker (trials take the workers in turn as they
+first appear; not a hash of the trial id: Tune's ids differ only in a counter, and crc32,
+being linear, sent the first four trials of every sweep to one of two workers), so a trial's
+runs, metrics and registrations happen in the order Tune produced them, while trials
+export in parallel. A worker starts when its first message comes, so a one-trial sweep
+starts one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,10 @@ from rllib_mlflow.tune.worker import WorkerProcess
 
 logger = get_logger(__name__)
 
+# Makes a lane's worker from (on_reply, worker settings): `WorkerProcess`, or `RayWorker`
+# (rllib_mlflow.tune.ray_worker) to export on the Ray cluster's nodes.
+WorkerFactory = Callable[[Callable[..., None], dict[str, Any]], Any]
+
 
 def default_export_workers() -> int:
     """RLLIB_MLFLOW_EXPORT_WORKERS, else one per two cores (at most 4): training keeps the
@@ -36,6 +43,22 @@ def default_export_workers() -> int:
             raise ValueError(f"RLLIB_MLFLOW_EXPORT_WORKERS must be 1 or more, not {value!r}.")
         return int(value)
     return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+EXPORT_ON = ("driver", "cluster")
+
+
+def resolve_export_on(value: str | None) -> str:
+    """`value`, else RLLIB_MLFLOW_EXPORT_ON, else "driver"; refused early when unknown."""
+    chosen = value or os.environ.get("RLLIB_MLFLOW_EXPORT_ON", "").strip() or "driver"
+    if chosen not in EXPORT_ON:
+        source = "export_on" if value else "RLLIB_MLFLOW_EXPORT_ON"
+        raise ValueError(
+            f"{source} must be 'driver' (export processes on the driver's machine) or "
+            f"'cluster' (Ray actors on the cluster's nodes, for checkpoints on storage every "
+            f"node can read), not {chosen!r}."
+        )
+    return chosen
 
 
 class _Lane:
@@ -57,13 +80,14 @@ class Exporter:
         workers: int = 1,
         staging: StagingLimit | None = None,
         max_queued: int = 10_000,
+        worker_factory: WorkerFactory = WorkerProcess,
     ):
         self._lanes = [
-            _Lane(WorkerProcess(self._on_reply, worker_settings), max_queued)
+            _Lane(worker_factory(self._on_reply, worker_settings), max_queued)
             for _ in range(workers)
         ]
         self._started: set[int] = set()
-        self._trial_lanes: dict[str, int] = {}
+        self._lane_of_trial: dict[str, int] = {}
         self.staging = Staging(staging or StagingLimit())
         self._registrations: dict[str, tuple[Journal, RegistrationTask]] = {}
         self._lock = threading.Lock()
@@ -77,11 +101,10 @@ class Exporter:
     def workers(self) -> int:
         return len(self._lanes)
 
-    def start_worker(self) -> None:
-        """Start the first worker now, so that its start-up overlaps the trials' start-up
-        rather than their first iterations."""
-        self._start_lane(0)
-        self._lanes[0].worker.start()
+    def start_worker(self, trial_id: str = "") -> None:
+        """Start the worker of `trial_id`'s lane now, so that its start-up overlaps the
+        trials' start-up rather than their first iterations."""
+        self._lane(trial_id)[1].worker.start()
 
     def journal_for(self, directory: str) -> Journal:
         if directory not in self._journals:
@@ -132,33 +155,23 @@ class Exporter:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _lane(self, trial_id: str) -> _Lane:
-        """The trial's lane: the one with the fewest trials when it is first seen. (Tune's
-        trial ids differ only in a counter: a hash of them would crowd a few lanes.)"""
+    def _lane(self, trial_id: str) -> tuple[int, _Lane]:
         with self._lock:
-            if trial_id not in self._trial_lanes:
-                load = [0] * len(self._lanes)
-                for index in self._trial_lanes.values():
-                    load[index] += 1
-                self._trial_lanes[trial_id] = load.index(min(load))
-            index = self._trial_lanes[trial_id]
-        self._start_lane(index)
-        return self._lanes[index]
-
-    def _start_lane(self, index: int) -> None:
-        with self._lock:
-            if index in self._started:
-                return
-            self._started.add(index)
-        threading.Thread(
-            target=self._forward,
-            args=(self._lanes[index],),
-            name=f"rllib-mlflow-{index}",
-            daemon=True,
-        ).start()
+            index = self._lane_of_trial.get(trial_id)
+            if index is None:  # the next lane in turn ("" for `start_worker`: the first trial's)
+                index = len(self._lane_of_trial) % len(self._lanes)
+                if trial_id:
+                    self._lane_of_trial[trial_id] = index
+            if index not in self._started:
+                self._started.add(index)
+                lane = self._lanes[index]
+                threading.Thread(
+                    target=self._forward, args=(lane,), name=f"rllib-mlflow-{index}", daemon=True
+                ).start()
+        return index, self._lanes[index]
 
     def _queue(self, message: dict[str, Any], optional: bool) -> None:
-        lane = self._lane(message["trial"]["trial_id"])
+        _, lane = self._lane(message["trial"]["trial_id"])
         try:
             lane.outbox.put_nowait(message)
         except queue.Full:
@@ -191,6 +204,8 @@ class Exporter:
         with self._lock:
             message = lane.unanswered.pop(key, None)
             registration = self._registrations.pop(key, None)
+        if "node" in reply:
+            logger.debug("%s done on node %s", key, reply["node"])
         if registration is not None and message is not None:
             self._record_registration(*registration, reply)
         elif "error" in reply:

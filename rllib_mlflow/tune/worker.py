@@ -103,14 +103,16 @@ class Session:
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
         self._runs = None
+        self._store_ready = False
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         op = message["op"]
         if op == "configure":
-            self.settings, self._runs = message, None
+            self.settings, self._runs, self._store_ready = message, None, False
             if message.get("prewarm_formats") is not None:
                 _prewarm(message["prewarm_formats"])
             return None
+        self._create_sqlite_tables_once()
         if op == "register":
             from rllib_mlflow.register.task import RegistrationTask, register_task
 
@@ -130,6 +132,26 @@ class Session:
         }
         with_retries(calls[op])
         return {"done": True}
+
+    def _create_sqlite_tables_once(self) -> None:
+        """Workers starting together on a new SQLite file would each create MLflow's tables
+        in it and leave it half migrated ("table ... already exists"): the first creates
+        them under a lock of this machine, the others then find them."""
+        if self._store_ready:
+            return
+        self._store_ready = True
+        from rllib_mlflow.locks import host_lock
+        from rllib_mlflow.mlflow import registry
+
+        tracking = self.settings.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        tracking = tracking or "sqlite:///mlflow.db"  # MLflow's default
+        registry_uri = self.settings.get("registry_uri") or os.environ.get("MLFLOW_REGISTRY_URI")
+        for uri in {tracking, registry_uri or tracking}:
+            if uri.startswith("sqlite:"):
+                with host_lock("sqlite-tables", uri):
+                    store = registry.client(uri, uri)
+                    store.search_experiments(max_results=1)
+                    store.search_registered_models(max_results=1)
 
     @property
     def runs(self):

@@ -1,0 +1,169 @@
+"""An export worker as a Ray actor, for `export_on="cluster"`: the same `Session` as the
+worker process, so the MLflow work is identical, but on whichever node of the cluster Ray
+picks, so that exports scale with the cluster rather than with the driver's cores.
+
+The actor asks for no CPU (a trial never waits for it), runs one call at a time in the
+order they were submitted (so a trial's registrations stay in order), and lowers its own
+priority as the worker process does: training keeps the cores. The actors take the alive
+nodes in turn: Ray's "SPREAD" strategy does not spread actors that ask for no resources
+(measured: 3 of 4 on the same node of two). It is
+not restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, the `Exporter`
+resends what was not answered, and that starts a new actor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rllib_mlflow.redaction import RedactingFilter, get_logger, redact_text
+from rllib_mlflow.tune.worker import Session
+
+logger = get_logger(__name__)
+
+# One thread each, as for the worker process: exports are small, and training needs the cores.
+THREAD_LIMITS = {
+    "OMP_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+}
+
+
+class ExportActor:
+    """Runs in the actor's own process on some node; replies say which node did the work."""
+
+    def __init__(self, configure: dict[str, Any]):
+        from rllib_mlflow.console import silence_third_party
+
+        os.environ.update(THREAD_LIMITS)  # before TensorFlow or torch loads in this process
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        silence_third_party()
+        os.nice(19)  # training comes first: this work fills the moments the cores are idle
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s"
+        )
+        for handler in logging.getLogger().handlers:  # MLflow's and boto's records too
+            handler.addFilter(RedactingFilter())
+        self._node = ray.get_runtime_context().get_node_id()
+        self._session = Session()
+        self._session.handle(configure)
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            reply = self._session.handle(_readable_here(message))
+        except Exception as error:
+            reply = {"error": redact_text(f"{type(error).__name__}: {error}")}
+        return None if reply is None else {**reply, "node": self._node}
+
+
+def _readable_here(message: dict[str, Any]) -> dict[str, Any]:
+    """Read the checkpoint itself when the driver's staged copy is not on this node (cloud
+    storage: the copy is on the driver's disk); `sync` falls back the same way."""
+    task = message.get("task")
+    if not task or "://" in task["checkpoint"] or Path(task["checkpoint"]).exists():
+        return message
+    return {**message, "task": {**task, "checkpoint": task["checkpoint_uri"]}}
+
+
+_RemoteExportActor = ray.remote(ExportActor)
+_actors_started = itertools.count()  # in this driver, to give each new actor the next node
+
+
+def _next_node() -> NodeAffinitySchedulingStrategy | str:
+    """The next alive node in turn; soft, so that Ray picks another if that one is gone."""
+    alive = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
+    if not alive:
+        return "DEFAULT"
+    return NodeAffinitySchedulingStrategy(alive[next(_actors_started) % len(alive)], soft=True)
+
+
+class RayWorker:
+    """The driver's handle on one export actor, with `WorkerProcess`'s interface: submit
+    messages, get called back with each reply in order, and with `worker_exited` when the
+    actor dies."""
+
+    def __init__(self, on_reply: Callable[[RayWorker, str, dict], None], settings: dict[str, Any]):
+        self._on_reply = on_reply
+        self._configure = {"op": "configure", **settings}
+        self._actor = None
+        self._generation = 0  # which actor a pending call went to; a new one after each death
+        self._pending: queue.Queue = queue.Queue()  # (generation, key, result ref), in order
+        self._lock = threading.Lock()
+        self._waiter: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            self._ensure_started()
+
+    def submit(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            actor = self._ensure_started()
+            self._pending.put((self._generation, message["key"], actor.handle.remote(message)))
+
+    def stop(self) -> None:
+        with self._lock:
+            actor, self._actor = self._actor, None
+        if actor is not None and ray.is_initialized():
+            ray.kill(actor, no_restart=True)
+
+    def _ensure_started(self):
+        if self._actor is None:
+            if not ray.is_initialized():
+                raise RuntimeError(
+                    'export_on="cluster" runs exports as Ray actors, and Ray is not initialized '
+                    'here; run under Tune (which starts Ray), or pass export_on="driver".'
+                )
+            self._generation += 1
+            self._actor = _RemoteExportActor.options(
+                num_cpus=0,  # never takes a CPU a trial could use
+                max_concurrency=1,  # one call at a time, in submission order
+                max_restarts=0,  # a restart would lose the calls queued on it; we resend them
+                scheduling_strategy=_next_node(),
+            ).remote(self._configure)
+        if self._waiter is None:
+            self._waiter = threading.Thread(
+                target=self._wait_for_replies, name="rllib-mlflow-ray-replies", daemon=True
+            )
+            self._waiter.start()
+        return self._actor
+
+    def _wait_for_replies(self) -> None:
+        reported_dead = 0  # the last generation whose death was reported
+        while True:
+            generation, key, ref = self._pending.get()
+            try:
+                reply = ray.get(ref)
+            except RayActorError as error:
+                if generation <= reported_dead:
+                    continue  # died with the actor already reported; the Exporter resends it
+                reported_dead = generation
+                self._forget_actor(generation)
+                reply, key = {"worker_exited": f"Ray actor died ({type(error).__name__})"}, ""
+            except Exception as error:  # e.g. Ray shut down under us
+                reply = {"error": redact_text(f"{type(error).__name__}: {error}")}
+            if reply is None:
+                continue
+            try:
+                self._on_reply(self, key, reply)
+            except Exception:  # e.g. the resend could not start a new actor
+                logger.warning("could not handle the export actor's reply", exc_info=True)
+
+    def _forget_actor(self, generation: int) -> None:
+        """Drop a dead actor, so that the next submit starts a new one."""
+        with self._lock:
+            actor = self._actor if self._generation == generation else None
+            if actor is not None:
+                self._actor = None
+        if actor is not None:  # unreachable rather than dead: it must not work on meanwhile
+            ray.kill(actor, no_restart=True)

@@ -261,7 +261,9 @@ def measure_journal(cell: Cell, journal: Journal) -> None:
 def check_exactly_once(uri: str, name: str, journal: Journal) -> list[str]:
     """What is wrong with the registry: (trial, iteration)s queued but not registered
     exactly once, and versions no checkpoint asked for."""
-    from rllib_mlflow.mlflow import registry
+    from rllib_mlflow import names
+    from rllib_mlflow.mlflow.client import client
+    from rllib_mlflow.mlflow.versions import find_versions
 
     expected = {
         (entry["trial_id"], entry["training_iteration"])
@@ -269,8 +271,11 @@ def check_exactly_once(uri: str, name: str, journal: Journal) -> list[str]:
         if entry["event"] == QUEUED
     }
     found = Counter(
-        (version.tags.get(registry.TAG_TRIAL_ID), int(version.tags[registry.TAG_ITERATION]))
-        for version in registry.find_versions(registry.client(uri), name)
+        (
+            version.tags.get(names.VERSION_TAG_TRIAL_ID),
+            int(version.tags[names.VERSION_TAG_ITERATION]),
+        )
+        for version in find_versions(client(uri), name)
     )
     problems = [f"{trial} iteration {it}: not registered" for trial, it in expected - set(found)]
     problems += [

@@ -70,6 +70,53 @@ def violations(module: str, imported: set[str]) -> list[str]:
     return found
 
 
+def test_every_name_imported_from_rllib_mlflow_exists():
+    """A lazy import of a moved or renamed module fails only when its function runs: find
+    them all here, from the source."""
+    missing = []
+    for module, path in module_files().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = _absolute(node, module, path.name == "__init__.py")
+                if base.split(".")[0] != "rllib_mlflow":
+                    continue
+                missing += [
+                    f"{module}: from {base} import {alias.name}"
+                    for alias in node.names
+                    if not _is_module(f"{base}.{alias.name}") and not _defines(base, alias.name)
+                ]
+            elif isinstance(node, ast.Import):
+                missing += [
+                    f"{module}: import {alias.name}"
+                    for alias in node.names
+                    if alias.name.split(".")[0] == "rllib_mlflow" and not _is_module(alias.name)
+                ]
+    assert not missing, "\n".join(missing)
+
+
+def _defines(module: str, name: str) -> bool:
+    """Whether `module` (a module or package of rllib_mlflow) has `name` at its top level."""
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if not path.is_file():
+        return False
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found = {node.name}
+        elif isinstance(node, ast.Assign):
+            found = {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            found = {node.target.id}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            found = {(a.asname or a.name).split(".")[0] for a in node.names}
+        else:
+            continue
+        if name in found:
+            return True
+    return False
+
+
 def test_the_policy_package_imports_itself_only_relatively():
     """It ships inside each logged model under another name (`rllib_mlflow_policy`), where
     an absolute `rllib_mlflow...` import would fail."""

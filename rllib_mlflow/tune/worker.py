@@ -141,7 +141,7 @@ class Session:
             return
         self._store_ready = True
         from rllib_mlflow.locks import host_lock
-        from rllib_mlflow.mlflow import registry
+        from rllib_mlflow.mlflow.client import client
 
         tracking = self.settings.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
         tracking = tracking or "sqlite:///mlflow.db"  # MLflow's default
@@ -149,7 +149,7 @@ class Session:
         for uri in {tracking, registry_uri or tracking}:
             if uri.startswith("sqlite:"):
                 with host_lock("sqlite-tables", uri):
-                    store = registry.client(uri, uri)
+                    store = client(uri, uri)
                     store.search_experiments(max_results=1)
                     store.search_registered_models(max_results=1)
 

@@ -30,8 +30,8 @@ Prints the machine (and the load average at the start and at the end), then one 
 (T, W): checkpoints queued, versions registered, sustained registrations per minute
 (registered / (last registered - first queued) * 60, worker start-up included), the lag
 from `queued` to `registered` (p50, p95, from the journal's times), the peak staging disk,
-the wall time of the final flush, and how the trials fall on the workers (`Exporter`
-routes a trial by crc32 of its id). Then, per T, the ratio of registrations per minute
+the wall time of the final flush, and how the trials fell on the workers (they take them
+in turn). Then, per T, the ratio of registrations per minute
 with N processes over 1.
 
 Outside the clock it checks that every (trial, iteration) was registered exactly once
@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,15 +154,9 @@ def fake_result(iteration: int, trial_index: int) -> dict:
 
 def tune_trial_ids(count: int) -> list[str]:
     """Trial ids as Tune makes them (BasicVariantGenerator): one random prefix per
-    experiment, then a counter; their crc32s decide which worker gets each trial."""
+    experiment, then a counter."""
     prefix = uuid.uuid1().hex[:5]
     return [f"{prefix}_{index:05d}" for index in range(count)]
-
-
-def trials_per_worker(trial_ids: list[str], workers: int) -> str:
-    """How many trials each worker gets, routed as `Exporter` routes them (crc32 of the id)."""
-    lanes = Counter(zlib.crc32(trial_id.encode()) % workers for trial_id in trial_ids)
-    return "+".join(str(lanes.get(lane, 0)) for lane in range(workers))
 
 
 def fresh_store(cell_dir: Path, tracking_uri: str | None, experiment: str) -> str:
@@ -236,7 +229,7 @@ def replay(cell: Cell, args: argparse.Namespace, saved: str, cell_dir: Path) -> 
     cell.flush_seconds = time.perf_counter() - flush_start
 
     cell.peak_staging_mib = exporter.staging.peak_bytes / 2**20
-    cell.trials_per_worker = trials_per_worker(trial_ids, cell.workers)
+    cell.trials_per_worker = "+".join(map(str, exporter.trials_per_worker()))
     measure_journal(cell, journal)
     cell.problems = tuple(check_exactly_once(uri, name, journal))
     return cell

@@ -101,6 +101,12 @@ class Exporter:
     def workers(self) -> int:
         return len(self._lanes)
 
+    def trials_per_worker(self) -> list[int]:
+        """How many trials each worker was given (for reports)."""
+        with self._lock:
+            lanes = list(self._lane_of_trial.values())
+        return [lanes.count(index) for index in range(len(self._lanes))]
+
     def start_worker(self, trial_id: str = "") -> None:
         """Start the worker of `trial_id`'s lane now, so that its start-up overlaps the
         trials' start-up rather than their first iterations."""

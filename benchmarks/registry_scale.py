@@ -78,7 +78,7 @@ def register_one(client, run, iteration: int, trial_id: str, reward: float):
         tags=_tags(iteration, trial_id, reward),
     )
     versions.set_iteration_alias(client, MODEL, version)
-    versions.update_best_alias(client, MODEL, version, "episode_return_mean", "max", reward)
+    versions.update_best_alias(client, MODEL, "episode_return_mean", "max")
     return version
 
 

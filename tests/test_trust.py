@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.register.versions import logged_model_id
+from rllib_mlflow.mlflow.versions import logged_model_id
 from tests import tune_job
 from tests.mlflow_server import VENV_BIN, free_port, start_process, start_tracking_server
 from tests.test_reliability import (

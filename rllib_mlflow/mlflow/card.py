@@ -22,7 +22,7 @@ import tempfile
 from typing import Any
 
 from rllib_mlflow import names
-from rllib_mlflow.mlflow.versions import find_versions
+from rllib_mlflow.mlflow.versions import find_versions, logged_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,6 @@ def attach_replay(mlflow_client, name: str, number, replay, *, seed: int) -> Non
     else:
         value = f"skipped: {replay.skipped}"[:500]
     mlflow_client.set_model_version_tag(name, str(number), names.VERSION_TAG_REPLAY, value)
-
-
-def logged_model_id(version) -> str:
-    return getattr(version, "model_id", None) or version.source.removeprefix("models:/")
 
 
 def replay_url(model_id: str) -> str:

@@ -209,3 +209,9 @@ def _registered_iterations(mlflow_client, name: str) -> list[int]:
     versions = _search_all(mlflow_client, f"name = '{name}'")
     tag = names.VERSION_TAG_ITERATION
     return sorted({int(v.tags[tag]) for v in versions if tag in v.tags})
+
+
+def logged_model_id(version) -> str | None:
+    """The LoggedModel behind a version (older servers leave `model_id` empty)."""
+    source = str(getattr(version, "source", "") or "")
+    return getattr(version, "model_id", None) or source.removeprefix("models:/") or None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from rllib_mlflow import names
-from rllib_mlflow.mlflow.versions import find_versions, version_tags
+from rllib_mlflow.mlflow.versions import find_versions, logged_model_id, version_tags
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
 from rllib_mlflow.register.task import RegistrationSettings
@@ -75,12 +75,6 @@ def first_of_key(mlflow_client, version, name, trial_id, training_iteration, mod
         mlflow_client.delete_model_version(name, version.version)
         _discard(mlflow_client, logged_model_id(version), None)
     return first
-
-
-def logged_model_id(version) -> str | None:
-    """The LoggedModel behind a version (older servers leave `model_id` empty)."""
-    source = str(getattr(version, "source", "") or "")
-    return getattr(version, "model_id", None) or source.removeprefix("models:/") or None
 
 
 def policy_version_tags(

@@ -86,7 +86,6 @@ class Exporter:
             _Lane(worker_factory(self._on_reply, worker_settings), max_queued)
             for _ in range(workers)
         ]
-        self._started: set[int] = set()
         self._lane_of_trial: dict[str, int] = {}
         self.staging = Staging(staging or StagingLimit())
         self._registrations: dict[str, tuple[Journal, RegistrationTask]] = {}
@@ -95,11 +94,10 @@ class Exporter:
         self._stopping = False
         self._journals: dict[str, Journal] = {}
         self.flush_timeout_s = 600.0
+        for index, lane in enumerate(self._lanes):  # idle until a message comes
+            name = f"rllib-mlflow-{index}"
+            threading.Thread(target=self._forward, args=(lane,), name=name, daemon=True).start()
         atexit.register(self.flush)
-
-    @property
-    def workers(self) -> int:
-        return len(self._lanes)
 
     def trials_per_worker(self) -> list[int]:
         """How many trials each worker was given (for reports)."""
@@ -110,7 +108,7 @@ class Exporter:
     def start_worker(self, trial_id: str = "") -> None:
         """Start the worker of `trial_id`'s lane now, so that its start-up overlaps the
         trials' start-up rather than their first iterations."""
-        self._lane(trial_id)[1].worker.start()
+        self._lane(trial_id).worker.start()
 
     def journal_for(self, directory: str) -> Journal:
         if directory not in self._journals:
@@ -161,23 +159,17 @@ class Exporter:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _lane(self, trial_id: str) -> tuple[int, _Lane]:
+    def _lane(self, trial_id: str) -> _Lane:
         with self._lock:
             index = self._lane_of_trial.get(trial_id)
             if index is None:  # the next lane in turn ("" for `start_worker`: the first trial's)
                 index = len(self._lane_of_trial) % len(self._lanes)
                 if trial_id:
                     self._lane_of_trial[trial_id] = index
-            if index not in self._started:
-                self._started.add(index)
-                lane = self._lanes[index]
-                threading.Thread(
-                    target=self._forward, args=(lane,), name=f"rllib-mlflow-{index}", daemon=True
-                ).start()
-        return index, self._lanes[index]
+        return self._lanes[index]
 
     def _queue(self, message: dict[str, Any], optional: bool) -> None:
-        _, lane = self._lane(message["trial"]["trial_id"])
+        lane = self._lane(message["trial"]["trial_id"])
         try:
             lane.outbox.put_nowait(message)
         except queue.Full:

@@ -14,10 +14,7 @@ resends what was not answered, and that starts a new actor.
 from __future__ import annotations
 
 import itertools
-import logging
-import os
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,43 +24,23 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rllib_mlflow.redaction import RedactingFilter, get_logger, redact_text
-from rllib_mlflow.tune.worker import Session
+from rllib_mlflow.redaction import get_logger, redact_text
+from rllib_mlflow.tune.worker import Session, prepare_worker_process
 
 logger = get_logger(__name__)
-
-# One thread each, as for the worker process: exports are small, and training needs the cores.
-THREAD_LIMITS = {
-    "OMP_NUM_THREADS": "1",
-    "TF_NUM_INTRAOP_THREADS": "1",
-    "TF_NUM_INTEROP_THREADS": "1",
-}
 
 
 class ExportActor:
     """Runs in the actor's own process on some node; replies say which node did the work."""
 
     def __init__(self, configure: dict[str, Any]):
-        from rllib_mlflow.console import silence_third_party
-
-        os.environ.update(THREAD_LIMITS)  # before TensorFlow or torch loads in this process
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        silence_third_party()
-        os.nice(19)  # training comes first: this work fills the moments the cores are idle
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s"
-        )
-        for handler in logging.getLogger().handlers:  # MLflow's and boto's records too
-            handler.addFilter(RedactingFilter())
+        prepare_worker_process()
         self._node = ray.get_runtime_context().get_node_id()
         self._session = Session()
         self._session.handle(configure)
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            reply = self._session.handle(_readable_here(message))
-        except Exception as error:
-            reply = {"error": redact_text(f"{type(error).__name__}: {error}")}
+        reply = self._session.reply(_readable_here(message))
         return None if reply is None else {**reply, "node": self._node}
 
 

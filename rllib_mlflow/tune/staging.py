@@ -74,9 +74,13 @@ class Staging:
         if staged:
             shutil.rmtree(path, ignore_errors=True)
 
-    def _full(self) -> bool:
+    def _usage(self) -> tuple[int, int]:
+        """(staged copies, their bytes)."""
         with self._lock:
-            count, size = len(self._sizes), sum(self._sizes.values())
+            return len(self._sizes), sum(self._sizes.values())
+
+    def _full(self) -> bool:
+        count, size = self._usage()
         return (self.limit.count is not None and count >= self.limit.count) or (
             self.limit.bytes is not None and size >= self.limit.bytes
         )
@@ -93,8 +97,7 @@ class Staging:
         )
 
     def _describe(self) -> str:
-        with self._lock:
-            count, size = len(self._sizes), sum(self._sizes.values())
+        count, size = self._usage()
         return f"{count} checkpoint(s), {size / 2**20:.1f} MiB"
 
 

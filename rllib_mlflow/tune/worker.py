@@ -30,6 +30,13 @@ from rllib_mlflow.retries import with_retries
 
 logger = get_logger(__name__)
 
+# One thread each: exports are small, and training needs the cores.
+THREAD_LIMITS = {
+    "OMP_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+}
+
 
 class WorkerProcess:
     """The driver's handle on the worker: submit messages, get called back with replies."""
@@ -71,10 +78,7 @@ class WorkerProcess:
                 env={
                     **os.environ,
                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                    # One thread each: exports are small, and training needs the cores.
-                    "OMP_NUM_THREADS": "1",
-                    "TF_NUM_INTRAOP_THREADS": "1",
-                    "TF_NUM_INTEROP_THREADS": "1",
+                    **THREAD_LIMITS,
                 },
                 start_new_session=True,  # Ctrl-C reaches the driver only; it decides
             )
@@ -104,6 +108,13 @@ class Session:
         self.settings: dict[str, Any] = {}
         self._runs = None
         self._store_ready = False
+
+    def reply(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """`handle`, with a failure as an `error` reply (redacted): training goes on."""
+        try:
+            return self.handle(message)
+        except Exception as error:
+            return {"error": redact_text(f"{type(error).__name__}: {error}")}
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         op = message["op"]
@@ -191,15 +202,23 @@ def _prewarm(formats: list[str]) -> None:
             logger.debug("prewarm: %s", error)
 
 
-def main() -> None:
+def prepare_worker_process() -> None:
+    """What a process doing export work sets up first (the worker process, or a Ray actor):
+    one thread each, quiet third-party logs, the lowest priority, redacted log records."""
     from rllib_mlflow.console import silence_third_party
 
+    os.environ.update(THREAD_LIMITS)  # before TensorFlow or torch loads in this process
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     silence_third_party()  # before TensorFlow loads: its C++ logs would fill the user's console
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(19)  # training comes first: this work fills the moments the cores are idle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
     for handler in logging.getLogger().handlers:  # MLflow's and boto's records too
         handler.addFilter(RedactingFilter())
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    prepare_worker_process()
     replies = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     driver = os.getppid()
@@ -211,10 +230,7 @@ def main() -> None:
             logger.info("the driver is gone; leaving the rest to `rllib-mlflow sync`.")
             return
         message = json.loads(line)
-        try:
-            reply = session.handle(message)
-        except Exception as error:
-            reply = {"error": redact_text(f"{type(error).__name__}: {error}")}
+        reply = session.reply(message)
         if reply is None:
             continue
         try:

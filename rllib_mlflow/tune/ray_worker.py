@@ -4,18 +4,19 @@ picks, so that exports scale with the cluster rather than with the driver's core
 
 The actor asks for no CPU (a trial never waits for it), runs one call at a time in the
 order they were submitted (so a trial's registrations stay in order), and lowers its own
-priority as the worker process does: training keeps the cores. The actors take the alive
-nodes in turn: Ray's "SPREAD" strategy does not spread actors that ask for no resources
-(measured: 3 of 4 on the same node of two). It is
-not restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, the `Exporter`
-resends what was not answered, and that starts a new actor.
+priority as the worker process does: training keeps the cores. Each new actor goes to the
+alive node with the fewest of them: Ray's "SPREAD" strategy does not spread actors that ask
+for no resources (measured: 3 of 4 on the same node of two), and taking the nodes in turn
+put both on one node when the second node joined after the first actor started. It is not
+restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, the `Exporter` resends
+what was not answered, and that starts a new actor.
 """
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,15 +55,20 @@ def _readable_here(message: dict[str, Any]) -> dict[str, Any]:
 
 
 _RemoteExportActor = ray.remote(ExportActor)
-_actors_started = itertools.count()  # in this driver, to give each new actor the next node
+_actors_per_node: Counter[str] = Counter()  # started by this driver, to spread new ones
 
 
 def _next_node() -> NodeAffinitySchedulingStrategy | str:
-    """The next alive node in turn; soft, so that Ray picks another if that one is gone."""
+    """The alive node with the fewest of our actors. Not a soft affinity: Ray then moved an
+    actor meant for a head node whose CPUs the trials held (no CPU asked or not) to the
+    other node, half of the time. If the node dies first, the actor's creation fails, which
+    reports `worker_exited`, and the next actor goes to an alive node."""
     alive = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
     if not alive:
         return "DEFAULT"
-    return NodeAffinitySchedulingStrategy(alive[next(_actors_started) % len(alive)], soft=True)
+    node = min(alive, key=lambda node_id: _actors_per_node[node_id])
+    _actors_per_node[node] += 1
+    return NodeAffinitySchedulingStrategy(node, soft=False)
 
 
 class RayWorker:

@@ -53,6 +53,10 @@ class WorkerProcess:
         with self._lock:
             self._ensure_started()
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def submit(self, message: dict[str, Any]) -> None:
         with self._lock:
             _send(self._ensure_started(), message)
@@ -80,7 +84,10 @@ class WorkerProcess:
                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                     **THREAD_LIMITS,
                 },
-                start_new_session=True,  # Ctrl-C reaches the driver only; it decides
+                # Its own process group, so that Ctrl-C reaches the driver only (it decides),
+                # but not its own session: Linux's autogroup scheduling would give a new
+                # session as much CPU as all of training, whatever its nice value.
+                process_group=0,
             )
             _send(self._process, self._configure)
             threading.Thread(target=self._read_replies, args=(self._process,), daemon=True).start()

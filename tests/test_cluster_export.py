@@ -124,6 +124,7 @@ def test_export_processes_starting_together_on_a_new_sqlite_file_all_work(tmp_pa
     try:
         for index, worker in enumerate(workers):
             trial = {"trial_id": f"t{index}", "name": f"trial-{index}", "experiment_dir_name": "e"}
+            worker.start()
             worker.submit({"op": "start_run", "key": f"start-{index}", "trial": trial})
         assert all_replied.wait(timeout=120), replies
     finally:

@@ -68,6 +68,23 @@ class _Lane:
         self.worker = worker
         self.outbox: queue.Queue = queue.Queue(maxsize=max_queued)
         self.unanswered: dict[str, dict[str, Any]] = {}  # by key, in the order sent
+        self.sending = threading.Lock()  # a (re)started worker gets the unanswered first
+
+    def deliver(self, message: dict[str, Any] | None, lock: threading.Lock) -> None:
+        """Send `message` (None: nothing new) to the worker, starting it if it is not
+        running; a worker just started gets every unanswered message first, in the order
+        first sent, so that a trial's messages stay in order across a crash, and none is
+        sent twice to the same worker."""
+        with self.sending:
+            with lock:
+                if message is not None:
+                    self.unanswered[message["key"]] = message
+                unanswered = list(self.unanswered.values())
+            if self.worker.start():
+                for earlier in unanswered:
+                    self.worker.submit(earlier)
+            elif message is not None:
+                self.worker.submit(message)
 
 
 class Exporter:
@@ -186,9 +203,7 @@ class Exporter:
         while True:
             message = lane.outbox.get()
             try:
-                with self._lock:
-                    lane.unanswered[message["key"]] = message
-                lane.worker.submit(message)
+                lane.deliver(message, self._lock)
             except Exception:  # a dead worker is restarted, and resent this, by _on_reply
                 logger.warning("could not reach the worker", exc_info=True)
             finally:
@@ -224,12 +239,10 @@ class Exporter:
 
     def _restart_after_crash(self, lane: _Lane, exit_code: int) -> None:
         with self._lock:
-            unanswered = list(lane.unanswered.values())
-            if self._stopping or not unanswered:
+            if self._stopping or not lane.unanswered:
                 return
         logger.warning("the worker exited (%s); restarting it.", exit_code)
-        for message in unanswered:  # in the order first sent
-            lane.worker.submit(message)
+        lane.deliver(None, self._lock)
 
 
 def local_experiment_dir(trial) -> str:

@@ -8,8 +8,8 @@ priority as the worker process does: training keeps the cores. Each new actor go
 alive node with the fewest of them: Ray's "SPREAD" strategy does not spread actors that ask
 for no resources (measured: 3 of 4 on the same node of two), and taking the nodes in turn
 put both on one node when the second node joined after the first actor started. It is not
-restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, the `Exporter` resends
-what was not answered, and that starts a new actor.
+restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, and the `Exporter`
+starts a new actor and resends it what was not answered.
 """
 
 from __future__ import annotations
@@ -85,14 +85,21 @@ class RayWorker:
         self._lock = threading.Lock()
         self._waiter: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start an actor unless one runs; True when this started one (see `WorkerProcess`)."""
         with self._lock:
-            self._ensure_started()
+            if self._actor is not None:
+                return False
+            self._start_actor()
+            return True
 
     def submit(self, message: dict[str, Any]) -> None:
+        """Send to the running actor (see `start`); raises when there is none."""
         with self._lock:
-            actor = self._ensure_started()
-            self._pending.put((self._generation, message["key"], actor.handle.remote(message)))
+            if self._actor is None:
+                raise RuntimeError("the export actor is not started")
+            ref = self._actor.handle.remote(message)
+            self._pending.put((self._generation, message["key"], ref))
 
     def stop(self) -> None:
         with self._lock:
@@ -100,26 +107,24 @@ class RayWorker:
         if actor is not None and ray.is_initialized():
             ray.kill(actor, no_restart=True)
 
-    def _ensure_started(self):
-        if self._actor is None:
-            if not ray.is_initialized():
-                raise RuntimeError(
-                    'export_on="cluster" runs exports as Ray actors, and Ray is not initialized '
-                    'here; run under Tune (which starts Ray), or pass export_on="driver".'
-                )
-            self._generation += 1
-            self._actor = _RemoteExportActor.options(
-                num_cpus=0,  # never takes a CPU a trial could use
-                max_concurrency=1,  # one call at a time, in submission order
-                max_restarts=0,  # a restart would lose the calls queued on it; we resend them
-                scheduling_strategy=_next_node(),
-            ).remote(self._configure)
+    def _start_actor(self) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError(
+                'export_on="cluster" runs exports as Ray actors, and Ray is not initialized '
+                'here; run under Tune (which starts Ray), or pass export_on="driver".'
+            )
+        self._generation += 1
+        self._actor = _RemoteExportActor.options(
+            num_cpus=0,  # never takes a CPU a trial could use
+            max_concurrency=1,  # one call at a time, in submission order
+            max_restarts=0,  # a restart would lose the calls queued on it; we resend them
+            scheduling_strategy=_next_node(),
+        ).remote(self._configure)
         if self._waiter is None:
             self._waiter = threading.Thread(
                 target=self._wait_for_replies, name="rllib-mlflow-ray-replies", daemon=True
             )
             self._waiter.start()
-        return self._actor
 
     def _wait_for_replies(self) -> None:
         reported_dead = 0  # the last generation whose death was reported
@@ -143,7 +148,7 @@ class RayWorker:
                 logger.warning("could not handle the export actor's reply", exc_info=True)
 
     def _forget_actor(self, generation: int) -> None:
-        """Drop a dead actor, so that the next submit starts a new one."""
+        """Drop a dead actor, so that the next `start` starts a new one."""
         with self._lock:
             actor = self._actor if self._generation == generation else None
             if actor is not None:

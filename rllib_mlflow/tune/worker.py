@@ -49,17 +49,25 @@ class WorkerProcess:
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the worker unless it runs; True when this started one (which then knows
+        none of the messages sent before)."""
         with self._lock:
-            self._ensure_started()
+            if self._process is not None and self._process.poll() is None:
+                return False
+            self._process = self._spawn()
+            return True
 
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
     def submit(self, message: dict[str, Any]) -> None:
+        """Send to the running worker (see `start`); raises when there is none."""
         with self._lock:
-            _send(self._ensure_started(), message)
+            if self._process is None:
+                raise RuntimeError("the export worker is not started")
+            _send(self._process, message)
 
     def stop(self) -> None:
         with self._lock:
@@ -71,27 +79,26 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def _ensure_started(self) -> subprocess.Popen:
-        if self._process is None or self._process.poll() is not None:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "rllib_mlflow.tune.worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                bufsize=1,
-                env={
-                    **os.environ,
-                    "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                    **THREAD_LIMITS,
-                },
-                # Its own process group, so that Ctrl-C reaches the driver only (it decides),
-                # but not its own session: Linux's autogroup scheduling would give a new
-                # session as much CPU as all of training, whatever its nice value.
-                process_group=0,
-            )
-            _send(self._process, self._configure)
-            threading.Thread(target=self._read_replies, args=(self._process,), daemon=True).start()
-        return self._process
+    def _spawn(self) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rllib_mlflow.tune.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env={
+                **os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                **THREAD_LIMITS,
+            },
+            # Its own process group, so that Ctrl-C reaches the driver only (it decides),
+            # but not its own session: Linux's autogroup scheduling would give a new
+            # session as much CPU as all of training, whatever its nice value.
+            process_group=0,
+        )
+        _send(process, self._configure)
+        threading.Thread(target=self._read_replies, args=(process,), daemon=True).start()
+        return process
 
     def _read_replies(self, process: subprocess.Popen) -> None:
         for line in process.stdout:

@@ -1,0 +1,105 @@
+"""A lane keeps its trial's messages in order across a worker crash, and sends none twice.
+
+The worker here is scripted (it records what each worker it stands for was sent), so that
+the crash can come at the moments that matter: before the driver hears of it, and after.
+Real worker processes killed mid-sweep are in test_reliability.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rllib_mlflow.tune.exporter import Exporter
+
+TRIAL = {"trial_id": "t0", "name": "trial-0", "experiment_dir_name": "e"}
+
+
+class ScriptedWorker:
+    """`WorkerProcess`'s interface; `sent` holds the keys each started worker was sent."""
+
+    def __init__(self, on_reply, settings):
+        self.on_reply = on_reply
+        self.sent: list[list[str]] = []
+        self.alive = False
+
+    def start(self) -> bool:
+        if self.alive:
+            return False
+        self.alive = True
+        self.sent.append([])
+        return True
+
+    def submit(self, message) -> None:
+        if not self.alive:
+            raise BrokenPipeError("the worker is dead")
+        self.sent[-1].append(message["key"])
+
+    def stop(self) -> None:
+        self.alive = False
+
+    def crash(self) -> None:
+        self.alive = False
+
+    def report_crash(self) -> None:
+        self.on_reply(self, "", {"worker_exited": -9})
+
+    def answer(self, key: str) -> None:
+        self.on_reply(self, key, {"done": True})
+
+
+@pytest.fixture
+def lane():
+    workers: list[ScriptedWorker] = []
+
+    def factory(on_reply, settings):
+        workers.append(ScriptedWorker(on_reply, settings))
+        return workers[-1]
+
+    exporter = Exporter({}, workers=1, worker_factory=factory)
+    exporter.flush_timeout_s = 5
+    yield exporter, workers[0]
+    exporter.flush()
+
+
+def _send(exporter: Exporter, step: int) -> str:
+    exporter.send("log_metrics", trial=TRIAL, metrics={"m": step}, step=step)
+    return f"log_metrics-{step}"
+
+
+def _wait_for(worker: ScriptedWorker, expected: list[list[str]]) -> None:
+    deadline = time.monotonic() + 10
+    while worker.sent != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.sent == expected
+
+
+def test_a_message_sent_before_the_crash_is_heard_of_follows_the_unanswered(lane):
+    exporter, worker = lane
+    first, second = _send(exporter, 0), _send(exporter, 1)
+    _wait_for(worker, [[first, second]])
+    worker.crash()
+    third = _send(exporter, 2)  # finds the worker dead and starts the next one
+    _wait_for(worker, [[first, second], [first, second, third]])
+    worker.report_crash()  # too late to resend anything: the new worker has it all
+    time.sleep(0.2)
+    assert worker.sent == [[first, second], [first, second, third]]
+    for key in (first, second, third):
+        worker.answer(key)
+    assert not exporter._busy()
+
+
+def test_after_a_reported_crash_the_new_worker_gets_the_unanswered_then_the_rest(lane):
+    exporter, worker = lane
+    first, second = _send(exporter, 0), _send(exporter, 1)
+    _wait_for(worker, [[first, second]])
+    worker.answer(first)
+    worker.crash()
+    worker.report_crash()
+    _wait_for(worker, [[first, second], [second]])  # the answered one is not resent
+    third = _send(exporter, 2)
+    _wait_for(worker, [[first, second], [second, third]])
+    for key in (second, third):
+        worker.answer(key)
+    assert not exporter._busy()

@@ -224,10 +224,23 @@ def prepare_worker_process() -> None:
     os.environ.update(THREAD_LIMITS)  # before TensorFlow or torch loads in this process
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     silence_third_party()  # before TensorFlow loads: its C++ logs would fill the user's console
-    os.nice(19)  # training comes first: this work fills the moments the cores are idle
+    _lowest_priority()  # training comes first: this work fills the moments the cores are idle
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="rllib-mlflow: %(message)s")
     for handler in logging.getLogger().handlers:  # MLflow's and boto's records too
         handler.addFilter(RedactingFilter())
+
+
+def _lowest_priority() -> None:
+    """Nice 19, and Linux's SCHED_IDLE where there is one. Nice alone is not enough: Ray
+    runs its workers, and so training, at nice 15, which leaves a nice-19 process about a
+    third of a core it shares with them; a SCHED_IDLE one gets a few percent, and the kernel
+    treats its core as free when training wakes up."""
+    os.nice(19)
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as error:  # e.g. a sandbox that forbids it: nice 19 still holds
+            logger.debug("SCHED_IDLE refused: %s", error)
 
 
 def main() -> None:

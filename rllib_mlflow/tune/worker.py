@@ -73,11 +73,10 @@ class WorkerProcess:
         with self._lock:
             process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            # SIGTERM ends it before it runs another line; its exit (freeing TensorFlow and
+            # torch takes a tenth of a second) need not hold up the end of `fit()`.
             process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            threading.Thread(target=_kill_unless_gone, args=(process,), daemon=True).start()
 
     def _spawn(self) -> subprocess.Popen:
         process = subprocess.Popen(
@@ -108,6 +107,13 @@ class WorkerProcess:
                 continue
             self._on_reply(self, reply["key"], reply)
         self._on_reply(self, "", {"worker_exited": process.wait()})
+
+
+def _kill_unless_gone(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def _send(process: subprocess.Popen, message: dict[str, Any]) -> None:

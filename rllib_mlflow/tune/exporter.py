@@ -107,6 +107,7 @@ class Exporter:
         self.staging = Staging(staging or StagingLimit())
         self._registrations: dict[str, tuple[Journal, RegistrationTask]] = {}
         self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)  # notified as work gets done
         self._ids = itertools.count()
         self._stopping = False
         self._journals: dict[str, Journal] = {}
@@ -153,11 +154,12 @@ class Exporter:
         deadline = time.monotonic() + self.flush_timeout_s
         last_report = 0.0
         try:
-            while self._busy() and time.monotonic() < deadline:
-                if self._registrations and time.monotonic() - last_report > 5:
-                    logger.info("registering %d checkpoint(s)...", len(self._registrations))
-                    last_report = time.monotonic()
-                time.sleep(0.05)
+            with self._progress:
+                while self._busy() and time.monotonic() < deadline:
+                    if self._registrations and time.monotonic() - last_report > 5:
+                        logger.info("registering %d checkpoint(s)...", len(self._registrations))
+                        last_report = time.monotonic()
+                    self._progress.wait(min(5.0, max(0.0, deadline - time.monotonic())))
         except KeyboardInterrupt:
             logger.warning("interrupted while registering checkpoints.")
         with self._lock:
@@ -196,8 +198,8 @@ class Exporter:
                 logger.warning("tracking queue full; dropped one metrics update.")
 
     def _busy(self) -> bool:
-        with self._lock:
-            return any(lane.unanswered or lane.outbox.unfinished_tasks for lane in self._lanes)
+        """Whether any message is queued or unanswered (call with the lock held)."""
+        return any(lane.unanswered or lane.outbox.unfinished_tasks for lane in self._lanes)
 
     def _forward(self, lane: _Lane) -> None:
         while True:
@@ -207,7 +209,9 @@ class Exporter:
             except Exception:  # a dead worker is restarted, and resent this, by _on_reply
                 logger.warning("could not reach the worker", exc_info=True)
             finally:
-                lane.outbox.task_done()
+                with self._progress:
+                    lane.outbox.task_done()
+                    self._progress.notify_all()
 
     def _on_reply(self, worker: WorkerProcess, key: str, reply: dict[str, Any]) -> None:
         lane = next(lane for lane in self._lanes if lane.worker is worker)
@@ -215,14 +219,17 @@ class Exporter:
             self._restart_after_crash(lane, reply["worker_exited"])
             return
         with self._lock:
-            message = lane.unanswered.pop(key, None)
+            answered = key in lane.unanswered
             registration = self._registrations.pop(key, None)
         if "node" in reply:
             logger.debug("%s done on node %s", key, reply["node"])
-        if registration is not None and message is not None:
+        if registration is not None and answered:
             self._record_registration(*registration, reply)
         elif "error" in reply:
             logger.error("%s failed: %s; training goes on.", key, reply["error"])
+        with self._progress:  # only now: the flush must not end before the journal has it
+            lane.unanswered.pop(key, None)
+            self._progress.notify_all()
 
     def _record_registration(self, journal: Journal, task: RegistrationTask, reply: dict) -> None:
         if "versions" in reply:

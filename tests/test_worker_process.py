@@ -40,3 +40,26 @@ def test_the_worker_shares_the_drivers_session_at_the_lowest_priority():
             assert autogroup.read_text() == Path("/proc/self/autogroup").read_text()
     finally:
         worker.stop()
+
+
+def test_onnxruntime_keeps_to_the_workers_one_thread(tmp_path, monkeypatch):
+    """The worker sets OMP_NUM_THREADS=1, which onnxruntime ignores on its own: its parity
+    sessions would start a thread per core and spin on them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rllib_mlflow.policy.serving import onnx_session
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert onnx_session(str(path)).get_session_options().intra_op_num_threads == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert onnx_session(str(path)).get_session_options().intra_op_num_threads == 0

@@ -211,11 +211,7 @@ def _default_backend(export_dir: str) -> str:
 def _load_backend(backend: str, export_dir: str, outputs: list[str]):
     """A function: {graph input name: batch} -> {graph output name: batch}."""
     if backend == "onnxruntime":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(
-            os.path.join(export_dir, ONNX_FILE), providers=["CPUExecutionProvider"]
-        )
+        session = onnx_session(os.path.join(export_dir, ONNX_FILE))
         return lambda feeds: dict(zip(outputs, session.run(outputs, feeds)))
     if backend == "tensorflow":
         import tensorflow as tf
@@ -230,3 +226,15 @@ def _load_backend(backend: str, export_dir: str, outputs: list[str]):
 
         return run
     raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
+
+
+def onnx_session(path: str):
+    """An onnxruntime session on the CPU with OMP_NUM_THREADS threads, if set: onnxruntime
+    ignores that variable, which torch and TensorFlow honour (the export worker sets it to
+    1, to leave the cores to training). Unset, a thread per core (onnxruntime's default)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    options.intra_op_num_threads = int(threads) if threads.isdigit() else 0
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])

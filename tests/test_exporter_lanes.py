@@ -103,3 +103,24 @@ def test_after_a_reported_crash_the_new_worker_gets_the_unanswered_then_the_rest
     for key in (second, third):
         worker.answer(key)
     assert not exporter._busy()
+
+
+def test_metrics_sent_again_after_a_crash_are_logged_once(tmp_path):
+    """A worker can die after logging a message's metrics but before its reply; the new
+    worker gets the message again. The driver stamps the metrics' time, so the second
+    logging is identical to the first, and MLflow keeps one."""
+    from mlflow import MlflowClient
+
+    from rllib_mlflow.tune.worker import Session
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    message = {"op": "log_metrics", "key": "k", "trial": TRIAL, "metrics": {"m": 1.5}, "step": 1}
+    message["timestamp_ms"] = 1_700_000_000_000
+    for _ in range(2):  # the first worker, then the one started after the crash
+        session = Session()
+        session.handle({"op": "configure", "tracking_uri": uri, "experiment_name": "e"})
+        assert session.handle(message) == {"done": True}
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "m")
+    assert [(m.step, m.value, m.timestamp) for m in history] == [(1, 1.5, 1_700_000_000_000)]

@@ -81,12 +81,21 @@ def experiment_id(mlflow_client, name: str) -> str:
         return experiment.experiment_id
 
 
-def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Log `metrics` at `step`, now."""
+def log_metrics(
+    mlflow_client,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int,
+    timestamp_ms: int | None = None,
+) -> None:
+    """Log `metrics` at `step`, stamped `timestamp_ms` (default: now). MLflow stores a metric
+    with the same key, value, step and time once, so logging a batch again adds nothing."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    log_metric_batches(mlflow_client, run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
+    stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    log_metric_batches(
+        mlflow_client, run_id, [Metric(k, v, stamp, step) for k, v in metrics.items()]
+    )
 
 
 def log_metric_batches(mlflow_client, run_id: str, metrics: list) -> None:
@@ -151,8 +160,14 @@ class TrialRuns:
         for start in range(0, len(new), _PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=new[start : start + _PARAMS_PER_BATCH])
 
-    def log_metrics(self, trial: TrialInfo, metrics: Mapping[str, float], step: int) -> None:
-        log_metrics(self.client, self.run_id(trial), metrics, step)
+    def log_metrics(
+        self,
+        trial: TrialInfo,
+        metrics: Mapping[str, float],
+        step: int,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        log_metrics(self.client, self.run_id(trial), metrics, step, timestamp_ms)
 
     def log_artifacts(self, trial: TrialInfo, path: str) -> None:
         self.client.log_artifacts(self.run_id(trial), path)

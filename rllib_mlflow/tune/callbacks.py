@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 from ray.tune.logger import LoggerCallback
@@ -129,6 +130,10 @@ class MLflowLoggerCallback(LoggerCallback):
             trial=TrialInfo.of(trial).to_json(),
             metrics=result_metrics(result),
             step=int(result.get("training_iteration", iteration)),
+            # Stamped here, when the result came, not when the worker gets to it: the time
+            # is right however far the worker lags, and a message sent again after a worker
+            # crash logs nothing twice (MLflow keeps one of identical metrics).
+            timestamp_ms=int(time.time() * 1000),
         )
 
     def log_trial_end(self, trial, failed: bool = False) -> None:

@@ -156,7 +156,7 @@ class Session:
             "start_run": lambda: self.runs.start(trial),
             "log_params": lambda: self.runs.log_params(trial, message["params"]),
             "log_metrics": lambda: self.runs.log_metrics(
-                trial, message["metrics"], message["step"]
+                trial, message["metrics"], message["step"], message.get("timestamp_ms")
             ),
             "log_artifacts": lambda: self.runs.log_artifacts(trial, message["path"]),
             "end_run": lambda: self.runs.end(trial, message["status"]),

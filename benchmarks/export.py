@@ -10,9 +10,12 @@ configurations, tests/conftest.py): PPO CartPole, SAC Pendulum, PPO with an LSTM
 CustomActionDistributionRLModule (traced to ONNX; SavedModel and .h5 converted by onnx2tf).
 
 Part 1, export: one row per policy, seconds for `export_checkpoint` with one format at a time
-(parity check included, 1,000 observations), then all formats in one call with and without
-the parity check. A warm-up export runs first so that one-time imports are not charged to a
-format.
+(parity check included, 1,000 observations; `tflite` and `tflite_int8` include the SavedModel
+they are converted from, and int8 its calibration and agreement measurement), then the default
+formats in one call with and without the parity check. A warm-up export runs first so that
+one-time imports are not charged to a format. Then the file sizes of ONNX, LiteRT float32 and
+LiteRT int8, and, in this process, each backend's latency for one observation and its
+throughput on a batch of 1,024 (ONNX Runtime, TensorFlow, LiteRT float32, LiteRT int8).
 
 Part 2, cold start: every way of getting an action runs in a FRESH Python process; the clock
 runs from just before the process is spawned to its first computed action (interpreter start
@@ -40,6 +43,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 FORMATS = ("saved_model", "h5", "onnx")
+LITERT = ("tflite", "tflite_int8")
+# backend -> the format it runs
+BACKENDS = {"onnxruntime": "onnx", "tensorflow": "saved_model", "litert": "tflite",
+            "litert_int8": "tflite_int8"}  # fmt: skip
 
 # Each loader: a script body that defines `act()` returning the first action. {export} is the
 # export directory, {checkpoint} the RLlib checkpoint, {obs} a JSON list (one observation).
@@ -144,7 +151,7 @@ def time_exports(checkpoint: str, workdir: Path, repeats: int) -> dict[str, floa
         return statistics.median(samples)
 
     timed(FORMATS)  # warm-up: imports, TF graph functions, torch tracer
-    results = {fmt: timed([fmt]) for fmt in FORMATS}
+    results = {fmt: timed([fmt]) for fmt in (*FORMATS, *LITERT)}
     results["all"] = timed(FORMATS)
     results["all, no parity"] = timed(FORMATS, verify=False)
     return results
@@ -171,6 +178,62 @@ def cold_start(name: str, export: str, checkpoint: str, obs: list) -> dict[str, 
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(lines[-1].removeprefix("RESULT "))
     return {"seconds": result["stamp"] - start, "rss": result["rss"]}
+
+
+def backends(checkpoints: dict[str, str], workdir: Path) -> None:
+    """File sizes, and each backend's latency and throughput, side by side per policy."""
+    from rllib_mlflow.export import export_checkpoint
+    from rllib_mlflow.export.parity import sample_observations
+    from rllib_mlflow.policy.serving import Policy
+    from rllib_mlflow.rllib.reader import read_snapshots
+
+    print("\n== LiteRT beside ONNX: file size (KB), one observation (ms), 1,024 (obs/s) ==")
+    print(f"{'policy':<30}{'backend':<14}{'KB':>9}{'x onnx':>8}{'1 obs ms':>10}{'obs/s':>12}")
+    for label, checkpoint in checkpoints.items():
+        out = Path(tempfile.mkdtemp(dir=workdir))
+        (policy,) = export_checkpoint(checkpoint, out, formats=[*FORMATS, *LITERT])
+        (snapshot,) = read_snapshots(checkpoint)
+        batch = sample_observations(snapshot, 1024)
+        sizes = {fmt: _size(out / policy.policy["files"][fmt]) for fmt in policy.formats}
+        for backend, fmt in BACKENDS.items():
+            if fmt not in policy.formats:
+                print(f"{label:<30}{backend:<14}  refused: {policy.refused.get(fmt, '?')[:60]}")
+                continue
+            single, throughput = _speed(Policy(str(out), backend=backend), batch)
+            print(
+                f"{label:<30}{backend:<14}{sizes[fmt] / 1024:>9.1f}"
+                f"{sizes[fmt] / sizes['onnx']:>8.2f}{single * 1000:>10.3f}{throughput:>12.0f}"
+            )
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*")) if path.is_dir() else path.stat().st_size
+
+
+def _speed(policy, batch) -> tuple[float, float]:
+    """Median seconds for one observation (a batch of 1), and observations per second on a
+    batch of 1,024; stateful policies step from their initial state."""
+
+    def act(observations):
+        if not policy.is_stateful:
+            return policy.compute_actions(observations)
+        return policy.step(
+            observations, policy.initial_state(len(observations)), [0.0] * len(observations)
+        )
+
+    one = batch[:1]
+    for _ in range(20):  # warm-up: graph functions, allocations
+        act(one)
+    singles = []
+    for _ in range(200):
+        start = time.perf_counter()
+        act(one)
+        singles.append(time.perf_counter() - start)
+    act(batch)
+    start = time.perf_counter()
+    for _ in range(10):
+        act(batch)
+    return statistics.median(singles), 10 * len(batch) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -201,6 +264,7 @@ def main() -> None:
     print(f"{'policy':<30}" + "".join(f"{column:>16}" for column in columns))
     for label, times in export_times.items():
         print(f"{label:<30}" + "".join(f"{times[column]:>16.2f}" for column in columns))
+    backends(checkpoints, workdir)
     checkpoints = {label: checkpoints[label] for label in COLD_START}
 
     from rllib_mlflow.export import export_checkpoint

@@ -4,7 +4,8 @@ Every load path runs in a fresh Python process and reports the wall time from th
 spawn to its first computed action and its peak RSS (`ru_maxrss` of that process; Ray's
 worker processes, started by `Algorithm.from_checkpoint`, are not counted):
 
-- `rllib_mlflow.load_policy("models:/NAME@best")` with ONNX Runtime, and with TensorFlow
+- `rllib_mlflow.load_policy("models:/NAME@best")` with ONNX Runtime, TensorFlow, and LiteRT
+  (`backend="litert"`, float32, and `"litert_int8"`)
 - `mlflow.pyfunc.load_model("models:/NAME@best").predict(obs)`
 - `RLModule.from_checkpoint(<checkpoint>/learner_group/learner/rl_module/default_policy)`
 - `Algorithm.from_checkpoint(<checkpoint>)`
@@ -68,6 +69,16 @@ CASES = {
     "load_policy (tensorflow)": """
         from rllib_mlflow import load_policy
         policy = load_policy("models:/NAME@best", backend="tensorflow", tracking_uri=URI)
+        actions = policy.compute_actions(obs)
+    """,
+    "load_policy (litert)": """
+        from rllib_mlflow import load_policy
+        policy = load_policy("models:/NAME@best", backend="litert", tracking_uri=URI)
+        actions = policy.compute_actions(obs)
+    """,
+    "load_policy (litert_int8)": """
+        from rllib_mlflow import load_policy
+        policy = load_policy("models:/NAME@best", backend="litert_int8", tracking_uri=URI)
         actions = policy.compute_actions(obs)
     """,
     "mlflow.pyfunc.load_model": """
@@ -185,6 +196,7 @@ def register(checkpoint: str, uri: str) -> None:
         checkpoint,
         NAME,
         metrics={"env_runners": {"episode_return_mean": 1.0}},
+        formats=("saved_model", "h5", "onnx", "tflite", "tflite_int8"),
         tracking_uri=uri,
     )
 

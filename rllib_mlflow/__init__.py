@@ -20,6 +20,7 @@ _EXPORTS = {
     "export_checkpoint": "rllib_mlflow.export",
     "ExportedPolicy": "rllib_mlflow.export",
     "FORMATS": "rllib_mlflow.export",
+    "ALL_FORMATS": "rllib_mlflow.export",
     "log_checkpoint": "rllib_mlflow.register.registration",
     "load_policy": "rllib_mlflow.mlflow.loading",
     "find_version": "rllib_mlflow.mlflow.versions",

@@ -20,6 +20,7 @@ VERSION_TAG_ALGORITHM = "algorithm"
 VERSION_TAG_ENV_ID = "env_id"
 VERSION_TAG_FORMATS = "formats"  # comma-separated, as in policy.json
 VERSION_TAG_PARITY = "parity_max_abs_diff"
+VERSION_TAG_INT8_AGREEMENT = "int8_agreement"  # tflite_int8's share of RLlib's actions
 VERSION_TAG_BEST_METRIC = "best_metric"  # the name of the metric `best` follows
 VERSION_TAG_BEST_MODE = "best_mode"  # "max" or "min"
 VERSION_TAG_REPLAY = "replay"  # REPLAY_FILE, or "skipped: <why>"

@@ -17,13 +17,19 @@ from rllib_mlflow.cli import options
 @click.argument("checkpoint")
 @click.option("-o", "--output", required=True, metavar="DIR", help="Output directory.")
 @click.option("--formats", default="saved_model,h5,onnx", show_default=True,
-              help="Comma-separated export formats.")  # fmt: skip
+              help="Comma-separated export formats, of saved_model, h5, onnx, tflite "
+                   "(LiteRT float32) and tflite_int8 (LiteRT int8).")  # fmt: skip
+@click.option("--min-int8-agreement", type=click.FloatRange(0, 1), default=0.99,
+              show_default=True, help="Refuse tflite_int8 where it acts like RLlib on a "
+              "smaller share of observations.")  # fmt: skip
 @click.option("--module-id", metavar="ID", help="Only this module of a multi-agent checkpoint.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against RLlib.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in the output directory.")
 @options.common
-def export(checkpoint, output, formats, module_id, no_verify, overwrite, as_json) -> None:
-    """Export CHECKPOINT (a directory or s3:// URI) to SavedModel, .h5 and ONNX."""
+def export(
+    checkpoint, output, formats, min_int8_agreement, module_id, no_verify, overwrite, as_json
+) -> None:
+    """Export CHECKPOINT (a directory or s3:// URI) to SavedModel, .h5, ONNX and LiteRT."""
     from rllib_mlflow.export import export_checkpoint
 
     exported = export_checkpoint(
@@ -33,6 +39,7 @@ def export(checkpoint, output, formats, module_id, no_verify, overwrite, as_json
         module_id=module_id,
         verify=not no_verify,
         overwrite=overwrite,
+        min_int8_agreement=min_int8_agreement,
     )
     records = [_export_record(policy) for policy in exported]
     if as_json:

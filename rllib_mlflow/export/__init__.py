@@ -1,4 +1,5 @@
-"""Export RLlib checkpoints to TF SavedModel, Keras `.h5` and ONNX, verified against RLlib.
+"""Export RLlib checkpoints to TF SavedModel, Keras `.h5`, ONNX and LiteRT, verified against
+RLlib.
 
 `export_checkpoint` is the entry point. Each module is exported into a temporary
 directory beside the output, checked for parity, and only then moved into place, so a
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.export.policy_file import FORMAT_FILES, policy_json
 from rllib_mlflow.policy.serving import POLICY_FILE
 from rllib_mlflow.rllib.reader import read_snapshots
@@ -25,7 +27,10 @@ from rllib_mlflow.rllib.uris import CheckpointLike
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "h5", "onnx")
+FORMATS = ("saved_model", "h5", "onnx")  # the default
+# LiteRT files are converted from the SavedModel; asked for alone, it is made and dropped.
+LITERT_FORMATS = ("tflite", "tflite_int8")
+ALL_FORMATS = (*FORMATS, *LITERT_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ def export_checkpoint(
     *,
     overwrite: bool = False,
     parity_observations: int | None = None,
+    min_int8_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> list[ExportedPolicy]:
     """Export an RLlib checkpoint's policies to standard model formats.
 
@@ -64,17 +70,20 @@ def export_checkpoint(
             a URI such as ``s3://bucket/run/checkpoint_000003``, or a ``ray.tune.Checkpoint``.
         output_dir: where to write. A single module's files go directly into it; for a
             multi-module checkpoint, one sub-directory per module id.
-        formats: any of ``"saved_model"``, ``"h5"``, ``"onnx"``.
+        formats: any of ``"saved_model"``, ``"h5"``, ``"onnx"``, ``"tflite"`` (LiteRT,
+            float32) and ``"tflite_int8"`` (LiteRT, int8-quantized).
         module_id: export only this module of a multi-module checkpoint.
         verify: compare every export with RLlib's own policy on sampled observations
             and fail (writing nothing) beyond tolerance. The report goes to policy.json.
         overwrite: replace existing export files in ``output_dir``.
         parity_observations: number of observations for the parity check (default 1000).
+        min_int8_agreement: the share of observations on which ``tflite_int8`` must act like
+            RLlib (it cannot be exact); below it that format is refused, the others written.
 
     Returns:
         One `ExportedPolicy` per exported module.
     """
-    formats = _validate_formats(formats)
+    formats = validate_formats(formats)
     output = Path(output_dir)
     snapshots = read_snapshots(checkpoint_path, module_id)
     single = len(snapshots) == 1
@@ -84,7 +93,14 @@ def export_checkpoint(
     for snapshot in snapshots:
         check_supported(snapshot, formats)
     return [
-        export_snapshot(s, targets[s.module_id], formats, verify, parity_observations)
+        export_snapshot(
+            s,
+            targets[s.module_id],
+            formats,
+            verify,
+            parity_observations,
+            min_int8_agreement=min_int8_agreement,
+        )
         for s in snapshots
     ]
 
@@ -95,6 +111,8 @@ def export_snapshot(
     formats: tuple[str, ...],
     verify: bool = True,
     parity_observations: int | None = None,
+    *,
+    min_int8_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> ExportedPolicy:
     """Write one module's exports into `target`, atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,13 +120,18 @@ def export_snapshot(
     try:
         refused = _write_formats(snapshot, staging, formats)
         formats = tuple(f for f in formats if f not in refused)
-        parity = None
+        parity, quantized = None, {}
         if verify:
             from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity
 
             count = parity_observations or DEFAULT_OBSERVATIONS
-            parity = check_parity(snapshot, str(staging), list(formats), count)
-        policy = policy_json(snapshot, formats, parity, refused)
+            exact = [f for f in formats if f != "tflite_int8"]
+            parity = check_parity(snapshot, str(staging), exact, count)
+        if "tflite_int8" in formats:  # quantized once the float formats are proven exact
+            quantized = _write_int8(snapshot, staging, refused, verify, min_int8_agreement)
+        formats = tuple(f for f in formats if f not in refused)
+        _drop_unrequested_saved_model(staging, formats)
+        policy = policy_json(snapshot, formats, parity, refused, quantized)
         (staging / POLICY_FILE).write_text(json.dumps(policy, indent=2))
         _move_into_place(staging, target)
     finally:
@@ -117,12 +140,69 @@ def export_snapshot(
     return ExportedPolicy(snapshot.module_id, target, formats, policy)
 
 
-def _validate_formats(formats) -> tuple[str, ...]:
+def _write_int8(
+    snapshot: PolicySnapshot,
+    staging: Path,
+    refused: dict[str, str],
+    verify: bool,
+    min_agreement: float,
+) -> dict[str, Any]:
+    """Write `tflite_int8` and measure it against RLlib (with `verify`); below
+    `min_agreement`, or where it cannot be made, it is refused and the others kept. Returns
+    what policy.json records of it."""
+    from rllib_mlflow.export import litert
+    from rllib_mlflow.export.agreement import describe, measure_int8_agreement
+
+    try:
+        _check_int8_possible(snapshot, refused)
+        source = litert.quantize(snapshot, str(staging))
+    except UnsupportedModuleError as error:
+        refused["tflite_int8"] = str(error)
+        logger.warning("Module %r: no tflite_int8: %s", snapshot.module_id, error)
+        return {}
+    record: dict[str, Any] = {"calibration": source, "agreement": None}
+    if not verify:
+        return {"tflite_int8": record}
+    record["agreement"] = report = measure_int8_agreement(snapshot, str(staging), min_agreement)
+    if not report["passed"]:
+        (staging / FORMAT_FILES["tflite_int8"]).unlink()
+        refused["tflite_int8"] = (
+            f"int8 quantization {describe(report)}, below min_int8_agreement "
+            f"{min_agreement:.1%}. The float32 formats (tflite included) are exact; lower the "
+            "threshold only if such a policy is good enough for you."
+        )
+        logger.warning("Module %r: no tflite_int8: %s", snapshot.module_id, refused["tflite_int8"])
+    return {"tflite_int8": record}
+
+
+def _check_int8_possible(snapshot: PolicySnapshot, refused: dict[str, str]) -> None:
+    if "saved_model" in refused:
+        raise UnsupportedModuleError(
+            f"tflite_int8 is converted from the SavedModel, which is not made for this policy: "
+            f"{refused['saved_model']}"
+        )
+    if snapshot.is_stateful:
+        raise UnsupportedModuleError(
+            "tflite_int8 is not made for stateful policies yet (its agreement with RLlib is "
+            "measured on single observations); use tflite, which is exact."
+        )
+
+
+def _drop_unrequested_saved_model(staging: Path, formats: tuple[str, ...]) -> None:
+    """The SavedModel LiteRT was converted from, when it was not asked for itself."""
+    if "saved_model" not in formats:
+        shutil.rmtree(staging / FORMAT_FILES["saved_model"], ignore_errors=True)
+
+
+def validate_formats(formats: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`formats` as a tuple of known format names, or a ValueError naming the known ones."""
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",")]
-    unknown = [f for f in formats if f not in FORMATS]
+    # "tflite-int8" as well as "tflite_int8", as "saved-model" for "saved_model".
+    formats = [f.replace("-", "_") for f in formats]
+    unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown or not formats:
-        raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
+        raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(ALL_FORMATS)}.")
     return tuple(dict.fromkeys(formats))
 
 
@@ -159,14 +239,21 @@ def _write_formats(
     onnx_path = staging / FORMAT_FILES["onnx"]
     if "onnx" in formats or snapshot.network is None:
         write_onnx(snapshot, str(onnx_path))  # the TF formats of traced modules start here
+    litert = [f for f in LITERT_FORMATS if f in formats]
     for fmt in ("saved_model", "h5"):
-        if fmt not in formats:
+        if fmt not in formats and not (fmt == "saved_model" and litert):
             continue
         try:
             _write_tf_format(snapshot, staging, fmt, onnx_path)
         except UnsupportedModuleError as error:
             refused[fmt] = str(error)
             logger.warning("Module %r: no %s: %s", snapshot.module_id, fmt, error)
+    if "tflite" in formats:
+        try:
+            _write_tflite(snapshot, staging, refused)
+        except UnsupportedModuleError as error:
+            refused["tflite"] = str(error)
+            logger.warning("Module %r: no tflite: %s", snapshot.module_id, error)
     if "onnx" not in formats and onnx_path.exists():
         onnx_path.unlink()
     if len(refused) == len(formats):
@@ -195,6 +282,17 @@ def _write_tf_format(snapshot: PolicySnapshot, staging: Path, fmt: str, onnx_pat
         write_h5(model, path)
     else:
         write_saved_model(model, snapshot, path)
+
+
+def _write_tflite(snapshot: PolicySnapshot, staging: Path, refused: dict[str, str]) -> None:
+    if "saved_model" in refused:
+        raise UnsupportedModuleError(
+            f"LiteRT is converted from the SavedModel, which is not made for this policy: "
+            f"{refused['saved_model']}"
+        )
+    from rllib_mlflow.export.litert import write_tflite
+
+    write_tflite(str(staging / FORMAT_FILES["saved_model"]), str(staging / FORMAT_FILES["tflite"]))
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

@@ -64,7 +64,7 @@ def _lstm(x, network: Network, snapshot: PolicySnapshot, inputs):
             "layer can); ONNX is still exported from the torch module."
         )
     (layer,) = network.lstm
-    lstm = keras.layers.LSTM(layer.units, return_state=True)
+    lstm = keras.layers.LSTM(layer.units, return_state=True, unroll=True)
     sequence = keras.layers.Reshape((1, x.shape[-1]))(x)
     output, h, c = lstm(sequence, initial_state=[inputs["state_in_h"], inputs["state_in_c"]])
     lstm.set_weights(list(layer.weights))

@@ -150,12 +150,19 @@ def _push(window: np.ndarray, newest: np.ndarray) -> np.ndarray:
     return np.concatenate([window, newest], axis=1)[:, newest.shape[1] :]
 
 
+_FORMAT_BACKENDS = {
+    "onnx": "onnxruntime",
+    "saved_model": "tensorflow",
+    "tflite": "litert",
+    "tflite_int8": "litert_int8",
+}
+
+
 def format_runner(fmt: str, export_dir: str, snapshot: PolicySnapshot) -> Runner:
     """One written format as a function: {graph input: batch} -> {graph output: batch}."""
     outputs = snapshot.graph_outputs()
-    if fmt in ("onnx", "saved_model"):
-        backend = "onnxruntime" if fmt == "onnx" else "tensorflow"
-        return serving._load_backend(backend, export_dir, outputs)
+    if fmt in _FORMAT_BACKENDS:
+        return serving._load_backend(_FORMAT_BACKENDS[fmt], export_dir, outputs)
     if fmt == "h5":
         return _h5_runner(os.path.join(export_dir, "model.h5"), snapshot)
     raise ValueError(f"Unknown format {fmt!r}.")

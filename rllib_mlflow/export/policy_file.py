@@ -10,11 +10,17 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from rllib_mlflow.policy.serving import ONNX_FILE, SAVED_MODEL_DIR
+from rllib_mlflow.policy.serving import ONNX_FILE, SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 # Named where the files are read: `rllib_mlflow.policy`, which a served model ships alone.
-FORMAT_FILES = {"saved_model": SAVED_MODEL_DIR, "h5": "model.h5", "onnx": ONNX_FILE}
+FORMAT_FILES = {
+    "saved_model": SAVED_MODEL_DIR,
+    "h5": "model.h5",
+    "onnx": ONNX_FILE,
+    "tflite": TFLITE_FILE,
+    "tflite_int8": TFLITE_INT8_FILE,
+}
 POLICY_FORMAT_VERSION = 1
 
 
@@ -23,8 +29,10 @@ def policy_json(
     formats: tuple[str, ...],
     parity: dict[str, Any] | None,
     refused: dict[str, str] | None = None,
+    quantized: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything a consumer needs to use the exports without RLlib."""
+    """Everything a consumer needs to use the exports without RLlib; `quantized` holds, per
+    quantized format, its calibration data and its agreement with RLlib."""
     rule = snapshot.action_rule
     policy = {
         "format_version": POLICY_FORMAT_VERSION,
@@ -51,6 +59,7 @@ def policy_json(
         "model_config": snapshot.model_config,
         "versions": library_versions(),
         "parity": parity,
+        "quantized": {fmt: q for fmt, q in (quantized or {}).items() if fmt in formats},
     }
     policy.update(_graph_json(snapshot))
     if snapshot.mean_std_filter is not None:
@@ -106,6 +115,13 @@ def _graph_json(snapshot: PolicySnapshot) -> dict[str, Any]:
 
 
 def _how(snapshot: PolicySnapshot, fmt: str) -> str:
+    if fmt == "tflite":
+        return "converted from the SavedModel by tf.lite.TFLiteConverter (float32)"
+    if fmt == "tflite_int8":
+        return (
+            "converted from the SavedModel by tf.lite.TFLiteConverter with full-integer "
+            "post-training quantization (int8 kernels; float32 inputs and outputs)"
+        )
     if fmt == "onnx" and snapshot.custom_distribution is not None:
         return "torch.onnx.export of the module and its distribution's deterministic sample"
     if fmt == "onnx":

@@ -126,6 +126,7 @@ def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
         ("training return", _number(tags.get("episode_return_mean"))),
         ("evaluation return", _evaluation(tags, name, number)),
         ("parity with RLlib", _parity(tags, policy)),
+        ("int8 agreement", _int8_agreement(policy)),
         ("formats", ", ".join(_code(f) for f in _split(tags.get(names.VERSION_TAG_FORMATS)))),
         ("observation space", _code(_space(policy.get("observation_space")))),
         ("action space", _code(_space(policy.get("action_space")))),
@@ -141,6 +142,7 @@ def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
         *_replay_lines(tags, image_url, name, number),
         *_filter_note(policy),
         *_snippets(name, number, iteration),
+        *_litert_snippet(policy),
     ]
     return "\n".join(lines) + "\n"
 
@@ -272,6 +274,34 @@ def _parity(tags: dict[str, str], policy: dict[str, Any]) -> str | None:
         )
     diff = tags.get(names.VERSION_TAG_PARITY)
     return f"max abs diff {diff}" if diff else "not verified"
+
+
+def _int8_agreement(policy: dict[str, Any]) -> str | None:
+    """The row only for versions that have, or were refused, `tflite_int8`."""
+    report = (policy.get("quantized", {}).get("tflite_int8") or {}).get("agreement")
+    if report:
+        return (
+            f"`tflite_int8` acts like RLlib on {100 * report['agreement']:.1f}% of "
+            f"{report['observations']} observations ({report['source']})"
+        )
+    refused = policy.get("refused_formats", {}).get("tflite_int8")
+    return f"`tflite_int8` refused: {refused}" if refused else None
+
+
+def _litert_snippet(policy: dict[str, Any]) -> list[str]:
+    files = policy.get("files", {})
+    if not {"tflite", "tflite_int8"} & set(files):
+        return []
+    file = files.get("tflite") or files["tflite_int8"]
+    return [
+        "**On a device** (LiteRT, `pip install ai-edge-litert`; the file is in this model's "
+        '`data/` folder; or `load_policy(..., backend="litert")`):',
+        "```python",
+        "from ai_edge_litert.interpreter import Interpreter",
+        f'act = Interpreter(model_path="{file}").get_signature_runner("serving_default")',
+        'actions = act(observations=observations)["actions"]  # float32 [batch, ...]',
+        "```",
+    ]
 
 
 def _space(space: dict[str, Any] | None) -> str | None:

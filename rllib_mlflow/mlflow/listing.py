@@ -17,6 +17,7 @@ _NUMBERS = {
     names.VERSION_TAG_EVAL_RETURN_STD: float,
     names.VERSION_TAG_EVAL_EPISODES: int,
     names.VERSION_TAG_PARITY: float,
+    names.VERSION_TAG_INT8_AGREEMENT: float,
 }
 _LISTS = (names.VERSION_TAG_FORMATS,)
 _COLUMNS = (

@@ -23,6 +23,7 @@ from rllib_mlflow.mlflow.transport import max_file_bytes as default_max_file_byt
 from rllib_mlflow.mlflow.versions import find_version, resolve_version
 from rllib_mlflow.paths import check_tree, inside
 from rllib_mlflow.policy.serving import (
+    BACKEND_FILES,
     ONNX_FILE,
     POLICY_FILE,
     SAVED_MODEL_DIR,
@@ -48,7 +49,9 @@ def load_policy(
             registered model name together with ``training_iteration``.
         training_iteration: pick the version registered for this iteration.
         trial: trial id or name, when several trials registered that iteration.
-        backend: ``"onnxruntime"`` or ``"tensorflow"``; default: ONNX Runtime if installed.
+        backend: ``"onnxruntime"``, ``"tensorflow"``, ``"litert"`` (model.tflite, through
+            ``ai-edge-litert``) or ``"litert_int8"`` (model_int8.tflite); default: ONNX
+            Runtime if installed, else TensorFlow.
         timeout_s: the whole load from an HTTP server ends within this many seconds
             (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 120).
         max_file_bytes: refuse a larger file (default: RLLIB_MLFLOW_MAX_FILE_BYTES, 2 GiB).
@@ -132,7 +135,10 @@ def _download_through_proxy(rest: RestClient, version, backend: str | None, loca
     use_onnx = backend == "onnxruntime" or (
         backend is None and "onnx" in formats and onnxruntime_installed()
     )
-    if use_onnx:
+    if backend in ("litert", "litert_int8"):
+        file = BACKEND_FILES[backend]
+        rest.download_artifact(f"{root}/{data}/{file}", local, f"{data}/{file}")
+    elif use_onnx:
         rest.download_artifact(f"{root}/{data}/{ONNX_FILE}", local, f"{data}/{ONNX_FILE}")
     else:
         saved_model = f"{root}/{data}/{SAVED_MODEL_DIR}"

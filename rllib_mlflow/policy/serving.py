@@ -1,4 +1,5 @@
-"""Run an exported policy with numpy and one inference backend: ONNX Runtime or TensorFlow.
+"""Run an exported policy with numpy and one inference backend: ONNX Runtime, TensorFlow or
+LiteRT.
 
 This package is shipped inside every logged model (as `code/rllib_mlflow_policy/`), where
 `pyfunc` is MLflow's loader, so it imports nothing from Ray, torch or the rest of
@@ -20,7 +21,16 @@ from .observations import ObservationConverter
 POLICY_FILE = "policy.json"
 ONNX_FILE = "model.onnx"
 SAVED_MODEL_DIR = "saved_model"
-BACKENDS = ("onnxruntime", "tensorflow")
+TFLITE_FILE = "model.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
+BACKENDS = ("onnxruntime", "tensorflow", "litert", "litert_int8")
+# The file (or folder) of an export each backend runs.
+BACKEND_FILES = {
+    "onnxruntime": ONNX_FILE,
+    "tensorflow": SAVED_MODEL_DIR,
+    "litert": TFLITE_FILE,
+    "litert_int8": TFLITE_INT8_FILE,
+}
 
 
 class Policy:
@@ -225,7 +235,30 @@ def _load_backend(backend: str, export_dir: str, outputs: list[str]):
             return {name: out[name].numpy() for name in outputs}
 
         return run
+    if backend in ("litert", "litert_int8"):
+        return litert_runner(os.path.join(export_dir, BACKEND_FILES[backend]), outputs)
     raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
+
+
+def litert_runner(path: str, outputs: list[str]):
+    """A `.tflite` file run by the LiteRT interpreter (`ai-edge-litert`, no TensorFlow),
+    with OMP_NUM_THREADS threads if set, as `onnx_session`."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as error:
+        raise ImportError(
+            "backend='litert' needs the LiteRT interpreter: pip install 'rllib-mlflow[litert]' "
+            "(or pip install ai-edge-litert)."
+        ) from error
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    interpreter = Interpreter(
+        model_path=path, num_threads=int(threads) if threads.isdigit() else None
+    )
+    signature = interpreter.get_signature_runner("serving_default")
+    # A signature runner resizes its inputs to each batch and returns a dict of fresh arrays.
+    return lambda feeds: {
+        name: value for name, value in signature(**feeds).items() if name in outputs
+    }
 
 
 def onnx_session(path: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
+from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.locks import host_lock
 from rllib_mlflow.mlflow import runs
 from rllib_mlflow.mlflow.client import check_tracking_server, client
@@ -48,6 +49,7 @@ def log_checkpoint(
     checkpoint_uri: str | None = None,
     metrics_logged: bool = False,
     video: bool = False,
+    min_int8_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> list:
     """Export an RLlib checkpoint, log it to MLflow and register one version per module.
 
@@ -73,12 +75,21 @@ def log_checkpoint(
             (else the tracking store).
         video: record one seeded episode from the env's rgb_array render (no Ray) as
             replay.gif with the LoggedModel, shown on the version's card.
+        min_int8_agreement: with ``"tflite_int8"`` in formats, the share of observations it
+            must act like RLlib on, else it is refused (see `export_checkpoint`).
 
     Returns:
         The registered ``ModelVersion`` of each module.
     """
     settings = RegistrationSettings(
-        registered_model_name, best_metric, best_mode, formats, log_rllib_checkpoint, video, verify
+        registered_model_name,
+        best_metric,
+        best_mode,
+        formats,
+        log_rllib_checkpoint,
+        video,
+        verify,
+        min_int8_agreement=min_int8_agreement,
     )
     task = RegistrationTask(
         settings,
@@ -170,7 +181,13 @@ def _log_and_register(
             )
             return existing[0]
         check_supported(snapshot, settings.formats)
-        policy = export_snapshot(snapshot, export_dir, settings.formats, settings.verify)
+        policy = export_snapshot(
+            snapshot,
+            export_dir,
+            settings.formats,
+            settings.verify,
+            min_int8_agreement=settings.min_int8_agreement,
+        )
         if not task.metrics_logged and metrics:
             runs.log_metrics(
                 mlflow_client,

@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from rllib_mlflow.export import FORMATS
+from rllib_mlflow.export import FORMATS, validate_formats
+from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC
 from rllib_mlflow.retries import with_retries
 from rllib_mlflow.validation import validate_registered_model_name
@@ -31,12 +32,18 @@ class RegistrationSettings:
     retries: int = 5  # for transient failures
     keep_last: int | None = None  # retention, applied after each registration
     keep_best: int | None = None
+    min_int8_agreement: float = DEFAULT_MIN_AGREEMENT  # tflite_int8's, see export_checkpoint
 
     def __post_init__(self) -> None:
         validate_registered_model_name(self.registered_model_name)
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', not {self.best_mode!r}.")
-        object.__setattr__(self, "formats", tuple(self.formats))
+        object.__setattr__(self, "formats", validate_formats(self.formats))
+        if not 0.0 <= self.min_int8_agreement <= 1.0:
+            raise ValueError(
+                f"min_int8_agreement is a share of observations, from 0 to 1, not "
+                f"{self.min_int8_agreement!r}."
+            )
 
 
 @dataclass(frozen=True)

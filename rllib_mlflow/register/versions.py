@@ -4,6 +4,7 @@ register it with its tags, and keep the key's first version when two hosts race.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from rllib_mlflow import names
 from rllib_mlflow.mlflow.versions import find_versions, logged_model_id, version_tags
@@ -106,6 +107,7 @@ def policy_version_tags(
         parity_max_abs_diff=None
         if policy.parity is None
         else f"{policy.parity['max_abs_diff']:.3g}",
+        int8_agreement=_int8_agreement(policy.policy),
         ray_version=versions.get("ray"),
         mlflow_version=versions.get("mlflow"),
         rllib_mlflow_version=__version__,
@@ -155,3 +157,8 @@ def _logged_model_name(iteration: int, module_id: str, trial_name: str | None) -
     parts = [trial_name, f"iter-{iteration}", None if module_id == "default_policy" else module_id]
     # MLflow refuses '/', ':', '.', '%' and quotes in LoggedModel names.
     return re.sub(r"[/:.%\"'\s]", "_", "-".join(p for p in parts if p))
+
+
+def _int8_agreement(policy: dict[str, Any]) -> str | None:
+    report = (policy.get("quantized", {}).get("tflite_int8") or {}).get("agreement")
+    return None if not report else f"{report['agreement']:.4f}"

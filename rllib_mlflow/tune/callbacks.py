@@ -20,6 +20,7 @@ from ray.tune.logger import LoggerCallback
 
 from rllib_mlflow._logging import show_info_logs
 from rllib_mlflow.export import FORMATS
+from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.mlflow import preflight
 from rllib_mlflow.mlflow.client import validate_tracking_uri
 from rllib_mlflow.mlflow.runs import TrialInfo, redact_params
@@ -216,6 +217,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         max_staged: int | None = None,
         max_staged_bytes: int | None = None,
         export_on: str | None = None,
+        min_int8_agreement: float = DEFAULT_MIN_AGREEMENT,
         **logger_kwargs: Any,
     ):
         super().__init__(tracking_uri, **logger_kwargs)
@@ -230,6 +232,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             retries,
             keep_last,
             keep_best,
+            min_int8_agreement=min_int8_agreement,
         )
         self.export_workers = export_workers or default_export_workers()
         self.export_on = resolve_export_on(export_on)

@@ -212,7 +212,7 @@ def _prewarm(formats: list[str]) -> None:
     import importlib
 
     modules = ["rllib_mlflow.register.registration", "rllib_mlflow.mlflow.flavor"]
-    if {"saved_model", "h5"} & set(formats):  # TensorFlow first: see _tensorflow_first
+    if {"saved_model", "h5", "tflite", "tflite_int8"} & set(formats):  # see _tensorflow_first
         modules = ["rllib_mlflow.export.tensorflow", "rllib_mlflow.export.keras", *modules]
     modules += ["rllib_mlflow.export.onnx", "rllib_mlflow.export.parity", "ray.rllib.core"]
     # and what the first registration imported lazily (measured: 1.3 s of it, while training)

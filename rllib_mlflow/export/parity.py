@@ -18,9 +18,15 @@ import numpy as np
 
 from rllib_mlflow.errors import ParityError
 from rllib_mlflow.policy import serving
+from rllib_mlflow.export.policy_file import observation_metadata
 from rllib_mlflow.policy.actions import deterministic_actions
+from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.spaces import space_from_json
-from rllib_mlflow.rllib.reference import rllib_reference, rllib_sequence_reference
+from rllib_mlflow.rllib.reference import (
+    rllib_flattened,
+    rllib_reference,
+    rllib_sequence_reference,
+)
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 TOLERANCE = 1e-5
@@ -31,21 +37,24 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> Any:
-    """`count` raw observations from the snapshot's observation space, as model input
-    (a dict of batched arrays for a module that reads Dict observations)."""
-    import gymnasium as gym
-
-    space = space_from_json(snapshot.observation_space)
-    space.seed(seed)
-    samples = [space.sample() for _ in range(count)]
+    """`count` observations from the snapshot's observation space as the graphs take them
+    (a dict of batched arrays for a module that reads Dict observations; RLlib's own
+    flattening for the observations RLlib flattens)."""
+    samples = _raw_samples(snapshot, count, seed)
     if snapshot.observation_inputs is not None:
         return {
             key: np.asarray([s[key] for s in samples], np.float32).reshape(count, *shape)
             for key, shape in snapshot.observation_inputs.items()
         }
     if snapshot.flatten_observations:
-        samples = [gym.spaces.flatten(space, s) for s in samples]
+        samples = rllib_flattened(snapshot.observation_space, samples)
     return np.asarray(samples, dtype=np.float32).reshape(count, *snapshot.input_shape)
+
+
+def _raw_samples(snapshot: PolicySnapshot, count: int, seed: int) -> list:
+    space = space_from_json(snapshot.observation_space)
+    space.seed(seed)
+    return [space.sample() for _ in range(count)]
 
 
 def check_parity(
@@ -82,9 +91,8 @@ def check_parity(
 
 
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
-    batch = sample_observations(snapshot, observations, seed)
+    batch, feeds = _batch_and_feeds(snapshot, observations, seed)
     want_actions, want_inputs = rllib_reference(snapshot)(batch)
-    feeds = batch if isinstance(batch, dict) else {"observations": batch}
     results = {}
     for fmt in formats:
         out = format_runner(fmt, export_dir, snapshot)(feeds)
@@ -96,6 +104,21 @@ def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[st
             snapshot.action_rule.is_discrete,
         )
     return results
+
+
+def _batch_and_feeds(snapshot: PolicySnapshot, count: int, seed: int):
+    """RLlib's module input and the exported graphs' feeds for the same observations.
+
+    A Dict observation RLlib flattens reaches the graphs as users send it: raw dicts through
+    the policy package's ObservationConverter (what Policy and the served model call), so
+    that flattening it any other way than RLlib does fails parity."""
+    batch = sample_observations(snapshot, count, seed)
+    if isinstance(batch, dict):
+        return batch, batch
+    if snapshot.flatten_observations and snapshot.observation_space["type"] == "Dict":
+        converter = ObservationConverter(observation_metadata(snapshot))
+        return batch, converter.feeds(_raw_samples(snapshot, count, seed))
+    return batch, {"observations": batch}
 
 
 def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:

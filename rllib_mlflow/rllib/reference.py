@@ -172,6 +172,18 @@ def _dist_inputs(module, observations):
     return module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
 
 
+def rllib_flattened(space: dict[str, Any], samples: list) -> np.ndarray:
+    """Raw observations of `space` (policy.json's description) flattened by RLlib's own
+    function, as its FlattenObservations connector calls it."""
+    import tree
+    from ray.rllib.utils.numpy import flatten_inputs_to_1d_tensor
+    from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
+
+    batch = tree.map_structure(lambda *parts: np.stack(parts), *samples)
+    struct = get_base_struct_from_space(_gym_space(space))
+    return np.asarray(flatten_inputs_to_1d_tensor(batch, struct, batch_axis=True), np.float32)
+
+
 def _rllib_filter(spec: MeanStdFilter | None):
     """RLlib's own MeanStdFilter, restored from the checkpointed running statistics."""
     if spec is None:

@@ -200,3 +200,26 @@ def test_served_keyword_dict_sends_the_env_rllibs_actions(registered, case, tmp_
         assert_rllib_actions(body["predictions"], c, "served columns")
     finally:
         server.stop()
+
+
+def test_cnn_on_0_255_pixels_is_exported_in_every_format(case):
+    parity = case("appo_pixels_255").policy_json["parity"]
+    print("pixels parity", {f: r["max_abs_diff"] for f, r in parity["formats"].items()})
+    assert set(parity["formats"]) == set(FORMATS) and parity["failed"] == {}
+
+
+def test_tolerance_tells_float32_rounding_from_real_disagreement():
+    from rllib_mlflow.export.parity import _compare
+    from rllib_mlflow.rllib.snapshot import ActionRule
+
+    rule = ActionRule("categorical", (3,))
+    logits = np.array([[0.2, -0.4, 0.9], [0.1, 0.3, -0.2]], np.float32)
+    actions = np.argmax(logits, axis=-1)
+    activations = np.array([300.0, 250.0])  # e.g. conv outputs on 0-255 pixels
+    rounded = logits + 1.2e-5
+    assert _compare(actions, logits, actions, rounded, rule, activations)["passed"]
+    assert not _compare(actions, logits, actions, rounded, rule)["passed"]  # small activations
+    wrong = logits + 0.01  # same actions, but not rounding: 0.01 > 1e-5 * 300
+    assert not _compare(actions, logits, actions, wrong, rule, activations)["passed"]
+    swapped = actions[::-1].copy()
+    assert not _compare(actions, logits, swapped, rounded, rule, activations)["passed"]

@@ -104,10 +104,8 @@ def export_snapshot(
         formats = tuple(f for f in formats if f not in refused)
         parity = None
         if verify:
-            from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity
-
-            count = parity_observations or DEFAULT_OBSERVATIONS
-            parity = check_parity(snapshot, str(staging), list(formats), count)
+            parity = _verify(snapshot, staging, formats, parity_observations, refused)
+            formats = tuple(f for f in formats if f not in refused)
         policy = policy_json(snapshot, formats, parity, refused)
         (staging / POLICY_FILE).write_text(json.dumps(policy, indent=2))
         _move_into_place(staging, target)
@@ -115,6 +113,27 @@ def export_snapshot(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Exported module %r to %s (%s)", snapshot.module_id, target, ", ".join(formats))
     return ExportedPolicy(snapshot.module_id, target, formats, policy)
+
+
+def _verify(
+    snapshot: PolicySnapshot,
+    staging: Path,
+    formats: tuple[str, ...],
+    observations: int | None,
+    refused: dict[str, str],
+) -> dict[str, Any]:
+    """The parity report; each format that fails it is deleted and added to `refused`, so
+    that the others are still written (ParityError when none passes)."""
+    from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity, refusal
+
+    count = observations or DEFAULT_OBSERVATIONS
+    parity = check_parity(snapshot, str(staging), list(formats), count)
+    for fmt, result in parity["failed"].items():
+        refused[fmt] = refusal(result, count)
+        logger.warning("Module %r: no %s: it %s", snapshot.module_id, fmt, refused[fmt])
+        path = staging / FORMAT_FILES[fmt]
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return parity
 
 
 def _validate_formats(formats) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -223,3 +224,59 @@ def test_tolerance_tells_float32_rounding_from_real_disagreement():
     assert not _compare(actions, logits, actions, wrong, rule, activations)["passed"]
     swapped = actions[::-1].copy()
     assert not _compare(actions, logits, swapped, rounded, rule, activations)["passed"]
+
+
+# -- Tune folders and Tuple actions --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tune_experiment(ray_session, tmp_path_factory):
+    """A real Tune run of PPO CartPole: 2 iterations, a checkpoint after each."""
+    from ray import tune
+
+    from tests.conftest import CONFIGS
+
+    storage = tmp_path_factory.mktemp("tune")
+    run_config = tune.RunConfig(
+        storage_path=str(storage),
+        name="exp",
+        stop={"training_iteration": 2},
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1),
+        verbose=0,
+    )
+    config = CONFIGS["ppo_cartpole"][2]()
+    (result,) = tune.Tuner("PPO", param_space=config, run_config=run_config).fit()
+    return storage / "exp", Path(result.path)
+
+
+def test_a_trial_folder_is_named_as_such_with_the_checkpoint_to_pass(
+    tune_experiment, tmp_path, capfd
+):
+    from rllib_mlflow.cli import main
+
+    experiment, trial = tune_experiment
+    latest = trial / "checkpoint_000001"
+    assert latest.is_dir()
+    with pytest.raises(CheckpointError) as info:
+        export_checkpoint(trial, tmp_path / "out")
+    message = str(info.value)
+    assert "is a Tune trial folder, not a checkpoint" in message
+    assert f"e.g. {latest} (the latest)" in message and "truncated" not in message
+    with pytest.raises(CheckpointError, match=r"is a Tune experiment folder.*checkpoint_000001"):
+        export_checkpoint(experiment, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (exported,) = export_checkpoint(latest, tmp_path / "out")  # the checkpoint itself exports
+    assert exported.policy["training_iteration"] == 2
+    capfd.readouterr()
+    assert main(["export", str(trial), "-o", str(tmp_path / "cli")]) != 0
+    assert "is a Tune trial folder" in capfd.readouterr().err
+
+
+def test_tuple_actions_are_refused_saying_what_to_do(trained_checkpoint, tmp_path):
+    tc = trained_checkpoint("ppo_tuple_actions")
+    with pytest.raises(UnsupportedModuleError) as info:
+        export_checkpoint(tc.path, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("Tuple action spaces are not exported yet")
+    assert "DistributionPartial" not in message and "Discrete" in message
+    assert not (tmp_path / "out").exists()

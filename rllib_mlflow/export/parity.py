@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow.errors import ParityError
-from rllib_mlflow.policy import serving
 from rllib_mlflow.export.policy_file import observation_metadata
+from rllib_mlflow.policy import serving
 from rllib_mlflow.policy.actions import deterministic_actions
 from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.spaces import space_from_json

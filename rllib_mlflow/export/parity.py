@@ -134,10 +134,10 @@ def _batch_and_feeds(snapshot: PolicySnapshot, count: int, seed: int):
     the policy package's ObservationConverter (what Policy and the served model call), so
     that flattening it any other way than RLlib does fails parity."""
     batch = sample_observations(snapshot, count, seed)
-    if isinstance(batch, dict):
-        return batch, batch
+    converter = ObservationConverter(observation_metadata(snapshot))
+    if isinstance(batch, dict):  # a module that reads the dict: one graph input per key
+        return batch, converter.feeds(batch)
     if snapshot.flatten_observations and snapshot.observation_space["type"] == "Dict":
-        converter = ObservationConverter(observation_metadata(snapshot))
         return batch, converter.feeds(_raw_samples(snapshot, count, seed))
     return batch, {"observations": batch}
 

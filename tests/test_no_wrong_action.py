@@ -181,6 +181,9 @@ def test_load_policy_sends_the_env_rllibs_actions(registered, case, name, backen
     assert_rllib_actions(policy.compute_actions(c.observations), c, "a batch")
     one_by_one = [policy.compute_actions(obs)[0] for obs in c.observations[:20]]
     assert_rllib_actions(one_by_one, Case(**{**c.__dict__, "steps": c.steps[:20]}), "one")
+    if name == "ppo_keyword_dict":  # also a dict of batched arrays
+        columns = {k: np.stack([o[k] for o in c.observations]) for k in c.observations[0]}
+        assert_rllib_actions(policy.compute_actions(columns), c, "columns")
 
 
 # -- mlflow models serve ---------------------------------------------------------------------

@@ -4,8 +4,11 @@ RLlib's restored torch module, action distribution and connector logic
 (`reference.rllib_reference`) and each export, loaded back from disk, receive the same
 observations sampled from the observation space. A stateful policy plays sequences instead,
 its state (and previous actions and rewards) carried from step to step on both sides
-(`reference.rllib_sequence_reference`). Discrete actions must be identical; continuous
-actions and action_dist_inputs must agree within the tolerance.
+(`reference.rllib_sequence_reference`). Dict observations reach the exports raw, through
+the policy package's ObservationConverter, and RLlib flattened by its own function. Discrete
+actions must be identical; continuous actions and action_dist_inputs must agree within the
+tolerance, relative to the magnitudes float32 rounding grows with (TOLERANCE_RULE). A format
+that fails is refused alone.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def refusal(result: dict[str, Any], observations: int) -> str:
         f"does not act like RLlib on the parity check's {observations} observations "
         f"({result['action_mismatches']} discrete actions differ; action_dist_inputs differ "
         f"by up to {result['max_abs_diff_action_dist_inputs']:.3g}, beyond {TOLERANCE:g} "
-        "relative to the magnitude of the row's activations); the other formats are exact"
+        "relative to the magnitude of the row's activations); the formats that pass are written"
     )
 
 

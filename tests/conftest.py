@@ -86,7 +86,7 @@ def _ppo(env_id: str, *, model: dict | None = None, **training: Any):
     )
 
 
-def _impala_like(config_cls, env_id: str):
+def _impala_like(config_cls, env_id: str, **model: Any):
     return (
         _common(config_cls(), env_id)
         .env_runners(rollout_fragment_length=50)
@@ -95,7 +95,7 @@ def _impala_like(config_cls, env_id: str):
         # one fragment, so ask for 200 steps per iteration to get real updates.
         .training(train_batch_size_per_learner=100)
         .reporting(min_sample_timesteps_per_iteration=200)
-        .rl_module(model_config=_model_config())
+        .rl_module(model_config=_model_config(**model))
     )
 
 
@@ -250,6 +250,23 @@ def _ppo_frame_stacking():
     )
 
 
+def _ppo_flattened(env_id: str):
+    """PPO on structured observations through RLlib's FlattenObservations."""
+    from ray.rllib.connectors.env_to_module import FlattenObservations
+
+    return _ppo(env_id).env_runners(
+        env_to_module_connector=lambda env, spaces, device: FlattenObservations()
+    )
+
+
+def _appo_pixels_255():
+    """APPO with a CNN on float pixels in 0..255 (the conv filters of issue 23)."""
+    from ray.rllib.algorithms.appo import APPOConfig
+
+    model = {"conv_filters": [[8, 4, 2], [16, 3, 2]], "fcnet_hiddens": [16]}
+    return _impala_like(APPOConfig, envs.PIXELS_255, **model)
+
+
 # name -> (algo_name, env_id, config builder, training iterations)
 CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
     "ppo_cartpole": ("PPO", "CartPole-v1", lambda: _ppo("CartPole-v1"), 2),
@@ -303,6 +320,16 @@ CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
     "ppo_custom_distribution": ("PPO", "CartPole-v1", _ppo_custom_distribution, 1),
     "ppo_action_masking": ("PPO", envs.ACTION_MASK, _ppo_action_masking, 1),
     "ppo_frame_stacking": ("PPO", envs.FLICKER, _ppo_frame_stacking, 1),
+    "ppo_keyword_dict": ("PPO", envs.KEYWORD_DICT, lambda: _ppo_flattened(envs.KEYWORD_DICT), 1),
+    "ppo_nested_dict": ("PPO", envs.NESTED_DICT, lambda: _ppo_flattened(envs.NESTED_DICT), 1),
+    "ppo_free_log_std": (
+        "PPO",
+        "Pendulum-v1",
+        lambda: _ppo("Pendulum-v1", model={"free_log_std": True}),
+        1,
+    ),
+    "appo_pixels_255": ("APPO", envs.PIXELS_255, _appo_pixels_255, 1),
+    "ppo_tuple_actions": ("PPO", envs.TUPLE_ACTIONS, lambda: _ppo(envs.TUPLE_ACTIONS), 0),
 }
 
 

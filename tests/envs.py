@@ -8,6 +8,8 @@ environments; `register_test_envs()` is idempotent and may be called again.
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from typing import Any
 
 import gymnasium as gym
@@ -22,6 +24,10 @@ DICT_OBS = "rllib_mlflow_tests/DictObs-v0"
 NOISY_CHOICE = "rllib_mlflow_tests/NoisyChoice-v0"
 ACTION_MASK = "rllib_mlflow_tests/ActionMask-v0"
 FLICKER = "rllib_mlflow_tests/Flicker-v0"
+KEYWORD_DICT = "rllib_mlflow_tests/KeywordDict-v0"
+NESTED_DICT = "rllib_mlflow_tests/NestedDict-v0"
+PIXELS_255 = "rllib_mlflow_tests/Pixels255-v0"
+TUPLE_ACTIONS = "rllib_mlflow_tests/TupleActions-v0"
 MULTI_AGENT = "rllib_mlflow_tests_multiagent"
 
 WIDE_BOX_LOW = np.array([-2.0, 0.0, -10.0], dtype=np.float32)
@@ -300,6 +306,98 @@ class Flicker(gym.Env):
         return self._frame, reward, False, self._t >= self.max_steps, {}
 
 
+def keyword_dict_space() -> spaces.Dict:
+    """A flat Dict built with keywords, the usual style: gymnasium keeps pos, flag, vel in
+    that order, RLlib flattens flag, pos, vel."""
+    return spaces.Dict(
+        pos=spaces.Box(-1.0, 1.0, (3,), np.float32),
+        flag=spaces.Discrete(2),
+        vel=spaces.Box(-1.0, 1.0, (2,), np.float32),
+    )
+
+
+def nested_dict_space() -> spaces.Dict:
+    """Dicts in a Tuple in a Dict, built from OrderedDicts whose keys are not sorted."""
+    inner = spaces.Dict(
+        OrderedDict(
+            [("speed", spaces.Box(-1.0, 1.0, (2,), np.float32)), ("gear", spaces.Discrete(3))]
+        )
+    )
+    return spaces.Dict(
+        OrderedDict(
+            [
+                ("target", spaces.Box(-1.0, 1.0, (2,), np.float32)),
+                ("parts", spaces.Tuple((spaces.Discrete(2), inner))),
+                ("bias", spaces.Box(-1.0, 1.0, (1,), np.float32)),
+            ]
+        )
+    )
+
+
+class StructuredObs(gym.Env):
+    """Random structured observations (`space`), Discrete(3) actions, 10-step episodes.
+
+    Reward 1 when the action is the index of the largest of the first three flattened values
+    in the space's own order, so that the order of the parts matters to what is learnt."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None, nested: bool = False):
+        self.observation_space = nested_dict_space() if nested else keyword_dict_space()
+        self.action_space = spaces.Discrete(3)
+        self._t = 0
+
+    def _obs(self):
+        self._state = self.observation_space.sample()
+        return self._state
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.observation_space.seed(int(self.np_random.integers(2**31)))
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        first = gym.spaces.flatten(self.observation_space, self._state)[:3]
+        reward = float(int(action) == int(np.argmax(first)))
+        self._t += 1
+        return self._obs(), reward, False, self._t >= 10, {}
+
+
+class Pixels255(TinyImage):
+    """TinyImage with float pixels in 0..255, as Atari-style frames come before scaling:
+    large activations, where float32 rounding exceeds 1e-5 in absolute terms."""
+
+    def __init__(self, config: dict | None = None, max_steps: int = 20):
+        super().__init__(config, max_steps)
+        self.observation_space = spaces.Box(0.0, 255.0, shape=(16, 16, 3), dtype=np.float32)
+
+    def _new_image(self) -> np.ndarray:
+        return (super()._new_image() * 255.0).astype(np.float32)
+
+
+class TupleActions(gym.Env):
+    """Box(3,) observations and Tuple(Discrete(3), Box(2,)) actions; 10-step episodes."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None):
+        self.observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+        self.action_space = spaces.Tuple(
+            (spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,), np.float32))
+        )
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self._t += 1
+        return self.observation_space.sample(), 0.0, False, self._t >= 10, {}
+
+
 # Ray's own example environment for action masking (Dict observations with "action_mask").
 ACTION_MASK_CONFIG = {
     "action_space": spaces.Discrete(32),  # a mask rarely allows nothing (2**-32)
@@ -334,6 +432,10 @@ def register_test_envs() -> None:
         (NOISY_CHOICE, NoisyChoice),
         (ACTION_MASK, _action_mask_env),
         (FLICKER, Flicker),
+        (KEYWORD_DICT, StructuredObs),
+        (NESTED_DICT, functools.partial(StructuredObs, nested=True)),
+        (PIXELS_255, Pixels255),
+        (TUPLE_ACTIONS, TupleActions),
     ):
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=cls)

@@ -1,16 +1,17 @@
 """Dict observations: RLlib's FlattenObservations (then MeanStdFilter) connectors are inside
-the exports, which take gymnasium.spaces.flatten(observation_space, obs) as input."""
+the exports, which take the observation flattened by RLlib's rule (policy/flatten.py) as input."""
 
 from __future__ import annotations
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 from rllib_mlflow.export import export_checkpoint
+from rllib_mlflow.policy.flatten import flatten_observation
 from rllib_mlflow.policy.serving import Policy
+from rllib_mlflow.policy.spaces import space_to_json
 from tests import envs
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def test_dict_observations_export_with_flatten_and_filter(trained_checkpoint, tm
     space = envs.DictObs().observation_space
     episodes = _rllib_episodes(checkpoint)
     assert len(episodes) >= 200
-    flat = np.stack([gym.spaces.flatten(space, obs) for obs, _ in episodes]).astype(np.float32)
+    flat = np.stack([flatten_observation(space_to_json(space), obs) for obs, _ in episodes])
     rllib_actions = np.array([action for _, action in episodes])
     for backend in ("onnxruntime", "tensorflow"):
         actions = Policy(str(exported.path), backend=backend).compute_actions(flat)

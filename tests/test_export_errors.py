@@ -153,9 +153,9 @@ def test_formats_the_converter_cannot_make_are_recorded_not_fatal(
 # -- parity failure ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_parity_failure_writes_nothing(trained_checkpoint, tmp_path, monkeypatch):
-    """Simulate a broken Keras builder (one weight off): the export must refuse to finish."""
+@pytest.fixture
+def broken_keras(monkeypatch):
+    """A broken Keras builder (one weight off): the SavedModel and .h5 do not act like RLlib."""
     from rllib_mlflow.export import keras as keras_export
 
     build = keras_export.build_keras_model
@@ -169,10 +169,27 @@ def test_parity_failure_writes_nothing(trained_checkpoint, tmp_path, monkeypatch
         return model
 
     monkeypatch.setattr(keras_export, "build_keras_model", broken_build)
+
+
+@pytest.mark.slow
+def test_a_format_failing_parity_is_refused_alone(trained_checkpoint, tmp_path, broken_keras):
+    tc = trained_checkpoint("ppo_cartpole")
+    (exported,) = export_checkpoint(tc.path, tmp_path / "out")
+    assert exported.formats == ("onnx",)
+    assert sorted(p.name for p in exported.path.iterdir()) == ["model.onnx", "policy.json"]
+    for fmt in ("saved_model", "h5"):
+        assert exported.refused[fmt].startswith("does not act like RLlib on the parity check's")
+    assert set(exported.parity["formats"]) == {"onnx"} and exported.parity["passed"]
+    assert set(exported.parity["failed"]) == {"saved_model", "h5"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging leftovers
+
+
+@pytest.mark.slow
+def test_parity_failure_of_every_format_writes_nothing(trained_checkpoint, tmp_path, broken_keras):
     tc = trained_checkpoint("ppo_cartpole")
     out = tmp_path / "out"
     with pytest.raises(ParityError) as info:
-        export_checkpoint(tc.path, out)
+        export_checkpoint(tc.path, out, formats=["saved_model", "h5"])
     message = str(info.value)
     assert "does not match RLlib" in message and "Nothing was written" in message
     assert "'h5'" in message and "'saved_model'" in message and "'onnx'" not in message
@@ -182,6 +199,6 @@ def test_parity_failure_writes_nothing(trained_checkpoint, tmp_path, monkeypatch
     out.mkdir()
     (out / "notes.txt").write_text("keep")
     with pytest.raises(ParityError):
-        export_checkpoint(tc.path, out, overwrite=True)
+        export_checkpoint(tc.path, out, formats=["saved_model", "h5"], overwrite=True)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

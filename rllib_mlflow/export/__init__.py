@@ -121,12 +121,9 @@ def export_snapshot(
         refused = _write_formats(snapshot, staging, formats)
         formats = tuple(f for f in formats if f not in refused)
         parity, quantized = None, {}
-        if verify:
-            from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity
-
-            count = parity_observations or DEFAULT_OBSERVATIONS
-            exact = [f for f in formats if f != "tflite_int8"]
-            parity = check_parity(snapshot, str(staging), exact, count)
+        exact = tuple(f for f in formats if f != "tflite_int8")  # int8 is measured instead
+        if verify and exact:
+            parity = _verify(snapshot, staging, exact, parity_observations, refused)
         if "tflite_int8" in formats:  # quantized once the float formats are proven exact
             quantized = _write_int8(snapshot, staging, refused, verify, min_int8_agreement)
         formats = tuple(f for f in formats if f not in refused)
@@ -138,6 +135,27 @@ def export_snapshot(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Exported module %r to %s (%s)", snapshot.module_id, target, ", ".join(formats))
     return ExportedPolicy(snapshot.module_id, target, formats, policy)
+
+
+def _verify(
+    snapshot: PolicySnapshot,
+    staging: Path,
+    formats: tuple[str, ...],
+    observations: int | None,
+    refused: dict[str, str],
+) -> dict[str, Any]:
+    """The parity report; each format that fails it is deleted and added to `refused`, so
+    that the others are still written (ParityError when none passes)."""
+    from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity, refusal
+
+    count = observations or DEFAULT_OBSERVATIONS
+    parity = check_parity(snapshot, str(staging), list(formats), count)
+    for fmt, result in parity["failed"].items():
+        refused[fmt] = refusal(result, count)
+        logger.warning("Module %r: no %s: it %s", snapshot.module_id, fmt, refused[fmt])
+        path = staging / FORMAT_FILES[fmt]
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return parity
 
 
 def _write_int8(

@@ -102,7 +102,9 @@ def _head(features, network: Network):
     x = features
     for layer in head[:-1]:
         x = _apply(layer, x)
-    if network.log_std_clip is None:
+    if network.free_log_std is not None:
+        outputs = _with_free_log_std(_apply(head[-1], x), network.free_log_std)
+    elif network.log_std_clip is None:
         outputs = _apply(head[-1], x)
     else:
         outputs = _gaussian_output(x, head[-1], network.log_std_clip)
@@ -122,6 +124,15 @@ def _gaussian_output(x, last: Layer, clip: float):
     mean = _dense(x, kernel[:, :half], bias[:half])
     log_std = _clip(_dense(x, kernel[:, half:], bias[half:]), clip)
     return keras.layers.Concatenate(axis=-1)([mean, log_std])
+
+
+def _with_free_log_std(mean, log_std: np.ndarray):
+    """[mean, log_std for every row], from standard layers: a dense layer with a zero kernel
+    and the log stds as bias repeats them for any batch size."""
+
+    size = log_std.shape[0]
+    repeated = _dense(mean, np.zeros((mean.shape[-1], size), np.float32), log_std)
+    return keras.layers.Concatenate(axis=-1)([mean, repeated])
 
 
 def _dueling(advantages, value):

@@ -8,6 +8,7 @@ recurrent state (`state_in_*` -> `state_out_*`) and the previous actions and rew
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import numpy as np
@@ -58,6 +59,7 @@ class TorchPolicy(torch.nn.Module):
         super().__init__()
         self.module = restore_rl_module(snapshot)
         self.module.eval()
+        _trace_free_log_std_per_row(self.module)
         self.snapshot = snapshot
         self.rule = snapshot.action_rule
         self.input_names = [name for name, _ in snapshot.graph_inputs()]
@@ -137,6 +139,24 @@ class TorchPolicy(torch.nn.Module):
         dist_cls = self.module.get_inference_action_dist_cls()
         actions = dist_cls.from_logits(dist_inputs.clone()).to_deterministic().sample()
         return _normalize_and_clip(actions, self.rule) if not self.rule.is_discrete else actions
+
+
+def _trace_free_log_std_per_row(module) -> None:
+    """RLlib's free_log_std head repeats its log stds `len(mean)` times, which the tracer
+    freezes at the example's batch size: broadcast them to the means' shape instead."""
+    from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
+
+    def forward(head, inputs, **kwargs):
+        mean = head.net(inputs)
+        log_std = head.log_std
+        if head.clip_log_std:
+            bound = head.log_std_clip_param_const
+            log_std = torch.clamp(log_std, -bound, bound)
+        return torch.cat([mean, log_std.expand_as(mean)], dim=-1)
+
+    for head in module.modules():
+        if isinstance(head, TorchFreeLogStdMLPHead):
+            head._forward = types.MethodType(forward, head)
 
 
 def torch_actions(dist_inputs, rule: ActionRule):

@@ -4,8 +4,11 @@ RLlib's restored torch module, action distribution and connector logic
 (`reference.rllib_reference`) and each export, loaded back from disk, receive the same
 observations sampled from the observation space. A stateful policy plays sequences instead,
 its state (and previous actions and rewards) carried from step to step on both sides
-(`reference.rllib_sequence_reference`). Discrete actions must be identical; continuous
-actions and action_dist_inputs must agree within the tolerance.
+(`reference.rllib_sequence_reference`). Dict observations reach the exports raw, through
+the policy package's ObservationConverter, and RLlib flattened by its own function. Discrete
+actions must be identical; continuous actions and action_dist_inputs must agree within the
+tolerance, relative to the magnitudes float32 rounding grows with (TOLERANCE_RULE). A format
+that fails is refused alone.
 """
 
 from __future__ import annotations
@@ -17,13 +20,25 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow.errors import ParityError
+from rllib_mlflow.export.policy_file import observation_metadata
 from rllib_mlflow.policy import serving
 from rllib_mlflow.policy.actions import deterministic_actions
+from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.spaces import space_from_json
-from rllib_mlflow.rllib.reference import rllib_reference, rllib_sequence_reference
+from rllib_mlflow.rllib.reference import (
+    rllib_activation_scale,
+    rllib_flattened,
+    rllib_reference,
+    rllib_sequence_reference,
+)
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 TOLERANCE = 1e-5
+TOLERANCE_RULE = (
+    "discrete actions equal; |export - RLlib| <= tolerance * max(1, |RLlib's value|, the "
+    "largest magnitude among the row's input and layer outputs) for action_dist_inputs and "
+    "continuous actions (times the unsquashing's half-range)"
+)
 DEFAULT_OBSERVATIONS = 1000
 SEQUENCES = 8  # parallel episodes a stateful policy's observations are split into
 
@@ -31,21 +46,24 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> Any:
-    """`count` raw observations from the snapshot's observation space, as model input
-    (a dict of batched arrays for a module that reads Dict observations)."""
-    import gymnasium as gym
-
-    space = space_from_json(snapshot.observation_space)
-    space.seed(seed)
-    samples = [space.sample() for _ in range(count)]
+    """`count` observations from the snapshot's observation space as the graphs take them
+    (a dict of batched arrays for a module that reads Dict observations; RLlib's own
+    flattening for the observations RLlib flattens)."""
+    samples = _raw_samples(snapshot, count, seed)
     if snapshot.observation_inputs is not None:
         return {
             key: np.asarray([s[key] for s in samples], np.float32).reshape(count, *shape)
             for key, shape in snapshot.observation_inputs.items()
         }
     if snapshot.flatten_observations:
-        samples = [gym.spaces.flatten(space, s) for s in samples]
+        samples = rllib_flattened(snapshot.observation_space, samples)
     return np.asarray(samples, dtype=np.float32).reshape(count, *snapshot.input_shape)
+
+
+def _raw_samples(snapshot: PolicySnapshot, count: int, seed: int) -> list:
+    space = space_from_json(snapshot.observation_space)
+    space.seed(seed)
+    return [space.sample() for _ in range(count)]
 
 
 def check_parity(
@@ -55,14 +73,18 @@ def check_parity(
     observations: int = DEFAULT_OBSERVATIONS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Compare each written format with RLlib; raise ParityError beyond tolerance."""
+    """Compare each written format with RLlib. The report's "formats" are those that match,
+    its "failed" those that do not (to be refused); ParityError when none matches."""
     compare = _compare_sequences if snapshot.is_stateful else _compare_batch
+    results = compare(snapshot, export_dir, formats, observations, seed)
     report: dict[str, Any] = {
         "observations": observations,
         "seed": seed,
         "tolerance": TOLERANCE,
+        "tolerance_rule": TOLERANCE_RULE,
         "reference": "RLlib torch module + inference distribution + connectors",
-        "formats": compare(snapshot, export_dir, formats, observations, seed),
+        "formats": {f: r for f, r in results.items() if r["passed"]},
+        "failed": {f: r for f, r in results.items() if not r["passed"]},
     }
     if snapshot.is_stateful:
         report["sequences"] = SEQUENCES
@@ -70,21 +92,30 @@ def check_parity(
     report["max_abs_diff"] = max(
         (r["max_abs_diff"] for r in report["formats"].values()), default=0.0
     )
-    report["passed"] = all(r["passed"] for r in report["formats"].values())
+    report["passed"] = bool(report["formats"])
     if not report["passed"]:
-        failed = {f: r for f, r in report["formats"].items() if not r["passed"]}
         raise ParityError(
             f"Export of module {snapshot.module_id!r} does not match RLlib on {observations} "
-            f"observations: {failed}. Nothing was written. Please report this with the "
-            "checkpoint's algorithm and model config."
+            f"observations in any format: {report['failed']}. Nothing was written. Please "
+            "report this with the checkpoint's algorithm and model config."
         )
     return report
 
 
+def refusal(result: dict[str, Any], observations: int) -> str:
+    """Why a format that failed the parity check is not written."""
+    return (
+        f"does not act like RLlib on the parity check's {observations} observations "
+        f"({result['action_mismatches']} discrete actions differ; action_dist_inputs differ "
+        f"by up to {result['max_abs_diff_action_dist_inputs']:.3g}, beyond {TOLERANCE:g} "
+        "relative to the magnitude of the row's activations); the formats that pass are written"
+    )
+
+
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
-    batch = sample_observations(snapshot, observations, seed)
+    batch, feeds = _batch_and_feeds(snapshot, observations, seed)
     want_actions, want_inputs = rllib_reference(snapshot)(batch)
-    feeds = batch if isinstance(batch, dict) else {"observations": batch}
+    scale = rllib_activation_scale(snapshot, batch)
     results = {}
     for fmt in formats:
         out = format_runner(fmt, export_dir, snapshot)(feeds)
@@ -93,9 +124,25 @@ def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[st
             want_inputs,
             out["actions"],
             out["action_dist_inputs"],
-            snapshot.action_rule.is_discrete,
+            snapshot.action_rule,
+            scale,
         )
     return results
+
+
+def _batch_and_feeds(snapshot: PolicySnapshot, count: int, seed: int):
+    """RLlib's module input and the exported graphs' feeds for the same observations.
+
+    A Dict observation RLlib flattens reaches the graphs as users send it: raw dicts through
+    the policy package's ObservationConverter (what Policy and the served model call), so
+    that flattening it any other way than RLlib does fails parity."""
+    batch = sample_observations(snapshot, count, seed)
+    converter = ObservationConverter(observation_metadata(snapshot))
+    if isinstance(batch, dict):  # a module that reads the dict: one graph input per key
+        return batch, converter.feeds(batch)
+    if snapshot.flatten_observations and snapshot.observation_space["type"] == "Dict":
+        return batch, converter.feeds(_raw_samples(snapshot, count, seed))
+    return batch, {"observations": batch}
 
 
 def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
@@ -108,9 +155,7 @@ def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dic
     for fmt in formats:
         run = format_runner(fmt, export_dir, snapshot)
         actions, inputs = _play(snapshot, run, sequences, rewards)
-        results[fmt] = _compare(
-            want_actions, want_inputs, actions, inputs, snapshot.action_rule.is_discrete
-        )
+        results[fmt] = _compare(want_actions, want_inputs, actions, inputs, snapshot.action_rule)
     return results
 
 
@@ -195,26 +240,40 @@ def _h5_runner(path: str, snapshot: PolicySnapshot) -> Runner:
     return run
 
 
-def _compare(want_actions, want_inputs, actions, inputs, discrete: bool) -> dict[str, Any]:
+def _compare(want_actions, want_inputs, actions, inputs, rule, scale=None) -> dict[str, Any]:
+    """Discrete actions must be equal; distribution inputs and continuous actions within the
+    tolerance, relative to each row's magnitude (`scale`: its largest activation)."""
+    rows = np.shape(want_inputs)[0]
+    scale = np.ones(rows) if scale is None else np.maximum(1.0, scale)
     input_diff = float(np.max(np.abs(want_inputs - inputs))) if want_inputs.size else 0.0
     want = np.asarray(want_actions).reshape(np.shape(actions))
-    if discrete:
+    inputs_close = _close(want_inputs, inputs, scale)
+    if rule.is_discrete:
         mismatches = int(np.sum(np.any(want != actions, axis=tuple(range(1, want.ndim)))))
         action_diff = float(mismatches)
-        passed = mismatches == 0 and _close(want_inputs, inputs)
+        passed = mismatches == 0 and inputs_close
     else:
         mismatches = 0
         action_diff = float(np.max(np.abs(want - actions))) if want.size else 0.0
-        passed = _close(want, actions) and _close(want_inputs, inputs)
+        passed = _close(want, actions, scale * _unsquash_gain(rule)) and inputs_close
     return {
-        "max_abs_diff": max(input_diff, 0.0 if discrete else action_diff),
+        "max_abs_diff": max(input_diff, 0.0 if rule.is_discrete else action_diff),
         "max_abs_diff_action_dist_inputs": input_diff,
-        "max_abs_diff_actions": action_diff if not discrete else 0.0,
+        "max_abs_diff_actions": action_diff if not rule.is_discrete else 0.0,
         "action_mismatches": mismatches,
         "passed": bool(passed),
     }
 
 
-def _close(want: np.ndarray, got: np.ndarray) -> bool:
-    # Absolute tolerance, relative for magnitudes above 1 (float32 has ~7 digits).
-    return bool(np.all(np.abs(want - got) <= TOLERANCE * np.maximum(1.0, np.abs(want))))
+def _unsquash_gain(rule) -> float:
+    """How much unsquashing to the Box bounds magnifies a difference in the means."""
+    if not rule.normalize_actions:
+        return 1.0
+    return float(max(1.0, np.max((np.asarray(rule.high) - np.asarray(rule.low)) / 2.0)))
+
+
+def _close(want: np.ndarray, got: np.ndarray, scale: np.ndarray) -> bool:
+    # float32 keeps ~7 digits of the largest number a row's computation goes through.
+    row_scale = np.reshape(scale, (-1,) + (1,) * (np.ndim(want) - 1))
+    bound = TOLERANCE * np.maximum(row_scale, np.abs(want))
+    return bool(np.all(np.abs(want - got) <= bound))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
+from rllib_mlflow.policy.flatten import RULE as FLATTEN_RULE
 from rllib_mlflow.policy.serving import ONNX_FILE, SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
@@ -88,11 +89,17 @@ def _input_json(snapshot: PolicySnapshot) -> dict[str, Any]:
         "dtype": "float32",
         "shape": [None, *snapshot.input_shape],
         "description": (
-            "gymnasium.spaces.flatten(observation_space, obs) as float32"
+            f"the observation flattened by {FLATTEN_RULE}"
             if snapshot.flatten_observations
             else "the raw observation as the environment returns it, as float32"
         ),
     }
+
+
+def observation_metadata(snapshot: PolicySnapshot) -> dict[str, Any]:
+    """What policy.json tells `ObservationConverter` about the observations (the parity
+    check feeds the exports through it before policy.json is written)."""
+    return {"observation_space": snapshot.observation_space, **_graph_json(snapshot)}
 
 
 def _graph_json(snapshot: PolicySnapshot) -> dict[str, Any]:

@@ -268,6 +268,8 @@ def _parity(tags: dict[str, str], policy: dict[str, Any]) -> str | None:
     report = policy.get("parity")
     if report:
         verdict = "passed" if report.get("passed") else "FAILED"
+        if report.get("failed"):  # those formats were not written
+            verdict += f" by {', '.join(report['formats'])} ({', '.join(report['failed'])} refused)"
         return (
             f"{verdict}: max abs diff {report.get('max_abs_diff', 0):.2g} on "
             f"{report.get('observations', '?')} observations"

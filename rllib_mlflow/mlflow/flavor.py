@@ -35,6 +35,7 @@ from rllib_mlflow.mlflow.internals import (
 )
 from rllib_mlflow.paths import inside
 from rllib_mlflow.policy import serving
+from rllib_mlflow.policy.flatten import flatten_observation
 from rllib_mlflow.policy.observations import served_observation_keys
 
 if TYPE_CHECKING:
@@ -270,9 +271,7 @@ def _input_example(policy: dict[str, Any]):
     else:
         shape = tuple(policy["input"]["shape"][1:])
         if any(step["type"] == "flatten" for step in policy["preprocessing"]):
-            import gymnasium as gym
-
-            rows = [gym.spaces.flatten(space, s) for s in samples]
+            rows = [flatten_observation(policy["observation_space"], s) for s in samples]
         else:
             rows = [np.clip(s, -1e3, 1e3) for s in samples]
         example = np.asarray(rows, dtype=np.float32).reshape(_EXAMPLE_ROWS, *shape)

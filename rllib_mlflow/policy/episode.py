@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .flatten import flatten_observation
+
 
 class EpisodeActor:
     """The actions of one policy through one episode: make a new one per episode."""
@@ -25,9 +27,9 @@ class EpisodeActor:
         """The action for one raw observation (`space`: the env's observation space, for
         the observations RLlib flattens)."""
         if self.flatten and space is not None and not isinstance(observation, dict):
-            import gymnasium as gym
-
-            observation = gym.spaces.flatten(space, observation)
+            observation = flatten_observation(
+                self.policy.metadata["observation_space"], observation
+            )
         batch = observation if isinstance(observation, dict) else np.asarray(observation)[None]
         if self.state is None:
             return self.policy.compute_actions(batch)[0]

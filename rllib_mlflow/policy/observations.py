@@ -11,15 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from .flatten import flatten_observation
+
 
 class ObservationConverter:
     """Raw observations -> the named float32 arrays the exported graph takes.
 
     Box observations pass through. Dict observations come as one dict, a list of dicts or
     a dict of batched arrays; they are flattened as RLlib's FlattenObservations does
-    (gymnasium.spaces.flatten: keys in order, Discrete one-hot; already flattened arrays
-    are taken as they are) or, for a module that reads the dict itself, fed one graph input
-    per key."""
+    (`flatten.flatten_observation`: keys sorted at every level, Discrete one-hot; already
+    flattened arrays are taken as they are) or, for a module that reads the dict itself,
+    fed one graph input per key."""
 
     def __init__(self, metadata: dict[str, Any]):
         self.space = metadata["observation_space"]
@@ -95,30 +97,6 @@ def _rank(space: dict[str, Any]) -> int:
     if space["type"] == "Box":
         return len(space["shape"])
     return 1 if space["type"] in ("MultiDiscrete", "MultiBinary") else 0
-
-
-def flatten_observation(space: dict[str, Any], value: Any) -> np.ndarray:
-    """gymnasium.spaces.flatten(space, value) for a space described as in policy.json."""
-    kind = space["type"]
-    if kind in ("Box", "MultiBinary"):
-        return np.asarray(value, dtype=np.float32).ravel()
-    if kind == "Discrete":
-        one_hot = np.zeros(space["n"], np.float32)
-        one_hot[int(value) - space.get("start", 0)] = 1.0
-        return one_hot
-    if kind == "MultiDiscrete":
-        return np.concatenate(
-            [np.eye(n, dtype=np.float32)[int(v)] for v, n in zip(np.ravel(value), space["nvec"])]
-        )
-    if kind == "Dict":
-        return np.concatenate(
-            [flatten_observation(sub, value[key]) for key, sub in space["spaces"].items()]
-        )
-    if kind == "Tuple":
-        return np.concatenate(
-            [flatten_observation(sub, part) for sub, part in zip(space["spaces"], value)]
-        )
-    raise ValueError(f"Cannot flatten observations of space type {kind!r}.")
 
 
 def served_observation_keys(metadata: dict[str, Any]) -> list[str] | None:

@@ -178,6 +178,7 @@ def _action_rule(
 ) -> tuple[ActionRule, str | None]:
     """How actions follow from action_dist_inputs, and the name of the distribution class
     when it is not one of RLlib's own (its deterministic sample is then traced)."""
+    _refuse_composite_actions(act_space)
     dist_cls = module.get_inference_action_dist_cls()
     if isinstance(dist_cls, functools.partial):
         dist_cls = dist_cls.func
@@ -194,6 +195,20 @@ def _action_rule(
     standard = dist_cls is rllib_own or partial
     custom = None if standard else f"{dist_cls.__module__}.{dist_cls.__qualname__}"
     return _rule_for_space(name, act_space, module_to_env), custom
+
+
+def _refuse_composite_actions(act_space) -> None:
+    """Tuple and Dict actions (RLlib's TorchMultiDistribution) would need one output per
+    part: refused before the distribution, whose generated class name says nothing."""
+    for kind in (gym.spaces.Tuple, gym.spaces.Dict):
+        if isinstance(act_space, kind):
+            raise UnsupportedModuleError(
+                f"{kind.__name__} action spaces are not exported yet (this module acts in "
+                f"{act_space}). Exported action spaces: Discrete, MultiDiscrete and 1-D Box. "
+                "To export this policy, train it with one of those (e.g. a Discrete part "
+                "and a Box part as one Box, or several Discrete parts as a MultiDiscrete); "
+                "the RLlib checkpoint itself still works with `Algorithm.from_checkpoint`."
+            )
 
 
 def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]]) -> ActionRule:

@@ -57,6 +57,7 @@ def _module_dirs(root: Path) -> dict[str, Path]:
         )
     if (root / _CLASS_FILE).exists() and _is_single_module(root):
         return {_single_module_id(root): root}
+    _refuse_tune_folder(root)
     candidates = root / _MODULES_SUBDIR if (root / _MODULES_SUBDIR).is_dir() else root
     modules = {
         child.name: child
@@ -75,6 +76,45 @@ def _module_dirs(root: Path) -> dict[str, Path]:
             "or Tune wrote (e.g. .../checkpoint_000003)."
         )
     return modules
+
+
+def _refuse_tune_folder(root: Path) -> None:
+    """A Tune trial folder (checkpoint_000000, ... inside) or experiment folder (trial
+    folders inside) is not a checkpoint: say which checkpoint to pass instead. Without
+    this, the checkpoint folders inside would be taken for module folders."""
+    if (root / _CLASS_FILE).exists() or (root / _MODULES_SUBDIR).is_dir():
+        return
+    checkpoints = _checkpoints_in(root)
+    if checkpoints:
+        raise CheckpointError(
+            f"{root} is a Tune trial folder, not a checkpoint: it holds "
+            f"{', '.join(c.name for c in checkpoints)}. Pass one of them, e.g. "
+            f"{checkpoints[-1]} (the latest), or register them all with "
+            f"`rllib-mlflow register {root} --name NAME`."
+        )
+    trials = [
+        child for child in sorted(root.iterdir()) if child.is_dir() and _checkpoints_in(child)
+    ]
+    if trials:
+        latest = _checkpoints_in(trials[0])[-1]
+        raise CheckpointError(
+            f"{root} is a Tune experiment folder, not a checkpoint: it holds the trial "
+            f"folders {', '.join(t.name for t in trials)}. Pass one of their checkpoints, "
+            f"e.g. {latest}, or register them all with `rllib-mlflow register {root} --name "
+            "NAME`."
+        )
+
+
+def _checkpoints_in(folder: Path) -> list[Path]:
+    """The checkpoint_NNNNNN folders Tune wrote in a trial folder, oldest first."""
+    found = [
+        child
+        for child in folder.iterdir()
+        if child.is_dir()
+        and child.name.startswith("checkpoint_")
+        and ((child / "rllib_checkpoint.json").exists() or (child / _CLASS_FILE).exists())
+    ]
+    return sorted(found, key=lambda child: child.name)
 
 
 def _is_single_module(root: Path) -> bool:

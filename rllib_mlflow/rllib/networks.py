@@ -41,17 +41,15 @@ def _network(module) -> Network:
         )
     if isinstance(module, DefaultPPOTorchRLModule):
         actor = lstm_actor_encoder(module)
-        clip = _log_std_clip(module.pi)
+        gaussian = _gaussian_settings(module.pi)
         if hasattr(actor, "lstm"):
             return Network(
-                _layers(actor.tokenizer), _layers(module.pi), log_std_clip=clip, lstm=_lstm(actor)
+                _layers(actor.tokenizer), _layers(module.pi), lstm=_lstm(actor), **gaussian
             )
-        return Network(_layers(actor), _layers(module.pi), log_std_clip=clip)
+        return Network(_layers(actor), _layers(module.pi), **gaussian)
     if isinstance(module, DefaultSACTorchRLModule):
         return Network(
-            _layers(module.pi_encoder),
-            _layers(module.pi),
-            log_std_clip=_log_std_clip(module.pi),
+            _layers(module.pi_encoder), _layers(module.pi), **_gaussian_settings(module.pi)
         )
     if isinstance(module, DefaultDQNTorchRLModule):
         if module.num_atoms > 1:
@@ -94,6 +92,20 @@ def _lstm(encoder) -> tuple[LSTMLayer, ...]:
         bias = _numpy(getattr(lstm, f"bias_ih_l{i}")) + _numpy(getattr(lstm, f"bias_hh_l{i}"))
         layers.append(LSTMLayer(lstm.hidden_size, (kernel, recurrent, bias)))
     return tuple(layers)
+
+
+def _gaussian_settings(head) -> dict:
+    """Network's log_std_clip and free_log_std for a policy head (neither for others)."""
+    import torch
+
+    log_std = getattr(head, "log_std", None)
+    if not isinstance(log_std, torch.nn.Parameter):
+        return {"log_std_clip": _log_std_clip(head)}
+    # free_log_std=True: the net outputs only the means; the log stds are this parameter,
+    # clipped as RLlib's TorchFreeLogStdMLPHead does before appending it to every row.
+    free = _numpy(log_std).astype(np.float32)
+    clip = _log_std_clip(head)
+    return {"free_log_std": free if clip is None else np.clip(free, -clip, clip)}
 
 
 def _log_std_clip(head) -> float | None:

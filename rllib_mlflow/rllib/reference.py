@@ -40,19 +40,59 @@ def rllib_reference(
     obs_filter = _rllib_filter(snapshot.mean_std_filter)
 
     def act(observations: Any) -> tuple[Any, np.ndarray]:
-        if isinstance(observations, dict):
-            obs = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in observations.items()}
-        else:
-            obs = np.asarray(observations, dtype=np.float32)
-            if obs_filter is not None:
-                obs = obs_filter(obs, update=False)
-            obs = torch.from_numpy(np.asarray(obs))
+        obs = _module_input(observations, obs_filter)
         with torch.no_grad():
             dist_inputs = _dist_inputs(module, obs)
             actions = _rllib_actions(module, snapshot, dist_inputs)
         return actions, dist_inputs.numpy()
 
     return act
+
+
+def rllib_activation_scale(snapshot: PolicySnapshot, observations: Any) -> np.ndarray:
+    """Per batch row, the largest magnitude among the module's input and the outputs of
+    each of its layers: float32 rounding grows with it (a CNN on 0-255 pixels differs from
+    another float32 implementation by more than 1e-5 in absolute terms)."""
+    import torch
+
+    module = restore_rl_module(snapshot)
+    module.eval()
+    obs = _module_input(observations, _rllib_filter(snapshot.mean_std_filter))
+    scales = [_row_magnitude(t) for t in (obs.values() if isinstance(obs, dict) else [obs])]
+    rows = scales[0].shape[0]
+
+    def record(_layer, _inputs, output):
+        for tensor in output if isinstance(output, (tuple, list)) else [output]:
+            if isinstance(tensor, torch.Tensor) and tensor.dim() and tensor.shape[0] == rows:
+                scales.append(_row_magnitude(tensor))
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [leaf.register_forward_hook(record) for leaf in leaves]
+    try:
+        with torch.no_grad():
+            _dist_inputs(module, obs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return np.max(np.stack(scales), axis=0)
+
+
+def _row_magnitude(tensor) -> np.ndarray:
+    values = tensor.detach().float().abs().reshape(tensor.shape[0], -1)
+    return values.max(dim=1).values.numpy() if values.shape[1] else np.zeros(values.shape[0])
+
+
+def _module_input(observations: Any, obs_filter):
+    """Raw observations as the module receives them: RLlib's MeanStdFilter (without updating
+    it), as torch tensors; a dict of arrays for a module that reads Dict observations."""
+    import torch
+
+    if isinstance(observations, dict):
+        return {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in observations.items()}
+    obs = np.asarray(observations, dtype=np.float32)
+    if obs_filter is not None:
+        obs = obs_filter(obs, update=False)
+    return torch.from_numpy(np.asarray(obs, np.float32))
 
 
 def rllib_sequence_reference(
@@ -170,6 +210,18 @@ def _dist_inputs(module, observations):
     if hasattr(module, "uses_dueling"):  # DQN: its inference output holds only actions
         return module.compute_q_values(batch)["qf_preds"]
     return module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+
+
+def rllib_flattened(space: dict[str, Any], samples: list) -> np.ndarray:
+    """Raw observations of `space` (policy.json's description) flattened by RLlib's own
+    function, as its FlattenObservations connector calls it."""
+    import tree
+    from ray.rllib.utils.numpy import flatten_inputs_to_1d_tensor
+    from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
+
+    batch = tree.map_structure(lambda *parts: np.stack(parts), *samples)
+    struct = get_base_struct_from_space(_gym_space(space))
+    return np.asarray(flatten_inputs_to_1d_tensor(batch, struct, batch_axis=True), np.float32)
 
 
 def _rllib_filter(spec: MeanStdFilter | None):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from rllib_mlflow.policy.flatten import RULE as FLATTEN_RULE
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -48,12 +50,16 @@ class Network:
     Q = V + A - mean(A) with A = head(encoder(x)) and V = value_head(encoder(x)).
     `log_std_clip` is set for Gaussian heads: RLlib clips the second half of the head's
     output (the log standard deviations) to [-log_std_clip, log_std_clip].
+    `free_log_std` is set for `free_log_std=True` heads: the head outputs only the means,
+    and RLlib appends these log standard deviations (a trained parameter, already clipped)
+    to every row.
     """
 
     encoder: tuple[Layer, ...]
     head: tuple[Layer, ...]
     value_head: tuple[Layer, ...] | None = None
     log_std_clip: float | None = None
+    free_log_std: np.ndarray | None = None
     # RLlib's default LSTM encoder: the encoder layers above are its tokenizer, these run
     # after them with the recurrent state, and the head reads the last layer's output.
     lstm: tuple[LSTMLayer, ...] = ()
@@ -210,7 +216,7 @@ class PolicySnapshot:
     observation_space: dict[str, Any]  # see spaces.space_to_json
     action_space: dict[str, Any]
     input_shape: tuple[int, ...]  # one raw observation, as the exported models take it
-    flatten_observations: bool  # Dict/Tuple/Discrete observations: gymnasium flatten
+    flatten_observations: bool  # Dict/Tuple/Discrete observations: RLlib's flatten rule
     mean_std_filter: MeanStdFilter | None
     network: Network | None  # None when the module cannot be rebuilt in Keras
     unsupported_reason: str | None  # why `network` is None, naming the class
@@ -272,7 +278,7 @@ class PolicySnapshot:
     def preprocessing_json(self) -> list[dict[str, Any]]:
         steps: list[dict[str, Any]] = []
         if self.flatten_observations:
-            steps.append({"type": "flatten", "how": "gymnasium.spaces.flatten"})
+            steps.append({"type": "flatten", "how": FLATTEN_RULE})
         if self.mean_std_filter is not None:
             steps.append(self.mean_std_filter.to_json())
         if self.prev_actions_rewards is not None:

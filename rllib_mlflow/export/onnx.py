@@ -56,7 +56,7 @@ class TorchPolicy(torch.nn.Module):
 
     def __init__(self, snapshot: PolicySnapshot):
         super().__init__()
-        self.module = restore_rl_module(snapshot)
+        self.module = _dist_inputs_module(snapshot)
         self.module.eval()
         self.snapshot = snapshot
         self.rule = snapshot.action_rule
@@ -73,7 +73,7 @@ class TorchPolicy(torch.nn.Module):
         if self.snapshot.state:
             dist_inputs, state_out = self._recurrent_step(observations, named)
         else:
-            dist_inputs, state_out = module_dist_inputs(self.module, observations), {}
+            dist_inputs, state_out = self._dist_inputs(observations), {}
         results = {"actions": self._actions(dist_inputs), "action_dist_inputs": dist_inputs}
         results.update({f"state_out_{name}": value for name, value in state_out.items()})
         return tuple(results[name] for name in self.outputs)
@@ -101,6 +101,11 @@ class TorchPolicy(torch.nn.Module):
             # order ("_orig_obs", "prev_n_actions", "prev_n_rewards").
             x = torch.cat([x, named["prev_n_actions"], named["prev_n_rewards"]], dim=-1)
         return x
+
+    def _dist_inputs(self, observations):
+        if self.snapshot.api_stack == "old":  # a plain module: observations -> dist inputs
+            return self.module(observations)
+        return module_dist_inputs(self.module, observations)
 
     def _recurrent_step(self, observations, named):
         """One time step with the state as explicit tensors ([B, size] each)."""
@@ -137,6 +142,20 @@ class TorchPolicy(torch.nn.Module):
         dist_cls = self.module.get_inference_action_dist_cls()
         actions = dist_cls.from_logits(dist_inputs.clone()).to_deterministic().sample()
         return _normalize_and_clip(actions, self.rule) if not self.rule.is_discrete else actions
+
+
+def _dist_inputs_module(snapshot: PolicySnapshot) -> torch.nn.Module:
+    """RLlib's torch RLModule; for the old API stack, the torch policy's own model, or (TF2
+    policies) a torch module computing the snapshot's network."""
+    if snapshot.api_stack != "old":
+        return restore_rl_module(snapshot)
+    if snapshot.framework == "torch":
+        from rllib_mlflow.rllib.old_reference import old_stack_torch_model
+
+        return old_stack_torch_model(snapshot)
+    from rllib_mlflow.export.torch_network import NetworkModule
+
+    return NetworkModule(snapshot.network)
 
 
 def torch_actions(dist_inputs, rule: ActionRule):

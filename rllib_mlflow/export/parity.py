@@ -61,7 +61,7 @@ def check_parity(
         "observations": observations,
         "seed": seed,
         "tolerance": TOLERANCE,
-        "reference": "RLlib torch module + inference distribution + connectors",
+        "reference": _REFERENCES[snapshot.api_stack],
         "formats": compare(snapshot, export_dir, formats, observations, seed),
     }
     if snapshot.is_stateful:
@@ -79,6 +79,13 @@ def check_parity(
             "checkpoint's algorithm and model config."
         )
     return report
+
+
+_REFERENCES = {
+    "new": "RLlib torch module + inference distribution + connectors",
+    "old": "RLlib old-stack Policy.compute_actions(explore=False) + its MeanStdFilter "
+    "(update=False) + unsquash/clip, as Algorithm.compute_single_action",
+}
 
 
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:

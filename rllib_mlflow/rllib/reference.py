@@ -31,8 +31,13 @@ def rllib_reference(
     Uses the restored torch module, its inference action distribution, RLlib's
     MeanStdFilter and RLlib's unsquash/clip functions, exactly as an EnvRunner with
     explore=False does. Observations are one array, or a dict of arrays (one per key) for
-    a module that reads Dict observations.
+    a module that reads Dict observations. An old-API-stack snapshot is compared with its
+    restored Policy instead (`old_reference`).
     """
+    if snapshot.api_stack == "old":
+        from rllib_mlflow.rllib.old_reference import old_stack_reference
+
+        return old_stack_reference(snapshot)
     import torch
 
     module = restore_rl_module(snapshot)

@@ -1,0 +1,141 @@
+"""Translate the ModelV2 of an RLlib old-API-stack policy (TF2 or torch) into a `Network`.
+
+RLlib's catalog builds the same networks in both frameworks; the Keras exports and the
+ONNX graph of a TF policy are rebuilt from these framework-neutral layers. Only the
+catalog's own models are translated, each class checked exactly: a subclass or a custom
+ModelV2 may compute anything, so it is refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.rllib.snapshot import Layer, Network
+
+# Old-stack action distributions (TF and torch names) -> the snapshot's action rule.
+OLD_STACK_DISTRIBUTIONS = {
+    "Categorical": "categorical",
+    "TorchCategorical": "categorical",
+    "MultiCategorical": "multi_categorical",
+    "TorchMultiCategorical": "multi_categorical",
+    "DiagGaussian": "diag_gaussian",
+    "TorchDiagGaussian": "diag_gaussian",
+}
+# Keras activation functions by their __name__ -> the names `Layer("activation")` uses.
+_KERAS_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
+_KERAS_ACTIVATIONS |= {"elu": "elu", "sigmoid": "sigmoid"}
+
+
+def old_stack_network(policy) -> Network:
+    """The deterministic inference network of `policy.model`, or UnsupportedModuleError."""
+    model = policy.model
+    config = policy.config.get("model", {})
+    _refuse_unsupported_model(model, config)
+    cls = f"{type(model).__module__}.{type(model).__name__}"
+    translate = _TRANSLATORS.get(cls)
+    if translate is None:
+        raise UnsupportedModuleError(
+            f"The old-stack model {cls} is not one of RLlib's catalog models that "
+            "rllib-mlflow rebuilds (fcnet, visionnet, in TF2 or torch), so no export can be "
+            "proved to act like it. A custom ModelV2 is not exported."
+        )
+    return translate(model)
+
+
+def distribution_name(policy) -> str:
+    """The action rule's name for the policy's action distribution class, or refusal."""
+    dist = getattr(policy, "dist_class", None)
+    dist = getattr(dist, "func", dist)  # Box actions: a functools.partial with the space
+    name = getattr(dist, "__name__", repr(dist))
+    if name not in OLD_STACK_DISTRIBUTIONS or dist.__module__.split(".")[:3] != [
+        "ray",
+        "rllib",
+        "models",
+    ]:
+        raise UnsupportedModuleError(
+            f"The old-stack action distribution {name} is not exported yet; supported: "
+            f"{sorted(set(OLD_STACK_DISTRIBUTIONS))} (RLlib's own classes)."
+        )
+    return OLD_STACK_DISTRIBUTIONS[name]
+
+
+def _refuse_unsupported_model(model, config: dict) -> None:
+    if config.get("use_attention"):
+        raise UnsupportedModuleError(
+            "The policy uses RLlib's attention net (use_attention=True); its memory of past "
+            "steps cannot be reproduced by the exported graphs, so it is not exported."
+        )
+    if config.get("use_lstm"):
+        raise UnsupportedModuleError("Old-stack policies with use_lstm=True are not exported yet.")
+    if config.get("custom_model"):
+        raise UnsupportedModuleError(
+            f"The policy uses the custom model {config['custom_model']!r}; custom "
+            "ModelV2s are not exported from the old API stack."
+        )
+
+
+def _tf_fcnet(model) -> Network:
+    """ray.rllib.models.tf.fcnet: Dense fc_1..fc_n, then fc_out (+ free log std)."""
+    base = model.base_model
+    names = [layer.name for layer in base.layers]
+    hidden = [base.get_layer(n) for n in names if n.startswith("fc_") and n[3:].isdigit()]
+    hidden.sort(key=lambda layer: int(layer.name[3:]))
+    layers = [step for dense in hidden for step in _keras_dense(dense)]
+    if "fc_out" not in names:  # num_outputs=0 cannot act
+        raise UnsupportedModuleError("The fcnet has no output layer (num_outputs=0).")
+    out = base.get_layer("fc_out")
+    head = _keras_dense(out)
+    log_std = getattr(model, "log_std_var", None)
+    if log_std is not None:
+        head = _append_log_std(head, np.asarray(log_std.numpy(), np.float32))
+    return _split(layers, head)
+
+
+def _keras_dense(dense) -> list[Layer]:
+    kernel, bias = (np.asarray(w, np.float32) for w in dense.get_weights())
+    steps = [Layer("dense", {"units": int(kernel.shape[1])}, (kernel, bias))]
+    activation = getattr(dense.activation, "__name__", "linear")
+    if activation != "linear":
+        if activation not in _KERAS_ACTIVATIONS:
+            raise UnsupportedModuleError(f"Activation {activation!r} is not exported yet.")
+        steps.append(Layer("activation", {"name": _KERAS_ACTIVATIONS[activation]}))
+    return steps
+
+
+def _torch_fcnet(model) -> Network:
+    """ray.rllib.models.torch.fcnet: _hidden_layers, then _logits (+ free log std)."""
+    from rllib_mlflow.rllib.networks import _layers, _numpy
+
+    layers = list(_layers(model._hidden_layers))
+    head = list(_layers(model._logits)) if model._logits is not None else []
+    if getattr(model, "free_log_std", False):
+        head = _append_log_std(head, _numpy(model._append_free_log_std.log_std))
+    return _split(layers, head)
+
+
+def _split(layers: list[Layer], head: list[Layer]) -> Network:
+    """Encoder and head; with no_final_linear the last hidden layer is the output."""
+    if not head:
+        if not layers:
+            raise UnsupportedModuleError("The fcnet has no layers to act with.")
+        last_dense = max(i for i, layer in enumerate(layers) if layer.kind == "dense")
+        layers, head = layers[:last_dense], layers[last_dense:]
+    return Network(tuple(layers), tuple(head))
+
+
+def _append_log_std(head: list[Layer], log_std: np.ndarray) -> list[Layer]:
+    """free_log_std appends a learned bias to the means. A dense layer whose extra outputs
+    have zero weights and the log std as bias computes exactly that, with no new layer."""
+    if not head or head[-1].kind != "dense":
+        raise UnsupportedModuleError("free_log_std without a final linear layer is not exported.")
+    kernel, bias = head[-1].weights
+    kernel = np.concatenate([kernel, np.zeros((kernel.shape[0], log_std.size), np.float32)], 1)
+    bias = np.concatenate([bias, log_std.ravel()])
+    return [*head[:-1], Layer("dense", {"units": int(kernel.shape[1])}, (kernel, bias))]
+
+
+_TRANSLATORS = {
+    "ray.rllib.models.tf.fcnet.FullyConnectedNetwork": _tf_fcnet,
+    "ray.rllib.models.torch.fcnet.FullyConnectedNetwork": _torch_fcnet,
+}

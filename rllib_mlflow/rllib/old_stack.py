@@ -1,0 +1,199 @@
+"""Read an RLlib old-API-stack checkpoint (TF2 or torch policies) into `PolicySnapshot`s.
+
+An old-stack Algorithm checkpoint holds one `policies/<policy_id>/policy_state.pkl` per
+policy; `policy.export_checkpoint` writes one such directory alone. Each policy is restored
+with `Policy.from_checkpoint` (no Ray cluster needed) and becomes one snapshot: RLlib's
+preprocessor (one-hot, Dict/Tuple flattening), the policy's MeanStdFilter connector frozen
+at the checkpoint, the catalog model as a `Network`, and the action rule with the
+config's `normalize_actions` / `clip_actions` (what `Algorithm.compute_single_action` does).
+
+RLlib's TF2 policies are Keras 2 models: TensorFlow must start with TF_USE_LEGACY_KERAS=1
+(and tf_keras installed). `prepare_process` arranges that before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
+from rllib_mlflow.policy.spaces import space_to_json
+from rllib_mlflow.rllib.connectors import _rule_for_space
+from rllib_mlflow.rllib.layout import _POLICY_STATE, _load_pickle
+from rllib_mlflow.rllib.old_models import distribution_name, old_stack_network
+from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
+
+OLD_STACK = "old"
+LEGACY_KERAS_HINT = (
+    "set TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow is imported (and "
+    "`pip install tf-keras`): RLlib's old-stack TF policies are Keras 2 models"
+)
+
+
+def prepare_process() -> None:
+    """Make TensorFlow, when it is imported later, use Keras 2 (tf_keras), as RLlib's
+    old-stack TF policies need. The new stack's Keras 3 exports (`import keras`) are not
+    affected; too late once TensorFlow is imported, which `restore_policy` then reports."""
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is not None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def read_old_stack_snapshots(
+    root: Path, policy_dirs: dict[str, Path], source: str
+) -> list[PolicySnapshot]:
+    """One snapshot per policy directory of an old-stack checkpoint at `root`."""
+    algorithm = _algorithm_info(root)
+    return [_read_policy(pid, pdir, algorithm, source) for pid, pdir in sorted(policy_dirs.items())]
+
+
+def restore_policy(policy_dir: str):
+    """RLlib's old-stack Policy restored from its checkpoint directory, without Ray."""
+    state = _load_pickle(Path(policy_dir) / _POLICY_STATE)
+    framework = state["policy_spec"]["config"].get("framework", "torch")
+    if framework in ("tf", "tf2"):
+        _check_legacy_keras(policy_dir)
+    from ray.rllib.policy.policy import Policy
+
+    try:
+        return Policy.from_checkpoint(str(policy_dir))
+    except Exception as error:
+        raise CheckpointError(
+            f"RLlib could not restore the old-stack policy in {policy_dir} "
+            f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
+            "by another Ray version."
+        ) from error
+
+
+def _check_legacy_keras(policy_dir: str) -> None:
+    if importlib.util.find_spec("tf_keras") is None:
+        raise UnsupportedModuleError(
+            f"The policy in {policy_dir} is an old-stack TensorFlow policy: {LEGACY_KERAS_HINT}."
+        )
+    import tensorflow as tf
+
+    if not tf.keras.__name__.startswith("tf_keras"):
+        raise UnsupportedModuleError(
+            f"This process imported TensorFlow with Keras 3, which cannot restore the "
+            f"old-stack TensorFlow policy in {policy_dir}: {LEGACY_KERAS_HINT}."
+        )
+
+
+def _algorithm_info(root: Path) -> dict[str, Any]:
+    state_path = root / "algorithm_state.pkl"
+    if not state_path.is_file():  # a Policy checkpoint
+        return {}
+    state = _load_pickle(state_path)
+    config = state.get("config") or {}
+    env = config.get("env")
+    algo_class = state.get("algorithm_class")
+    return {
+        "algorithm": getattr(algo_class, "__name__", None),
+        "env_id": env if isinstance(env, str) else getattr(env, "__name__", None),
+        "training_iteration": state.get("training_iteration"),
+    }
+
+
+def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str):
+    policy = restore_policy(str(policy_dir))
+    config = policy.config
+    network = old_stack_network(policy)
+    raw_space = getattr(policy.observation_space, "original_space", policy.observation_space)
+    preprocessor = _preprocessor(policy)
+    flatten = not isinstance(raw_space, gym.spaces.Box)
+    input_shape = tuple(int(d) for d in preprocessor.shape)
+    rule_settings = {
+        "normalize_actions": bool(config.get("normalize_actions")),
+        "clip_actions": bool(config.get("clip_actions")),
+    }
+    rule = _rule_for_space(
+        distribution_name(policy),
+        policy.action_space,
+        [("NormalizeAndClipActions", rule_settings)],
+    )
+    model = policy.model
+    return PolicySnapshot(
+        module_id=policy_id,
+        observation_space=space_to_json(raw_space),
+        action_space=space_to_json(policy.action_space),
+        input_shape=input_shape,
+        flatten_observations=flatten,
+        mean_std_filter=_mean_std_filter(policy, input_shape),
+        network=network,
+        unsupported_reason=None,
+        action_rule=rule,
+        module_dir=str(policy_dir.resolve()),
+        module_class=f"{type(model).__module__}.{type(model).__name__}",
+        algorithm=algorithm.get("algorithm"),
+        env_id=algorithm.get("env_id") or _env_id(config),
+        source_checkpoint=source,
+        training_iteration=algorithm.get("training_iteration"),
+        model_config=_jsonable(config.get("model", {})),
+        api_stack=OLD_STACK,
+        framework="torch" if config.get("framework") == "torch" else "tf2",
+    )
+
+
+def _preprocessor(policy):
+    """RLlib's observation preprocessor of the policy (NoPreprocessor for a Box)."""
+    from ray.rllib.models.preprocessors import get_preprocessor
+
+    raw = getattr(policy.observation_space, "original_space", policy.observation_space)
+    preprocessor = get_preprocessor(raw)(raw, policy.config.get("model", {}))
+    if type(preprocessor).__name__ not in _EXPORTED_PREPROCESSORS:
+        raise UnsupportedModuleError(
+            f"RLlib's {type(preprocessor).__name__} for {raw} is not exported yet; "
+            f"supported: {', '.join(sorted(_EXPORTED_PREPROCESSORS))}."
+        )
+    return preprocessor
+
+
+# Box observations reach the model as they are; the others (one-hot, Dict/Tuple flattening)
+# are not exported from the old stack yet.
+_EXPORTED_PREPROCESSORS = {"NoPreprocessor"}
+
+
+def _mean_std_filter(policy, input_shape) -> MeanStdFilter | None:
+    """The policy's MeanStdFilter connector, as `Algorithm.compute_single_action` applies it
+    (after the preprocessor, statistics not updated)."""
+    from ray.rllib.connectors.agent.mean_std_filter import MeanStdObservationFilterAgentConnector
+
+    connectors = policy.agent_connectors[MeanStdObservationFilterAgentConnector] or []
+    if not connectors:
+        if policy.config.get("observation_filter", "NoFilter") != "NoFilter":
+            raise UnsupportedModuleError(
+                f"observation_filter={policy.config['observation_filter']!r} is not exported "
+                "yet; MeanStdFilter is."
+            )
+        return None
+    rllib_filter = connectors[0].filter
+    stats = rllib_filter.running_stats
+    if not hasattr(stats, "to_state"):
+        raise UnsupportedModuleError("A MeanStdFilter over nested observations is not exported.")
+    return MeanStdFilter(
+        mean=np.asarray(stats.mean, np.float64).reshape(input_shape),
+        std=np.asarray(stats.std, np.float64).reshape(input_shape),
+        demean=bool(rllib_filter.demean),
+        destd=bool(rllib_filter.destd),
+        clip=rllib_filter.clip,
+        rllib_state=stats.to_state(),
+    )
+
+
+def _env_id(config: dict) -> str | None:
+    env = config.get("env")
+    return env if isinstance(env, str) else getattr(env, "__name__", None)
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return {}

@@ -120,6 +120,12 @@ def _refuse_pickled_checkpoint(root: Path) -> None:
 
 def read_training_iteration(checkpoint_dir: str) -> int | None:
     """The training iteration an Algorithm checkpoint recorded, if any."""
+    if (Path(checkpoint_dir) / "policies").is_dir():
+        # Old stack: unpickling its state imports TensorFlow, which must then give RLlib's
+        # TF policies tf_keras (the snapshots are read next, in this process).
+        from rllib_mlflow.rllib.old_stack import prepare_process
+
+        prepare_process()
     _tensorflow_before_rllib()
     state = Path(checkpoint_dir) / "algorithm_state.pkl"
     if not state.exists():

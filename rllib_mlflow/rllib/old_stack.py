@@ -96,7 +96,15 @@ def _algorithm_info(root: Path) -> dict[str, Any]:
         "algorithm": getattr(algo_class, "__name__", None),
         "env_id": env if isinstance(env, str) else getattr(env, "__name__", None),
         "training_iteration": state.get("training_iteration"),
+        "metrics": _counter_metrics(state.get("counters") or {}),
     }
+
+
+def _counter_metrics(counters: dict[str, Any]) -> dict[str, float]:
+    """What the old stack's state records of training (its counters; episode returns are
+    only in Tune's results), named as the new stack's results name them."""
+    wanted = {"num_env_steps_sampled": "num_env_steps_sampled_lifetime"}
+    return {name: float(counters[key]) for key, name in wanted.items() if key in counters}
 
 
 def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str):
@@ -133,6 +141,7 @@ def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str)
         env_id=algorithm.get("env_id") or _env_id(config),
         source_checkpoint=source,
         training_iteration=algorithm.get("training_iteration"),
+        metrics=dict(algorithm.get("metrics", {})),
         model_config=_jsonable(config.get("model", {})),
         api_stack=OLD_STACK,
         framework="torch" if config.get("framework") == "torch" else "tf2",

@@ -109,6 +109,9 @@ class TorchPolicy(torch.nn.Module):
 
     def _recurrent_step(self, observations, named):
         """One time step with the state as explicit tensors ([B, size] each)."""
+        if self.snapshot.api_stack == "old":  # RLlib's old-stack LSTMWrapper
+            dist_inputs, h, c = self.module(observations, named["state_in_h"], named["state_in_c"])
+            return dist_inputs, {"h": h, "c": c}
         from ray.rllib.core.columns import Columns
         from ray.rllib.core.models.base import ENCODER_OUT
 
@@ -149,6 +152,10 @@ def _dist_inputs_module(snapshot: PolicySnapshot) -> torch.nn.Module:
     policies) a torch module computing the snapshot's network."""
     if snapshot.api_stack != "old":
         return restore_rl_module(snapshot)
+    if snapshot.state:  # RLlib's LSTMWrapper, one step
+        from rllib_mlflow.export.torch_recurrent import old_stack_lstm_module
+
+        return old_stack_lstm_module(snapshot)
     if snapshot.framework == "torch":
         from rllib_mlflow.rllib.old_reference import old_stack_torch_model
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.rllib.old_lstm import lstm_network
 from rllib_mlflow.rllib.snapshot import Layer, Network
 
 # Old-stack action distributions (TF and torch names) -> the snapshot's action rule.
@@ -32,6 +33,8 @@ def old_stack_network(policy) -> Network:
     model = policy.model
     config = policy.config.get("model", {})
     _refuse_unsupported_model(model, config)
+    if config.get("use_lstm"):
+        return lstm_network(model, config)
     cls = f"{type(model).__module__}.{type(model).__name__}"
     translate = _TRANSLATORS.get(cls)
     if translate is None:
@@ -66,8 +69,6 @@ def _refuse_unsupported_model(model, config: dict) -> None:
             "The policy uses RLlib's attention net (use_attention=True); its memory of past "
             "steps cannot be reproduced by the exported graphs, so it is not exported."
         )
-    if config.get("use_lstm"):
-        raise UnsupportedModuleError("Old-stack policies with use_lstm=True are not exported yet.")
     if config.get("custom_model"):
         raise UnsupportedModuleError(
             f"The policy uses the custom model {config['custom_model']!r}; custom "

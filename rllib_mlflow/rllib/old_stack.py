@@ -26,6 +26,7 @@ from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib.connectors import _rule_for_space
 from rllib_mlflow.rllib.layout import _POLICY_STATE, _load_pickle
+from rllib_mlflow.rllib.old_lstm import lstm_state
 from rllib_mlflow.rllib.old_models import distribution_name, old_stack_network
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
@@ -143,6 +144,7 @@ def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str)
         training_iteration=algorithm.get("training_iteration"),
         metrics=dict(algorithm.get("metrics", {})),
         model_config=_jsonable(config.get("model", {})),
+        state=lstm_state(model) if network.lstm else (),
         api_stack=OLD_STACK,
         framework="torch" if config.get("framework") == "torch" else "tf2",
     )

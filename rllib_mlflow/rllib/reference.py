@@ -70,6 +70,10 @@ def rllib_sequence_reference(
     `get_initial_state()` and is carried from step to step by `forward_inference`, as an
     EnvRunner does; PrevActionsPrevRewards' and FrameStacking's history starts as zeros.
     """
+    if snapshot.api_stack == "old":
+        from rllib_mlflow.rllib.old_reference import old_stack_sequence_reference
+
+        return old_stack_sequence_reference(snapshot)
     import torch
     from ray.rllib.core.columns import Columns
 

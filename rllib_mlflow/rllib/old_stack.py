@@ -8,14 +8,12 @@ at the checkpoint, the catalog model as a `Network`, and the action rule with th
 config's `normalize_actions` / `clip_actions` (what `Algorithm.compute_single_action` does).
 
 RLlib's TF2 policies are Keras 2 models: TensorFlow must start with TF_USE_LEGACY_KERAS=1
-(and tf_keras installed). `prepare_process` arranges that before TensorFlow is imported.
+(and tf_keras installed); `layout.prepare_for_old_stack` arranges that where it still can.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,11 @@ from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib.connectors import _rule_for_space
 from rllib_mlflow.rllib.layout import _POLICY_STATE, _load_pickle
-from rllib_mlflow.rllib.old_models import distribution_name, old_stack_network
+from rllib_mlflow.rllib.old_models import (
+    distribution_name,
+    old_stack_network,
+    refuse_unsupported_model,
+)
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 OLD_STACK = "old"
@@ -34,14 +36,6 @@ LEGACY_KERAS_HINT = (
     "set TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow is imported (and "
     "`pip install tf-keras`): RLlib's old-stack TF policies are Keras 2 models"
 )
-
-
-def prepare_process() -> None:
-    """Make TensorFlow, when it is imported later, use Keras 2 (tf_keras), as RLlib's
-    old-stack TF policies need. The new stack's Keras 3 exports (`import keras`) are not
-    affected; too late once TensorFlow is imported, which `restore_policy` then reports."""
-    if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is not None:
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def read_old_stack_snapshots(
@@ -61,7 +55,7 @@ def restore_policy(policy_dir: str):
     from ray.rllib.policy.policy import Policy
 
     try:
-        return Policy.from_checkpoint(str(policy_dir))
+        return Policy.from_checkpoint(str(Path(policy_dir).resolve()))  # RLlib needs it absolute
     except Exception as error:
         raise CheckpointError(
             f"RLlib could not restore the old-stack policy in {policy_dir} "
@@ -100,6 +94,14 @@ def _algorithm_info(root: Path) -> dict[str, Any]:
 
 
 def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str):
+    trained_with = _load_pickle(policy_dir / _POLICY_STATE)["policy_spec"]["config"]
+    if trained_with.get("framework") not in ("tf2", "torch"):
+        raise UnsupportedModuleError(
+            f"The old-stack policy {policy_id!r} uses framework="
+            f"{trained_with.get('framework')!r}; policies of framework 'tf2' and 'torch' are "
+            "exported (the graph-mode 'tf' policies are not)."
+        )
+    refuse_unsupported_model(trained_with.get("model", {}))  # before RLlib builds it
     policy = restore_policy(str(policy_dir))
     config = policy.config
     network = old_stack_network(policy)

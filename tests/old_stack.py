@@ -181,7 +181,15 @@ def _play(algo, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
             actions = {}
             for agent, agent_obs in per_agent.items():
                 pid = mapping(agent, None) if multi_agent else "default_policy"
-                actions[agent] = algo.compute_single_action(agent_obs, policy_id=pid, explore=False)
+                # Both passed: with their defaults, compute_single_action skips clip_actions
+                # (`elif clip_action is None`), which RLlib's EnvRunner applies.
+                actions[agent] = algo.compute_single_action(
+                    agent_obs,
+                    policy_id=pid,
+                    explore=False,
+                    unsquash_action=algo.config.normalize_actions,
+                    clip_action=algo.config.clip_actions,
+                )
                 seen.setdefault(pid, ([], []))
                 seen[pid][0].append(np.asarray(agent_obs))
                 seen[pid][1].append(np.asarray(actions[agent]))
@@ -203,31 +211,41 @@ def train(name: str, out: Path) -> list[dict[str, Any]]:
     algo_name, env_id, framework, build, iterations = CONFIGS[name]
     config = build()
     algo = config.build_algo()
+    path, result = out / name, {}
     try:
-        result: dict[str, Any] = {}
         for _ in range(iterations):
             result = algo.train()
-        path = out / name
         algo.save(str(path))
-        truth = out / f"{name}.truth.npz"
-        if iterations:
-            np.savez(truth, **_play(algo, env_id, config.is_multi_agent))
-        record = {
-            "name": name,
-            "path": str(path),
-            "algo_name": algo_name,
-            "env_id": env_id,
-            "framework": framework,
-            "policy_ids": sorted(config.policies) if config.is_multi_agent else ["default_policy"],
-            "training_iteration": int(result.get("training_iteration", 0)),
-            "truth_path": str(truth),
-        }
-        records = [record]
         for policy_name, source in POLICY_CHECKPOINT_OF.items():
             if source == name:
                 algo.get_policy().export_checkpoint(str(out / policy_name))
-                records.append({**record, "name": policy_name, "path": str(out / policy_name)})
-        return records
+    finally:
+        algo.stop()
+    truth = out / f"{name}.truth.npz"
+    if iterations:
+        np.savez(truth, **_play_checkpoint(str(path), env_id, config.is_multi_agent))
+    record = {
+        "name": name,
+        "path": str(path),
+        "algo_name": algo_name,
+        "env_id": env_id,
+        "framework": framework,
+        "policy_ids": sorted(config.policies) if config.is_multi_agent else ["default_policy"],
+        "training_iteration": int(result.get("training_iteration", 0)),
+        "truth_path": str(truth),
+    }
+    policies = [n for n, source in POLICY_CHECKPOINT_OF.items() if source == name]
+    return [record] + [{**record, "name": n, "path": str(out / n)} for n in policies]
+
+
+def _play_checkpoint(path: str, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
+    """RLlib's own actions from the saved checkpoint. Not from the training Algorithm: IMPALA's
+    and APPO's learner thread may still update its weights after `save()`."""
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    algo = Algorithm.from_checkpoint(path)
+    try:
+        return _play(algo, env_id, multi_agent)
     finally:
         algo.stop()
 

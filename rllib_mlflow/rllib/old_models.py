@@ -37,8 +37,9 @@ def old_stack_network(policy) -> Network:
     if translate is None:
         raise UnsupportedModuleError(
             f"The old-stack model {cls} is not one of RLlib's catalog models that "
-            "rllib-mlflow rebuilds (fcnet, visionnet, in TF2 or torch), so no export can be "
-            "proved to act like it. A custom ModelV2 is not exported."
+            "rllib-mlflow rebuilds (fcnet and visionnet, TF2 or torch, as PPO, APPO and IMPALA "
+            "use them), so no export could be proved to act like it: custom ModelV2s and the "
+            "old stack's DQN and SAC models are not exported."
         )
     return translate(model)
 

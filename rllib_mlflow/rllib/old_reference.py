@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rllib_mlflow.rllib.old_stack import restore_policy
+from rllib_mlflow.rllib.old_stack import quiet_tensorflow, restore_policy
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 
@@ -31,7 +31,8 @@ def old_stack_reference(snapshot: PolicySnapshot) -> Callable[[Any], tuple[Any, 
         batch = [np.asarray(o, np.float32) for o in observations]
         if obs_filter is not None:
             batch = [obs_filter(o, update=False) for o in batch]
-        actions, _, extra = policy.compute_actions(np.stack(batch), explore=False)
+        with quiet_tensorflow():
+            actions, _, extra = policy.compute_actions(np.stack(batch), explore=False)
         if policy.config.get("normalize_actions"):
             actions = np.stack([unsquash_action(a, space) for a in actions])
         elif policy.config.get("clip_actions"):

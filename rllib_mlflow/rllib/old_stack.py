@@ -13,7 +13,10 @@ RLlib's TF2 policies are Keras 2 models: TensorFlow must start with TF_USE_LEGAC
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +36,9 @@ from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 OLD_STACK = "old"
 LEGACY_KERAS_HINT = (
-    "set TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow is imported (and "
-    "`pip install tf-keras`): RLlib's old-stack TF policies are Keras 2 models"
+    "set TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow (or RLlib) is imported, "
+    "with tf-keras installed (`pip install --no-deps -r requirements-convert.txt`): RLlib's "
+    "old-stack TF policies are Keras 2 models"
 )
 
 
@@ -55,13 +59,27 @@ def restore_policy(policy_dir: str):
     from ray.rllib.policy.policy import Policy
 
     try:
-        return Policy.from_checkpoint(str(Path(policy_dir).resolve()))  # RLlib needs it absolute
+        with quiet_tensorflow():
+            return Policy.from_checkpoint(str(Path(policy_dir).resolve()))  # absolute for RLlib
     except Exception as error:
         raise CheckpointError(
             f"RLlib could not restore the old-stack policy in {policy_dir} "
             f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
             "by another Ray version."
         ) from error
+
+
+@contextlib.contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """Silence tf_keras' warning that RLlib's free_log_std Lambda layer uses a variable it
+    does not track (true, and harmless for inference), printed each time the model runs."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tf_logger.setLevel(level)
 
 
 def _check_legacy_keras(policy_dir: str) -> None:

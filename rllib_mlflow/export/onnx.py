@@ -149,14 +149,16 @@ class TorchPolicy(torch.nn.Module):
 
 def _dist_inputs_module(snapshot: PolicySnapshot) -> torch.nn.Module:
     """RLlib's torch RLModule; for the old API stack, the torch policy's own model, or (TF2
-    policies) a torch module computing the snapshot's network."""
+    policies) a torch module computing the snapshot's network. The parity check decides."""
     if snapshot.api_stack != "old":
         return restore_rl_module(snapshot)
     if snapshot.state:  # RLlib's LSTMWrapper, one step
         from rllib_mlflow.export.torch_recurrent import old_stack_lstm_module
 
         return old_stack_lstm_module(snapshot)
-    if snapshot.framework == "torch":
+    # RLlib's AppendBiasLayer (free_log_std) repeats the bias len(x) times, which the tracer
+    # fixes to the example batch: such models are traced from their Network instead.
+    if snapshot.framework == "torch" and not snapshot.model_config.get("free_log_std"):
         from rllib_mlflow.rllib.old_reference import old_stack_torch_model
 
         return old_stack_torch_model(snapshot)

@@ -57,13 +57,11 @@ class _NHWCConv(nn.Module):
     def __init__(self, layer: Layer):
         super().__init__()
         kernel, bias = layer.weights  # [h, w, in, out]
-        padding = layer.config.get("padding", "valid")
         self.conv = nn.Conv2d(
             kernel.shape[2],
             kernel.shape[3],
             tuple(kernel.shape[:2]),
             stride=tuple(layer.config["strides"]),
-            padding=0 if padding == "valid" else padding,
         )
         self.conv.weight.data = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
         self.conv.bias.data = torch.from_numpy(bias.copy())

@@ -14,8 +14,11 @@ Unreadable, truncated or missing files become `CheckpointError`s that say what t
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,15 @@ def _tensorflow_before_rllib() -> None:
     rather than at module import, so that the Tune driver, which only queues work, never
     loads TensorFlow."""
     from rllib_mlflow import _tensorflow_first  # noqa: F401
+
+
+def prepare_for_old_stack() -> None:
+    """Make TensorFlow, when it is imported later, use Keras 2 (tf_keras), as RLlib's
+    old-stack TF policies need. The new stack's Keras 3 exports (`import keras`) are not
+    affected. Too late once anything imported TensorFlow (any RLlib import does): the
+    reader then says what to set."""
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is not None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def list_module_ids(checkpoint_dir: str) -> list[str]:
@@ -120,12 +132,8 @@ def _refuse_pickled_checkpoint(root: Path) -> None:
 
 def read_training_iteration(checkpoint_dir: str) -> int | None:
     """The training iteration an Algorithm checkpoint recorded, if any."""
-    if (Path(checkpoint_dir) / "policies").is_dir():
-        # Old stack: unpickling its state imports TensorFlow, which must then give RLlib's
-        # TF policies tf_keras (the snapshots are read next, in this process).
-        from rllib_mlflow.rllib.old_stack import prepare_process
-
-        prepare_process()
+    if old_stack_policy_dirs(Path(checkpoint_dir)) is not None:
+        prepare_for_old_stack()
     _tensorflow_before_rllib()
     state = Path(checkpoint_dir) / "algorithm_state.pkl"
     if not state.exists():

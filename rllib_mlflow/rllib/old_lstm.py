@@ -18,20 +18,24 @@ WRAPPED_FCNET = "ray.rllib.models.catalog.FullyConnectedNetwork_as_LSTMWrapper"
 STATE_NAMES = ("h", "c")  # RLlib's state_in_0, state_in_1
 
 
+def refuse_unsupported_lstm(config: dict) -> None:
+    """Refuse, from the model config alone, the LSTM options no export reproduces yet."""
+    for option in ("lstm_use_prev_action", "lstm_use_prev_reward", "free_log_std", "_time_major"):
+        if config.get(option):
+            raise UnsupportedModuleError(
+                f"Old-stack LSTM policies with {option}=True are not exported yet "
+                "(use_lstm=True alone is)."
+            )
+
+
 def lstm_network(model, config: dict) -> Network:
     """The Network of an old-stack `FullyConnectedNetwork_as_LSTMWrapper` (TF2 or torch)."""
+    refuse_unsupported_lstm(config)
     cls = f"{type(model).__module__}.{type(model).__name__}"
     if cls != WRAPPED_FCNET:
         raise UnsupportedModuleError(
             f"use_lstm=True around {cls} is not exported; around RLlib's fcnet it is."
         )
-    for option in ("lstm_use_prev_action", "lstm_use_prev_reward", "free_log_std"):
-        if config.get(option):
-            raise UnsupportedModuleError(
-                f"Old-stack LSTM policies with {option}=True are not exported yet."
-            )
-    if config.get("_time_major"):
-        raise UnsupportedModuleError("A time-major old-stack LSTM is not exported yet.")
     return _torch_network(model) if hasattr(model, "_logits_branch") else _tf_network(model)
 
 

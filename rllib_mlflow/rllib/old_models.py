@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
-from rllib_mlflow.rllib.old_lstm import lstm_network
+from rllib_mlflow.rllib.old_lstm import lstm_network, refuse_unsupported_lstm
 from rllib_mlflow.rllib.snapshot import Layer, Network
 
 # Old-stack action distributions (TF and torch names) -> the snapshot's action rule.
@@ -32,7 +32,7 @@ def old_stack_network(policy) -> Network:
     """The deterministic inference network of `policy.model`, or UnsupportedModuleError."""
     model = policy.model
     config = policy.config.get("model", {})
-    _refuse_unsupported_model(model, config)
+    refuse_unsupported_model(config)
     if config.get("use_lstm"):
         return lstm_network(model, config)
     cls = f"{type(model).__module__}.{type(model).__name__}"
@@ -40,8 +40,9 @@ def old_stack_network(policy) -> Network:
     if translate is None:
         raise UnsupportedModuleError(
             f"The old-stack model {cls} is not one of RLlib's catalog models that "
-            "rllib-mlflow rebuilds (fcnet, visionnet, in TF2 or torch), so no export can be "
-            "proved to act like it. A custom ModelV2 is not exported."
+            "rllib-mlflow rebuilds (fcnet and visionnet, TF2 or torch, as PPO, APPO and IMPALA "
+            "use them), so no export could be proved to act like it: custom ModelV2s and the "
+            "old stack's DQN and SAC models are not exported."
         )
     return translate(model)
 
@@ -63,12 +64,15 @@ def distribution_name(policy) -> str:
     return OLD_STACK_DISTRIBUTIONS[name]
 
 
-def _refuse_unsupported_model(model, config: dict) -> None:
+def refuse_unsupported_model(config: dict) -> None:
+    """Refuse, from the model config alone, the models no export can reproduce yet."""
     if config.get("use_attention"):
         raise UnsupportedModuleError(
             "The policy uses RLlib's attention net (use_attention=True); its memory of past "
             "steps cannot be reproduced by the exported graphs, so it is not exported."
         )
+    if config.get("use_lstm"):
+        refuse_unsupported_lstm(config)
     if config.get("custom_model"):
         raise UnsupportedModuleError(
             f"The policy uses the custom model {config['custom_model']!r}; custom "
@@ -102,6 +106,71 @@ def _keras_dense(dense) -> list[Layer]:
             raise UnsupportedModuleError(f"Activation {activation!r} is not exported yet.")
         steps.append(Layer("activation", {"name": _KERAS_ACTIVATIONS[activation]}))
     return steps
+
+
+def _tf_visionnet(model) -> Network:
+    """ray.rllib.models.tf.visionnet: the chain of Conv2D (and post-fcnet Dense) layers that
+    computes the logits; the model squeezes [B, 1, 1, n] to [B, n] (here: a flatten)."""
+    chain = _keras_chain(model.base_model.outputs[0])
+    layers = [step for layer in chain for step in _keras_layer(layer)]
+    return Network(tuple(layers[:-1]), (*layers[-1:], Layer("flatten")))
+
+
+def _keras_chain(output) -> list:
+    """The layers from the model's input to `output`, each fed by the one before."""
+    chain = []
+    layer = output._keras_history.layer
+    while type(layer).__name__ != "InputLayer":
+        inbound = layer._inbound_nodes[0].inbound_layers
+        if isinstance(inbound, list):  # several inputs: not a plain chain
+            raise UnsupportedModuleError(f"The Keras layer {layer.name} has several inputs.")
+        chain.append(layer)
+        layer = inbound
+    return chain[::-1]
+
+
+def _keras_layer(layer) -> list[Layer]:
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return _keras_dense(layer)
+    if kind == "Flatten":
+        return [Layer("flatten")]
+    if kind != "Conv2D" or layer.data_format != "channels_last" or layer.dilation_rate != (1, 1):
+        raise UnsupportedModuleError(f"The Keras layer {layer.name} ({kind}) is not exported.")
+    kernel, bias = (np.asarray(w, np.float32) for w in layer.get_weights())
+    steps = []
+    if layer.padding == "same":
+        steps.append(_same_padding(layer))
+    config = {"filters": int(kernel.shape[3]), "kernel": list(kernel.shape[:2])}
+    config["strides"] = list(layer.strides)
+    steps.append(Layer("conv2d", config, (kernel, bias)))
+    activation = getattr(layer.activation, "__name__", "linear")
+    if activation != "linear":
+        steps.append(Layer("activation", {"name": _KERAS_ACTIVATIONS[activation]}))
+    return steps
+
+
+def _same_padding(conv) -> Layer:
+    """TensorFlow's "same" padding as explicit zero padding (the extra row/column goes to
+    the bottom/right, as TensorFlow puts it)."""
+    pads = []
+    for size, kernel, stride in zip(conv.input.shape[1:3], conv.kernel_size, conv.strides):
+        out = -(-int(size) // stride)
+        total = max((out - 1) * stride + kernel - int(size), 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return Layer("pad2d", {"top": top, "bottom": bottom, "left": left, "right": right})
+
+
+def _torch_visionnet(model) -> Network:
+    """ray.rllib.models.torch.visionnet: _convs, then _logits; [B, n, 1, 1] squeezed."""
+    from rllib_mlflow.rllib.networks import _layers
+
+    if model.last_layer_is_flattened:
+        raise UnsupportedModuleError("The visionnet has no output layer (num_outputs=0).")
+    layers = list(_layers(model._convs))
+    head = list(_layers(model._logits)) if model._logits is not None else []
+    return Network(tuple(layers), (*head, Layer("flatten")))
 
 
 def _torch_fcnet(model) -> Network:
@@ -139,4 +208,6 @@ def _append_log_std(head: list[Layer], log_std: np.ndarray) -> list[Layer]:
 _TRANSLATORS = {
     "ray.rllib.models.tf.fcnet.FullyConnectedNetwork": _tf_fcnet,
     "ray.rllib.models.torch.fcnet.FullyConnectedNetwork": _torch_fcnet,
+    "ray.rllib.models.tf.visionnet.VisionNetwork": _tf_visionnet,
+    "ray.rllib.models.torch.visionnet.VisionNetwork": _torch_visionnet,
 }

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rllib_mlflow.rllib.old_stack import restore_policy
+from rllib_mlflow.rllib.old_stack import quiet_tensorflow, restore_policy
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 
@@ -61,14 +61,15 @@ def _policy_step(policy) -> Callable[[Any, list], tuple[np.ndarray, np.ndarray, 
         batch = [np.asarray(o, np.float32) for o in observations]
         if obs_filter is not None:
             batch = [obs_filter(o, update=False) for o in batch]
-        if state:  # as compute_single_action(obs, state=...) passes it (compute_actions'
-            # state_batches is broken for TF2 policies in Ray 2.60)
-            inputs = SampleBatch({"obs": np.stack(batch)} | _state_in(state))
-            actions, state_out, extra = policy.compute_actions_from_input_dict(
-                inputs, explore=False
-            )
-        else:
-            actions, state_out, extra = policy.compute_actions(np.stack(batch), explore=False)
+        with quiet_tensorflow():
+            if state:  # as compute_single_action(obs, state=...) passes it (compute_actions'
+                # state_batches is broken for TF2 policies in Ray 2.60)
+                inputs = SampleBatch({"obs": np.stack(batch)} | _state_in(state))
+                actions, state_out, extra = policy.compute_actions_from_input_dict(
+                    inputs, explore=False
+                )
+            else:
+                actions, state_out, extra = policy.compute_actions(np.stack(batch), explore=False)
         if policy.config.get("normalize_actions"):
             actions = np.stack([unsquash_action(a, space) for a in actions])
         elif policy.config.get("clip_actions"):

@@ -8,14 +8,15 @@ at the checkpoint, the catalog model as a `Network`, and the action rule with th
 config's `normalize_actions` / `clip_actions` (what `Algorithm.compute_single_action` does).
 
 RLlib's TF2 policies are Keras 2 models: TensorFlow must start with TF_USE_LEGACY_KERAS=1
-(and tf_keras installed). `prepare_process` arranges that before TensorFlow is imported.
+(and tf_keras installed); `layout.prepare_for_old_stack` arranges that where it still can.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import os
-import sys
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +28,19 @@ from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib.connectors import _rule_for_space
 from rllib_mlflow.rllib.layout import _POLICY_STATE, _load_pickle
 from rllib_mlflow.rllib.old_lstm import lstm_state
-from rllib_mlflow.rllib.old_models import distribution_name, old_stack_network
+from rllib_mlflow.rllib.old_models import (
+    distribution_name,
+    old_stack_network,
+    refuse_unsupported_model,
+)
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 OLD_STACK = "old"
 LEGACY_KERAS_HINT = (
-    "set TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow is imported (and "
-    "`pip install tf-keras`): RLlib's old-stack TF policies are Keras 2 models"
+    "set TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow (or RLlib) is imported, "
+    "with tf-keras installed (`pip install --no-deps -r requirements-convert.txt`): RLlib's "
+    "old-stack TF policies are Keras 2 models"
 )
-
-
-def prepare_process() -> None:
-    """Make TensorFlow, when it is imported later, use Keras 2 (tf_keras), as RLlib's
-    old-stack TF policies need. The new stack's Keras 3 exports (`import keras`) are not
-    affected; too late once TensorFlow is imported, which `restore_policy` then reports."""
-    if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is not None:
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def read_old_stack_snapshots(
@@ -62,13 +60,27 @@ def restore_policy(policy_dir: str):
     from ray.rllib.policy.policy import Policy
 
     try:
-        return Policy.from_checkpoint(str(policy_dir))
+        with quiet_tensorflow():
+            return Policy.from_checkpoint(str(Path(policy_dir).resolve()))  # absolute for RLlib
     except Exception as error:
         raise CheckpointError(
             f"RLlib could not restore the old-stack policy in {policy_dir} "
             f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
             "by another Ray version."
         ) from error
+
+
+@contextlib.contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """Silence tf_keras' warning that RLlib's free_log_std Lambda layer uses a variable it
+    does not track (true, and harmless for inference), printed each time the model runs."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tf_logger.setLevel(level)
 
 
 def _check_legacy_keras(policy_dir: str) -> None:
@@ -109,6 +121,14 @@ def _counter_metrics(counters: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str):
+    trained_with = _load_pickle(policy_dir / _POLICY_STATE)["policy_spec"]["config"]
+    if trained_with.get("framework") not in ("tf2", "torch"):
+        raise UnsupportedModuleError(
+            f"The old-stack policy {policy_id!r} uses framework="
+            f"{trained_with.get('framework')!r}; policies of framework 'tf2' and 'torch' are "
+            "exported (the graph-mode 'tf' policies are not)."
+        )
+    refuse_unsupported_model(trained_with.get("model", {}))  # before RLlib builds it
     policy = restore_policy(str(policy_dir))
     config = policy.config
     network = old_stack_network(policy)

@@ -33,9 +33,10 @@ from rllib_mlflow.rllib.layout import (
     _read_algorithm_info,
     _tensorflow_before_rllib,
     old_stack_policy_dirs,
+    prepare_for_old_stack,
 )
 from rllib_mlflow.rllib.networks import _network_or_reason, _numpy, lstm_actor_encoder
-from rllib_mlflow.rllib.old_stack import prepare_process, read_old_stack_snapshots
+from rllib_mlflow.rllib.old_stack import read_old_stack_snapshots
 from rllib_mlflow.rllib.snapshot import Network, PolicySnapshot, StateTensor
 from rllib_mlflow.rllib.uris import CheckpointLike, checkpoint_uri, local_checkpoint_dir
 
@@ -47,7 +48,7 @@ def read_snapshots(
     local = Path(local_checkpoint_dir(checkpoint))
     old_policies = old_stack_policy_dirs(local)
     if old_policies is not None:
-        prepare_process()  # before TensorFlow is imported
+        prepare_for_old_stack()  # before TensorFlow is imported
     _tensorflow_before_rllib()
     modules = old_policies if old_policies is not None else _module_dirs(local)
     if module_id is not None:

@@ -41,11 +41,15 @@ class OldStackCheckpoint:
     framework: str
     policy_ids: tuple[str, ...]
     training_iteration: int
-    truth_path: str  # npz: {policy_id}/obs, {policy_id}/actions (RLlib's, explore=False)
+    truth_path: str  # npz: {policy_id}/obs[.key], {policy_id}/actions (RLlib's, explore=False)
 
-    def truth(self, policy_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def truth(self, policy_id: str) -> tuple[Any, np.ndarray]:
+        """RLlib's observations (a dict of batches for Dict spaces) and actions."""
         data = np.load(self.truth_path)
-        return data[f"{policy_id}/obs"], data[f"{policy_id}/actions"]
+        prefix = f"{policy_id}/obs."
+        keys = [k for k in data.files if k.startswith(prefix)]
+        obs = {k[len(prefix) :]: data[k] for k in keys} if keys else data[f"{policy_id}/obs"]
+        return obs, data[f"{policy_id}/actions"]
 
 
 def _ppo(framework: str, env_id: str, model: dict | None = None, **env_runners: Any):
@@ -147,6 +151,13 @@ CONFIGS: dict[str, tuple[str, str, str, Callable[[], Any], int]] = {
         1,
     ),
     "ppo_tf2_image": ("PPO", "rllib_mlflow_tests/TinyImage-v0", "tf2", lambda: _image("tf2"), 1),
+    "ppo_torch_dict_obs": (
+        "PPO",
+        "rllib_mlflow_tests/DictObs-v0",
+        "torch",
+        lambda: _ppo("torch", "rllib_mlflow_tests/DictObs-v0"),
+        1,
+    ),
     # Built and saved without training: what the reader must refuse.
     "ppo_torch_lstm_prev_action": (
         "PPO",
@@ -195,7 +206,7 @@ def _play(algo, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
                     clip_action=algo.config.clip_actions,
                 )
                 seen.setdefault(pid, ([], []))
-                seen[pid][0].append(np.asarray(agent_obs))
+                seen[pid][0].append(agent_obs)
                 seen[pid][1].append(np.asarray(actions[agent]))
             obs, _, terminated, truncated, _ = env.step(
                 actions if multi_agent else actions["agent"]
@@ -203,11 +214,16 @@ def _play(algo, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
             done = terminated.get("__all__") if multi_agent else terminated or truncated
             if done or (multi_agent and not obs):
                 break
-    return {
-        f"{pid}/{kind}": np.stack(values)
-        for pid, (obs_list, act_list) in seen.items()
-        for kind, values in (("obs", obs_list), ("actions", act_list))
-    }
+    columns: dict[str, np.ndarray] = {}
+    for pid, (obs_list, act_list) in seen.items():
+        columns[f"{pid}/actions"] = np.stack(act_list)
+        if isinstance(obs_list[0], dict):  # one column per key: `truth` gives a dict back
+            columns.update(
+                {f"{pid}/obs.{k}": np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
+            )
+        else:
+            columns[f"{pid}/obs"] = np.stack(obs_list)
+    return columns
 
 
 def train(name: str, out: Path) -> list[dict[str, Any]]:

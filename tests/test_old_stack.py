@@ -26,6 +26,7 @@ import rllib_mlflow._tensorflow_first  # noqa: F401, I001
 from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.export import export_checkpoint
 from rllib_mlflow.policy.actions import deterministic_actions
+from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.serving import Policy
 from rllib_mlflow.rllib.layout import list_module_ids, read_training_iteration
 from tests.old_stack import CONFIGS, POLICY_CHECKPOINT_OF, old_stack_checkpoints  # noqa: F401
@@ -121,13 +122,14 @@ def test_every_format_acts_like_rllib_on_real_episodes(
         assert metadata["formats"] == ["saved_model", "h5", "onnx"]
         assert metadata["parity"]["passed"] and "old-stack" in metadata["parity"]["reference"]
         obs, want = _truth(old_stack_checkpoints, name, policy_id)
-        assert len(obs) >= 20  # real steps of real episodes
+        assert len(want) >= 20  # real steps of real episodes
         discrete = metadata["action_rule"]["distribution"] == "categorical"
         for backend in ("onnxruntime", "tensorflow"):  # model.onnx, saved_model/
             got = Policy(export_dir, backend=backend).compute_actions(obs)
             _assert_same_actions(want, got, discrete, f"{name}/{policy_id} {backend}")
         h5 = keras.models.load_model(Path(export_dir, "model.h5"), safe_mode=True)
-        dist_inputs = np.asarray(h5([obs.astype(np.float32)]))
+        flat = ObservationConverter(metadata).feeds(obs)["observations"]  # the h5's input
+        dist_inputs = np.asarray(h5([flat]))
         got = deterministic_actions(dist_inputs, metadata["action_rule"])
         _assert_same_actions(want, got, discrete, f"{name}/{policy_id} h5")
 
@@ -148,6 +150,12 @@ def test_policy_json_says_what_the_old_stack_does(old_stack_exports):
         ).read_text()
     )
     assert clip["action_rule"]["clip_actions"] and not clip["action_rule"]["normalize_actions"]
+    dict_obs = json.loads(
+        Path(old_stack_exports["ppo_torch_dict_obs"]["default_policy"], "policy.json").read_text()
+    )
+    assert dict_obs["observation_space"]["type"] == "Dict"
+    assert [step["type"] for step in dict_obs["preprocessing"]] == ["flatten"]
+    assert dict_obs["input"]["shape"] == [None, 5]  # Discrete(3) one-hot + Box(2)
     cartpole = json.loads(
         Path(old_stack_exports["ppo_tf2_cartpole"]["default_policy"], "policy.json").read_text()
     )

@@ -171,22 +171,39 @@ def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str)
 
 
 def _preprocessor(policy):
-    """RLlib's observation preprocessor of the policy (NoPreprocessor for a Box)."""
+    """RLlib's observation preprocessor of the policy, if the exports can do what it does:
+    none for a Box, gymnasium's flatten for Dict and Tuple spaces (Discrete parts one-hot)."""
     from ray.rllib.models.preprocessors import get_preprocessor
 
     raw = getattr(policy.observation_space, "original_space", policy.observation_space)
     preprocessor = get_preprocessor(raw)(raw, policy.config.get("model", {}))
-    if type(preprocessor).__name__ not in _EXPORTED_PREPROCESSORS:
+    reason = _why_not_flatten(preprocessor, top=True)
+    if reason:
         raise UnsupportedModuleError(
-            f"RLlib's {type(preprocessor).__name__} for {raw} is not exported yet; "
-            f"supported: {', '.join(sorted(_EXPORTED_PREPROCESSORS))}."
+            f"RLlib's old-stack preprocessing of {raw} is not exported yet: {reason}."
         )
     return preprocessor
 
 
-# Box observations reach the model as they are; the others (one-hot, Dict/Tuple flattening)
-# are not exported from the old stack yet.
-_EXPORTED_PREPROCESSORS = {"NoPreprocessor"}
+def _why_not_flatten(preprocessor, top: bool = False) -> str | None:
+    """None when `preprocessor` computes gymnasium.spaces.flatten (what the exported graphs'
+    `flatten` step does), else why not."""
+    kind, space = type(preprocessor).__name__, preprocessor._obs_space
+    if kind == "NoPreprocessor" and isinstance(space, gym.spaces.Box):
+        return None
+    if kind == "OneHotPreprocessor" and not top:  # served raw, a Discrete is not one-hot'ed
+        return None
+    if kind == "TupleFlatteningPreprocessor":
+        parts = preprocessor.preprocessors
+    elif kind == "DictFlatteningPreprocessor":
+        keys = list(space.spaces)
+        if keys != sorted(keys):
+            # RLlib zips the observation's values, sorted by key, with the space's parts.
+            return f"its keys {keys} are not in sorted order"
+        parts = preprocessor.preprocessors
+    else:
+        return f"{kind} for {space}"
+    return next((r for r in map(_why_not_flatten, parts) if r), None)
 
 
 def _mean_std_filter(policy, input_shape) -> MeanStdFilter | None:

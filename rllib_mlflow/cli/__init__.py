@@ -21,6 +21,7 @@ from rllib_mlflow._version import __version__
 from rllib_mlflow.cli import read, train
 from rllib_mlflow.cli.options import CONTEXT, VERBOSITY
 from rllib_mlflow.extras import missing_extra
+from rllib_mlflow.legacy_keras import use_legacy_keras
 
 
 class _Group(click.Group):
@@ -63,6 +64,7 @@ for _command in (
 def main(argv: list[str] | None = None) -> int:
     """The console script: run the command and return its exit code."""
     console.silence_third_party()  # this process is ours: before TensorFlow or Ray load
+    use_legacy_keras()  # old-stack TF checkpoints are read here (see legacy_keras)
     try:
         cli.main(args=argv, prog_name="rllib-mlflow", standalone_mode=True)
     except SystemExit as exit_:

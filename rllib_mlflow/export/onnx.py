@@ -57,7 +57,7 @@ class TorchPolicy(torch.nn.Module):
 
     def __init__(self, snapshot: PolicySnapshot):
         super().__init__()
-        self.module = restore_rl_module(snapshot)
+        self.module = _dist_inputs_module(snapshot)
         self.module.eval()
         _trace_free_log_std_per_row(self.module)
         self.snapshot = snapshot
@@ -75,7 +75,7 @@ class TorchPolicy(torch.nn.Module):
         if self.snapshot.state:
             dist_inputs, state_out = self._recurrent_step(observations, named)
         else:
-            dist_inputs, state_out = module_dist_inputs(self.module, observations), {}
+            dist_inputs, state_out = self._dist_inputs(observations), {}
         results = {"actions": self._actions(dist_inputs), "action_dist_inputs": dist_inputs}
         results.update({f"state_out_{name}": value for name, value in state_out.items()})
         return tuple(results[name] for name in self.outputs)
@@ -104,8 +104,16 @@ class TorchPolicy(torch.nn.Module):
             x = torch.cat([x, named["prev_n_actions"], named["prev_n_rewards"]], dim=-1)
         return x
 
+    def _dist_inputs(self, observations):
+        if self.snapshot.api_stack == "old":  # a plain module: observations -> dist inputs
+            return self.module(observations)
+        return module_dist_inputs(self.module, observations)
+
     def _recurrent_step(self, observations, named):
         """One time step with the state as explicit tensors ([B, size] each)."""
+        if self.snapshot.api_stack == "old":  # RLlib's old-stack LSTMWrapper
+            dist_inputs, h, c = self.module(observations, named["state_in_h"], named["state_in_c"])
+            return dist_inputs, {"h": h, "c": c}
         from ray.rllib.core.columns import Columns
         from ray.rllib.core.models.base import ENCODER_OUT
 
@@ -157,6 +165,26 @@ def _trace_free_log_std_per_row(module) -> None:
     for head in module.modules():
         if isinstance(head, TorchFreeLogStdMLPHead):
             head._forward = types.MethodType(forward, head)
+
+
+def _dist_inputs_module(snapshot: PolicySnapshot) -> torch.nn.Module:
+    """RLlib's torch RLModule; for the old API stack, the torch policy's own model, or (TF2
+    policies) a torch module computing the snapshot's network. The parity check decides."""
+    if snapshot.api_stack != "old":
+        return restore_rl_module(snapshot)
+    if snapshot.state:  # RLlib's LSTMWrapper, one step
+        from rllib_mlflow.export.torch_recurrent import old_stack_lstm_module
+
+        return old_stack_lstm_module(snapshot)
+    # RLlib's AppendBiasLayer (free_log_std) repeats the bias len(x) times, which the tracer
+    # fixes to the example batch: such models are traced from their Network instead.
+    if snapshot.framework == "torch" and not snapshot.model_config.get("free_log_std"):
+        from rllib_mlflow.rllib.old_reference import old_stack_torch_model
+
+        return old_stack_torch_model(snapshot)
+    from rllib_mlflow.export.torch_network import NetworkModule
+
+    return NetworkModule(snapshot.network)
 
 
 def torch_actions(dist_inputs, rule: ActionRule):

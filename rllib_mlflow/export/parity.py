@@ -82,7 +82,7 @@ def check_parity(
         "seed": seed,
         "tolerance": TOLERANCE,
         "tolerance_rule": TOLERANCE_RULE,
-        "reference": "RLlib torch module + inference distribution + connectors",
+        "reference": _REFERENCES[snapshot.api_stack],
         "formats": {f: r for f, r in results.items() if r["passed"]},
         "failed": {f: r for f, r in results.items() if not r["passed"]},
     }
@@ -110,6 +110,13 @@ def refusal(result: dict[str, Any], observations: int) -> str:
         f"by up to {result['max_abs_diff_action_dist_inputs']:.3g}, beyond {TOLERANCE:g} "
         "relative to the magnitude of the row's activations); the formats that pass are written"
     )
+
+
+_REFERENCES = {
+    "new": "RLlib torch module + inference distribution + connectors",
+    "old": "RLlib old-stack Policy.compute_actions(explore=False) + its MeanStdFilter "
+    "(update=False) + unsquash/clip, as Algorithm.compute_single_action",
+}
 
 
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:

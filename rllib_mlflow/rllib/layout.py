@@ -4,14 +4,21 @@ Layouts understood (Ray 2.60, new API stack):
     <algo>/learner_group/learner/rl_module/<module_id>/   an Algorithm checkpoint
     <rl_module>/<module_id>/                              a MultiRLModule checkpoint
     <module>/module_state.pkl                             a single RLModule checkpoint
+and RLlib's old API stack (read by `old_stack`):
+    <algo>/policies/<policy_id>/policy_state.pkl          an old-stack Algorithm checkpoint
+    <policy>/policy_state.pkl                             a Policy checkpoint
+Ray 1.x/2.0's pickled `checkpoint-N` files are recognised and refused.
 
 Unreadable, truncated or missing files become `CheckpointError`s that say what to do.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from rllib_mlflow.errors import CheckpointError
 _MODULES_SUBDIR = Path("learner_group", "learner", "rl_module")
 _CLASS_FILE = "class_and_ctor_args.pkl"
 _STATE_FILE = "module_state.pkl"
+_POLICY_STATE = "policy_state.pkl"
 
 
 def _tensorflow_before_rllib() -> None:
@@ -33,14 +41,99 @@ def _tensorflow_before_rllib() -> None:
     from rllib_mlflow import _tensorflow_first  # noqa: F401
 
 
+def prepare_for_old_stack() -> None:
+    """Make TensorFlow, when it is imported later, use Keras 2 (tf_keras), as RLlib's
+    old-stack TF policies need. The new stack's Keras 3 exports (`import keras`) are not
+    affected. Too late once anything imported TensorFlow (any RLlib import does): the
+    reader then says what to set."""
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is not None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
 def list_module_ids(checkpoint_dir: str) -> list[str]:
-    """The module ids a local checkpoint directory holds, in sorted order."""
+    """The module (or old-stack policy) ids a local checkpoint directory holds, sorted."""
+    root = Path(checkpoint_dir)
+    old_policies = old_stack_policy_dirs(root)
+    if old_policies is not None:
+        return sorted(old_policies)
     _tensorflow_before_rllib()
-    return sorted(_module_dirs(Path(checkpoint_dir)))
+    return sorted(_module_dirs(root))
+
+
+def old_stack_policy_dirs(root: Path) -> dict[str, Path] | None:
+    """{policy_id: directory} of an old-API-stack checkpoint, None for any other layout.
+
+    Decided from file names alone (no unpickling), so that the caller can prepare the
+    process (TF_USE_LEGACY_KERAS) before anything imports TensorFlow."""
+    _refuse_pickled_checkpoint(root)
+    if (root / _POLICY_STATE).is_file():
+        policy_id = root.name if root.parent.name == "policies" else "default_policy"
+        return {policy_id: root}
+    meta = _checkpoint_meta(root)
+    if meta.get("type") == "Policy":
+        _incomplete(root, _POLICY_STATE)
+    # The new stack's algorithm_state.pkl sits beside class_and_ctor_args.pkl, the old
+    # stack's beside policies/ (and its rllib_checkpoint.json lists them).
+    has_state = (root / "algorithm_state.pkl").is_file() and not (root / _CLASS_FILE).exists()
+    if "policy_ids" not in meta and not (has_state and not (root / "learner_group").exists()):
+        return None
+    if meta.get("format") == "msgpack":
+        raise CheckpointError(
+            f"Checkpoint {root} is an old-API-stack checkpoint in RLlib's msgpack format, "
+            "which rllib-mlflow does not read. Restore it with `Algorithm.from_checkpoint` "
+            "and save it again with `algo.save()` (the cloudpickle format)."
+        )
+    policies = root / "policies"
+    found = {
+        child.name: child
+        for child in (policies.iterdir() if policies.is_dir() else ())
+        if (child / _POLICY_STATE).is_file()
+    }
+    expected = meta.get("policy_ids") or []
+    missing = [pid for pid in expected if pid not in found]
+    if missing or not found:
+        _incomplete(root, f"policies/{(missing or ['<policy_id>'])[0]}/{_POLICY_STATE}")
+    return found
+
+
+def _checkpoint_meta(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / "rllib_checkpoint.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _incomplete(root: Path, missing: str):
+    raise CheckpointError(
+        f"Checkpoint {root} is an RLlib old-API-stack checkpoint but is incomplete: "
+        f"{missing} is missing. It may have been truncated while copying; use another "
+        "checkpoint of the run."
+    )
+
+
+def _refuse_pickled_checkpoint(root: Path) -> None:
+    """Ray 1.x and 2.0 saved an Algorithm as one pickled `checkpoint-N` file (plus
+    `checkpoint-N.tune_metadata`), which Ray 2.60 cannot read."""
+    is_pickle = root.is_file() and root.name.startswith("checkpoint-")
+    if root.is_dir():
+        is_pickle = any(
+            f.name.startswith("checkpoint-") and f.suffix != ".tune_metadata"
+            for f in root.iterdir()
+            if f.is_file()
+        )
+    if is_pickle:
+        raise CheckpointError(
+            f"Checkpoint {root} is in the pickled `checkpoint-N` format that Ray 1.x and "
+            "Ray 2.0 wrote; Ray 2.60 cannot read it. Convert it with a Ray that reads both "
+            "formats (Ray 2.1 to 2.9): `algo = Algorithm(config); algo.restore(path); "
+            "algo.save()`, then export the directory that writes."
+        )
 
 
 def read_training_iteration(checkpoint_dir: str) -> int | None:
     """The training iteration an Algorithm checkpoint recorded, if any."""
+    if old_stack_policy_dirs(Path(checkpoint_dir)) is not None:
+        prepare_for_old_stack()
     _tensorflow_before_rllib()
     state = Path(checkpoint_dir) / "algorithm_state.pkl"
     if not state.exists():
@@ -65,7 +158,7 @@ def _module_dirs(root: Path) -> dict[str, Path]:
         if child.is_dir() and (child / _CLASS_FILE).exists()
     }
     if not modules:
-        if (root / "learner_group").exists() or (root / "rllib_checkpoint.json").exists():
+        if (root / "learner_group").exists() or (root / _CLASS_FILE).exists():
             raise CheckpointError(
                 f"Checkpoint {root} is incomplete: no module under {_MODULES_SUBDIR}. It may "
                 "have been truncated while copying; use another checkpoint of the run."

@@ -32,8 +32,11 @@ from rllib_mlflow.rllib.layout import (
     _module_dirs,
     _read_algorithm_info,
     _tensorflow_before_rllib,
+    old_stack_policy_dirs,
+    prepare_for_old_stack,
 )
 from rllib_mlflow.rllib.networks import _network_or_reason, _numpy, lstm_actor_encoder
+from rllib_mlflow.rllib.old_stack import read_old_stack_snapshots
 from rllib_mlflow.rllib.snapshot import Network, PolicySnapshot, StateTensor
 from rllib_mlflow.rllib.uris import CheckpointLike, checkpoint_uri, local_checkpoint_dir
 
@@ -42,9 +45,12 @@ def read_snapshots(
     checkpoint: CheckpointLike, module_id: str | None = None
 ) -> list[PolicySnapshot]:
     """Read one snapshot per module (or only `module_id`) from an RLlib checkpoint."""
-    _tensorflow_before_rllib()
     local = Path(local_checkpoint_dir(checkpoint))
-    modules = _module_dirs(local)
+    old_policies = old_stack_policy_dirs(local)
+    if old_policies is not None:
+        prepare_for_old_stack()  # before TensorFlow is imported
+    _tensorflow_before_rllib()
+    modules = old_policies if old_policies is not None else _module_dirs(local)
     if module_id is not None:
         if module_id not in modules:
             raise CheckpointError(
@@ -52,6 +58,8 @@ def read_snapshots(
                 f"{sorted(modules)}. Pass one of those as module_id."
             )
         modules = {module_id: modules[module_id]}
+    if old_policies is not None:
+        return read_old_stack_snapshots(local, modules, checkpoint_uri(checkpoint))
     algorithm = _read_algorithm_info(local)
     source = checkpoint_uri(checkpoint)
     return [

@@ -31,8 +31,13 @@ def rllib_reference(
     Uses the restored torch module, its inference action distribution, RLlib's
     MeanStdFilter and RLlib's unsquash/clip functions, exactly as an EnvRunner with
     explore=False does. Observations are one array, or a dict of arrays (one per key) for
-    a module that reads Dict observations.
+    a module that reads Dict observations. An old-API-stack snapshot is compared with its
+    restored Policy instead (`old_reference`).
     """
+    if snapshot.api_stack == "old":
+        from rllib_mlflow.rllib.old_reference import old_stack_reference
+
+        return old_stack_reference(snapshot)
     import torch
 
     module = restore_rl_module(snapshot)
@@ -55,10 +60,12 @@ def rllib_activation_scale(snapshot: PolicySnapshot, observations: Any) -> np.nd
     another float32 implementation by more than 1e-5 in absolute terms)."""
     import torch
 
-    module = restore_rl_module(snapshot)
-    module.eval()
     obs = _module_input(observations, _rllib_filter(snapshot.mean_std_filter))
     scales = [_row_magnitude(t) for t in (obs.values() if isinstance(obs, dict) else [obs])]
+    if snapshot.api_stack == "old":  # no RLModule to hook: the input's magnitude alone
+        return np.max(np.stack(scales), axis=0)
+    module = restore_rl_module(snapshot)
+    module.eval()
     rows = scales[0].shape[0]
 
     def record(_layer, _inputs, output):
@@ -105,6 +112,10 @@ def rllib_sequence_reference(
     `get_initial_state()` and is carried from step to step by `forward_inference`, as an
     EnvRunner does; PrevActionsPrevRewards' and FrameStacking's history starts as zeros.
     """
+    if snapshot.api_stack == "old":
+        from rllib_mlflow.rllib.old_reference import old_stack_sequence_reference
+
+        return old_stack_sequence_reference(snapshot)
     import torch
     from ray.rllib.core.columns import Columns
 

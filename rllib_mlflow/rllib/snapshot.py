@@ -237,6 +237,10 @@ class PolicySnapshot:
     # A non-standard inference distribution (e.g. Ray's TorchCategoricalWithTemp): the
     # exports trace its deterministic sample instead of applying `action_rule`'s.
     custom_distribution: str | None = None
+    # "new": a torch RLModule in `module_dir`; "old": an old-API-stack Policy checkpoint
+    # there (TF2 or torch `framework`), whose reference and ONNX path differ.
+    api_stack: str = "new"
+    framework: str = "torch"
 
     @property
     def is_stateful(self) -> bool:

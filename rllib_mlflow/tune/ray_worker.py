@@ -25,6 +25,7 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rllib_mlflow.legacy_keras import ENVIRONMENT as LEGACY_KERAS
 from rllib_mlflow.redaction import get_logger, redact_text
 from rllib_mlflow.tune.worker import Session, prepare_worker_process
 
@@ -119,6 +120,9 @@ class RayWorker:
             max_concurrency=1,  # one call at a time, in submission order
             max_restarts=0,  # a restart would lose the calls queued on it; we resend them
             scheduling_strategy=_next_node(),
+            # Set when its process starts, not only in __init__: a worker process Ray reuses
+            # may have loaded TensorFlow, and tf.keras is chosen once (see legacy_keras).
+            runtime_env={"env_vars": LEGACY_KERAS},
         ).remote(self._configure)
         if self._waiter is None:
             self._waiter = threading.Thread(

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rllib_mlflow.legacy_keras import ENVIRONMENT as LEGACY_KERAS
+from rllib_mlflow.legacy_keras import use_legacy_keras
 from rllib_mlflow.redaction import RedactingFilter, get_logger, redact_text
 from rllib_mlflow.retries import with_retries
 
@@ -89,6 +91,7 @@ class WorkerProcess:
                 **os.environ,
                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                 **THREAD_LIMITS,
+                **LEGACY_KERAS,  # old-stack TF policies are built here (see legacy_keras)
             },
             # Its own process group, so that Ctrl-C reaches the driver only (it decides),
             # but not its own session: Linux's autogroup scheduling would give a new
@@ -227,10 +230,12 @@ def _prewarm(formats: list[str]) -> None:
 
 def prepare_worker_process() -> None:
     """What a process doing export work sets up first (the worker process, or a Ray actor):
-    one thread each, quiet third-party logs, the lowest priority, redacted log records."""
+    one thread each, tf_keras as tf.keras (old-stack TF policies), quiet third-party logs,
+    the lowest priority, redacted log records."""
     from rllib_mlflow.console import silence_third_party
 
     os.environ.update(THREAD_LIMITS)  # before TensorFlow or torch loads in this process
+    use_legacy_keras()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     silence_third_party()  # before TensorFlow loads: its C++ logs would fill the user's console
     _lowest_priority()  # training comes first: this work fills the moments the cores are idle

@@ -1,0 +1,90 @@
+"""RLlib's old-stack LSTM (`model={"use_lstm": True}`) as a `Network` with recurrent state.
+
+The catalog wraps the fcnet in `LSTMWrapper` (TF2 and torch alike): the fcnet's hidden
+layers, one LSTM layer of `lstm_cell_size` units, then a linear logits layer. Its state is
+`[h, c]`, one vector of `lstm_cell_size` each, zeros at an episode's start. The snapshot names
+them "h" and "c", so the exports expose the same `state_in_h`/`state_in_c` ->
+`state_out_*` steps as the new stack's LSTM, and `load_policy` the same `initial_state`/`step`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.rllib.snapshot import LSTMLayer, Network, StateTensor
+
+WRAPPED_FCNET = "ray.rllib.models.catalog.FullyConnectedNetwork_as_LSTMWrapper"
+STATE_NAMES = ("h", "c")  # RLlib's state_in_0, state_in_1
+
+
+def refuse_unsupported_lstm(config: dict) -> None:
+    """Refuse, from the model config alone, the LSTM options no export reproduces yet."""
+    for option in ("lstm_use_prev_action", "lstm_use_prev_reward", "free_log_std", "_time_major"):
+        if config.get(option):
+            raise UnsupportedModuleError(
+                f"Old-stack LSTM policies with {option}=True are not exported yet "
+                "(use_lstm=True alone is)."
+            )
+
+
+def lstm_network(model, config: dict) -> Network:
+    """The Network of an old-stack `FullyConnectedNetwork_as_LSTMWrapper` (TF2 or torch)."""
+    refuse_unsupported_lstm(config)
+    cls = f"{type(model).__module__}.{type(model).__name__}"
+    if cls != WRAPPED_FCNET:
+        raise UnsupportedModuleError(
+            f"use_lstm=True around {cls} is not exported; around RLlib's fcnet it is."
+        )
+    return _torch_network(model) if hasattr(model, "_logits_branch") else _tf_network(model)
+
+
+def lstm_state(model) -> tuple[StateTensor, ...]:
+    """The LSTM's state tensors as the graphs carry them, with RLlib's initial values."""
+    initial = [np.asarray(_numpy(s), np.float32).ravel() for s in model.get_initial_state()]
+    if len(initial) != len(STATE_NAMES):
+        raise UnsupportedModuleError(f"Expected an LSTM state [h, c], got {len(initial)} tensors.")
+    return tuple(
+        StateTensor(name, (value.size,), value) for name, value in zip(STATE_NAMES, initial)
+    )
+
+
+def _torch_network(model) -> Network:
+    """torch: `_hidden_layers` (the fcnet without logits), `lstm`, `_logits_branch`."""
+    from rllib_mlflow.rllib.networks import _layers, _lstm
+
+    if model._logits is not None:
+        raise UnsupportedModuleError("The LSTM's fcnet has an output layer of its own.")
+    return Network(
+        tuple(_layers(model._hidden_layers)),
+        tuple(_layers(model._logits_branch)),
+        lstm=_lstm(model),
+    )
+
+
+def _tf_network(model) -> Network:
+    """TF2: the fcnet's Dense fc_1..fc_n, the Keras LSTM "lstm", the Dense "logits"."""
+    from rllib_mlflow.rllib.old_models import _keras_dense
+
+    base = model.base_model
+    names = [layer.name for layer in base.layers]
+    if "fc_out" in names:
+        raise UnsupportedModuleError("The LSTM's fcnet has an output layer of its own.")
+    hidden = sorted(
+        (base.get_layer(n) for n in names if n.startswith("fc_") and n[3:].isdigit()),
+        key=lambda layer: int(layer.name[3:]),
+    )
+    lstm = model._rnn_model.get_layer("lstm")
+    settings = lstm.get_config()
+    if (settings["activation"], settings["recurrent_activation"]) != ("tanh", "sigmoid"):
+        raise UnsupportedModuleError(f"An LSTM with {settings['activation']} is not exported.")
+    kernel, recurrent, bias = (np.asarray(w, np.float32) for w in lstm.get_weights())
+    return Network(
+        tuple(step for dense in hidden for step in _keras_dense(dense)),
+        tuple(_keras_dense(model._rnn_model.get_layer("logits"))),
+        lstm=(LSTMLayer(int(settings["units"]), (kernel, recurrent, bias)),),
+    )
+
+
+def _numpy(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)

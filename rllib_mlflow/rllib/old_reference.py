@@ -1,0 +1,105 @@
+"""RLlib's own inference path for an old-API-stack snapshot, for the parity checks.
+
+The restored Policy acts as `Algorithm.compute_single_action(obs, explore=False)` does:
+its MeanStdFilter connector (statistics not updated), `compute_actions(explore=False)`,
+then RLlib's unsquash (normalize_actions) or clip (clip_actions) of each action. It gets
+observations as the graphs take them, i.e. after RLlib's preprocessor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rllib_mlflow.rllib.old_stack import quiet_tensorflow, restore_policy
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
+
+
+def old_stack_reference(snapshot: PolicySnapshot) -> Callable[[Any], tuple[Any, np.ndarray]]:
+    """Raw (preprocessed) observations -> (actions, action_dist_inputs), as RLlib acts."""
+    step = _policy_step(restore_policy(snapshot.module_dir))
+    return lambda observations: step(observations, [])[:2]
+
+
+def old_stack_sequence_reference(
+    snapshot: PolicySnapshot,
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A recurrent policy over whole sequences: observations [T, B, ...] (and rewards, which
+    its LSTM does not read) -> (actions [T, B, ...], dist inputs [T, B, ...]). The state
+    starts at the model's `get_initial_state()` and is carried from step to step, as
+    `Algorithm.compute_single_action(obs, state=state, explore=False)` carries it."""
+    policy = restore_policy(snapshot.module_dir)
+    step = _policy_step(policy)
+    initial = [np.asarray(s, np.float32) for s in policy.get_initial_state()]
+
+    def run(observations: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        state = [np.tile(s, (observations.shape[1], 1)) for s in initial]
+        all_actions, all_inputs = [], []
+        for obs in observations:
+            actions, dist_inputs, state = step(obs, state)
+            all_actions.append(actions)
+            all_inputs.append(dist_inputs)
+        return np.stack(all_actions), np.stack(all_inputs)
+
+    return run
+
+
+def _policy_step(policy) -> Callable[[Any, list], tuple[np.ndarray, np.ndarray, list]]:
+    """(observations, state batches) -> (actions, dist inputs, next state), with the
+    policy's MeanStdFilter (update off) before and unsquash/clip after, as RLlib acts."""
+    from ray.rllib.connectors.agent.mean_std_filter import MeanStdObservationFilterAgentConnector
+    from ray.rllib.policy.sample_batch import SampleBatch
+    from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
+
+    filters = policy.agent_connectors[MeanStdObservationFilterAgentConnector] or []
+    obs_filter = filters[0].filter if filters else None
+    space = policy.action_space_struct
+
+    def step(observations: Any, state: list) -> tuple[np.ndarray, np.ndarray, list]:
+        batch = [np.asarray(o, np.float32) for o in observations]
+        if obs_filter is not None:
+            batch = [obs_filter(o, update=False) for o in batch]
+        with quiet_tensorflow():
+            if state:  # as compute_single_action(obs, state=...) passes it (compute_actions'
+                # state_batches is broken for TF2 policies in Ray 2.60)
+                inputs = SampleBatch({"obs": np.stack(batch)} | _state_in(state))
+                actions, state_out, extra = policy.compute_actions_from_input_dict(
+                    inputs, explore=False
+                )
+            else:
+                actions, state_out, extra = policy.compute_actions(np.stack(batch), explore=False)
+        if policy.config.get("normalize_actions"):
+            actions = np.stack([unsquash_action(a, space) for a in actions])
+        elif policy.config.get("clip_actions"):
+            actions = np.stack([clip_action(a, space) for a in actions])
+        dist_inputs = np.asarray(extra["action_dist_inputs"], np.float32)
+        return np.asarray(actions), dist_inputs, [np.asarray(s, np.float32) for s in state_out]
+
+    return step
+
+
+def _state_in(state: list) -> dict[str, np.ndarray]:
+    return {f"state_in_{i}": s for i, s in enumerate(state)}
+
+
+def old_stack_torch_model(snapshot: PolicySnapshot):
+    """The torch policy's own ModelV2 as a module: preprocessed observations ->
+    action_dist_inputs (what ONNX traces)."""
+    import torch
+
+    model = restore_policy(snapshot.module_dir).model
+    model.eval()
+
+    class DistInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, observations):
+            # fcnet reads "obs_flat", visionnet "obs"; both are the preprocessed batch.
+            inputs = {"obs": observations, "obs_flat": observations.reshape(len(observations), -1)}
+            return self.model(inputs, [], None)[0]
+
+    return DistInputs()

@@ -1,0 +1,314 @@
+"""Small, really trained checkpoints of RLlib's OLD API stack (TF2 and torch), for the tests.
+
+RLlib's old-stack TF2 policies need TensorFlow started with TF_USE_LEGACY_KERAS=1, and the
+pytest process has imported TensorFlow (with Keras 3) long before: so every checkpoint is
+trained in one subprocess (`python -m tests.old_stack OUT NAME...`, one Ray, one TensorFlow),
+which also records the ground truth: real episodes played by
+`Algorithm.compute_single_action(obs, explore=False)`, saved as `<NAME>.truth.npz`
+({policy_id}/obs and {policy_id}/actions). The `old_stack_checkpoints` fixture trains them all
+once per session; import it into a test module to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+SMALL_NET = [16, 16]
+EPISODES = 3
+MAX_STEPS = 120  # per episode: enough real states, few seconds
+IMAGE_FILTERS = [[4, [4, 4], 2], [8, [3, 3], 2], [8, [4, 4], 1]]  # 16x16 -> 8 -> 4 -> 1
+
+
+@dataclass(frozen=True)
+class OldStackCheckpoint:
+    """An old-stack checkpoint (`algo.save()`, or `policy.export_checkpoint` for "_policy"
+    names) and what RLlib itself did on real episodes with it."""
+
+    name: str
+    path: str
+    algo_name: str
+    env_id: str
+    framework: str
+    policy_ids: tuple[str, ...]
+    training_iteration: int
+    truth_path: str  # npz: {policy_id}/obs[.key], {policy_id}/actions (RLlib's, explore=False)
+
+    def truth(self, policy_id: str) -> tuple[Any, np.ndarray]:
+        """RLlib's observations (a dict of batches for Dict spaces) and actions."""
+        data = np.load(self.truth_path)
+        prefix = f"{policy_id}/obs."
+        keys = [k for k in data.files if k.startswith(prefix)]
+        obs = {k[len(prefix) :]: data[k] for k in keys} if keys else data[f"{policy_id}/obs"]
+        return obs, data[f"{policy_id}/actions"]
+
+
+def _ppo(framework: str, env_id: str, model: dict | None = None, **env_runners: Any):
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    return _common(PPOConfig(), framework, env_id, model, **env_runners).training(
+        train_batch_size=200, minibatch_size=100, num_epochs=2
+    )
+
+
+def _impala_like(algo: str, framework: str):
+    from ray.rllib.algorithms.appo import APPOConfig
+    from ray.rllib.algorithms.impala import IMPALAConfig
+
+    config_cls = APPOConfig if algo == "APPO" else IMPALAConfig
+    return (
+        _common(config_cls(), framework, "CartPole-v1", None, rollout_fragment_length=50)
+        .training(train_batch_size=200)
+        .resources(num_gpus=0)  # old-stack IMPALA asks for a GPU by default
+        .reporting(min_sample_timesteps_per_iteration=200)
+    )
+
+
+def _common(config, framework: str, env_id: str, model: dict | None, **env_runners: Any):
+    return (
+        config.api_stack(
+            enable_rl_module_and_learner=False, enable_env_runner_and_connector_v2=False
+        )
+        .environment(env_id)
+        .framework(framework)
+        .env_runners(num_env_runners=0, **env_runners)
+        .training(model={"fcnet_hiddens": SMALL_NET, **(model or {})})
+        .debugging(seed=0, log_level="ERROR")
+        .reporting(min_time_s_per_iteration=0)
+    )
+
+
+def _multiagent(framework: str):
+    from tests import envs
+
+    return _ppo(framework, envs.MULTI_AGENT).multi_agent(
+        policies={"p0", "p1"}, policy_mapping_fn=envs.policy_mapping_fn
+    )
+
+
+def _pendulum(framework: str):
+    return _ppo(
+        framework, "Pendulum-v1", {"free_log_std": True}, observation_filter="MeanStdFilter"
+    )
+
+
+def _image(framework: str):
+    from tests import envs
+
+    return _ppo(framework, envs.TINY_IMAGE, {"conv_filters": IMAGE_FILTERS})
+
+
+# name -> (algo name, env id, framework, config builder, iterations; 0: built, not trained)
+CONFIGS: dict[str, tuple[str, str, str, Callable[[], Any], int]] = {
+    "ppo_tf2_cartpole": ("PPO", "CartPole-v1", "tf2", lambda: _ppo("tf2", "CartPole-v1"), 1),
+    "ppo_tf2_pendulum": ("PPO", "Pendulum-v1", "tf2", lambda: _pendulum("tf2"), 1),
+    "ppo_torch_cartpole": (
+        "PPO",
+        "CartPole-v1",
+        "torch",
+        lambda: _ppo("torch", "CartPole-v1", {"vf_share_layers": True}),
+        1,
+    ),
+    "ppo_torch_pendulum": ("PPO", "Pendulum-v1", "torch", lambda: _pendulum("torch"), 1),
+    "ppo_torch_widebox_clip": (
+        "PPO",
+        "rllib_mlflow_tests/WideBox-v0",
+        "torch",
+        lambda: _ppo("torch", "rllib_mlflow_tests/WideBox-v0").environment(
+            normalize_actions=False, clip_actions=True
+        ),
+        1,
+    ),
+    "appo_tf2_cartpole": ("APPO", "CartPole-v1", "tf2", lambda: _impala_like("APPO", "tf2"), 1),
+    "impala_torch_cartpole": (
+        "IMPALA",
+        "CartPole-v1",
+        "torch",
+        lambda: _impala_like("IMPALA", "torch"),
+        1,
+    ),
+    "ppo_tf2_multiagent": (
+        "PPO",
+        "rllib_mlflow_tests_multiagent",
+        "tf2",
+        lambda: _multiagent("tf2"),
+        1,
+    ),
+    "ppo_torch_image": (
+        "PPO",
+        "rllib_mlflow_tests/TinyImage-v0",
+        "torch",
+        lambda: _image("torch"),
+        1,
+    ),
+    "ppo_tf2_image": ("PPO", "rllib_mlflow_tests/TinyImage-v0", "tf2", lambda: _image("tf2"), 1),
+    "ppo_torch_dict_obs": (
+        "PPO",
+        "rllib_mlflow_tests/DictObs-v0",
+        "torch",
+        lambda: _ppo("torch", "rllib_mlflow_tests/DictObs-v0"),
+        1,
+    ),
+    # Built and saved without training: what the reader must refuse.
+    "ppo_torch_lstm_prev_action": (
+        "PPO",
+        "CartPole-v1",
+        "torch",
+        lambda: _ppo(
+            "torch",
+            "CartPole-v1",
+            {"use_lstm": True, "lstm_cell_size": 8, "lstm_use_prev_action": True},
+        ),
+        0,
+    ),
+    "ppo_torch_attention": (
+        "PPO",
+        "CartPole-v1",
+        "torch",
+        lambda: _ppo("torch", "CartPole-v1", {"use_attention": True, "attention_dim": 8}),
+        0,
+    ),
+}
+# Also written: "ppo_torch_cartpole_policy", the Policy checkpoint of ppo_torch_cartpole.
+POLICY_CHECKPOINT_OF = {"ppo_torch_cartpole_policy": "ppo_torch_cartpole"}
+
+
+def _play(algo, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
+    """Real episodes acted by RLlib itself (explore=False): {policy_id}/obs, /actions."""
+    from tests import envs
+
+    env = envs.make_env(env_id)
+    mapping = algo.config.policy_mapping_fn
+    seen: dict[str, tuple[list, list]] = {}
+    for episode in range(EPISODES):
+        obs, _ = env.reset(seed=episode)
+        for _ in range(MAX_STEPS):
+            per_agent = obs if multi_agent else {"agent": obs}
+            actions = {}
+            for agent, agent_obs in per_agent.items():
+                pid = mapping(agent, None) if multi_agent else "default_policy"
+                # Both passed: with their defaults, compute_single_action skips clip_actions
+                # (`elif clip_action is None`), which RLlib's EnvRunner applies.
+                actions[agent] = algo.compute_single_action(
+                    agent_obs,
+                    policy_id=pid,
+                    explore=False,
+                    unsquash_action=algo.config.normalize_actions,
+                    clip_action=algo.config.clip_actions,
+                )
+                seen.setdefault(pid, ([], []))
+                seen[pid][0].append(agent_obs)
+                seen[pid][1].append(np.asarray(actions[agent]))
+            obs, _, terminated, truncated, _ = env.step(
+                actions if multi_agent else actions["agent"]
+            )
+            done = terminated.get("__all__") if multi_agent else terminated or truncated
+            if done or (multi_agent and not obs):
+                break
+    columns: dict[str, np.ndarray] = {}
+    for pid, (obs_list, act_list) in seen.items():
+        columns[f"{pid}/actions"] = np.stack(act_list)
+        if isinstance(obs_list[0], dict):  # one column per key: `truth` gives a dict back
+            columns.update(
+                {f"{pid}/obs.{k}": np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
+            )
+        else:
+            columns[f"{pid}/obs"] = np.stack(obs_list)
+    return columns
+
+
+def train(name: str, out: Path) -> list[dict[str, Any]]:
+    """Train configuration `name`, save it under out/name and record RLlib's episodes."""
+    algo_name, env_id, framework, build, iterations = CONFIGS[name]
+    config = build()
+    algo = config.build_algo()
+    path, result = out / name, {}
+    try:
+        for _ in range(iterations):
+            result = algo.train()
+        algo.save(str(path))
+        for policy_name, source in POLICY_CHECKPOINT_OF.items():
+            if source == name:
+                algo.get_policy().export_checkpoint(str(out / policy_name))
+    finally:
+        algo.stop()
+    truth = out / f"{name}.truth.npz"
+    if iterations:
+        np.savez(truth, **_play_checkpoint(str(path), env_id, config.is_multi_agent))
+    record = {
+        "name": name,
+        "path": str(path),
+        "algo_name": algo_name,
+        "env_id": env_id,
+        "framework": framework,
+        "policy_ids": sorted(config.policies) if config.is_multi_agent else ["default_policy"],
+        "training_iteration": int(result.get("training_iteration", 0)),
+        "truth_path": str(truth),
+    }
+    policies = [n for n, source in POLICY_CHECKPOINT_OF.items() if source == name]
+    return [record] + [{**record, "name": n, "path": str(out / n)} for n in policies]
+
+
+def _play_checkpoint(path: str, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
+    """RLlib's own actions from the saved checkpoint. Not from the training Algorithm: IMPALA's
+    and APPO's learner thread may still update its weights after `save()`."""
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    algo = Algorithm.from_checkpoint(path)
+    try:
+        return _play(algo, env_id, multi_agent)
+    finally:
+        algo.stop()
+
+
+def main(out: str, names: list[str]) -> None:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+    import ray
+
+    from tests import envs  # noqa: F401  (registers the test environments)
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        records = [r for name in names for r in train(name, Path(out))]
+    finally:
+        ray.shutdown()
+    Path(out, "checkpoints.json").write_text(json.dumps(records))
+
+
+def train_all(out: Path, names: list[str] | None = None) -> dict[str, OldStackCheckpoint]:
+    """Train `names` (default: all CONFIGS) in one subprocess; {name: checkpoint}."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.old_stack", str(out), *(names or CONFIGS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(Path(__file__).resolve().parents[1]),
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    records = json.loads(Path(out, "checkpoints.json").read_text())
+    return {
+        r["name"]: OldStackCheckpoint(**{**r, "policy_ids": tuple(r["policy_ids"])})
+        for r in records
+    }
+
+
+@pytest.fixture(scope="session")
+def old_stack_checkpoints(tmp_path_factory: pytest.TempPathFactory):
+    """{name: OldStackCheckpoint} for every name in CONFIGS (and POLICY_CHECKPOINT_OF)."""
+    return train_all(tmp_path_factory.mktemp("old_stack_checkpoints"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

@@ -14,6 +14,7 @@ import tempfile
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
+from rllib_mlflow.extras import missing_extra
 from rllib_mlflow.mlflow.artifact_limits import Limits
 from rllib_mlflow.mlflow.artifact_sources import artifact_source
 from rllib_mlflow.mlflow.client import client
@@ -119,9 +120,12 @@ def download_checkpoint(
                 f"Version {version.version} of {version.name!r} names its checkpoint artifact "
                 f"{artifact!r}, which is no runs:/ URI; refusing to download it."
             )
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
-        )
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
+            )
+        except ModuleNotFoundError as error:  # boto3 for an s3:// store, in the light install
+            raise missing_extra(error, "download_checkpoint") from None
         check_tree(dst)
         return local
     source = version.tags.get(names.VERSION_TAG_CHECKPOINT_URI)

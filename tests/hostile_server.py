@@ -1,7 +1,7 @@
 """A hostile MLflow tracking server: answers the REST calls `load_policy` makes, then serves
 artifacts meant to escape the download folder, never end, or never stop growing.
 
-    python -m tests.hostile_server PORT MODE [VICTIM_DIR]
+    python -m tests.hostile_server PORT MODE [VICTIM_DIR [ARTIFACT_URI]]
 
 MODE:
     data-relative   the MLmodel's `data:` is ../escaped (outside the download folder)
@@ -12,6 +12,8 @@ MODE:
     oversized-declared  model.onnx declares 3 GB
     policy-list     policy.json is a JSON list
     policy-types    policy.json has fields of the wrong types
+    store           the version's files are at ARTIFACT_URI, not behind the proxy (a server
+                    started with --no-serve-artifacts: the client reads the store itself)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def mlmodel(data: str) -> bytes:
 class Handler(BaseHTTPRequestHandler):
     mode = ""
     victim = ""
+    artifact_uri = ""
 
     def log_message(self, *args):  # quiet
         pass
@@ -44,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         ):
             return self._json({"model_version": VERSION})
         if url.path.endswith("/model-versions/get-download-uri"):
-            return self._json({"artifact_uri": f"mlflow-artifacts:/{ROOT}"})
+            return self._json({"artifact_uri": self.artifact_uri or f"mlflow-artifacts:/{ROOT}"})
         if url.path == "/api/2.0/mlflow-artifacts/artifacts":  # a listing
             return self._listing(parse_qs(url.query).get("path", [""])[0])
         prefix = f"/api/2.0/mlflow-artifacts/artifacts/{ROOT}/"
@@ -119,6 +122,7 @@ def main() -> None:
     port, mode = int(sys.argv[1]), sys.argv[2]
     Handler.mode = mode
     Handler.victim = sys.argv[3] if len(sys.argv) > 3 else ""
+    Handler.artifact_uri = sys.argv[4] if len(sys.argv) > 4 else ""
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     print("ready", flush=True)

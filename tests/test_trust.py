@@ -58,6 +58,14 @@ def _load_from_hostile_server(
     victim.mkdir(exist_ok=True)
     (victim / "keep.txt").write_text("untouched")
     port = free_port()
+    if mode.startswith("s3-"):  # this server is the S3 endpoint too
+        env = {
+            "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "hostile",
+            "AWS_SECRET_ACCESS_KEY": "hostile",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            **env,
+        }
     server = start_process(
         [sys.executable, "-m", "tests.hostile_server", str(port), mode, str(victim), *server_args],
         f"http://127.0.0.1:{port}",
@@ -118,6 +126,10 @@ def _plant_store(tmp_path: Path, layout: str) -> str:
     (model / "MLmodel").write_text(
         f"flavors:\n  rllib_mlflow:\n    data: {data.get(layout, 'data')}\n"
     )
+    if layout == "oversized":
+        (model / "data").mkdir()
+        (model / "data" / "policy.json").write_text('{"formats": ["onnx"]}')
+        (model / "data" / "model.onnx").write_bytes(b"\0" * 2_000_000)
     if layout == "symlink-folder":  # the data folder is the victim's
         (model / "data").symlink_to(victim, target_is_directory=True)
     if layout == "symlink-file":  # policy.json is a file of the victim's
@@ -161,13 +173,28 @@ def test_a_trickling_server_fails_within_the_load_deadline(tmp_path):
     _assert_nothing_written_outside(tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["oversized", "oversized-declared"])
+def test_an_s3_store_that_trickles_fails_within_the_load_deadline(tmp_path):
+    answer, elapsed = _load_from_hostile_server(
+        tmp_path, "s3-trickle", MLFLOW_HTTP_REQUEST_TIMEOUT="4"
+    )
+    assert answer["error"] == "TrackingError", answer
+    assert "s3://bucket/model" in answer["message"], answer
+    assert "within 4 s" in answer["message"] and "MLFLOW_HTTP_REQUEST_TIMEOUT" in answer["message"]
+    assert elapsed < 30, elapsed  # the body would take hours
+    _assert_nothing_written_outside(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mode", ["oversized", "oversized-declared", "s3-oversized", "s3-oversized-declared", "store"]
+)
 def test_an_oversized_file_is_refused(tmp_path, mode):
-    limit = {"RLLIB_MLFLOW_MAX_FILE_BYTES": "1000000"} if mode == "oversized" else {}
-    answer, _ = _load_from_hostile_server(tmp_path, mode, **limit)
+    """Through the proxy, from an S3 store and from a local one."""
+    limit = {"RLLIB_MLFLOW_MAX_FILE_BYTES": "1000000"} if "declared" not in mode else {}
+    planted = (_plant_store(tmp_path, "oversized"),) if mode == "store" else ()
+    answer, _ = _load_from_hostile_server(tmp_path, mode, *planted, **limit)
     assert answer["error"] == "TrackingError", answer
     assert "model.onnx" in answer["message"] and "RLLIB_MLFLOW_MAX_FILE_BYTES" in answer["message"]
-    _assert_nothing_written_outside(tmp_path)
+    _assert_nothing_written_outside(tmp_path, *(["store"] if planted else []))
 
 
 @pytest.mark.parametrize("mode", ["policy-list", "policy-types"])

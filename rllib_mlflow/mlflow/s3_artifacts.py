@@ -49,8 +49,11 @@ class S3Artifacts:
             answer = self._s3.get_object(Bucket=self.bucket, Key=key)
             self.limits.check_size(relative, int(answer.get("ContentLength") or 0), self.uri)
             body = answer["Body"]
+            # urllib3's read1 returns whatever has arrived: `read(n)` would wait for n bytes,
+            # past any deadline, from a store that trickles them.
+            read = getattr(getattr(body, "_raw_stream", None), "read1", body.read)
             try:
-                return copy_limited(body.read, local_dir, relative, self.uri, self.limits)
+                return copy_limited(read, local_dir, relative, self.uri, self.limits)
             finally:
                 body.close()
 

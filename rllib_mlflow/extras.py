@@ -9,6 +9,7 @@ a local store (SQLite, MLflow's file store) needs MLflow's full install.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 from types import ModuleType
@@ -57,6 +58,7 @@ def missing_extra(error: ModuleNotFoundError, feature: str, extra: str | None = 
     )
 
 
+@functools.cache
 def full_mlflow_installed() -> bool:
     """True with MLflow's full install (`mlflow`), not only mlflow-skinny."""
     try:

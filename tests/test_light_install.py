@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from stack import services
-from tests.mlflow_server import start_tracking_server, subprocess_env
+from tests.mlflow_server import free_port, start_process, start_tracking_server, subprocess_env
 from tests.stack import kill, start_seaweedfs
 from tests.tiers import LIGHT_TIERS, light_modules, tier_of
 
@@ -37,6 +37,11 @@ observations = json.loads(sys.stdin.read())
 print(json.dumps({"installed": heavy, "actions": policy.compute_actions(observations).tolist(),
                   "loaded": sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[3]),
                   "mlflow_imported": "mlflow" in sys.modules}))
+"""
+
+LOAD_ONLY = """
+import rllib_mlflow, sys
+rllib_mlflow.load_policy(sys.argv[1], tracking_uri=sys.argv[2])
 """
 
 DOWNLOAD = """
@@ -250,15 +255,39 @@ def test_without_the_s3_extra_an_s3_store_names_it(light_venv_s3):
     assert "s3://mlflow/artifacts/" in message
 
 
+def test_a_store_it_does_not_read_names_what_to_install(light_venv, tmp_path):
+    """A server naming a gs:// artifact location (tests/hostile_server.py answers as one)."""
+    port = free_port()
+    server = start_process(
+        [sys.executable, "-m", "tests.hostile_server", str(port), "store", str(tmp_path)]
+        + ["gs://team-models/1/models/m-1/artifacts"],
+        f"http://127.0.0.1:{port}",
+        "/api/2.0/mlflow/model-versions/get",
+        tmp_path / "server.log",
+        cwd=ROOT,
+    )
+    try:
+        done = subprocess.run(
+            [str(light_venv / "bin" / "python"), "-c", LOAD_ONLY, "models:/adv/1", server.uri],
+            capture_output=True, text=True, env=_light_env(), cwd=light_venv.parent,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "rllib_mlflow.extras.MissingExtraError: The model's files are in gs:// "
+        "(gs://team-models/...), which the light install of rllib-mlflow does not read (it reads "
+        "local paths, mounts and s3://): pip install mlflow google-cloud-storage, or serve the "
+        "artifacts through the tracking server (mlflow server --serve-artifacts)."
+    ), done.stderr
+
+
 def test_a_sqlite_store_says_in_one_line_what_to_install(light_venv, proxied_store):
     """The database the proxying server runs on, read by the light install itself."""
     uri = f"sqlite:///{proxied_store.root / 'mlflow.db'}"
     python = str(light_venv / "bin" / "python")
-    script = (
-        "import rllib_mlflow, sys; rllib_mlflow.load_policy(sys.argv[1], tracking_uri=sys.argv[2])"
-    )
     done = subprocess.run(
-        [python, "-c", script, f"models:/{MODEL}/1", uri],
+        [python, "-c", LOAD_ONLY, f"models:/{MODEL}/1", uri],
         capture_output=True, text=True, env=_light_env(), cwd=light_venv.parent,
     )  # fmt: skip
     assert done.returncode == 1

@@ -1,7 +1,7 @@
 """A hostile MLflow tracking server: answers the REST calls `load_policy` makes, then serves
 artifacts meant to escape the download folder, never end, or never stop growing.
 
-    python -m tests.hostile_server PORT MODE [VICTIM_DIR]
+    python -m tests.hostile_server PORT MODE [VICTIM_DIR [ARTIFACT_URI]]
 
 MODE:
     data-relative   the MLmodel's `data:` is ../escaped (outside the download folder)
@@ -12,6 +12,10 @@ MODE:
     oversized-declared  model.onnx declares 3 GB
     policy-list     policy.json is a JSON list
     policy-types    policy.json has fields of the wrong types
+    store           the version's files are at ARTIFACT_URI, not behind the proxy (a server
+                    started with --no-serve-artifacts: the client reads the store itself)
+    s3-MODE         the files are at s3://bucket/model, this server being the S3 endpoint,
+                    and served as in MODE (s3-trickle, s3-oversized, ...)
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def mlmodel(data: str) -> bytes:
 class Handler(BaseHTTPRequestHandler):
     mode = ""
     victim = ""
+    artifact_uri = ""
 
     def log_message(self, *args):  # quiet
         pass
@@ -44,16 +49,19 @@ class Handler(BaseHTTPRequestHandler):
         ):
             return self._json({"model_version": VERSION})
         if url.path.endswith("/model-versions/get-download-uri"):
-            return self._json({"artifact_uri": f"mlflow-artifacts:/{ROOT}"})
+            if self.mode.startswith("s3-"):
+                return self._json({"artifact_uri": "s3://bucket/model"})
+            return self._json({"artifact_uri": self.artifact_uri or f"mlflow-artifacts:/{ROOT}"})
+        if self.mode.startswith("s3-") and url.path.startswith("/bucket/model/"):
+            return self._artifact(url.path[len("/bucket/model/") :], self.mode[3:])
         if url.path == "/api/2.0/mlflow-artifacts/artifacts":  # a listing
             return self._listing(parse_qs(url.query).get("path", [""])[0])
         prefix = f"/api/2.0/mlflow-artifacts/artifacts/{ROOT}/"
         if url.path.startswith(prefix):
-            return self._artifact(url.path[len(prefix) :])
+            return self._artifact(url.path[len(prefix) :], self.mode)
         self.send_error(404)
 
-    def _artifact(self, path: str):
-        mode = self.mode
+    def _artifact(self, path: str, mode: str):
         if path == "MLmodel":
             data = {"data-relative": "../escaped", "data-absolute": self.victim}.get(mode, "data")
             if mode == "trickle":
@@ -119,6 +127,7 @@ def main() -> None:
     port, mode = int(sys.argv[1]), sys.argv[2]
     Handler.mode = mode
     Handler.victim = sys.argv[3] if len(sys.argv) > 3 else ""
+    Handler.artifact_uri = sys.argv[4] if len(sys.argv) > 4 else ""
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     print("ready", flush=True)

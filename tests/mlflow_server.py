@@ -109,15 +109,19 @@ def start_tracking_server(
     log_name: str = "server.log",
     *,
     proxy_artifacts: bool = True,
+    artifact_root: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """`mlflow server` on SQLite in `root`. Its artifacts go through the server's proxy, or
-    with `proxy_artifacts=False` clients write and read them in `root/artifacts` directly."""
+    with `proxy_artifacts=False` clients write and read them directly in `artifact_root`
+    (default `root/artifacts`; e.g. s3://bucket/path, with the S3 settings in `env`)."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
+    artifact_root = artifact_root or str(root / "artifacts")
     artifacts = (
-        ["--artifacts-destination", str(root / "artifacts")]
+        ["--artifacts-destination", artifact_root]
         if proxy_artifacts
-        else ["--default-artifact-root", str(root / "artifacts"), "--no-serve-artifacts"]
+        else ["--default-artifact-root", artifact_root, "--no-serve-artifacts"]
     )
     command = [
         os.path.join(VENV_BIN, "mlflow"),
@@ -132,7 +136,8 @@ def start_tracking_server(
         "--workers",
         "1",
     ]
-    return start_process(command, f"http://127.0.0.1:{port}", "/health", root / log_name)
+    url = f"http://127.0.0.1:{port}"
+    return start_process(command, url, "/health", root / log_name, env=subprocess_env(**env or {}))
 
 
 def start_model_server(

@@ -249,9 +249,9 @@ def test_load_policy_in_a_fresh_process_without_ray_or_torch(registered, tmp_pat
     np.testing.assert_array_equal(np.asarray(out["pyfunc"]["actions"]), expected)
 
 
-def test_load_policy_without_an_artifact_proxy_goes_through_mlflow(trained_checkpoint, tmp_path):
+def test_load_policy_without_an_artifact_proxy_reads_the_store(trained_checkpoint, tmp_path):
     """A server that does not proxy artifacts (`--no-serve-artifacts`, a plain artifact root):
-    the REST lookup still finds the version, and MLflow itself fetches the files."""
+    the REST lookup still finds the version, and its files are read from the root itself."""
     from rllib_mlflow import load_policy, log_checkpoint
 
     server = start_tracking_server(tmp_path, proxy_artifacts=False)

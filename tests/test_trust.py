@@ -48,16 +48,26 @@ else:
 """
 
 
-def _load_from_hostile_server(tmp_path: Path, mode: str, **env: str) -> tuple[dict, float]:
+def _load_from_hostile_server(
+    tmp_path: Path, mode: str, *server_args: str, **env: str
+) -> tuple[dict, float]:
     """Run `load_policy` in a fresh process against a hostile server in `mode`; its temp
     folder is tmp_path/tmp and a victim folder with one file is tmp_path/victim."""
     (tmp_path / "tmp").mkdir()
     victim = tmp_path / "victim"
-    victim.mkdir()
+    victim.mkdir(exist_ok=True)
     (victim / "keep.txt").write_text("untouched")
     port = free_port()
+    if mode.startswith("s3-"):  # this server is the S3 endpoint too
+        env = {
+            "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "hostile",
+            "AWS_SECRET_ACCESS_KEY": "hostile",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            **env,
+        }
     server = start_process(
-        [sys.executable, "-m", "tests.hostile_server", str(port), mode, str(victim)],
+        [sys.executable, "-m", "tests.hostile_server", str(port), mode, str(victim), *server_args],
         f"http://127.0.0.1:{port}",
         "/api/2.0/mlflow/model-versions/get",
         tmp_path / "server.log",
@@ -79,12 +89,14 @@ def _load_from_hostile_server(tmp_path: Path, mode: str, **env: str) -> tuple[di
     return json.loads(done.stdout.strip().splitlines()[-1]), elapsed
 
 
-def _assert_nothing_written_outside(tmp_path: Path) -> None:
+def _assert_nothing_written_outside(tmp_path: Path, *planted: str) -> None:
     victim = tmp_path / "victim"
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     assert (victim / "keep.txt").read_text() == "untouched"
     assert list((tmp_path / "tmp").iterdir()) == []  # and the load cleaned up after itself
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.log", "tmp", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["server.log", "tmp", "victim", *planted]
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,6 +115,54 @@ def test_hostile_paths_are_refused_and_nothing_is_written_outside(tmp_path, mode
     _assert_nothing_written_outside(tmp_path)
 
 
+def _plant_store(tmp_path: Path, layout: str) -> str:
+    """An artifact store at tmp_path/store holding a model folder laid out to escape; the
+    artifact location a hostile server reports for it."""
+    store, victim = tmp_path / "store", tmp_path / "victim"
+    model = store / "1" / "models" / "m-1" / "artifacts"
+    model.mkdir(parents=True)
+    victim.mkdir()
+    data = {"data-absolute": str(victim), "data-relative": "../../../../../victim"}
+    (model / "MLmodel").write_text(
+        f"flavors:\n  rllib_mlflow:\n    data: {data.get(layout, 'data')}\n"
+    )
+    if layout == "oversized":
+        (model / "data").mkdir()
+        (model / "data" / "policy.json").write_text('{"formats": ["onnx"]}')
+        (model / "data" / "model.onnx").write_bytes(b"\0" * 2_000_000)
+    if layout == "symlink-folder":  # the data folder is the victim's
+        (model / "data").symlink_to(victim, target_is_directory=True)
+    if layout == "symlink-file":  # policy.json is a file of the victim's
+        (model / "data").mkdir()
+        (model / "data" / "policy.json").symlink_to(victim / "keep.txt")
+    return {
+        "relative": "../../etc",
+        "climbing": f"{model}/../../../../../victim",
+        "file-uri-climbing": f"file://{model}/../../../../../victim",
+    }.get(layout, str(model))
+
+
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        ("relative", "no absolute path"),
+        ("climbing", "climbs with '..'"),
+        ("file-uri-climbing", "climbs with '..'"),
+        ("data-absolute", "victim"),
+        ("data-relative", "../victim"),
+        ("symlink-folder", "through a symlink"),
+        ("symlink-file", "through a symlink"),
+    ],
+)
+def test_an_artifact_store_location_that_escapes_is_refused(tmp_path, layout, expected):
+    """A server that does not proxy its artifacts names where the client reads them: a
+    location, or a model folder in it, leading anywhere else is refused before any read."""
+    answer, _ = _load_from_hostile_server(tmp_path, "store", _plant_store(tmp_path, layout))
+    assert answer["error"] == "UnsafePathError", answer
+    assert expected in answer["message"] and "Refusing" in answer["message"], answer
+    _assert_nothing_written_outside(tmp_path, "store")
+
+
 def test_a_trickling_server_fails_within_the_load_deadline(tmp_path):
     answer, elapsed = _load_from_hostile_server(
         tmp_path, "trickle", MLFLOW_HTTP_REQUEST_TIMEOUT="4"
@@ -113,13 +173,28 @@ def test_a_trickling_server_fails_within_the_load_deadline(tmp_path):
     _assert_nothing_written_outside(tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["oversized", "oversized-declared"])
+def test_an_s3_store_that_trickles_fails_within_the_load_deadline(tmp_path):
+    answer, elapsed = _load_from_hostile_server(
+        tmp_path, "s3-trickle", MLFLOW_HTTP_REQUEST_TIMEOUT="4"
+    )
+    assert answer["error"] == "TrackingError", answer
+    assert "s3://bucket/model" in answer["message"], answer
+    assert "within 4 s" in answer["message"] and "MLFLOW_HTTP_REQUEST_TIMEOUT" in answer["message"]
+    assert elapsed < 30, elapsed  # the body would take hours
+    _assert_nothing_written_outside(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mode", ["oversized", "oversized-declared", "s3-oversized", "s3-oversized-declared", "store"]
+)
 def test_an_oversized_file_is_refused(tmp_path, mode):
-    limit = {"RLLIB_MLFLOW_MAX_FILE_BYTES": "1000000"} if mode == "oversized" else {}
-    answer, _ = _load_from_hostile_server(tmp_path, mode, **limit)
+    """Through the proxy, from an S3 store and from a local one."""
+    limit = {"RLLIB_MLFLOW_MAX_FILE_BYTES": "1000000"} if "declared" not in mode else {}
+    planted = (_plant_store(tmp_path, "oversized"),) if mode == "store" else ()
+    answer, _ = _load_from_hostile_server(tmp_path, mode, *planted, **limit)
     assert answer["error"] == "TrackingError", answer
     assert "model.onnx" in answer["message"] and "RLLIB_MLFLOW_MAX_FILE_BYTES" in answer["message"]
-    _assert_nothing_written_outside(tmp_path)
+    _assert_nothing_written_outside(tmp_path, *(["store"] if planted else []))
 
 
 @pytest.mark.parametrize("mode", ["policy-list", "policy-types"])

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rllib_mlflow.errors import TrackingError
+from rllib_mlflow.extras import require_full_mlflow
 from rllib_mlflow.mlflow.rest import RestClient
 from rllib_mlflow.mlflow.transport import RestApiError, RestPermissionError
 from rllib_mlflow.redaction import mask_urls
@@ -26,14 +27,37 @@ _TRACKING_URI = re.compile(
 def client(tracking_uri: str | None = None, registry_uri: str | None = None):
     """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default;
     its registry is `registry_uri`, else MLFLOW_REGISTRY_URI, else the tracking store."""
-    from mlflow import MlflowClient
+    import mlflow
 
+    registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    for uri in (tracking_uri or mlflow.get_tracking_uri(), registry_uri):
+        if uri is not None:
+            _require_readable_here(uri)
     if tracking_uri is not None:
         validate_tracking_uri(tracking_uri)
-    registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
     if registry_uri is not None:
         validate_tracking_uri(registry_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+def _require_readable_here(uri: str) -> None:
+    """The light install (mlflow-skinny) reads tracking servers only: a database or a file
+    store gets one line naming what to install, not MLflow's registry exception."""
+    if not isinstance(uri, str):
+        return
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme in _DATABASES:
+        require_full_mlflow(_DATABASES[scheme], mask_urls(uri))
+    elif is_file_store(uri):
+        require_full_mlflow("MLflow's file store", uri)
+
+
+_DATABASES = {
+    "sqlite": "a SQLite database",
+    "postgresql": "a PostgreSQL database",
+    "mysql": "a MySQL database",
+    "mssql": "a SQL Server database",
+}
 
 
 def validate_tracking_uri(uri: str) -> str:

@@ -2,34 +2,29 @@
 
 This module imports neither Ray nor torch: `load_policy` runs on machines without them.
 Against an HTTP(S) server it does not even import mlflow: the version is looked up over
-REST and only the files the chosen backend needs are downloaded through the server's
-artifact proxy.
+REST and only the files the chosen backend needs are fetched, through the server's artifact
+proxy or straight from the artifact store it names (a local or mounted path, s3://).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-from typing import Any
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
+from rllib_mlflow.extras import missing_extra
+from rllib_mlflow.mlflow.artifact_limits import Limits
+from rllib_mlflow.mlflow.artifact_sources import artifact_source
 from rllib_mlflow.mlflow.client import client
+from rllib_mlflow.mlflow.model_files import fetch_export
 from rllib_mlflow.mlflow.rest import RestClient, rest_client
 from rllib_mlflow.mlflow.transport import load_deadline_seconds
 from rllib_mlflow.mlflow.transport import max_file_bytes as default_max_file_bytes
 from rllib_mlflow.mlflow.versions import find_version, resolve_version
 from rllib_mlflow.paths import check_tree, inside
-from rllib_mlflow.policy.serving import (
-    BACKEND_FILES,
-    ONNX_FILE,
-    POLICY_FILE,
-    SAVED_MODEL_DIR,
-    Policy,
-    onnxruntime_installed,
-)
+from rllib_mlflow.policy.serving import Policy
 
 
 def load_policy(
@@ -52,8 +47,8 @@ def load_policy(
         backend: ``"onnxruntime"``, ``"tensorflow"``, ``"litert"`` (model.tflite, through
             ``ai-edge-litert``) or ``"litert_int8"`` (model_int8.tflite); default: ONNX
             Runtime if installed, else TensorFlow.
-        timeout_s: the whole load from an HTTP server ends within this many seconds
-            (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 120).
+        timeout_s: the whole load from an HTTP server (and its artifact store) ends within
+            this many seconds (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 120).
         max_file_bytes: refuse a larger file (default: RLLIB_MLFLOW_MAX_FILE_BYTES, 2 GiB).
 
     Returns:
@@ -61,16 +56,17 @@ def load_policy(
         ``action_dist_inputs(obs)`` and ``metadata``. The downloaded files are deleted
         once the policy is in memory.
     """
+    limits = Limits(
+        timeout_s or load_deadline_seconds(), max_file_bytes or default_max_file_bytes()
+    )
     rest = rest_client(  # no `import mlflow` against an HTTP server
-        tracking_uri,
-        deadline_s=timeout_s or load_deadline_seconds(),
-        max_file_bytes=max_file_bytes or default_max_file_bytes(),
+        tracking_uri, deadline_s=limits.deadline_s, max_file_bytes=limits.max_file_bytes
     )
     version = resolve_version(
         rest or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
     )
     with tempfile.TemporaryDirectory(prefix="rllib_policy_") as local:
-        export_dir = rest and _download_through_proxy(rest, version, backend, local)
+        export_dir = rest and _fetch_directly(rest, version, backend, local, limits)
         policy = _read_policy(version, backend, tracking_uri, export_dir, local)
     policy.metadata = {
         **policy.metadata,
@@ -98,56 +94,12 @@ def _read_policy(version, backend, tracking_uri, export_dir, local) -> Policy:
         ) from error
 
 
-def _download_through_proxy(rest: RestClient, version, backend: str | None, local: str):
-    """The export directory of `version`, fetched into `local` through the server's
-    artifact proxy with only the files `backend` needs; None when the server does not
-    proxy its artifacts. Every path the server names stays inside `local`."""
-    import yaml
-
-    root = rest.proxied_artifact_path(rest.download_uri(version.name, version.version))
-    if root is None:
-        return None
-    mlmodel = rest.download_artifact(f"{root}/MLmodel", local, "MLmodel")
-    with open(mlmodel) as stream:
-        flavors = _mapping(yaml.safe_load(stream)).get("flavors")
-    conf = _mapping(flavors).get("rllib_mlflow")
-    if not isinstance(conf, dict) or not isinstance(conf.get("data"), str):
-        raise RegistryError(
-            f"Version {version.version} of {version.name!r} is not an rllib-mlflow model "
-            "(its MLmodel has no rllib_mlflow flavor with a data folder)."
-        )
-    data = conf["data"]
-    export_dir = inside(local, data)
-    policy_file = rest.download_artifact(
-        f"{root}/{data}/{POLICY_FILE}", local, f"{data}/{POLICY_FILE}"
-    )
-    with open(policy_file) as stream:
-        try:
-            policy = json.load(stream)
-        except ValueError:
-            policy = None
-    if not isinstance(policy, dict):
-        raise RegistryError(
-            f"Version {version.version} of {version.name!r} has a malformed policy.json (not "
-            "a JSON object). Re-register it from its checkpoint."
-        )
-    formats = policy.get("formats") or []
-    use_onnx = backend == "onnxruntime" or (
-        backend is None and "onnx" in formats and onnxruntime_installed()
-    )
-    if backend in ("litert", "litert_int8"):
-        file = BACKEND_FILES[backend]
-        rest.download_artifact(f"{root}/{data}/{file}", local, f"{data}/{file}")
-    elif use_onnx:
-        rest.download_artifact(f"{root}/{data}/{ONNX_FILE}", local, f"{data}/{ONNX_FILE}")
-    else:
-        saved_model = f"{root}/{data}/{SAVED_MODEL_DIR}"
-        rest.download_tree(saved_model, local, f"{data}/{SAVED_MODEL_DIR}")
-    return export_dir
-
-
-def _mapping(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
+def _fetch_directly(rest: RestClient, version, backend: str | None, local: str, limits: Limits):
+    """The export directory of `version`, fetched into `local` through the server's artifact
+    proxy or straight from its artifact store; None when only MLflow reads that store."""
+    artifact_uri = rest.download_uri(version.name, version.version)
+    source = artifact_source(rest, artifact_uri, limits)
+    return source and fetch_export(source, version, backend, local)
 
 
 def download_checkpoint(
@@ -170,9 +122,12 @@ def download_checkpoint(
                 f"Version {version.version} of {version.name!r} names its checkpoint artifact "
                 f"{artifact!r}, which is no runs:/ URI; refusing to download it."
             )
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
-        )
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact, dst_path=dst, tracking_uri=tracking_uri
+            )
+        except ModuleNotFoundError as error:  # boto3 for an s3:// store, in the light install
+            raise missing_extra(error, "download_checkpoint") from None
         check_tree(dst)
         return local
     source = version.tags.get(names.VERSION_TAG_CHECKPOINT_URI)

@@ -175,7 +175,7 @@ def test_layout_lists_policies_and_iteration(old_stack_checkpoints):  # noqa: F8
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("ppo_torch_lstm_prev_action", "lstm_use_prev_action=True are not exported yet"),
+        ("ppo_torch_lstm_prev_reward", "lstm_use_prev_reward=True are not exported yet"),
         ("ppo_torch_attention", "attention net"),
     ],
 )

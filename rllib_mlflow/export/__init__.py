@@ -170,10 +170,12 @@ def _write_int8(
     what policy.json records of it."""
     from rllib_mlflow.export import litert
     from rllib_mlflow.export.agreement import describe, measure_int8_agreement
+    from rllib_mlflow.export.parity import format_runner
 
     try:
         _check_int8_possible(snapshot, refused)
-        source = litert.quantize(snapshot, str(staging))
+        act = format_runner("saved_model", str(staging), snapshot)  # loaded once, for both
+        source = litert.quantize(snapshot, str(staging), act)
     except UnsupportedModuleError as error:
         refused["tflite_int8"] = str(error)
         logger.warning("Module %r: no tflite_int8: %s", snapshot.module_id, error)
@@ -181,7 +183,9 @@ def _write_int8(
     record: dict[str, Any] = {"calibration": source, "agreement": None}
     if not verify:
         return {"tflite_int8": record}
-    record["agreement"] = report = measure_int8_agreement(snapshot, str(staging), min_agreement)
+    record["agreement"] = report = measure_int8_agreement(
+        snapshot, str(staging), min_agreement, act
+    )
     if not report["passed"]:
         (staging / FORMAT_FILES["tflite_int8"]).unlink()
         refused["tflite_int8"] = (

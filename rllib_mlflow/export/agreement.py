@@ -62,19 +62,16 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def measure_int8_agreement(
-    snapshot: PolicySnapshot, export_dir: str, min_agreement: float, seed: int = 1000
+    snapshot: PolicySnapshot, export_dir: str, min_agreement: float, act: Any, seed: int = 1000
 ) -> dict[str, Any]:
     """`tflite_int8`'s actions against RLlib's on observations it was not calibrated on
-    (episodes of the env from reset seed `seed`, else samples of the observation space)."""
-    from rllib_mlflow.export.litert import env_observations
-    from rllib_mlflow.export.parity import format_runner, sample_observations
+    (episodes `act`, the float export, plays in the env from reset seed `seed`, else samples
+    of the observation space)."""
+    from rllib_mlflow.export.litert import met_observations
+    from rllib_mlflow.export.parity import format_runner
     from rllib_mlflow.rllib.reference import rllib_reference
 
-    act = format_runner("saved_model", export_dir, snapshot)
-    observations, source = env_observations(snapshot, act, AGREEMENT_OBSERVATIONS, seed)
-    if observations is None:
-        observations = sample_observations(snapshot, AGREEMENT_OBSERVATIONS, seed)
-        source = "sampled from the observation space"
+    observations, source = met_observations(snapshot, act, AGREEMENT_OBSERVATIONS, seed)
     want, _ = rllib_reference(snapshot)(observations)
     feeds = observations if isinstance(observations, dict) else {"observations": observations}
     got = format_runner("tflite_int8", export_dir, snapshot)(feeds)["actions"]

@@ -31,12 +31,10 @@ def write_tflite(saved_model_dir: str, path: str) -> None:
     Path(path).write_bytes(_convert(saved_model_dir, calibration=None))
 
 
-def quantize(snapshot: PolicySnapshot, export_dir: str) -> str:
+def quantize(snapshot: PolicySnapshot, export_dir: str, act: Any) -> str:
     """Write `model_int8.tflite` from the SavedModel in `export_dir`, calibrated on
-    observations of the checkpoint's env; returns where those came from."""
-    from rllib_mlflow.export.parity import format_runner
-
-    act = format_runner("saved_model", export_dir, snapshot)
+    observations of the checkpoint's env played by `act` (the SavedModel's runner); returns
+    where those came from."""
     calibration, source = calibration_feeds(snapshot, act)
     saved_model = str(Path(export_dir, SAVED_MODEL_DIR))
     write_tflite_int8(saved_model, str(Path(export_dir, TFLITE_INT8_FILE)), calibration)
@@ -76,16 +74,22 @@ def _convert(saved_model_dir: str, calibration: list[dict[str, np.ndarray]] | No
 def calibration_feeds(
     snapshot: PolicySnapshot, act: Any, count: int = CALIBRATION_OBSERVATIONS, seed: int = 0
 ) -> tuple[list[dict[str, np.ndarray]], str]:
-    """`count` single-observation feeds to calibrate int8 ranges on, and where they came
+    """`count` single-observation feeds to calibrate int8 ranges on (`met_observations`),
+    and where they came from."""
+    observations, source = met_observations(snapshot, act, count, seed)
+    return list(_single_feeds(observations)), source
+
+
+def met_observations(snapshot: PolicySnapshot, act: Any, count: int, seed: int) -> tuple[Any, str]:
+    """`count` observations the policy meets, as the graphs take them, and where they came
     from: the checkpoint's own env played by `act` (feeds -> outputs, the float export)
     where the env can be made here, else samples of the observation space."""
     observations, source = env_observations(snapshot, act, count, seed)
     if observations is None:
         from rllib_mlflow.export.parity import sample_observations
 
-        observations = sample_observations(snapshot, count, seed)
-        source = "sampled from the observation space"
-    return list(_single_feeds(observations)), source
+        return sample_observations(snapshot, count, seed), "sampled from the observation space"
+    return observations, source
 
 
 def env_observations(

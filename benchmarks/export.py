@@ -131,7 +131,7 @@ def train(workdir: Path, configs: list[str]) -> dict[str, str]:
 
     from tests.conftest import train_checkpoint
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         return {name: train_checkpoint(name, workdir / "checkpoints").path for name in configs}
     finally:

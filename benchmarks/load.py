@@ -140,7 +140,7 @@ def train_checkpoint(directory: Path) -> str:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from tests.conftest import train_checkpoint as train
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         return train("ppo_cartpole", directory).path
     finally:

@@ -105,7 +105,7 @@ def trained_checkpoint(workdir: Path) -> str:
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[16, 16]))
         .debugging(seed=0, log_level="ERROR")
     )
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         algo = config.build_algo()
         try:

@@ -45,8 +45,15 @@ def main() -> None:
         .debugging(seed=0)
     )
     quiet_third_party()
-    # Ray's workers' output is not forwarded: a failed trial is still reported below.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # Ray's workers' output is not forwarded: a failed trial is still reported below. A new
+    # local instance even where `ray start` left a cluster running (ray.init() would join it).
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
     callback = MLflowCheckpointCallback(MODEL_NAME, tracking_uri=args.tracking_uri, video=True)
     tuner = tune.Tuner(
         "PPO",

@@ -36,7 +36,7 @@ def main() -> None:
         .training(train_batch_size_per_learner=1000, minibatch_size=250, num_epochs=4)
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[32, 32]))
     )
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     tune.Tuner(
         "PPO",
         param_space=config,

@@ -29,7 +29,7 @@ def main() -> None:
         .reporting(min_sample_timesteps_per_iteration=500)
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
     )
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     tune.Tuner(
         "SAC",
         param_space=config,

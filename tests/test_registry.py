@@ -267,6 +267,28 @@ def test_load_policy_without_an_artifact_proxy_reads_the_store(trained_checkpoin
     assert policy.metadata["version"] == "1"
 
 
+def test_load_policy_on_a_database_store_copies_only_what_the_backend_runs(
+    trained_checkpoint, tmp_path, capfd
+):
+    """On a SQLite store the version's files are on this disk: `load_policy` copies the
+    backend's file (no MLflow download of every format, no progress bars on stderr), and a
+    backend the version was not exported for is refused before anything is read."""
+    from rllib_mlflow import load_policy, log_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    checkpoint = trained_checkpoint("ppo_cartpole").path
+    log_checkpoint(checkpoint, "on-disk", formats=("onnx",), tracking_uri=uri)
+    capfd.readouterr()
+    policy = load_policy("models:/on-disk/1", tracking_uri=uri)
+    assert "Downloading artifacts" not in capfd.readouterr().err
+    observations = cartpole_observations()
+    np.testing.assert_array_equal(
+        policy.compute_actions(observations), rllib_actions(checkpoint, observations)
+    )
+    with pytest.raises(RegistryError, match=r"no saved_model export \(its formats: onnx\)"):
+        load_policy("models:/on-disk/1", backend="tensorflow", tracking_uri=uri)
+
+
 # -- 5. bad input -----------------------------------------------------------------------------
 
 

@@ -65,9 +65,10 @@ def artifact_source(rest: RestClient, artifact_uri: str, limits: Limits) -> Arti
     proxied = rest.proxied_artifact_path(artifact_uri)
     if proxied is not None:
         return ProxiedArtifacts(rest, proxied)
+    local = local_source(artifact_uri, limits)
+    if local is not None:
+        return local
     scheme = urllib.parse.urlparse(artifact_uri).scheme
-    if scheme in ("", "file"):
-        return LocalArtifacts(artifact_uri, limits)
     if scheme == "s3":
         return S3Artifacts(artifact_uri, limits)
     if full_mlflow_installed():
@@ -78,6 +79,13 @@ def artifact_source(rest: RestClient, artifact_uri: str, limits: Limits) -> Arti
         f"pip install mlflow {_MLFLOW_STORES.get(scheme, '')}".rstrip()
         + ", or serve the artifacts through the tracking server (mlflow server --serve-artifacts)."
     )
+
+
+def local_source(artifact_uri: str, limits: Limits) -> LocalArtifacts | None:
+    """The model's folder when `artifact_uri` is a local or mounted path; else None."""
+    if urllib.parse.urlparse(artifact_uri).scheme in ("", "file"):
+        return LocalArtifacts(artifact_uri, limits)
+    return None
 
 
 def _shown(artifact_uri: str) -> str:

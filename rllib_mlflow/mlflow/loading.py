@@ -3,7 +3,8 @@
 This module imports neither Ray nor torch: `load_policy` runs on machines without them.
 Against an HTTP(S) server it does not even import mlflow: the version is looked up over
 REST and only the files the chosen backend needs are fetched, through the server's artifact
-proxy or straight from the artifact store it names (a local or mounted path, s3://).
+proxy or straight from the artifact store it names (a local or mounted path, s3://). On a
+database or file store whose artifacts are local, only those files are copied too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.extras import missing_extra
 from rllib_mlflow.mlflow.artifact_limits import Limits
-from rllib_mlflow.mlflow.artifact_sources import artifact_source
+from rllib_mlflow.mlflow.artifact_sources import artifact_source, local_source
 from rllib_mlflow.mlflow.client import client
 from rllib_mlflow.mlflow.model_files import fetch_export
 from rllib_mlflow.mlflow.rest import RestClient, rest_client
@@ -62,11 +63,10 @@ def load_policy(
     rest = rest_client(  # no `import mlflow` against an HTTP server
         tracking_uri, deadline_s=limits.deadline_s, max_file_bytes=limits.max_file_bytes
     )
-    version = resolve_version(
-        rest or client(tracking_uri), model, training_iteration=training_iteration, trial=trial
-    )
+    registry = rest or client(tracking_uri)
+    version = resolve_version(registry, model, training_iteration=training_iteration, trial=trial)
     with tempfile.TemporaryDirectory(prefix="rllib_policy_") as local:
-        export_dir = rest and _fetch_directly(rest, version, backend, local, limits)
+        export_dir = _fetch_directly(registry, version, backend, local, limits)
         policy = _read_policy(version, backend, tracking_uri, export_dir, local)
     policy.metadata = {
         **policy.metadata,
@@ -94,11 +94,16 @@ def _read_policy(version, backend, tracking_uri, export_dir, local) -> Policy:
         ) from error
 
 
-def _fetch_directly(rest: RestClient, version, backend: str | None, local: str, limits: Limits):
+def _fetch_directly(registry, version, backend: str | None, local: str, limits: Limits):
     """The export directory of `version`, fetched into `local` through the server's artifact
-    proxy or straight from its artifact store; None when only MLflow reads that store."""
-    artifact_uri = rest.download_uri(version.name, version.version)
-    source = artifact_source(rest, artifact_uri, limits)
+    proxy or straight from its artifact store (over REST), or from a local store (MLflow's
+    client on a database or file store); None when only MLflow reads that store."""
+    if isinstance(registry, RestClient):
+        artifact_uri = registry.download_uri(version.name, version.version)
+        source = artifact_source(registry, artifact_uri, limits)
+    else:
+        artifact_uri = registry.get_model_version_download_uri(version.name, version.version)
+        source = local_source(artifact_uri, limits)
     return source and fetch_export(source, version, backend, local)
 
 

@@ -13,6 +13,7 @@ from rllib_mlflow.mlflow.artifact_sources import ArtifactSource
 from rllib_mlflow.paths import inside
 from rllib_mlflow.policy.serving import (
     BACKEND_FILES,
+    BACKEND_FORMATS,
     ONNX_FILE,
     POLICY_FILE,
     SAVED_MODEL_DIR,
@@ -27,6 +28,7 @@ def fetch_export(source: ArtifactSource, version, backend: str | None, local: st
     export_dir = inside(local, data)
     policy = _policy_json(source.fetch(f"{data}/{POLICY_FILE}", local), version)
     formats = policy.get("formats") or []
+    _require_format(version, backend, formats)
     use_onnx = backend == "onnxruntime" or (
         backend is None and "onnx" in formats and onnxruntime_installed()
     )
@@ -37,6 +39,19 @@ def fetch_export(source: ArtifactSource, version, backend: str | None, local: st
     else:
         source.fetch_tree(f"{data}/{SAVED_MODEL_DIR}", local)
     return export_dir
+
+
+def _require_format(version, backend: str | None, formats: list) -> None:
+    """Refuse a backend whose file the version was not exported with, before fetching it."""
+    wanted = BACKEND_FORMATS.get(backend) if backend else None
+    if wanted is None or not formats or wanted in formats:
+        return
+    usable = [b for b, f in BACKEND_FORMATS.items() if f in formats]
+    raise RegistryError(
+        f"Version {version.version} of {version.name!r} has no {wanted} export (its formats: "
+        f"{', '.join(formats) or 'none'}): load it with backend= one of {usable}, or re-export "
+        f"its checkpoint with {wanted!r} among the formats."
+    )
 
 
 def _flavor_data(source: ArtifactSource, version, local: str) -> str:

@@ -31,6 +31,13 @@ BACKEND_FILES = {
     "litert": TFLITE_FILE,
     "litert_int8": TFLITE_INT8_FILE,
 }
+# The export format (policy.json's `formats`) each backend runs.
+BACKEND_FORMATS = {
+    "onnxruntime": "onnx",
+    "tensorflow": "saved_model",
+    "litert": "tflite",
+    "litert_int8": "tflite_int8",
+}
 
 
 class Policy:

@@ -29,6 +29,7 @@ from rllib_mlflow.policy.actions import deterministic_actions
 from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.serving import Policy
 from rllib_mlflow.rllib.layout import list_module_ids, read_training_iteration
+from tests.mlflow_server import post_json, start_model_server
 from tests.old_stack import CONFIGS, POLICY_CHECKPOINT_OF, old_stack_checkpoints  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -171,6 +172,42 @@ def _h5_runner(h5, metadata):
         )
 
     return run
+
+
+def test_lstm_reading_prev_action_and_reward_served_by_mlflow_acts_like_rllib(
+    old_stack_checkpoints,  # noqa: F811
+    old_stack_exports,
+    tmp_path,
+):
+    """`mlflow models serve` of the TF2 LSTM that reads the previous action and reward,
+    stepped through RLlib's episodes: each episode starts from the initial state policy.json
+    gives (the previous action one-hot at action 0, not zeros), then the response's state."""
+    from rllib_mlflow.mlflow.flavor import save_model
+
+    name = "ppo_tf2_lstm_prev"
+    export_dir = old_stack_exports[name]["default_policy"]
+    save_model(export_dir, tmp_path / "model")
+    obs, want = _truth(old_stack_checkpoints, name, "default_policy")
+    starts, rewards = old_stack_checkpoints[name].episodes("default_policy")
+    initial = {f"state_{k}": v.tolist() for k, v in Policy(export_dir).initial_state(1).items()}
+    assert initial["state_prev_n_actions"] == [[1.0, 0.0, 0.0]]
+    server = start_model_server(
+        str(tmp_path / "model"), f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "serve.log"
+    )
+    got = []
+    try:
+        for observation, start, earned in zip(obs, starts, rewards):
+            if start:
+                state, reward = initial, 0.0
+            inputs = {"observations": [observation.tolist()], "prev_rewards": [reward], **state}
+            status, body = post_json(f"{server.uri}/invocations", {"inputs": inputs})
+            assert status == 200, body
+            got.append(body["predictions"]["actions"][0])
+            state = {k: v for k, v in body["predictions"].items() if k != "actions"}
+            reward = float(earned)
+    finally:
+        server.stop()
+    _assert_same_actions(want, np.asarray(got), True, f"{name} served")
 
 
 def test_policy_json_says_what_the_old_stack_does(old_stack_exports):

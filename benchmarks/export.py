@@ -2,18 +2,23 @@
 
     .venv/bin/python benchmarks/export.py [--ppo-checkpoint DIR] [--sac-checkpoint DIR]
                                           [--lstm-checkpoint DIR] [--custom-checkpoint DIR]
-                                          [--repeats 1]
+                                          [--old-tf2-checkpoint DIR] [--repeats 1]
 
 Without checkpoint paths, the policies are trained briefly first (the test suite's
 configurations, tests/conftest.py): PPO CartPole, SAC Pendulum, PPO with an LSTM on CartPole
 (Keras-rebuilt LSTM; parity over 8 sequences carrying the state) and Ray's example
-CustomActionDistributionRLModule (traced to ONNX; SavedModel and .h5 converted by onnx2tf).
+CustomActionDistributionRLModule (traced to ONNX; SavedModel and .h5 converted by onnx2tf);
+and a TF2 PPO CartPole on RLlib's old API stack (tests/old_stack.py's "ppo_tf2_cartpole",
+trained in its own process: RLlib's TF2 policies need TensorFlow started with
+TF_USE_LEGACY_KERAS=1, and this process runs Keras 3).
 
 Part 1, export: one row per policy, seconds for `export_checkpoint` with one format at a time
 (parity check included, 1,000 observations; `tflite` and `tflite_int8` include the SavedModel
 they are converted from, and int8 its calibration and agreement measurement), then the default
 formats in one call with and without the parity check. A warm-up export runs first so that
-one-time imports are not charged to a format. Then the file sizes of ONNX, LiteRT float32 and
+one-time imports are not charged to a format. The old-stack row is timed the same way in a
+fresh process (which sets TF_USE_LEGACY_KERAS=1 itself, as rllib-mlflow's export workers
+do); it is in this table only. Then the file sizes of ONNX, LiteRT float32 and
 LiteRT int8, and, in this process, each backend's latency for one observation and its
 throughput on a batch of 1,024 (ONNX Runtime, TensorFlow, LiteRT float32, LiteRT int8).
 
@@ -124,6 +129,8 @@ POLICIES = {
     "custom module (Ray example)": ("custom_checkpoint", "ppo_custom_distribution"),
 }
 COLD_START = ("PPO CartPole", "SAC Pendulum")  # stateless, one "observations" input
+# label -> (command-line option, tests.old_stack configuration)
+OLD_STACK = {"old stack PPO TF2 CartPole": ("old_tf2_checkpoint", "ppo_tf2_cartpole")}
 
 
 def train(workdir: Path, configs: list[str]) -> dict[str, str]:
@@ -136,6 +143,31 @@ def train(workdir: Path, configs: list[str]) -> dict[str, str]:
         return {name: train_checkpoint(name, workdir / "checkpoints").path for name in configs}
     finally:
         ray.shutdown()
+
+
+def train_old_stack(workdir: Path, configs: list[str]) -> dict[str, str]:
+    """Old-API-stack checkpoints, trained in their own process (tests.old_stack)."""
+    from tests.old_stack import train_all
+
+    out = workdir / "old_stack_checkpoints"
+    out.mkdir()
+    return {name: checkpoint.path for name, checkpoint in train_all(out, configs).items()}
+
+
+def time_exports_in_fresh_process(checkpoint: str, workdir: Path, repeats: int):
+    """`time_exports` in a new Python process, for the old stack's TF2 policies (Keras 2)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--time-exports-of", checkpoint, "--repeats", str(repeats)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"},
+        cwd=str(workdir),
+        timeout=1800,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"timing the export of {checkpoint} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
 
 
 def time_exports(checkpoint: str, workdir: Path, repeats: int) -> dict[str, float]:
@@ -236,12 +268,34 @@ def _speed(policy, batch) -> tuple[float, float]:
     return statistics.median(singles), 10 * len(batch) / (time.perf_counter() - start)
 
 
+def _old_stack_checkpoints(args, workdir: Path) -> dict[str, str]:
+    """{label: checkpoint} of the old-stack rows: given, or trained now."""
+    given = {label: getattr(args, option) for label, (option, _) in OLD_STACK.items()}
+    missing = [OLD_STACK[label][1] for label, path in given.items() if not path]
+    if not missing:
+        return given
+    print(f"Training {', '.join(missing)} (old API stack) briefly...", flush=True)
+    trained = train_old_stack(workdir, missing)
+    given = {label: path or trained[OLD_STACK[label][1]] for label, path in given.items()}
+    options = (f"--{OLD_STACK[k][0].replace('_', '-')} {v}" for k, v in given.items())
+    print("Checkpoints: " + " ".join(options))
+    return given
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for option, config in POLICIES.values():
         parser.add_argument(f"--{option.replace('_', '-')}", help=f"a {config} checkpoint")
+    for option, config in OLD_STACK.values():
+        parser.add_argument(f"--{option.replace('_', '-')}", help=f"a {config} checkpoint")
     parser.add_argument("--repeats", type=int, default=1, help="median over N runs")
+    parser.add_argument("--time-exports-of", help=argparse.SUPPRESS)  # the fresh process
     args = parser.parse_args()
+    if args.time_exports_of:
+        workdir = Path(tempfile.mkdtemp(prefix="rllib_mlflow_bench_"))
+        times = time_exports(args.time_exports_of, workdir, args.repeats)
+        print("RESULT " + json.dumps(times))
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="rllib_mlflow_bench_"))
     given = {label: getattr(args, option) for label, (option, _) in POLICIES.items()}
@@ -255,11 +309,14 @@ def main() -> None:
             + " ".join(f"--{POLICIES[k][0].replace('_', '-')} {v}" for k, v in given.items())
         )
     checkpoints = given
+    old_stack = _old_stack_checkpoints(args, workdir)
 
     print(f"\n== Export time (seconds, median of {args.repeats}; parity on 1,000 obs) ==")
     export_times = {
         label: time_exports(path, workdir, args.repeats) for label, path in checkpoints.items()
     }
+    for label, path in old_stack.items():
+        export_times[label] = time_exports_in_fresh_process(path, workdir, args.repeats)
     columns = list(next(iter(export_times.values())))
     print(f"{'policy':<30}" + "".join(f"{column:>16}" for column in columns))
     for label, times in export_times.items():

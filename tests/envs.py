@@ -29,6 +29,8 @@ NESTED_DICT = "rllib_mlflow_tests/NestedDict-v0"
 PIXELS_255 = "rllib_mlflow_tests/Pixels255-v0"
 TUPLE_ACTIONS = "rllib_mlflow_tests/TupleActions-v0"
 MULTI_AGENT = "rllib_mlflow_tests_multiagent"
+GRID_CELL = "rllib_mlflow_tests/GridCell-v0"  # Discrete observations
+GRID_XY = "rllib_mlflow_tests/GridXY-v0"  # MultiDiscrete observations
 
 WIDE_BOX_LOW = np.array([-2.0, 0.0, -10.0], dtype=np.float32)
 WIDE_BOX_HIGH = np.array([1.0, 5.0, 10.0], dtype=np.float32)
@@ -406,6 +408,42 @@ ACTION_MASK_CONFIG = {
 }
 
 
+class GridWalk(gym.Env):
+    """Discrete or MultiDiscrete observations (RLlib's old stack one-hots them).
+
+    A walker on a 5x5 grid: observation its cell as Discrete(25) (`xy=False`) or its (x, y)
+    as MultiDiscrete([5, 5]); action Discrete(4), a step up, down, left or right (walls
+    stop it); reward 1 in the far corner, which ends the episode. Episodes start at a random
+    cell and last at most 15 steps.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+    SIZE = 5
+    MOVES = ((0, 1), (0, -1), (-1, 0), (1, 0))
+
+    def __init__(self, config: dict | None = None, xy: bool = False, max_steps: int = 15):
+        self.xy, self.max_steps = xy, max_steps
+        n = self.SIZE
+        self.observation_space = spaces.MultiDiscrete([n, n]) if xy else spaces.Discrete(n * n)
+        self.action_space = spaces.Discrete(4)
+        self._pos, self._t = np.zeros(2, np.int64), 0
+
+    def _obs(self):
+        x, y = (int(v) for v in self._pos)
+        return np.array([x, y], np.int64) if self.xy else x * self.SIZE + y
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._pos, self._t = self.np_random.integers(0, self.SIZE - 1, size=2), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self._pos = np.clip(self._pos + self.MOVES[int(action)], 0, self.SIZE - 1)
+        self._t += 1
+        arrived = bool(np.all(self._pos == self.SIZE - 1))
+        return self._obs(), float(arrived), arrived, self._t >= self.max_steps, {}
+
+
 def _action_mask_env(config: dict | None = None):
     from ray.rllib.examples.envs.classes.action_mask_env import ActionMaskEnv
 
@@ -436,6 +474,8 @@ def register_test_envs() -> None:
         (NESTED_DICT, functools.partial(StructuredObs, nested=True)),
         (PIXELS_255, Pixels255),
         (TUPLE_ACTIONS, TupleActions),
+        (GRID_CELL, GridWalk),
+        (GRID_XY, functools.partial(GridWalk, xy=True)),
     ):
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=cls)

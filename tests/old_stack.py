@@ -43,6 +43,11 @@ class OldStackCheckpoint:
     training_iteration: int
     truth_path: str  # npz: {policy_id}/obs[.key], {policy_id}/actions (RLlib's, explore=False)
 
+    def episodes(self, policy_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per recorded step: whether it began an episode, and the reward its action earned."""
+        data = np.load(self.truth_path)
+        return data[f"{policy_id}/starts"], data[f"{policy_id}/rewards"]
+
     def truth(self, policy_id: str) -> tuple[Any, np.ndarray]:
         """RLlib's observations (a dict of batches for Dict spaces) and actions."""
         data = np.load(self.truth_path)
@@ -99,6 +104,13 @@ def _pendulum(framework: str):
     return _ppo(
         framework, "Pendulum-v1", {"free_log_std": True}, observation_filter="MeanStdFilter"
     )
+
+
+def _lstm(framework: str, **options: bool):
+    from tests import envs
+
+    model = {"use_lstm": True, "lstm_cell_size": 8, "max_seq_len": 10, **options}
+    return _ppo(framework, envs.NOISY_CHOICE, model)
 
 
 def _image(framework: str):
@@ -158,16 +170,47 @@ CONFIGS: dict[str, tuple[str, str, str, Callable[[], Any], int]] = {
         lambda: _ppo("torch", "rllib_mlflow_tests/DictObs-v0"),
         1,
     ),
-    # Built and saved without training: what the reader must refuse. (lstm_use_prev_action
-    # does not build with torch in Ray 2.60: nn.LSTM gets a numpy int as its input size.)
+    # RLlib's OneHotPreprocessor: Discrete (TF2) and MultiDiscrete (torch) observations.
+    "ppo_tf2_discrete_obs": (
+        "PPO",
+        "rllib_mlflow_tests/GridCell-v0",
+        "tf2",
+        lambda: _ppo("tf2", "rllib_mlflow_tests/GridCell-v0"),
+        1,
+    ),
+    "ppo_torch_multidiscrete_obs": (
+        "PPO",
+        "rllib_mlflow_tests/GridXY-v0",
+        "torch",
+        lambda: _ppo("torch", "rllib_mlflow_tests/GridXY-v0"),
+        1,
+    ),
+    # LSTMs that read the previous reward (torch; with lstm_use_prev_action RLlib's torch
+    # LSTMWrapper does not build in Ray 2.60: nn.LSTM gets a numpy int as its input size) and
+    # the previous action and reward (TF2), on an env whose rewards vary.
     "ppo_torch_lstm_prev_reward": (
         "PPO",
-        "CartPole-v1",
+        "rllib_mlflow_tests/NoisyChoice-v0",
+        "torch",
+        lambda: _lstm("torch", lstm_use_prev_reward=True),
+        1,
+    ),
+    "ppo_tf2_lstm_prev": (
+        "PPO",
+        "rllib_mlflow_tests/NoisyChoice-v0",
+        "tf2",
+        lambda: _lstm("tf2", lstm_use_prev_action=True, lstm_use_prev_reward=True),
+        1,
+    ),
+    # Built and saved without training: what the reader must refuse.
+    "ppo_torch_lstm_prev_box_action": (
+        "PPO",
+        "Pendulum-v1",
         "torch",
         lambda: _ppo(
             "torch",
-            "CartPole-v1",
-            {"use_lstm": True, "lstm_cell_size": 8, "lstm_use_prev_reward": True},
+            "Pendulum-v1",
+            {"use_lstm": True, "lstm_cell_size": 8, "lstm_use_prev_action": True},
         ),
         0,
     ),
@@ -184,47 +227,75 @@ POLICY_CHECKPOINT_OF = {"ppo_torch_cartpole_policy": "ppo_torch_cartpole"}
 
 
 def _play(algo, env_id: str, multi_agent: bool) -> dict[str, np.ndarray]:
-    """Real episodes acted by RLlib itself (explore=False): {policy_id}/obs, /actions."""
+    """Real episodes acted by RLlib itself (explore=False): {policy_id}/obs, /actions, and
+    /starts (True on an episode's first step) and /rewards (what each action earned). An LSTM
+    policy's state is carried, and its previous action and reward are passed as RLlib's
+    sampler pads and passes them (action 0 and reward 0 before the first step)."""
     from tests import envs
 
     env = envs.make_env(env_id)
     mapping = algo.config.policy_mapping_fn
-    seen: dict[str, tuple[list, list]] = {}
+    seen: dict[str, dict[str, list]] = {}
     for episode in range(EPISODES):
         obs, _ = env.reset(seed=episode)
+        memory: dict[str, dict[str, Any]] = {}  # per agent: state, prev action and reward
         for _ in range(MAX_STEPS):
             per_agent = obs if multi_agent else {"agent": obs}
             actions = {}
             for agent, agent_obs in per_agent.items():
                 pid = mapping(agent, None) if multi_agent else "default_policy"
-                # Both passed: with their defaults, compute_single_action skips clip_actions
-                # (`elif clip_action is None`), which RLlib's EnvRunner applies.
-                actions[agent] = algo.compute_single_action(
-                    agent_obs,
-                    policy_id=pid,
-                    explore=False,
-                    unsquash_action=algo.config.normalize_actions,
-                    clip_action=algo.config.clip_actions,
-                )
-                seen.setdefault(pid, ([], []))
-                seen[pid][0].append(agent_obs)
-                seen[pid][1].append(np.asarray(actions[agent]))
-            obs, _, terminated, truncated, _ = env.step(
+                columns = seen.setdefault(pid, {"obs": [], "actions": [], "starts": []})
+                columns["starts"].append(agent not in memory)
+                actions[agent] = _act(algo, pid, agent_obs, memory.setdefault(agent, {}))
+                columns["obs"].append(agent_obs)
+                columns["actions"].append(np.asarray(actions[agent]))
+            obs, rewards, terminated, truncated, _ = env.step(
                 actions if multi_agent else actions["agent"]
             )
+            for agent in actions:
+                reward = rewards.get(agent, 0.0) if multi_agent else rewards
+                memory[agent]["prev_reward"] = float(reward)
+                pid = mapping(agent, None) if multi_agent else "default_policy"
+                seen[pid].setdefault("rewards", []).append(float(reward))
             done = terminated.get("__all__") if multi_agent else terminated or truncated
             if done or (multi_agent and not obs):
                 break
-    columns: dict[str, np.ndarray] = {}
-    for pid, (obs_list, act_list) in seen.items():
-        columns[f"{pid}/actions"] = np.stack(act_list)
+    out: dict[str, np.ndarray] = {}
+    for pid, columns in seen.items():
+        obs_list = columns.pop("obs")
+        out.update({f"{pid}/{kind}": np.stack(values) for kind, values in columns.items()})
         if isinstance(obs_list[0], dict):  # one column per key: `truth` gives a dict back
-            columns.update(
-                {f"{pid}/obs.{k}": np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
-            )
+            out.update({f"{pid}/obs.{k}": np.stack([o[k] for o in obs_list]) for k in obs_list[0]})
         else:
-            columns[f"{pid}/obs"] = np.stack(obs_list)
-    return columns
+            out[f"{pid}/obs"] = np.stack(obs_list)
+    return out
+
+
+def _act(algo, pid: str, obs, memory: dict[str, Any]):
+    """One action by `Algorithm.compute_single_action(explore=False)`; for an LSTM policy
+    with its state and (if it reads them) previous action and reward from `memory`."""
+    policy = algo.get_policy(pid)
+    # Both passed: with their defaults, compute_single_action skips clip_actions
+    # (`elif clip_action is None`), which RLlib's EnvRunner applies.
+    kwargs = {
+        "policy_id": pid,
+        "explore": False,
+        "unsquash_action": algo.config.normalize_actions,
+        "clip_action": algo.config.clip_actions,
+    }
+    initial = policy.get_initial_state()
+    if not initial:
+        return algo.compute_single_action(obs, **kwargs)
+    model = policy.config["model"]
+    if model.get("lstm_use_prev_action"):
+        kwargs["prev_action"] = memory.get("prev_action", 0)
+    if model.get("lstm_use_prev_reward"):
+        kwargs["prev_reward"] = memory.get("prev_reward", 0.0)
+    action, memory["state"], _ = algo.compute_single_action(
+        obs, state=memory.get("state", initial), **kwargs
+    )
+    memory["prev_action"] = action
+    return action
 
 
 def train(name: str, out: Path) -> list[dict[str, Any]]:

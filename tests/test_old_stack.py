@@ -29,6 +29,7 @@ from rllib_mlflow.policy.actions import deterministic_actions
 from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.serving import Policy
 from rllib_mlflow.rllib.layout import list_module_ids, read_training_iteration
+from tests.mlflow_server import post_json, start_model_server
 from tests.old_stack import CONFIGS, POLICY_CHECKPOINT_OF, old_stack_checkpoints  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -124,14 +125,89 @@ def test_every_format_acts_like_rllib_on_real_episodes(
         obs, want = _truth(old_stack_checkpoints, name, policy_id)
         assert len(want) >= 20  # real steps of real episodes
         discrete = metadata["action_rule"]["distribution"] == "categorical"
+        h5 = keras.models.load_model(Path(export_dir, "model.h5"), safe_mode=True)
+        if metadata["stateful"]:
+            episodes = old_stack_checkpoints[name].episodes(policy_id)
+            _assert_steps_like_rllib(export_dir, h5, obs, want, episodes, f"{name}/{policy_id}")
+            continue
         for backend in ("onnxruntime", "tensorflow"):  # model.onnx, saved_model/
             got = Policy(export_dir, backend=backend).compute_actions(obs)
             _assert_same_actions(want, got, discrete, f"{name}/{policy_id} {backend}")
-        h5 = keras.models.load_model(Path(export_dir, "model.h5"), safe_mode=True)
         flat = ObservationConverter(metadata).feeds(obs)["observations"]  # the h5's input
         dist_inputs = np.asarray(h5([flat]))
         got = deterministic_actions(dist_inputs, metadata["action_rule"])
         _assert_same_actions(want, got, discrete, f"{name}/{policy_id} h5")
+
+
+def _assert_steps_like_rllib(export_dir, h5, obs, want, episodes, where: str) -> None:
+    """A stateful export stepped through RLlib's episodes (state from `initial_state` at
+    each start, told the reward each action earned) chooses RLlib's actions: through
+    `Policy.step` on both backends, and through the `.h5` (behind the same `step`)."""
+    starts, rewards = episodes
+    assert starts.sum() >= 2  # several real episodes, each from the initial state
+    policies = {b: Policy(export_dir, backend=b) for b in ("onnxruntime", "tensorflow")}
+    policies["h5"] = Policy(export_dir, backend="tensorflow")
+    policies["h5"]._run = _h5_runner(h5, policies["h5"].metadata)
+    for label, policy in policies.items():
+        got, reward = [], 0.0
+        for observation, start, earned in zip(obs, starts, rewards):
+            if start:
+                state, reward = policy.initial_state(1), 0.0
+            action, state = policy.step(observation[None], state, prev_rewards=[reward])
+            got.append(action[0])
+            reward = earned
+        _assert_same_actions(want, np.asarray(got), True, f"{where} {label}")
+
+
+def _h5_runner(h5, metadata):
+    """The `.h5` network as a backend: named graph inputs -> actions and next state."""
+    names = [tensor["name"] for tensor in metadata["inputs"]]
+    state_outputs = [f"state_out_{s['name']}" for s in metadata["state"]]
+
+    def run(feeds):
+        dist_inputs, *state = (np.asarray(t) for t in h5([feeds[n] for n in names]))
+        actions = deterministic_actions(dist_inputs, metadata["action_rule"])
+        return {"actions": actions, "action_dist_inputs": dist_inputs} | dict(
+            zip(state_outputs, state)
+        )
+
+    return run
+
+
+def test_lstm_reading_prev_action_and_reward_served_by_mlflow_acts_like_rllib(
+    old_stack_checkpoints,  # noqa: F811
+    old_stack_exports,
+    tmp_path,
+):
+    """`mlflow models serve` of the TF2 LSTM that reads the previous action and reward,
+    stepped through RLlib's episodes: each episode starts from the initial state policy.json
+    gives (the previous action one-hot at action 0, not zeros), then the response's state."""
+    from rllib_mlflow.mlflow.flavor import save_model
+
+    name = "ppo_tf2_lstm_prev"
+    export_dir = old_stack_exports[name]["default_policy"]
+    save_model(export_dir, tmp_path / "model")
+    obs, want = _truth(old_stack_checkpoints, name, "default_policy")
+    starts, rewards = old_stack_checkpoints[name].episodes("default_policy")
+    initial = {f"state_{k}": v.tolist() for k, v in Policy(export_dir).initial_state(1).items()}
+    assert initial["state_prev_n_actions"] == [[1.0, 0.0, 0.0]]
+    server = start_model_server(
+        str(tmp_path / "model"), f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "serve.log"
+    )
+    got = []
+    try:
+        for observation, start, earned in zip(obs, starts, rewards):
+            if start:
+                state, reward = initial, 0.0
+            inputs = {"observations": [observation.tolist()], "prev_rewards": [reward], **state}
+            status, body = post_json(f"{server.uri}/invocations", {"inputs": inputs})
+            assert status == 200, body
+            got.append(body["predictions"]["actions"][0])
+            state = {k: v for k, v in body["predictions"].items() if k != "actions"}
+            reward = float(earned)
+    finally:
+        server.stop()
+    _assert_same_actions(want, np.asarray(got), True, f"{name} served")
 
 
 def test_policy_json_says_what_the_old_stack_does(old_stack_exports):
@@ -156,6 +232,24 @@ def test_policy_json_says_what_the_old_stack_does(old_stack_exports):
     assert dict_obs["observation_space"]["type"] == "Dict"
     assert [step["type"] for step in dict_obs["preprocessing"]] == ["flatten"]
     assert dict_obs["input"]["shape"] == [None, 5]  # Discrete(3) one-hot + Box(2)
+    for name, width in (("ppo_tf2_discrete_obs", 25), ("ppo_torch_multidiscrete_obs", 10)):
+        one_hot = json.loads(
+            Path(old_stack_exports[name]["default_policy"], "policy.json").read_text()
+        )
+        assert [step["type"] for step in one_hot["preprocessing"]] == ["flatten"]
+        assert one_hot["input"]["shape"] == [None, width]  # one-hot (per part)
+    prev = json.loads(
+        Path(old_stack_exports["ppo_tf2_lstm_prev"]["default_policy"], "policy.json").read_text()
+    )
+    assert [w["name"] for w in prev["history"]] == ["prev_n_actions", "prev_n_rewards"]
+    assert prev["history"][0]["initial"] == [1.0, 0.0, 0.0]  # RLlib pads with action 0
+    assert prev["preprocessing"][-1]["joins"] == "lstm"
+    reward_only = json.loads(
+        Path(
+            old_stack_exports["ppo_torch_lstm_prev_reward"]["default_policy"], "policy.json"
+        ).read_text()
+    )
+    assert [w["name"] for w in reward_only["history"]] == ["prev_n_rewards"]
     cartpole = json.loads(
         Path(old_stack_exports["ppo_tf2_cartpole"]["default_policy"], "policy.json").read_text()
     )
@@ -175,7 +269,7 @@ def test_layout_lists_policies_and_iteration(old_stack_checkpoints):  # noqa: F8
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("ppo_torch_lstm_prev_reward", "lstm_use_prev_reward=True are not exported yet"),
+        ("ppo_torch_lstm_prev_box_action", r"lstm_use_prev_action=True and Box\("),
         ("ppo_torch_attention", "attention net"),
     ],
 )

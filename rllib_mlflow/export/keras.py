@@ -31,12 +31,13 @@ def build_keras_model(snapshot: PolicySnapshot):
         x = _mean_std_filter(x, snapshot.mean_std_filter)
     if snapshot.frame_stack > 1:
         x = _stack_frames(x, inputs["prev_frames"], snapshot)
-    if snapshot.prev_actions_rewards is not None:
-        x = keras.layers.Concatenate(axis=-1)(
-            [x, inputs["prev_n_actions"], inputs["prev_n_rewards"]]
-        )
+    prev = snapshot.prev_actions_rewards
+    if prev is not None and prev.joins == "observations":
+        x = _with_history(x, snapshot, inputs)
     for layer in network.encoder:
         x = _apply(layer, x)
+    if prev is not None and prev.joins == "lstm":  # the old stack's LSTMWrapper
+        x = _with_history(x, snapshot, inputs)
     state_out = {}
     if network.lstm:
         x, state_out = _lstm(x, network, snapshot, inputs)
@@ -45,6 +46,12 @@ def build_keras_model(snapshot: PolicySnapshot):
     if not state_out:
         return keras.Model(list(inputs.values()), outputs, name=name)
     return keras.Model(list(inputs.values()), [outputs, *state_out.values()], name=name)
+
+
+def _with_history(x, snapshot: PolicySnapshot, inputs):
+    """x, then the previous actions (one-hot) and rewards, on the last axis."""
+    windows = [inputs[w.name] for w in snapshot.history() if w.name.startswith("prev_n_")]
+    return keras.layers.Concatenate(axis=-1)([x, *windows])
 
 
 def _stack_frames(x, past, snapshot: PolicySnapshot):

@@ -98,7 +98,8 @@ class TorchPolicy(torch.nn.Module):
                 x.shape[0], self.snapshot.frame_stack - 1, *self.snapshot.input_shape[:-1]
             )
             x = torch.cat([torch.movedim(past, 1, -1), x], dim=-1)
-        if self.snapshot.prev_actions_rewards is not None:
+        prev = self.snapshot.prev_actions_rewards
+        if prev is not None and prev.joins == "observations":
             # FlattenObservations after PrevActionsPrevRewards: the Dict's keys in sorted
             # order ("_orig_obs", "prev_n_actions", "prev_n_rewards").
             x = torch.cat([x, named["prev_n_actions"], named["prev_n_rewards"]], dim=-1)
@@ -112,7 +113,11 @@ class TorchPolicy(torch.nn.Module):
     def _recurrent_step(self, observations, named):
         """One time step with the state as explicit tensors ([B, size] each)."""
         if self.snapshot.api_stack == "old":  # RLlib's old-stack LSTMWrapper
-            dist_inputs, h, c = self.module(observations, named["state_in_h"], named["state_in_c"])
+            # Its previous actions and rewards (if it reads them) join after the fcnet.
+            history = [named[w.name] for w in self.snapshot.history()]
+            dist_inputs, h, c = self.module(
+                observations, named["state_in_h"], named["state_in_c"], *history
+            )
             return dist_inputs, {"h": h, "c": c}
         from ray.rllib.core.columns import Columns
         from ray.rllib.core.models.base import ENCODER_OUT

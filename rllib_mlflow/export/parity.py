@@ -147,7 +147,8 @@ def _batch_and_feeds(snapshot: PolicySnapshot, count: int, seed: int):
     converter = ObservationConverter(observation_metadata(snapshot))
     if isinstance(batch, dict):  # a module that reads the dict: one graph input per key
         return batch, converter.feeds(batch)
-    if snapshot.flatten_observations and snapshot.observation_space["type"] == "Dict":
+    raw_kinds = ("Dict", "Discrete", "MultiDiscrete")  # what the converter flattens
+    if snapshot.flatten_observations and snapshot.observation_space["type"] in raw_kinds:
         return batch, converter.feeds(_raw_samples(snapshot, count, seed))
     return batch, {"observations": batch}
 
@@ -175,7 +176,7 @@ def _play(snapshot: PolicySnapshot, run: Runner, sequences: np.ndarray, rewards:
         for s in snapshot.state
     }
     windows = snapshot.history()
-    state.update({w.name: np.zeros((batch, w.width), np.float32) for w in windows})
+    state.update({w.name: _initial_window(w, batch) for w in windows})
     all_actions, all_inputs = [], []
     for t in range(steps):
         out = run({"observations": sequences[t], **state})
@@ -187,6 +188,12 @@ def _play(snapshot: PolicySnapshot, run: Runner, sequences: np.ndarray, rewards:
         all_actions.append(out["actions"])
         all_inputs.append(out["action_dist_inputs"])
     return np.stack(all_actions), np.stack(all_inputs)
+
+
+def _initial_window(window, batch: int) -> np.ndarray:
+    if window.initial is None:
+        return np.zeros((batch, window.width), np.float32)
+    return np.tile(np.asarray(window.initial, np.float32), (batch, 1))
 
 
 def _newest(window, actions, rewards, observations) -> np.ndarray:

@@ -17,14 +17,17 @@ from rllib_mlflow.rllib.snapshot import Network, PolicySnapshot
 
 
 class OldStackLSTM(nn.Module):
-    """(observations, h, c) -> (action_dist_inputs, h, c), each [batch, ...]."""
+    """(observations, h, c, *history) -> (action_dist_inputs, h, c), each [batch, ...];
+    `history`: the previous action (one-hot) and/or reward, when the LSTM reads them."""
 
     def __init__(self, encoder: nn.Module, lstm: nn.LSTM, head: nn.Module):
         super().__init__()
         self.encoder, self.lstm, self.head = encoder, lstm, head
 
-    def forward(self, observations, h, c):
+    def forward(self, observations, h, c, *history):
         features = self.encoder(observations.reshape(observations.shape[0], -1))
+        if history:  # LSTMWrapper: concat([fcnet out, prev action, prev reward])
+            features = torch.cat([features, *history], dim=-1)
         out, (h, c) = self.lstm(features[:, None], (h[None], c[None]))
         return self.head(out[:, 0]), h[0], c[0]
 

@@ -251,6 +251,14 @@ def _served_state(policy: dict[str, Any]) -> list[tuple[str, int]]:
     return state + [(h["name"], h["width"]) for h in policy.get("history", [])]
 
 
+def _initial_state(policy: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every state tensor at an episode's start, one row (as `Policy.initial_state`)."""
+    values = {s["name"]: s["initial"] for s in policy.get("state", [])}
+    for window in policy.get("history", []):
+        values[window["name"]] = window.get("initial") or np.zeros(window["width"])
+    return {name: np.asarray(value, np.float32) for name, value in values.items()}
+
+
 def _reads_rewards(policy: dict[str, Any]) -> bool:
     return any(h["push"] == "reward" for h in policy.get("history", []))
 
@@ -278,8 +286,8 @@ def _input_example(policy: dict[str, Any]):
     if not policy.get("stateful"):
         return example
     example = example if isinstance(example, dict) else {"observations": example}
-    for name, width in _served_state(policy):
-        example[f"state_{name}"] = np.zeros((_EXAMPLE_ROWS, width), np.float32)
+    for name, initial in _initial_state(policy).items():
+        example[f"state_{name}"] = np.tile(initial, (_EXAMPLE_ROWS, 1))
     if _reads_rewards(policy):
         example["prev_rewards"] = np.zeros(_EXAMPLE_ROWS, np.float32)
     return example

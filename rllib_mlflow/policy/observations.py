@@ -21,7 +21,9 @@ class ObservationConverter:
     a dict of batched arrays; they are flattened as RLlib's FlattenObservations does
     (`flatten.flatten_observation`: keys sorted at every level, Discrete one-hot; already
     flattened arrays are taken as they are) or, for a module that reads the dict itself,
-    fed one graph input per key."""
+    fed one graph input per key. Discrete and MultiDiscrete observations (RLlib's old stack
+    one-hots them) come as values, one or a batch, and are one-hot'ed; rows already one-hot
+    are taken as they are when given as a 2-D batch [N, n]."""
 
     def __init__(self, metadata: dict[str, Any]):
         self.space = metadata["observation_space"]
@@ -42,7 +44,23 @@ class ObservationConverter:
                 for i in range(rows)
             ]
             return {"observations": self._batch(flat, "observations")}
+        if self.space["type"] in ("Discrete", "MultiDiscrete") and self._raw(observations):
+            rows = np.asarray(observations).reshape(-1, *self._raw_shape())
+            flat = [flatten_observation(self.space, row) for row in rows]
+            return {"observations": self._batch(flat, "observations")}
         return {"observations": self._batch(observations, "observations")}
+
+    def _raw_shape(self) -> tuple[int, ...]:
+        return () if self.space["type"] == "Discrete" else (len(self.space["nvec"]),)
+
+    def _raw(self, observations: Any) -> bool:
+        """Whether Discrete/MultiDiscrete observations are raw values (one or a batch), not
+        yet one-hot: a Discrete value is a scalar, so a batch of them is 1-D; one-hot rows
+        are [N, n]. MultiDiscrete values have one entry per part, one-hot rows sum(nvec)."""
+        shape = np.shape(observations)
+        if self.space["type"] == "Discrete":
+            return len(shape) <= 1
+        return bool(shape) and shape[-1] == self._raw_shape()[0] != self.shapes["observations"][0]
 
     def _dict_columns(self, observations: Any) -> dict[str, list]:
         """One dict, a list of dicts or a dict of batched arrays -> {key: list of rows}."""

@@ -46,7 +46,9 @@ class _PyfuncPolicy:
         if missing:
             raise ValueError(
                 f"A stateful policy needs its state with every request: {missing} are missing "
-                "(send zeros on an episode's first step, then the state_* of the last response)."
+                "(on an episode's first step the initial values policy.json gives under "
+                "`state` and `history`, zeros unless it says otherwise; then the state_* of "
+                "the last response)."
             )
         prev_rewards = named.pop("prev_rewards", None)
         observations = _observations(named, self.policy)

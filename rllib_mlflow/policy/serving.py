@@ -100,8 +100,10 @@ class Policy:
             spec["name"]: np.tile(np.asarray(spec["initial"], np.float32), (batch_size, 1))
             for spec in self._state_specs
         }
-        for window in self._history:  # zeros: nothing happened before the episode
-            state[window["name"]] = np.zeros((batch_size, window["width"]), np.float32)
+        for window in self._history:  # zeros (nothing happened before the episode), unless
+            # the policy.json says what RLlib pads it with
+            initial = window.get("initial") or np.zeros(window["width"])
+            state[window["name"]] = np.tile(np.asarray(initial, np.float32), (batch_size, 1))
         return state
 
     def step(

@@ -5,14 +5,18 @@ layers, one LSTM layer of `lstm_cell_size` units, then a linear logits layer. It
 `[h, c]`, one vector of `lstm_cell_size` each, zeros at an episode's start. The snapshot names
 them "h" and "c", so the exports expose the same `state_in_h`/`state_in_c` ->
 `state_out_*` steps as the new stack's LSTM, and `load_policy` the same `initial_state`/`step`.
+With `lstm_use_prev_action` / `lstm_use_prev_reward` the LSTM also reads the previous action
+(one-hot) and reward, concatenated to the fcnet's output: graph inputs `prev_n_actions` /
+`prev_n_rewards`, windows of one step that `step` keeps (`prev_rewards=` as on the new stack).
 """
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
-from rllib_mlflow.rllib.snapshot import LSTMLayer, Network, StateTensor
+from rllib_mlflow.rllib.snapshot import LSTMLayer, Network, PrevActionsRewards, StateTensor
 
 WRAPPED_FCNET = "ray.rllib.models.catalog.FullyConnectedNetwork_as_LSTMWrapper"
 STATE_NAMES = ("h", "c")  # RLlib's state_in_0, state_in_1
@@ -20,12 +24,39 @@ STATE_NAMES = ("h", "c")  # RLlib's state_in_0, state_in_1
 
 def refuse_unsupported_lstm(config: dict) -> None:
     """Refuse, from the model config alone, the LSTM options no export reproduces yet."""
-    for option in ("lstm_use_prev_action", "lstm_use_prev_reward", "free_log_std", "_time_major"):
+    for option in ("free_log_std", "_time_major", "_disable_action_flattening"):
         if config.get(option):
             raise UnsupportedModuleError(
                 f"Old-stack LSTM policies with {option}=True are not exported yet "
-                "(use_lstm=True alone is)."
+                "(use_lstm=True is, with lstm_use_prev_action and lstm_use_prev_reward)."
             )
+
+
+def lstm_prev_actions_rewards(config: dict, action_space) -> PrevActionsRewards | None:
+    """What LSTMWrapper appends to the fcnet's output before its LSTM: the previous action
+    (one-hot) with lstm_use_prev_action, the previous reward with lstm_use_prev_reward. Both
+    are graph inputs then, as the new stack's PrevActionsPrevRewards windows of one step."""
+    use_action = bool(config.get("lstm_use_prev_action"))
+    use_reward = bool(config.get("lstm_use_prev_reward"))
+    if not (use_action or use_reward):
+        return None
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    if use_action and not discrete:
+        # RLlib feeds back the policy's action before unsquashing/clipping, which the exports
+        # do not return.
+        raise UnsupportedModuleError(
+            f"Old-stack LSTM policies with lstm_use_prev_action=True and {action_space} "
+            "actions are not exported yet (with Discrete actions they are; "
+            "lstm_use_prev_reward=True is with any actions)."
+        )
+    return PrevActionsRewards(
+        n_prev_actions=int(use_action),
+        n_prev_rewards=int(use_reward),
+        num_actions=int(action_space.n) if discrete else 0,
+        joins="lstm",
+        # RLlib's sampler pads the first step's previous action with 0 (one-hot: [1, 0, ..]).
+        initial_action=0 if use_action else None,
+    )
 
 
 def lstm_network(model, config: dict) -> Network:

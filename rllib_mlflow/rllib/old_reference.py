@@ -26,19 +26,30 @@ def old_stack_reference(snapshot: PolicySnapshot) -> Callable[[Any], tuple[Any, 
 def old_stack_sequence_reference(
     snapshot: PolicySnapshot,
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """A recurrent policy over whole sequences: observations [T, B, ...] (and rewards, which
-    its LSTM does not read) -> (actions [T, B, ...], dist inputs [T, B, ...]). The state
-    starts at the model's `get_initial_state()` and is carried from step to step, as
-    `Algorithm.compute_single_action(obs, state=state, explore=False)` carries it."""
+    """A recurrent policy over whole sequences: observations [T, B, ...] and the rewards
+    each step's action earned [T, B] -> (actions [T, B, ...], dist inputs [T, B, ...]). The
+    state starts at the model's `get_initial_state()` and is carried from step to step, as
+    `Algorithm.compute_single_action(obs, state=state, prev_action=..., prev_reward=...,
+    explore=False)` carries it; the previous action and reward (read by an LSTM with
+    lstm_use_prev_action/reward) start as RLlib's sampler pads them: action 0, reward 0."""
     policy = restore_policy(snapshot.module_dir)
     step = _policy_step(policy)
     initial = [np.asarray(s, np.float32) for s in policy.get_initial_state()]
+    model = policy.config.get("model", {})
+    reads = {
+        "prev_actions": bool(model.get("lstm_use_prev_action")),
+        "prev_rewards": bool(model.get("lstm_use_prev_reward")),
+    }
 
     def run(observations: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        state = [np.tile(s, (observations.shape[1], 1)) for s in initial]
+        batch = observations.shape[1]
+        state = [np.tile(s, (batch, 1)) for s in initial]
+        prev = {"prev_actions": np.zeros(batch, np.int64), "prev_rewards": np.zeros(batch)}
         all_actions, all_inputs = [], []
-        for obs in observations:
-            actions, dist_inputs, state = step(obs, state)
+        for obs, reward in zip(observations, rewards):
+            extra = {k: v for k, v in prev.items() if reads[k]}
+            actions, dist_inputs, state = step(obs, state, extra)
+            prev = {"prev_actions": actions, "prev_rewards": np.asarray(reward, np.float32)}
             all_actions.append(actions)
             all_inputs.append(dist_inputs)
         return np.stack(all_actions), np.stack(all_inputs)
@@ -46,9 +57,10 @@ def old_stack_sequence_reference(
     return run
 
 
-def _policy_step(policy) -> Callable[[Any, list], tuple[np.ndarray, np.ndarray, list]]:
-    """(observations, state batches) -> (actions, dist inputs, next state), with the
-    policy's MeanStdFilter (update off) before and unsquash/clip after, as RLlib acts."""
+def _policy_step(policy) -> Callable[..., tuple[np.ndarray, np.ndarray, list]]:
+    """(observations, state batches, extra input columns) -> (actions, dist inputs, next
+    state), with the policy's MeanStdFilter (update off) before and unsquash/clip after, as
+    RLlib acts. Extra columns (prev_actions, prev_rewards) are only for stateful policies."""
     from ray.rllib.connectors.agent.mean_std_filter import MeanStdObservationFilterAgentConnector
     from ray.rllib.policy.sample_batch import SampleBatch
     from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
@@ -57,14 +69,17 @@ def _policy_step(policy) -> Callable[[Any, list], tuple[np.ndarray, np.ndarray, 
     obs_filter = filters[0].filter if filters else None
     space = policy.action_space_struct
 
-    def step(observations: Any, state: list) -> tuple[np.ndarray, np.ndarray, list]:
+    def step(
+        observations: Any, state: list, extra: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list]:
         batch = [np.asarray(o, np.float32) for o in observations]
         if obs_filter is not None:
             batch = [obs_filter(o, update=False) for o in batch]
         with quiet_tensorflow():
             if state:  # as compute_single_action(obs, state=...) passes it (compute_actions'
                 # state_batches is broken for TF2 policies in Ray 2.60)
-                inputs = SampleBatch({"obs": np.stack(batch)} | _state_in(state))
+                columns = {"obs": np.stack(batch)} | _state_in(state) | (extra or {})
+                inputs = SampleBatch(columns)
                 actions, state_out, extra = policy.compute_actions_from_input_dict(
                     inputs, explore=False
                 )

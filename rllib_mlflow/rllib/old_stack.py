@@ -27,7 +27,7 @@ from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib.connectors import _rule_for_space
 from rllib_mlflow.rllib.layout import _POLICY_STATE, _load_pickle
-from rllib_mlflow.rllib.old_lstm import lstm_state
+from rllib_mlflow.rllib.old_lstm import lstm_prev_actions_rewards, lstm_state
 from rllib_mlflow.rllib.old_models import (
     distribution_name,
     old_stack_network,
@@ -165,6 +165,9 @@ def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str)
         metrics=dict(algorithm.get("metrics", {})),
         model_config=_jsonable(config.get("model", {})),
         state=lstm_state(model) if network.lstm else (),
+        prev_actions_rewards=lstm_prev_actions_rewards(config.get("model", {}), policy.action_space)
+        if network.lstm
+        else None,
         api_stack=OLD_STACK,
         framework="torch" if config.get("framework") == "torch" else "tf2",
     )
@@ -172,12 +175,13 @@ def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str)
 
 def _preprocessor(policy):
     """RLlib's observation preprocessor of the policy, if the exports can do what it does:
-    none for a Box, gymnasium's flatten for Dict and Tuple spaces (Discrete parts one-hot)."""
+    none for a Box, one-hot for Discrete and MultiDiscrete (each part), gymnasium's flatten
+    for Dict and Tuple spaces (Discrete parts one-hot)."""
     from ray.rllib.models.preprocessors import get_preprocessor
 
     raw = getattr(policy.observation_space, "original_space", policy.observation_space)
     preprocessor = get_preprocessor(raw)(raw, policy.config.get("model", {}))
-    reason = _why_not_flatten(preprocessor, top=True)
+    reason = _why_not_flatten(preprocessor)
     if reason:
         raise UnsupportedModuleError(
             f"RLlib's old-stack preprocessing of {raw} is not exported yet: {reason}."
@@ -185,13 +189,19 @@ def _preprocessor(policy):
     return preprocessor
 
 
-def _why_not_flatten(preprocessor, top: bool = False) -> str | None:
-    """None when `preprocessor` computes gymnasium.spaces.flatten (what the exported graphs'
-    `flatten` step does), else why not."""
+def _why_not_flatten(preprocessor) -> str | None:
+    """None when `preprocessor` computes what the policy package's `flatten_observation`
+    does (the exports' `flatten` step), else why not."""
     kind, space = type(preprocessor).__name__, preprocessor._obs_space
     if kind == "NoPreprocessor" and isinstance(space, gym.spaces.Box):
         return None
-    if kind == "OneHotPreprocessor" and not top:  # served raw, a Discrete is not one-hot'ed
+    if kind == "OneHotPreprocessor":
+        # gymnasium's flatten, which RLlib calls, one-hots at value - start; RLlib's new
+        # stack (and the exports) at the value itself.
+        if np.any(np.asarray(space.start) != 0):
+            return f"{space} starts at {space.start}, not 0"
+        if np.ndim(getattr(space, "nvec", 0)) > 1:
+            return f"{space} has a multi-dimensional nvec"
         return None
     if kind == "TupleFlatteningPreprocessor":
         parts = preprocessor.preprocessors

@@ -103,9 +103,15 @@ class History:
     width: int
     push: str
     item: int
+    # The window at an episode's start, when not zeros: RLlib's old stack fills the previous
+    # action of the first step with action 0, which its LSTM sees one-hot.
+    initial: tuple[float, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "width": self.width, "push": self.push, "item": self.item}
+        data = {"name": self.name, "width": self.width, "push": self.push, "item": self.item}
+        if self.initial is not None:
+            data["initial"] = list(self.initial)
+        return data
 
 
 @dataclass(frozen=True)
@@ -117,19 +123,44 @@ class PrevActionsRewards:
     n_prev_actions: int
     n_prev_rewards: int
     num_actions: int  # Discrete(n) actions enter one-hot
+    # Where they join: "observations" (the new stack's connector, before the encoder) or
+    # "lstm" (the old stack's LSTMWrapper: after the fcnet, before the LSTM).
+    joins: str = "observations"
+    # The action before an episode's first step: None (zeros) on the new stack; the old
+    # stack's sampler pads it with action 0.
+    initial_action: int | None = None
+
+    def windows(self) -> list[History]:
+        """The graph inputs: one window of past actions (one-hot), one of past rewards. The
+        old stack's LSTM reads only those it is configured for (a zero-width one is left
+        out); the new stack's connector always has both."""
+        initial = None
+        if self.initial_action is not None:
+            one_hot = np.eye(self.num_actions)[self.initial_action]
+            initial = tuple(float(v) for v in np.tile(one_hot, self.n_prev_actions))
+        width = self.n_prev_actions * self.num_actions
+        actions = History("prev_n_actions", width, "action_one_hot", self.num_actions, initial)
+        rewards = History("prev_n_rewards", self.n_prev_rewards, "reward", 1)
+        if self.joins == "observations":
+            return [actions, rewards]
+        return [w for w in (actions, rewards) if w.width]
 
     def to_json(self) -> dict[str, Any]:
+        inputs = {w.name: [None, w.width] for w in self.windows()}
+        if self.joins == "observations":
+            formula = "concat([observations, prev_n_actions, prev_n_rewards], axis=-1)"
+        else:
+            formula = f"LSTM(concat([fcnet(observations), {', '.join(inputs)}], axis=-1))"
+        start = "zeros" if self.initial_action is None else f"action {self.initial_action}"
         return {
             "type": "prev_actions_prev_rewards",
             "n_prev_actions": self.n_prev_actions,
             "n_prev_rewards": self.n_prev_rewards,
             "num_actions": self.num_actions,
-            "inputs": {
-                "prev_n_actions": [None, self.n_prev_actions * self.num_actions],
-                "prev_n_rewards": [None, self.n_prev_rewards],
-            },
-            "formula": "concat([observations, prev_n_actions, prev_n_rewards], axis=-1)",
-            "window": "oldest first; each action one-hot; zeros before the episode's start",
+            "joins": self.joins,
+            "inputs": inputs,
+            "formula": formula,
+            "window": f"oldest first; each action one-hot; {start} before the episode's start",
         }
 
 
@@ -248,18 +279,8 @@ class PolicySnapshot:
 
     def history(self) -> list[History]:
         """The windows of past data the graphs take beside the observation and state."""
-        windows = []
         prev = self.prev_actions_rewards
-        if prev is not None:
-            windows.append(
-                History(
-                    "prev_n_actions",
-                    prev.n_prev_actions * prev.num_actions,
-                    "action_one_hot",
-                    prev.num_actions,
-                )
-            )
-            windows.append(History("prev_n_rewards", prev.n_prev_rewards, "reward", 1))
+        windows = prev.windows() if prev is not None else []
         if self.frame_stack > 1:
             frame = int(np.prod(self.input_shape))
             windows.append(

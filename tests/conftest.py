@@ -8,6 +8,7 @@ trained the first time a test asks for it and reused for the rest of the session
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -363,6 +364,19 @@ def train_checkpoint(name: str, directory: str | Path) -> TrainedCheckpoint:
         module_ids=tuple(sorted(config.policies)) if multi_agent else ("default_policy",),
         multi_agent=multi_agent,
     )
+
+
+@pytest.fixture(autouse=True)
+def _global_tracking_uri_stays_with_its_test() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` is process-wide (and sets MLFLOW_TRACKING_URI): a test that
+    calls it would hand its store to every later test in the same pytest process."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and os.environ.get("MLFLOW_TRACKING_URI") != before:
+        mlflow.set_tracking_uri(None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

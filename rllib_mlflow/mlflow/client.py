@@ -94,7 +94,9 @@ def check_tracking_server(mlflow_client) -> None:
     uri = mlflow_client.tracking_uri
     _probe_http_server(uri)
     try:
-        mlflow_client.search_registered_models(max_results=1)
+        # A name no one registers: the search of a name that exists computes that model's
+        # latest versions, O(versions) on MLflow's SQL store; this probes the same access.
+        mlflow_client.search_registered_models(filter_string=_PROBE_FILTER, max_results=1)
     except TrackingError:
         raise
     except client_errors(mlflow_client) as error:
@@ -112,6 +114,9 @@ def check_tracking_server(mlflow_client) -> None:
         ) from error
 
 
+_PROBE_FILTER = "name = 'rllib-mlflow-access-probe'"
+
+
 def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -> None:
     """Run `write`, a harmless write that needs the permission logging to `resource` needs,
     so that a user who may only read is told before training rather than after it."""
@@ -126,6 +131,18 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
             "or log to another experiment / registered model name.",
             status=_status(error),
         ) from error
+
+
+def registry_writer(mlflow_client):
+    """What to call the registry's writes on (aliases, version tags and descriptions,
+    registered model tags, deleting versions): our RestClient as it is, MLflow's client
+    without its per-call prompt check, which costs a read of every version (see
+    `internals._registry_client`). The signatures are MlflowClient's."""
+    if isinstance(mlflow_client, RestClient):
+        return mlflow_client
+    from rllib_mlflow.mlflow.internals import _registry_client
+
+    return _registry_client(mlflow_client)
 
 
 def registered_model_exists(mlflow_client, name: str) -> bool:

@@ -57,13 +57,16 @@ def seed_versions(
     trials: int = 1,
     iteration_aliases: bool = False,
     best_alias: bool = True,
+    summary: bool = True,
     seed: int = 0,
 ) -> Seeded:
     """Add `count` versions to registered model `name` in the database `db_uri` (created
     through MLflow if missing): trial k's versions are iterations 1, 2, ... in turn.
 
     `iteration_aliases` also sets the `iter-N` aliases older rllib-mlflow releases set (one
-    per iteration, on its last version); `best_alias` points `best` at the best version."""
+    per iteration, on its last version); `best_alias` points `best` at the best version;
+    `summary` writes the family summary a registration would have left on the last one
+    (without it, the next registration counts the model once in full)."""
     import sqlalchemy
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -98,6 +101,8 @@ def seed_versions(
                 for k, v in version_tags(iteration, trial, value).items()
             ]
             aliases[f"iter-{iteration}"] = number
+        if summary and first == 1:
+            tags.append(_summary_tag(name, first + count - 1, tags))
         connection.execute(sqlalchemy.text(_INSERT_VERSION), rows)
         connection.execute(sqlalchemy.text(_INSERT_TAG), tags)
         best = max(returns, key=lambda number: (returns[number], -number))
@@ -118,6 +123,21 @@ def seed_versions(
             )
     engine.dispose()
     return Seeded(name, count, trial_ids, best, returns)
+
+
+def _summary_tag(name: str, last: int, tags: list[dict]) -> dict:
+    """The `rllib_mlflow.family` tag of version `last`, counted from the seeded `tags`."""
+    from types import SimpleNamespace
+
+    from rllib_mlflow import names
+    from rllib_mlflow.mlflow import family
+
+    by_version: dict[int, dict[str, str]] = {}
+    for tag in tags:
+        by_version.setdefault(tag["version"], {})[tag["key"]] = tag["value"]
+    versions = [SimpleNamespace(version=str(n), tags=t) for n, t in by_version.items()]
+    value = family.summarize(versions).to_json()
+    return {"key": names.VERSION_TAG_FAMILY, "value": value, "name": name, "version": last}
 
 
 def _version_row(name: str, number: int, millis: int) -> dict:

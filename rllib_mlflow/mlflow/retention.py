@@ -57,7 +57,8 @@ def plan_prune(
             raise ValueError(f"{label} must be >= 0, not {value}.")
     if not registered_model_exists(mlflow_client, name):
         raise RegistryError(f"There is no registered model {name!r}: nothing to prune.")
-    versions = [_pruned(v) for v in iter_versions(mlflow_client, [f"name = '{name}'"])]
+    listed = iter_versions(mlflow_client, [f"name = '{name}'"], newest_first=True)
+    versions = [_pruned(v) for v in listed]
     aliases = _aliases(mlflow_client, name)
     reasons: dict[str, str] = {}
     for version in versions:

@@ -94,14 +94,14 @@ def _registrations(checkpoint, uri, name, run_id, first_iteration, samples, time
     return _median(totals), _median(exports)
 
 
-def _bare_mlflow(uri: str, name: str, source: str, samples: int) -> float:
+def _bare_mlflow(uri: str, name: str, source: str, run_id: str, samples: int) -> float:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     times = []
     for _ in range(samples):
         start = time.perf_counter()
-        version = client.create_model_version(name, source, tags={"bare": "1"})
+        version = client.create_model_version(name, source, run_id=run_id, tags={"bare": "1"})
         client.set_registered_model_alias(name, "bare", version.version)
         times.append(time.perf_counter() - start)
     client.delete_registered_model_alias(name, "bare")
@@ -172,7 +172,7 @@ def _measure(store: str, uri: str, db_uri: str, count: int, checkpoint: str, sam
     _registrations(checkpoint, uri, name, run_id, count + 1, 1, timer)
     total, export = _registrations(checkpoint, uri, name, run_id, count + 2, samples, timer)
     source = f"{client.get_run(run_id).info.artifact_uri}/bare"  # a plain URI: no lookup
-    bare = _bare_mlflow(uri, name, source, samples)
+    bare = _bare_mlflow(uri, name, source, run_id, samples)
     reads = _reads(uri, name, samples)
     client.set_terminated(run_id)
     return {"count": count, "seeded_s": seeded, "total": total, "export": export,

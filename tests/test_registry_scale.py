@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -19,9 +21,11 @@ from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 from rllib_mlflow import log_checkpoint, names
 from rllib_mlflow.cli import cli
+from rllib_mlflow.mlflow import family
 from rllib_mlflow.mlflow.listing import VersionQuery, parse_condition, version_records
 from rllib_mlflow.mlflow.retention import plan_prune
 from rllib_mlflow.mlflow.versions import find_version, iter_versions
+from tests.mlflow_server import start_tracking_server
 from tests.registry_seed import seed_versions
 
 MODEL = "scale"
@@ -101,14 +105,19 @@ def test_a_registration_reads_the_same_at_200_and_at_2000_versions(trained_check
         reads[count] = (dict(calls), loaded["versions"])
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         assert client.get_model_version_by_alias(MODEL, "best").version == version.version
-        summary = client.get_registered_model(MODEL).tags[names.MODEL_TAG_SUMMARY]
-        assert summary.startswith(f"{count + 2} version(s) from 2 trial(s)"), summary
+        created_with = family.Summary.from_json(version.tags[names.VERSION_TAG_FAMILY])
+        assert (created_with.count, created_with.through) == (count + 1, count + 1)
+        summary = family.through(client, MODEL, version)
+        assert (summary.count, summary.trials) == (count + 2, ("seed0000", "live"))
+        assert summary.iterations == (1, count + 2)
         assert seeded.best_version < int(version.version)
     assert reads[200] == reads[SEEDED], reads  # the same queries, the same rows
     calls, loaded = reads[SEEDED]
     assert "get_registered_model" not in calls and "search_registered_models" not in calls
     assert "get_latest_versions" not in calls and "update_registered_model" not in calls
-    assert loaded <= 130, reads  # the newest 100 re-checked after `best` moved, and a few
+    # The newest 100 re-checked after `best` moved, the newest 20 twice for the family
+    # summary (before creating and after), and the versions of the key and their cards.
+    assert loaded <= 160, reads
 
 
 @pytest.mark.slow
@@ -205,3 +214,38 @@ def test_an_older_registry_with_iteration_aliases_resolves_and_prunes(tmp_path):
     assert set(model.aliases) == {"best", *(f"iter-{n}" for n in kept)}  # gone with theirs
     summary = model.tags[names.MODEL_TAG_SUMMARY]
     assert summary.startswith(f"{len(kept)} version(s) from 1 trial(s)"), summary  # recounted
+
+
+_CLI_WITHOUT_MLFLOW = """
+import sys
+from rllib_mlflow.cli import main
+code = main(sys.argv[1:])
+print("mlflow imported:", "mlflow" in sys.modules, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_versions_and_a_dry_run_against_a_server_page_over_rest(seeded_db, tmp_path):
+    path, seeded = seeded_db
+    shutil.copy(path, tmp_path / "mlflow.db")
+    server = start_tracking_server(tmp_path)
+    try:
+
+        def command(*args: str) -> subprocess.CompletedProcess:
+            argv = [sys.executable, "-c", _CLI_WITHOUT_MLFLOW, *args, "--tracking-uri", server.uri]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+        listed = command("versions", MODEL, "--limit", "5", "--trial", seeded.trials[2], "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [r["version"] for r in rows] == [SEEDED - 1 - 4 * k for k in range(5)]
+        assert "mlflow imported: False" in listed.stderr  # REST only: no `import mlflow`
+        dry = command("prune", MODEL, "--keep-last", "3", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        report = json.loads(dry.stdout)
+        assert len(report["deleted"]) + len(report["kept"]) == SEEDED
+        assert {r["version"] for r in report["kept"]} == {SEEDED, SEEDED - 1, SEEDED - 2,
+                                                          seeded.best_version}  # fmt: skip
+    finally:
+        server.stop()

@@ -128,9 +128,9 @@ def versions(name, limit, trial, iterations, condition, tracking_uri, as_json) -
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     uri = stores.resolve(tracking_uri)
-    mlflow_client = stores.check(uri, must_exist=True)
-    stores.require_model(mlflow_client, name, uri)
-    records = version_records(mlflow_client, name, query)
+    mlflow_client = stores.reader(uri)
+    model = stores.require_model(mlflow_client, name, uri)
+    records = version_records(mlflow_client, name, query, model=model)
     logger.info("%s in %s: %d version(s) listed", name, stores.shown(uri), len(records))
     if as_json:
         console.print_json(records)
@@ -170,7 +170,7 @@ def prune(name, keep_last, keep_best, delete_artifacts, dry_run, tracking_uri, a
     if keep_last is None and keep_best is None:
         raise click.UsageError("Say what to keep: --keep-last N and/or --keep-best K.")
     uri = stores.resolve(tracking_uri)
-    mlflow_client = stores.check(uri, must_exist=True)
+    mlflow_client = stores.reader(uri) if dry_run else stores.check(uri, must_exist=True)
     stores.require_model(mlflow_client, name, uri)
     logger.info("pruning %s in %s", name, stores.shown(uri))
     show = options.show_progress() and not dry_run

@@ -46,7 +46,8 @@ def publish_new_version(
     raised: the version is registered, and `rllib-mlflow evaluate` rewrites cards."""
     try:
         publish_version_card(mlflow_client, name, version.version, policy=exported.policy)
-        summary = family.advance(mlflow_client, name, version, best=best)
+        summary = family.through(mlflow_client, name, version)
+        family.publish(mlflow_client, name, summary, latest=version.version, best=best)
         if summary.count <= LIVE_CARD_LIMIT:
             publish_family_card(mlflow_client, name)
     except Exception as error:

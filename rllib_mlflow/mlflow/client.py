@@ -146,12 +146,17 @@ def registry_writer(mlflow_client):
 
 
 def registered_model_exists(mlflow_client, name: str) -> bool:
+    return registered_model(mlflow_client, name) is not None
+
+
+def registered_model(mlflow_client, name: str):
+    """The registered model `name`, None if there is none. (On MLflow's SQL store this
+    reads every version of it: not for a registration's path.)"""
     try:
-        mlflow_client.get_registered_model(name)
-        return True
+        return mlflow_client.get_registered_model(name)
     except client_errors(mlflow_client) as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
 
 

@@ -2,14 +2,15 @@
 registration without listing them: the count, the trials, the training-iteration range,
 the algorithms and envs.
 
-Each version registered carries the summary of the versions up to it, in its
-`rllib_mlflow.family` tag (JSON, with the highest version number it counts). A new
-version's summary is the newest earlier summary plus the versions after it (normally just
-the new one), read in one query of the newest versions whatever the count. It depends only
-on what is registered, so processes or hosts registering at once cannot lose one another's
-counts. A model without such tags (registered by an older release, or by other tools) is
-counted once in full. The newest summary's text is the registered model's
-`rllib_mlflow.summary` tag; pruning writes a fresh summary on the newest version left.
+Each version registered is created with the summary of the versions before it, in its
+`rllib_mlflow.family` tag (JSON, with the highest version number it counts): the newest
+summary plus the versions after it, read in one query of the newest versions whatever the
+count. The summary up to any version is its tag plus the versions after what it counts
+(normally itself). It depends only on what is registered, so processes or hosts registering
+at once cannot lose one another's counts. A model without such tags (registered by an older
+release, or by other tools) is counted once in full. The summary's text is the registered
+model's `rllib_mlflow.summary` tag (see `publish` for how often); pruning writes a full
+count on the newest version left.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rllib_mlflow.mlflow.versions import iter_versions, newest_versions
 
 # The newest versions read to find the previous summary: more than registrations in flight.
 WINDOW = 20
+LIVE_LIMIT = 100  # versions up to which (twice) every registration rewrites the summary tag
 MAX_TRIALS = 128  # trial ids kept (the tag stays small); beyond, the count says "over"
 
 
@@ -98,54 +100,69 @@ def summarize(versions: Iterable) -> Summary:
     return add(Summary(), versions)
 
 
-def advance(mlflow_client, name: str, version, *, best: str | None = None) -> Summary:
-    """Count `version` (just registered) into the family summary; write the summary on it
-    and the registered model's summary tag. A few queries, whatever the count."""
+def so_far(mlflow_client, name: str) -> Summary:
+    """The summary of the versions registered so far: what a new version is created with
+    (as a tag of `create_model_version`: MLflow's server reads every version of the model
+    to check each tag written afterwards, whether it is a prompt's)."""
+    listed = newest_versions(mlflow_client, name, WINDOW)
+    return _count(mlflow_client, name, listed, complete=len(listed) < WINDOW, upto=None)
+
+
+def through(mlflow_client, name: str, version) -> Summary:
+    """The summary of the versions up to `version` (just registered), itself included."""
     number = int(version.version)
     listed = newest_versions(mlflow_client, name, WINDOW)
-    newest = [v for v in listed if int(v.version) <= number]
-    if all(int(v.version) != number for v in newest):
-        newest.append(version)  # not listed yet (a replica that lags): count it anyway
-    base = _previous_summary(newest, number)
-    if base is None and len(listed) >= WINDOW:  # none in the window: count them all, once
-        summary = add(summarize(iter_versions(mlflow_client, [_before(name, number)])), newest)
-    else:
-        summary = add(base or Summary(), newest)
-    latest = max((int(v.version) for v in listed), default=number)
-    write(mlflow_client, name, str(number), summary, best=best, newest=latest <= number)
-    return summary
+    complete = len(listed) < WINDOW
+    listed = [v for v in listed if int(v.version) <= number]
+    if all(int(v.version) != number for v in listed):
+        listed.append(version)  # not listed yet (a replica that lags): count it anyway
+    return _count(mlflow_client, name, listed, complete=complete, upto=number)
 
 
-def write(mlflow_client, name: str, number: str, summary: Summary, *, best: str | None,
-          newest: bool = True) -> None:  # fmt: skip
-    """Record `summary` on version `number`, and (when it is the newest) as the model's tag."""
-    writer = registry_writer(mlflow_client)
-    writer.set_model_version_tag(name, number, names.VERSION_TAG_FAMILY, summary.to_json())
-    if newest:
-        text = summary.text(latest=number, best=best)
-        writer.set_registered_model_tag(name, names.MODEL_TAG_SUMMARY, text)
+def publish(mlflow_client, name: str, summary: Summary, *, latest: str, best) -> bool:
+    """Write `summary` as the registered model's summary tag when it is due: at every
+    registration up to twice `LIVE_LIMIT` versions, then at every (count // LIVE_LIMIT)th.
+    MLflow's server reads every version to write a registered model's tag, so this keeps
+    the cost per registration constant on average; the tag names the version it counted to."""
+    if summary.count > LIVE_LIMIT and summary.count % (summary.count // LIVE_LIMIT):
+        return False
+    text = summary.text(latest=str(latest), best=best and str(best))
+    registry_writer(mlflow_client).set_registered_model_tag(name, names.MODEL_TAG_SUMMARY, text)
+    return True
 
 
 def recount(mlflow_client, name: str, versions: list, *, best) -> None:
-    """Write a full count of `versions` (all of the model's) on the newest of them."""
-    if versions:
-        newest = str(max(int(v.version) for v in versions))
-        write(mlflow_client, name, newest, summarize(versions), best=best and str(best))
+    """Write a full count of `versions` (all of the model's) on the newest of them, and as
+    the model's summary tag (after a prune, or with the family card)."""
+    if not versions:
+        return
+    newest = str(max(int(v.version) for v in versions))
+    summary = summarize(versions)
+    writer = registry_writer(mlflow_client)
+    writer.set_model_version_tag(name, newest, names.VERSION_TAG_FAMILY, summary.to_json())
+    text = summary.text(latest=newest, best=best and str(best))
+    writer.set_registered_model_tag(name, names.MODEL_TAG_SUMMARY, text)
 
 
-def _previous_summary(newest: list, number: int) -> Summary | None:
-    for version in sorted(newest, key=lambda v: int(v.version), reverse=True):
+def _count(mlflow_client, name: str, listed: list, *, complete: bool, upto: int | None):
+    """The newest summary among `listed` (the newest versions) plus the versions after it;
+    without one, and more versions than the window, a full count (once per model)."""
+    base = _newest_summary(listed)
+    if base is None and not complete:
+        bound = [] if upto is None else [f"version_number <= {upto}"]
+        base = summarize(iter_versions(mlflow_client, [f"name = '{name}'", *bound]))
+    return add(base or Summary(), listed)
+
+
+def _newest_summary(listed: list) -> Summary | None:
+    for version in sorted(listed, key=lambda v: int(v.version), reverse=True):
         text = version.tags.get(names.VERSION_TAG_FAMILY)
-        if int(version.version) < number and text:
+        if text:
             try:
                 return Summary.from_json(text)
             except (ValueError, KeyError, TypeError, IndexError):
                 return None  # not ours to trust: count again
     return None
-
-
-def _before(name: str, number: int) -> str:
-    return f"name = '{name}' AND version_number < {number}"
 
 
 def _iteration(tags: dict[str, str]) -> int | None:

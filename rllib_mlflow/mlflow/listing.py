@@ -98,11 +98,13 @@ def parse_iterations(text: str) -> tuple[int, int]:
 
 
 def version_records(
-    mlflow_client, name: str, query: VersionQuery = VersionQuery()
+    mlflow_client, name: str, query: VersionQuery = VersionQuery(), *, model=None
 ) -> list[dict[str, Any]]:
-    """One record per version of `name` that `query` selects, newest first."""
+    """One record per version of `name` that `query` selects, newest first (`model`: the
+    registered model, when the caller has read it already)."""
     aliases: dict[str, list[str]] = {}
-    for alias, number in mlflow_client.get_registered_model(name).aliases.items():
+    model = model or mlflow_client.get_registered_model(name)
+    for alias, number in model.aliases.items():
         aliases.setdefault(str(number), []).append(alias)
     records = []
     for version in _selected(mlflow_client, name, query):

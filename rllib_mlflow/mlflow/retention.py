@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.mlflow import card
-from rllib_mlflow.mlflow.client import registered_model_exists, registry_writer
+from rllib_mlflow.mlflow.client import registered_model, registry_writer
 from rllib_mlflow.mlflow.versions import iter_versions, logged_model_id
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,12 @@ def plan_prune(
     for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
         if value is not None and value < 0:
             raise ValueError(f"{label} must be >= 0, not {value}.")
-    if not registered_model_exists(mlflow_client, name):
+    model = registered_model(mlflow_client, name)
+    if model is None:
         raise RegistryError(f"There is no registered model {name!r}: nothing to prune.")
     listed = iter_versions(mlflow_client, [f"name = '{name}'"], newest_first=True)
     versions = [_pruned(v) for v in listed]
-    aliases = _aliases(mlflow_client, name)
+    aliases = _aliases(model)
     reasons: dict[str, str] = {}
     for version in versions:
         protected = [a for a in aliases.get(version.version, []) if not _ITERATION_ALIAS.match(a)]
@@ -112,9 +113,9 @@ def prune(
     return plan
 
 
-def _aliases(mlflow_client, name: str) -> dict[str, list[str]]:
+def _aliases(model) -> dict[str, list[str]]:
     by_version: dict[str, list[str]] = {}
-    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
+    for alias, version in model.aliases.items():
         by_version.setdefault(str(version), []).append(alias)
     return by_version
 

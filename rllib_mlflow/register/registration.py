@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rllib_mlflow import names
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.locks import host_lock
-from rllib_mlflow.mlflow import runs
+from rllib_mlflow.mlflow import family, runs
 from rllib_mlflow.mlflow.client import check_tracking_server, client
 from rllib_mlflow.mlflow.versions import update_best_alias
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
@@ -212,6 +213,7 @@ def _log_and_register(
             mask_urls(task.checkpoint_uri),
             artifact,
         )
+        tags[names.VERSION_TAG_FAMILY] = family.so_far(mlflow_client, model_name).to_json()
         version = versions.log_version(
             mlflow_client,
             policy,

@@ -253,7 +253,8 @@ def _get_alias(mlflow_client, name: str, alias: str):
 
 def _existing_versions(mlflow_client, name: str) -> list[int]:
     try:
-        return [int(v.version) for v in iter_versions(mlflow_client, [_name_filter(name)])]
+        newest = newest_versions(mlflow_client, name, PAGE_SIZE)
+        return sorted(int(v.version) for v in newest)
     except Exception:
         return []
 
@@ -265,10 +266,13 @@ def _existing_aliases(mlflow_client, name: str) -> list[str]:
         return []
 
 
-def _registered_iterations(mlflow_client, name: str) -> list[int]:
-    versions = iter_versions(mlflow_client, [_name_filter(name)])
+def _registered_iterations(mlflow_client, name: str) -> str:
+    """For an error message: the iterations of the newest versions (a listing of all of
+    them costs about a millisecond per version)."""
+    versions = newest_versions(mlflow_client, name, PAGE_SIZE)
     tag = names.VERSION_TAG_ITERATION
-    return sorted({int(v.tags[tag]) for v in versions if tag in v.tags})
+    found = sorted({int(v.tags[tag]) for v in versions if tag in v.tags})
+    return f"{found}{' (of the newest 1,000 versions)' if len(versions) >= PAGE_SIZE else ''}"
 
 
 def logged_model_id(version) -> str | None:

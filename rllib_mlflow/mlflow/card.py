@@ -7,7 +7,7 @@ replay when one was recorded, and snippets to load, serve and resume it. The reg
 model's description summarises the family: how many versions, the best, the latest and
 what the other aliases name. Registration rewrites it while the model has at most
 `LIVE_CARD_LIMIT` versions (it reads them all); beyond, `prune` and `evaluate` rewrite it,
-and the one-line summary tag (see `mlflow.family`) stays current at every registration.
+and the one-line summary tag (see `mlflow.family`) says how many there are.
 
 Cards are written from the version tags and the version's `policy.json`, so that anything
 that changes the facts (registration, `evaluate`, `prune`) rewrites them the same way.
@@ -204,7 +204,7 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
     lines += [
         "",
         f"Beyond {LIVE_CARD_LIMIT} versions this summary is rewritten by `rllib-mlflow prune` "
-        f"and `evaluate`; the `{names.MODEL_TAG_SUMMARY}` tag is current at every registration.",
+        f"and `evaluate`; the `{names.MODEL_TAG_SUMMARY}` tag keeps counting.",
         "",
         f'Load one without Ray: `rllib_mlflow.load_policy("models:/{name}@best")`, '
         f'`"models:/{name}@iter-N"` (the latest version of training iteration N), or '

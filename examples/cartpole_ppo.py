@@ -4,8 +4,9 @@
 
 Each checkpoint (one per iteration) is exported to TF SavedModel, Keras .h5 and ONNX,
 checked against RLlib, logged as a LoggedModel of the trial's run at its training
-iteration, and registered as a version of `cartpole-ppo` with the aliases `best` and
-`iter-N`, with a model card and a replay of one episode. Without --tracking-uri (and
+iteration, and registered as a version of `cartpole-ppo` (the alias `best` on the best;
+`models:/cartpole-ppo@iter-N` loads iteration N), with a model card and a replay of one
+episode. Without --tracking-uri (and
 MLFLOW_TRACKING_URI) everything goes to MLflow's embedded default store, ./mlflow.db.
 
 The output is one line per training iteration and rllib-mlflow's messages: Tune's tables

@@ -31,6 +31,8 @@ VERSION_TAG_EVAL_RETURN_STD = "eval.episode_return_std"
 VERSION_TAG_EVAL_EPISODES = "eval.episodes"
 VERSION_TAG_EVAL_ENV_ID = "eval.env_id"
 VERSION_TAG_EVAL_SEED = "eval.seed"
+# The family summary (JSON) counted through this version: see `mlflow.family`.
+VERSION_TAG_FAMILY = "rllib_mlflow.family"
 
 
 def metric_tag(metric: str) -> str:
@@ -46,6 +48,9 @@ RUN_TAG_TRIAL_NAME = "trial_name"
 # -- experiment and registered model tags -------------------------------------------------
 # Set by the permission probe: the rllib-mlflow version that last wrote there.
 TAG_WRITER = "rllib_mlflow.version"
+# One line on all the versions (count, trials, iterations, latest, best), kept current at
+# every registration; the description (the family card) says more, less often.
+MODEL_TAG_SUMMARY = "rllib_mlflow.summary"
 
 # -- aliases ------------------------------------------------------------------------------
 ALIAS_BEST = "best"
@@ -54,7 +59,8 @@ ITERATION_ALIAS_PREFIX = "iter-"
 
 
 def iteration_alias(training_iteration: int) -> str:
-    """The alias of the latest version registered for `training_iteration`."""
+    """`models:/NAME@iter-N`: the latest version registered for `training_iteration`
+    (resolved through the version tags; registries of older releases hold it as an alias)."""
     return f"{ITERATION_ALIAS_PREFIX}{int(training_iteration)}"
 
 

@@ -127,16 +127,16 @@ def test_versions_json_uses_tag_names_lists_and_utc_times(store):
     result = run("versions", MODEL, "--tracking-uri", store, "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["version"] for r in rows] == [1, 2]
-    assert [r["training_iteration"] for r in rows] == [1, 2]
-    assert [r["episode_return_mean"] for r in rows] == [10.0, 20.0]
-    assert [r["num_env_steps_sampled_lifetime"] for r in rows] == [200, 400]
-    assert rows[1]["aliases"] == ["best", "iter-2"] and rows[0]["aliases"] == ["iter-1"]
+    assert [r["version"] for r in rows] == [2, 1]  # newest first
+    assert [r["training_iteration"] for r in rows] == [2, 1]
+    assert [r["episode_return_mean"] for r in rows] == [20.0, 10.0]
+    assert [r["num_env_steps_sampled_lifetime"] for r in rows] == [400, 200]
+    assert rows[0]["aliases"] == ["best"] and rows[1]["aliases"] == []
     assert rows[0]["formats"] == ["onnx"]
     created = datetime.datetime.fromisoformat(rows[0]["created"])
     assert rows[0]["created"].endswith("Z") and created.utcoffset() == datetime.timedelta(0)
     assert abs(time.time() - created.timestamp()) < 3600
-    assert f"in {store}: 2 version(s)" in result.stderr  # which store it looked at
+    assert f"in {store}: 2 version(s) listed" in result.stderr  # which store it looked at
     quiet = run("versions", MODEL, "--tracking-uri", store, "-q")
     assert quiet.stderr == "" and quiet.stdout.splitlines()[0].split()[:4] == [
         "version", "aliases", "trial", "iteration"

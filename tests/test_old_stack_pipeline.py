@@ -164,8 +164,12 @@ def test_tf2_version_loads_on_both_backends_and_acts_like_rllib(trained):
 
 
 def test_tf2_version_served_by_mlflow_acts_like_rllib(trained, tmp_path):
+    from rllib_mlflow.mlflow.versions import find_version
+
     truth = trained.truth("tf2_pendulum")
-    uri = f"models:/{TUNE_MODEL}@iter-{ITERATIONS}"
+    # MLflow resolves the URI itself: `@iter-N` is ours (through the tags), so name the version.
+    version = find_version(f"models:/{TUNE_MODEL}@iter-{ITERATIONS}", tracking_uri=trained.uri)
+    uri = f"models:/{TUNE_MODEL}/{version.version}"
     server = start_model_server(uri, trained.uri, tmp_path / "serve.log")
     try:
         status, body = post_json(f"{server.uri}/invocations", {"inputs": truth["obs"].tolist()})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.mlflow.versions import logged_model_id
+from rllib_mlflow.mlflow.versions import find_version, logged_model_id
 from tests import tune_job
 from tests.mlflow_server import VENV_BIN, free_port, start_process, start_tracking_server
 from tests.test_reliability import (
@@ -488,7 +488,7 @@ def _assert_one_version_per_key_and_right_aliases(uri: str, name: str, expected:
     best = client.get_model_version_by_alias(name, "best")
     assert values[best.version] == max(values.values()), (best.version, values)
     for _, iteration in expected:
-        aliased = client.get_model_version_by_alias(name, f"iter-{iteration}")
+        aliased = find_version(f"models:/{name}@iter-{iteration}", tracking_uri=uri)
         assert aliased.tags["training_iteration"] == str(iteration)
     logged = client.search_logged_models(
         experiment_ids=[e.experiment_id for e in client.search_experiments()]

@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rllib_mlflow.errors import RegistryError
+from rllib_mlflow.mlflow.versions import find_version
 from rllib_mlflow.tune.journal import JOURNAL_FILE
 from tests import tune_job
 from tests.cards import assert_card, assert_card_and_replay
@@ -79,7 +80,10 @@ def test_versions_carry_tags_and_aliases(sweep):
         for key in ("ray_version", "mlflow_version", "rllib_mlflow_version"):
             assert tags[key]
     aliases = client.get_registered_model(tune_job.MODEL_NAME).aliases
-    assert {"best", "iter-1", "iter-2", "iter-3"} <= set(aliases)
+    assert set(aliases) == {"best"}  # `@iter-N` resolves through the tags
+    for iteration in (1, 2, 3):
+        version = find_version(f"models:/{tune_job.MODEL_NAME}@iter-{iteration}", tracking_uri=uri)
+        assert version.tags["training_iteration"] == str(iteration)
     best = max(versions, key=lambda v: float(v.tags["metric.episode_return_mean"]))
     best_value = float(best.tags["metric.episode_return_mean"])
     holder = client.get_model_version_by_alias(tune_job.MODEL_NAME, "best")
@@ -147,7 +151,7 @@ def test_plain_training_loop_registers_with_log_checkpoint(ray_session, tmp_path
         algo.stop()
     versions = _versions(uri, "plain-loop")
     assert sorted(int(v.tags["training_iteration"]) for v in versions) == [1, 2]
-    holder = _client(uri).get_model_version_by_alias("plain-loop", "iter-2")
+    holder = find_version("models:/plain-loop@iter-2", tracking_uri=uri)
     assert holder.tags["training_iteration"] == "2"
     card = assert_card(_client(uri), holder)  # a card, and no replay unless asked
     assert "No replay yet" in card and "replay" not in holder.tags

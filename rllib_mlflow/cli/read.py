@@ -97,19 +97,41 @@ def _evaluation_record(evaluation) -> dict[str, Any]:
 
 @click.command(context_settings=options.CONTEXT)
 @click.argument("name")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(0), metavar="N",
+              help="The newest N versions that match; 0 for all.")  # fmt: skip
+@click.option("--trial", metavar="TRIAL", help="Only this trial's versions (its id or name).")
+@click.option("--iterations", metavar="N|FIRST-LAST",
+              help="Only these training iterations, e.g. 100-200.")  # fmt: skip
+@click.option("--where", "condition", metavar="TAG<OP>NUMBER",
+              help="Only versions whose tag compares so, e.g. 'episode_return_mean>=400' "
+              "or 'eval.episode_return_mean>450'.")  # fmt: skip
 @options.tracking_uri
 @options.common
-def versions(name, tracking_uri, as_json) -> None:
-    """List the versions of NAME: aliases, trial, iteration, env steps, training and
-    evaluation return, formats."""
+def versions(name, limit, trial, iterations, condition, tracking_uri, as_json) -> None:
+    """List the versions of NAME, newest first: aliases, trial, iteration, env steps,
+    training and evaluation return, formats."""
     from rllib_mlflow.mlflow import stores
-    from rllib_mlflow.mlflow.listing import version_records
+    from rllib_mlflow.mlflow.listing import (
+        VersionQuery,
+        parse_condition,
+        parse_iterations,
+        version_records,
+    )
 
+    try:
+        query = VersionQuery(
+            limit=limit or None,
+            trial=trial,
+            iterations=None if iterations is None else parse_iterations(iterations),
+            condition=None if condition is None else parse_condition(condition),
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
     uri = stores.resolve(tracking_uri)
-    mlflow_client = stores.check(uri, must_exist=True)
-    stores.require_model(mlflow_client, name, uri)
-    records = version_records(mlflow_client, name)
-    logger.info("%s in %s: %d version(s)", name, stores.shown(uri), len(records))
+    mlflow_client = stores.reader(uri)
+    model = stores.require_model(mlflow_client, name, uri)
+    records = version_records(mlflow_client, name, query, model=model)
+    logger.info("%s in %s: %d version(s) listed", name, stores.shown(uri), len(records))
     if as_json:
         console.print_json(records)
     else:
@@ -148,7 +170,7 @@ def prune(name, keep_last, keep_best, delete_artifacts, dry_run, tracking_uri, a
     if keep_last is None and keep_best is None:
         raise click.UsageError("Say what to keep: --keep-last N and/or --keep-best K.")
     uri = stores.resolve(tracking_uri)
-    mlflow_client = stores.check(uri, must_exist=True)
+    mlflow_client = stores.reader(uri) if dry_run else stores.check(uri, must_exist=True)
     stores.require_model(mlflow_client, name, uri)
     logger.info("pruning %s in %s", name, stores.shown(uri))
     show = options.show_progress() and not dry_run
@@ -157,7 +179,7 @@ def prune(name, keep_last, keep_best, delete_artifacts, dry_run, tracking_uri, a
                          delete_artifacts=delete_artifacts, dry_run=dry_run,
                          on_progress=progress)  # fmt: skip
     deleted = [_pruned(v) for v in plan.delete]
-    kept = [{**_pruned(v), "reason": plan.reasons[str(v.version)]} for v in plan.keep]
+    kept = [{**_pruned(v), "reason": plan.reasons[v.version]} for v in plan.keep]
     if as_json:
         console.print_json({"registered_model": name, "tracking_uri": stores.shown(uri),
                             "dry_run": dry_run, "deleted": deleted, "kept": kept})  # fmt: skip
@@ -171,6 +193,4 @@ def prune(name, keep_last, keep_best, delete_artifacts, dry_run, tracking_uri, a
 
 
 def _pruned(version) -> dict[str, Any]:
-    iteration = version.tags.get("training_iteration")
-    return {"version": int(version.version),
-            "training_iteration": None if iteration is None else int(iteration)}  # fmt: skip
+    return {"version": int(version.version), "training_iteration": version.training_iteration}

@@ -4,8 +4,10 @@ A version's card is its description in the registry (Markdown, which the MLflow 
 and the same text as `README.md` in its LoggedModel: the algorithm, env, trial, training
 iteration, env steps, training and evaluation return, parity result, formats, spaces, the
 replay when one was recorded, and snippets to load, serve and resume it. The registered
-model's description summarises the family: how many versions, the best, the latest, and
-which aliases name which iterations.
+model's description summarises the family: how many versions, the best, the latest and
+what the other aliases name. Registration rewrites it while the model has at most
+`LIVE_CARD_LIMIT` versions (it reads them all); beyond, `prune` and `evaluate` rewrite it,
+and the one-line summary tag (see `mlflow.family`) says how many there are.
 
 Cards are written from the version tags and the version's `policy.json`, so that anything
 that changes the facts (registration, `evaluate`, `prune`) rewrites them the same way.
@@ -22,24 +24,32 @@ import tempfile
 from typing import Any
 
 from rllib_mlflow import names
-from rllib_mlflow.mlflow.versions import find_versions, logged_model_id
+from rllib_mlflow.mlflow import family
+from rllib_mlflow.mlflow.client import registry_writer
+from rllib_mlflow.mlflow.versions import iter_versions, logged_model_id
 
 logger = logging.getLogger(__name__)
 
 _ITERATION_ALIAS = re.compile(rf"^{names.ITERATION_ALIAS_PREFIX}\d+$")
 _MISSING = "–"
+LIVE_CARD_LIMIT = 100  # versions up to which registration rewrites the family card
 
 
 # -- writing cards ---------------------------------------------------------------------------
 
 
-def publish_new_version(mlflow_client, name: str, version, exported) -> None:
-    """Card of a version just registered from `exported` (an `ExportedPolicy`), and the
-    family card. A failure here is logged, never raised: the version is registered, and
-    `rllib-mlflow evaluate` rewrites cards."""
+def publish_new_version(
+    mlflow_client, name: str, version, exported, *, best: str | None = None
+) -> None:
+    """Card of a version just registered from `exported` (an `ExportedPolicy`), the family
+    summary, and the family card while the model is small. A failure here is logged, never
+    raised: the version is registered, and `rllib-mlflow evaluate` rewrites cards."""
     try:
         publish_version_card(mlflow_client, name, version.version, policy=exported.policy)
-        publish_family_card(mlflow_client, name)
+        summary = family.through(mlflow_client, name, version)
+        family.publish(mlflow_client, name, summary, latest=version.version, best=best)
+        if summary.count <= LIVE_CARD_LIMIT:
+            publish_family_card(mlflow_client, name)
     except Exception as error:
         logger.warning("No card for %s version %s: %s", name, version.version, error)
 
@@ -50,7 +60,7 @@ def publish_version_card(mlflow_client, name: str, number, *, policy: dict | Non
     policy = policy if policy is not None else _download_policy(mlflow_client, version)
     model_id = logged_model_id(version)
     description = version_card(version, policy, image_url=replay_url(model_id))
-    mlflow_client.update_model_version(name, str(number), description=description)
+    registry_writer(mlflow_client).update_model_version(name, str(number), description)
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_card_") as directory:
         readme = os.path.join(directory, names.README_FILE)
         with open(readme, "w") as stream:
@@ -60,11 +70,14 @@ def publish_version_card(mlflow_client, name: str, number, *, policy: dict | Non
 
 
 def publish_family_card(mlflow_client, name: str) -> str:
-    """Write the registered model's description from its versions and aliases."""
-    versions = find_versions(mlflow_client, name)
+    """Write the registered model's description from all its versions and aliases (a full
+    listing: `prune`, `evaluate`, and registration up to `LIVE_CARD_LIMIT` versions), and
+    a fresh family summary on the newest version."""
+    versions = list(iter_versions(mlflow_client, [f"name = '{name}'"]))
     aliases = dict(mlflow_client.get_registered_model(name).aliases)
     description = family_card(name, versions, aliases)
-    mlflow_client.update_registered_model(name, description=description)
+    registry_writer(mlflow_client).update_registered_model(name, description)
+    family.recount(mlflow_client, name, versions, best=aliases.get(names.ALIAS_BEST))
     return description
 
 
@@ -72,15 +85,14 @@ def attach_replay(mlflow_client, name: str, number, replay, *, seed: int) -> Non
     """Log a recorded replay (an `evaluate.replay.Replay`: its GIF, or why there is none;
     recording is the evaluate tier's) with the version's LoggedModel."""
     version = mlflow_client.get_model_version(name, str(number))
+    writer = registry_writer(mlflow_client)
     if replay.path is not None:
         mlflow_client.log_model_artifact(logged_model_id(version), str(replay.path))
         value = names.REPLAY_FILE
-        mlflow_client.set_model_version_tag(
-            name, str(number), names.VERSION_TAG_REPLAY_SEED, str(seed)
-        )
+        writer.set_model_version_tag(name, str(number), names.VERSION_TAG_REPLAY_SEED, str(seed))
     else:
         value = f"skipped: {replay.skipped}"[:500]
-    mlflow_client.set_model_version_tag(name, str(number), names.VERSION_TAG_REPLAY, value)
+    writer.set_model_version_tag(name, str(number), names.VERSION_TAG_REPLAY, value)
 
 
 def replay_url(model_id: str) -> str:
@@ -164,16 +176,14 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
         return f"**{name}**: no versions left. Registered by rllib-mlflow.\n"
     by_number = {str(v.version): v for v in versions}
     latest = max(versions, key=lambda v: int(v.version))
-    envs = sorted({f"{v.tags.get(names.VERSION_TAG_ALGORITHM, '?')} on "
-                   f"{v.tags.get(names.VERSION_TAG_ENV_ID, '?')}" for v in versions})  # fmt: skip
-    trials = {v.tags.get(names.VERSION_TAG_TRIAL_ID) for v in versions}
-    iterations = sorted(int(v.tags[names.VERSION_TAG_ITERATION]) for v in versions
-                        if names.VERSION_TAG_ITERATION in v.tags)  # fmt: skip
-    span = f", training iterations {iterations[0]}–{iterations[-1]}" if iterations else ""
+    summary = family.summarize(versions)
+    span = summary.iterations
+    span = f", training iterations {span[0]}–{span[1]}" if span else ""
     lines = [
-        f"**{name}**: {', '.join(envs)}; {len(versions)} version(s) from {len(trials)} "
-        f"trial(s){span}. Each version is one RLlib checkpoint exported to "
-        "TF SavedModel / Keras `.h5` / ONNX by rllib-mlflow; its description is its card.",
+        f"**{name}**: {', '.join(summary.envs)}; {summary.count} version(s) from "
+        f"{summary.trial_count()} trial(s){span}. Each version is one RLlib checkpoint "
+        "exported to TF SavedModel / Keras `.h5` / ONNX by rllib-mlflow; its description is "
+        "its card.",
         "",
         "| alias | version | training iteration | training return | evaluation return |",
         "|---|---|---|---|---|",
@@ -191,24 +201,17 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
             f"{_number(tags.get('episode_return_mean')) or _MISSING} | "
             f"{_evaluation(tags, None, None) or _MISSING} |"
         )
-    lines += ["", *_iteration_alias_lines(aliases), ""]
     lines += [
-        f'Load one without Ray: `rllib_mlflow.load_policy("models:/{name}@best")`, or '
-        f'`rllib_mlflow.load_policy("{name}", training_iteration=N)`. Compare them: '
+        "",
+        f"Beyond {LIVE_CARD_LIMIT} versions this summary is rewritten by `rllib-mlflow prune` "
+        f"and `evaluate`; the `{names.MODEL_TAG_SUMMARY}` tag keeps counting.",
+        "",
+        f'Load one without Ray: `rllib_mlflow.load_policy("models:/{name}@best")`, '
+        f'`"models:/{name}@iter-N"` (the latest version of training iteration N), or '
+        f'`rllib_mlflow.load_policy("{name}", training_iteration=N, trial=...)`. Compare them: '
         f"`rllib-mlflow versions {name}`; play them: `rllib-mlflow evaluate {name} --video`.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _iteration_alias_lines(aliases: dict[str, Any]) -> list[str]:
-    iteration_aliases = sorted(
-        (int(a.split("-")[1]), str(v)) for a, v in aliases.items() if _ITERATION_ALIAS.match(a)
-    )
-    if not iteration_aliases:
-        return []
-    shown = ", ".join(f"`iter-{i}` → v{v}" for i, v in iteration_aliases[-12:])
-    more = f" (and {len(iteration_aliases) - 12} earlier)" if len(iteration_aliases) > 12 else ""
-    return [f"`iter-N` names training iteration N: {shown}{more}."]
 
 
 def _replay_lines(tags: dict[str, str], image_url: str, name: str, number) -> list[str]:

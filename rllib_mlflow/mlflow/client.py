@@ -94,7 +94,9 @@ def check_tracking_server(mlflow_client) -> None:
     uri = mlflow_client.tracking_uri
     _probe_http_server(uri)
     try:
-        mlflow_client.search_registered_models(max_results=1)
+        # A name no one registers: the search of a name that exists computes that model's
+        # latest versions, O(versions) on MLflow's SQL store; this probes the same access.
+        mlflow_client.search_registered_models(filter_string=_PROBE_FILTER, max_results=1)
     except TrackingError:
         raise
     except client_errors(mlflow_client) as error:
@@ -110,6 +112,9 @@ def check_tracking_server(mlflow_client) -> None:
             f"({type(error).__name__}). Start it, or set MLFLOW_TRACKING_URI to a "
             "reachable server (unset, MLflow uses sqlite:///mlflow.db in this directory)."
         ) from error
+
+
+_PROBE_FILTER = "name = 'rllib-mlflow-access-probe'"
 
 
 def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -> None:
@@ -128,13 +133,30 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
         ) from error
 
 
+def registry_writer(mlflow_client):
+    """What to call the registry's writes on (aliases, version tags and descriptions,
+    registered model tags, deleting versions): our RestClient as it is, MLflow's client
+    without its per-call prompt check, which costs a read of every version (see
+    `internals._registry_client`). The signatures are MlflowClient's."""
+    if isinstance(mlflow_client, RestClient):
+        return mlflow_client
+    from rllib_mlflow.mlflow.internals import _registry_client
+
+    return _registry_client(mlflow_client)
+
+
 def registered_model_exists(mlflow_client, name: str) -> bool:
+    return registered_model(mlflow_client, name) is not None
+
+
+def registered_model(mlflow_client, name: str):
+    """The registered model `name`, None if there is none. (On MLflow's SQL store this
+    reads every version of it: not for a registration's path.)"""
     try:
-        mlflow_client.get_registered_model(name)
-        return True
+        return mlflow_client.get_registered_model(name)
     except client_errors(mlflow_client) as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
 
 

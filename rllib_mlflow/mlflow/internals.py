@@ -17,6 +17,13 @@ from mlflow.utils.environment import (
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 
+def _registry_client(mlflow_client):
+    """The registry half of an MlflowClient. Its writes go straight to the store, where
+    MlflowClient's own first ask `get_registered_model` whether the model is a prompt: on
+    MLflow's SQL store that loads every version of the model, O(versions) per write."""
+    return mlflow_client._get_registry_client()
+
+
 def _save_example(*args, **kwargs):
     """MLflow's `_save_example`, imported when called: it needs pandas, which the light
     install (`mlflow-skinny`) leaves out, and only saving a model calls it."""
@@ -33,6 +40,7 @@ __all__ = [
     "_get_experiment_id",
     "_get_pinned_requirement",
     "_process_pip_requirements",
+    "_registry_client",
     "_save_example",
     "_use_tracking_uri",
 ]

@@ -1,13 +1,22 @@
 """The versions of a registered model as records: keys named like the version tags, lists
-as lists, times in UTC ISO 8601. What `rllib-mlflow versions` prints, as a table or JSON."""
+as lists, times in UTC ISO 8601. What `rllib-mlflow versions` prints, as a table or JSON.
+
+Newest first, in pages by version number: `--limit 20` reads 20 versions whatever the
+count. A trial (and a single iteration) is filtered by the registry; an iteration range
+and a metric condition are checked here, page by page, until `limit` records are found.
+"""
 
 from __future__ import annotations
 
+import operator
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from rllib_mlflow import names
 from rllib_mlflow.console import utc_iso
-from rllib_mlflow.mlflow.versions import find_versions
+from rllib_mlflow.mlflow.versions import PAGE_SIZE, iter_versions
 
 _NUMBERS = {
     names.VERSION_TAG_ITERATION: int,
@@ -32,13 +41,120 @@ _COLUMNS = (
 )
 
 
-def version_records(mlflow_client, name: str) -> list[dict[str, Any]]:
-    """One record per version of `name`, oldest first."""
+@dataclass(frozen=True)
+class VersionQuery:
+    """Which versions to list: the newest `limit` (None: all) of those matching the rest."""
+
+    limit: int | None = None
+    trial: str | None = None  # trial id or name
+    iterations: tuple[int, int] | None = None  # inclusive
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`episode_return_mean>=400`: a version tag (or `metric.<name>`) compared to a number."""
+
+    key: str
+    op: str
+    value: float
+
+    def holds(self, tags: dict[str, str]) -> bool:
+        raw = tags.get(self.key, tags.get(names.metric_tag(self.key)))
+        try:
+            return raw is not None and _OPERATORS[self.op](float(raw), self.value)
+        except ValueError:
+            return False
+
+
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    "=": operator.eq, "==": operator.eq, "!=": operator.ne,
+}  # fmt: skip
+_CONDITION = re.compile(r"^\s*([\w.\-/]+)\s*(>=|<=|==|!=|=|>|<)\s*(-?[\d.]+(?:e-?\d+)?)\s*$")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:[-:]|\.\.)?\s*(\d+)?\s*$")
+
+
+def parse_condition(text: str) -> Condition:
+    match = _CONDITION.match(text)
+    if not match:
+        raise ValueError(
+            f"Cannot read the condition {text!r}: write a tag, a comparison and a number, "
+            "e.g. 'episode_return_mean>=400' or 'eval.episode_return_mean>450'."
+        )
+    return Condition(match[1], match[2], float(match[3]))
+
+
+def parse_iterations(text: str) -> tuple[int, int]:
+    match = _RANGE.match(text)
+    if not match:
+        raise ValueError(
+            f"Cannot read the iterations {text!r}: write N or FIRST-LAST, e.g. 100-200."
+        )
+    first, last = int(match[1]), int(match[2] or match[1])
+    if last < first:
+        raise ValueError(f"The iterations {text!r} end before they start: write {last}-{first}.")
+    return first, last
+
+
+def version_records(
+    mlflow_client, name: str, query: VersionQuery = VersionQuery(), *, model=None
+) -> list[dict[str, Any]]:
+    """One record per version of `name` that `query` selects, newest first (`model`: the
+    registered model, when the caller has read it already)."""
     aliases: dict[str, list[str]] = {}
-    for alias, number in mlflow_client.get_registered_model(name).aliases.items():
+    model = model or mlflow_client.get_registered_model(name)
+    for alias, number in model.aliases.items():
         aliases.setdefault(str(number), []).append(alias)
-    versions = sorted(find_versions(mlflow_client, name), key=lambda v: int(v.version))
-    return [_record(v, sorted(aliases.get(str(v.version), []), key=_alias_order)) for v in versions]
+    records = []
+    for version in _selected(mlflow_client, name, query):
+        if query.limit is not None and len(records) >= query.limit:
+            break
+        records.append(
+            _record(version, sorted(aliases.get(str(version.version), []), key=_alias_order))
+        )
+    return records
+
+
+def _selected(mlflow_client, name: str, query: VersionQuery) -> Iterator:
+    filters = [f"name = '{name}'"]
+    first, last = query.iterations or (None, None)
+    if first is not None and first == last:
+        filters.append(f"tags.{names.VERSION_TAG_ITERATION} = '{first}'")
+    checked_here = query.condition is not None or first != last
+    size = PAGE_SIZE if checked_here or not query.limit else min(query.limit, PAGE_SIZE)
+    for version in _by_trial(mlflow_client, filters, query.trial, size):
+        iteration = _iteration(version)
+        if first is not None and (iteration is None or not first <= iteration <= last):
+            continue
+        if query.condition is None or query.condition.holds(version.tags):
+            yield version
+
+
+def _by_trial(mlflow_client, filters: list[str], trial: str | None, size: int) -> Iterator:
+    """The versions of `trial` (an id, else a name), or of every trial."""
+    if trial is None:
+        return iter_versions(mlflow_client, filters, newest_first=True, page_size=size)
+    for tag in (names.VERSION_TAG_TRIAL_ID, names.VERSION_TAG_TRIAL_NAME):
+        versions = iter_versions(
+            mlflow_client, [*filters, f"tags.{tag} = '{trial}'"], newest_first=True, page_size=size
+        )
+        head = next(versions, None)
+        if head is not None:
+            return _chain(head, versions)
+    return iter(())
+
+
+def _chain(head, rest: Iterator) -> Iterator:
+    yield head
+    yield from rest
+
+
+def _iteration(version) -> int | None:
+    try:
+        return int(version.tags[names.VERSION_TAG_ITERATION])
+    except (KeyError, ValueError):
+        return None
 
 
 def _record(version, aliases: list[str]) -> dict[str, Any]:

@@ -98,9 +98,13 @@ class RestClient:
         return ModelVersion.from_json(answer["model_version"])
 
     def search_model_versions(
-        self, filter_string: str, max_results: int = 1000, page_token: str | None = None
+        self,
+        filter_string: str,
+        max_results: int = 1000,
+        order_by: list[str] | None = None,
+        page_token: str | None = None,
     ) -> _Page:
-        query = {"filter": filter_string, "max_results": max_results}
+        query = {"filter": filter_string, "max_results": max_results, "order_by": order_by}
         answer = self._get("model-versions/search", **query, page_token=page_token)
         versions = [ModelVersion.from_json(v) for v in answer.get("model_versions", [])]
         return _Page(versions, answer.get("next_page_token") or None)
@@ -110,12 +114,21 @@ class RestClient:
         aliases = {a["alias"]: str(a["version"]) for a in model.get("aliases", [])}
         return RegisteredModel(name=model["name"], aliases=aliases)
 
-    def search_registered_models(self, max_results: int = 100) -> list[dict[str, Any]]:
-        answer = self._get("registered-models/search", max_results=max_results)
+    def search_registered_models(
+        self, filter_string: str | None = None, max_results: int = 100
+    ) -> list[dict[str, Any]]:
+        query = {"filter": filter_string, "max_results": max_results}
+        answer = self._get("registered-models/search", **query)
         return answer.get("registered_models", [])
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
         self._post("registered-models/set-tag", name=name, key=key, value=value)
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self._post("registered-models/alias", name=name, alias=alias, version=str(version))
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._post("model-versions/set-tag", name=name, version=str(version), key=key, value=value)
 
     # -- experiments ------------------------------------------------------------------------
 
@@ -188,7 +201,8 @@ class RestClient:
     # -- the JSON API ------------------------------------------------------------------------
 
     def _get(self, endpoint: str, **query: Any) -> dict[str, Any]:
-        params = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        given = {k: v for k, v in query.items() if v is not None}
+        params = urllib.parse.urlencode(given, doseq=True)  # a list: the key repeated
         return self._http.get_json(f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}?{params}")
 
     def _post(self, endpoint: str, **body: Any) -> dict[str, Any]:

@@ -5,6 +5,9 @@ A version is kept when it is among the `keep_last` highest training iterations, 
 (`best`, `eval-best`, anything but the per-iteration `iter-N` aliases, which go with their
 version). Everything else is deleted from the registry, and optionally its artifacts; the
 registered model's card is then rewritten.
+
+The plan reads the versions once, in pages by version number, and keeps of each only what
+it decides by (number, iteration, score): tens of thousands of versions fit in a few MB.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.mlflow import card
-from rllib_mlflow.mlflow.client import registered_model_exists
-from rllib_mlflow.mlflow.versions import find_versions
+from rllib_mlflow.mlflow.client import registered_model, registry_writer
+from rllib_mlflow.mlflow.versions import iter_versions, logged_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +29,20 @@ _ITERATION_ALIAS = re.compile(r"^iter-\d+$")
 
 
 @dataclass(frozen=True)
+class PrunedVersion:
+    """What a prune keeps of a version: enough to decide, report and delete it."""
+
+    version: str
+    training_iteration: int | None
+    score: float | None  # its value of the model's best metric
+    mode: str  # the best metric's "max" or "min"
+    model_id: str | None  # its LoggedModel
+
+
+@dataclass(frozen=True)
 class PrunePlan:
-    keep: list  # ModelVersion
-    delete: list  # ModelVersion
+    keep: list[PrunedVersion]
+    delete: list[PrunedVersion]
     reasons: dict[str, str]  # version -> why it is kept
 
 
@@ -41,29 +55,29 @@ def plan_prune(
     for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
         if value is not None and value < 0:
             raise ValueError(f"{label} must be >= 0, not {value}.")
-    if not registered_model_exists(mlflow_client, name):
+    model = registered_model(mlflow_client, name)
+    if model is None:
         raise RegistryError(f"There is no registered model {name!r}: nothing to prune.")
-    versions = find_versions(mlflow_client, name)
-    aliases = _aliases(mlflow_client, name)
+    listed = iter_versions(mlflow_client, [f"name = '{name}'"], newest_first=True)
+    versions = [_pruned(v) for v in listed]
+    aliases = _aliases(model)
     reasons: dict[str, str] = {}
     for version in versions:
-        protected = [
-            a for a in aliases.get(str(version.version), []) if not _ITERATION_ALIAS.match(a)
-        ]
+        protected = [a for a in aliases.get(version.version, []) if not _ITERATION_ALIAS.match(a)]
         if protected:
-            reasons[str(version.version)] = f"alias {', '.join(sorted(protected))}"
+            reasons[version.version] = f"alias {', '.join(sorted(protected))}"
     if keep_last:
         by_iteration = sorted(versions, key=_iteration_order, reverse=True)
         for version in by_iteration[:keep_last]:
-            reasons.setdefault(str(version.version), f"among the last {keep_last}")
+            reasons.setdefault(version.version, f"among the last {keep_last}")
     if keep_best:
-        scored = [v for v in versions if _score(v) is not None]
-        mode = _mode(versions)
-        scored.sort(key=_score, reverse=(mode == "max"))
+        scored = [v for v in versions if v.score is not None]
+        mode = "min" if {v.mode for v in versions} == {"min"} else "max"
+        scored.sort(key=lambda v: v.score, reverse=(mode == "max"))
         for version in scored[:keep_best]:
-            reasons.setdefault(str(version.version), f"among the best {keep_best}")
-    keep = [v for v in versions if str(v.version) in reasons]
-    delete = [v for v in versions if str(v.version) not in reasons]
+            reasons.setdefault(version.version, f"among the best {keep_best}")
+    keep = [v for v in versions if v.version in reasons]
+    delete = [v for v in versions if v.version not in reasons]
     return PrunePlan(keep, delete, reasons)
 
 
@@ -85,8 +99,9 @@ def prune(
         return plan
     progress = on_progress or (lambda done, total, what: None)
     progress(0, len(plan.delete), "")
+    writer = registry_writer(mlflow_client)  # MlflowClient's own reads every version per call
     for done, version in enumerate(plan.delete, start=1):
-        mlflow_client.delete_model_version(name, str(version.version))
+        writer.delete_model_version(name, version.version)
         if delete_artifacts:
             _delete_logged_model(mlflow_client, version)
         logger.info("Deleted %s version %s", name, version.version)
@@ -98,33 +113,37 @@ def prune(
     return plan
 
 
-def _aliases(mlflow_client, name: str) -> dict[str, list[str]]:
+def _aliases(model) -> dict[str, list[str]]:
     by_version: dict[str, list[str]] = {}
-    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
+    for alias, version in model.aliases.items():
         by_version.setdefault(str(version), []).append(alias)
     return by_version
 
 
-def _iteration_order(version) -> tuple[int, int]:
-    return int(version.tags.get(names.VERSION_TAG_ITERATION, -1)), int(version.version)
+def _pruned(version) -> PrunedVersion:
+    tags = version.tags
+    iteration = tags.get(names.VERSION_TAG_ITERATION)
+    metric = tags.get(names.VERSION_TAG_BEST_METRIC)
+    value = tags.get(names.metric_tag(metric)) if metric else None
+    return PrunedVersion(
+        version=str(version.version),
+        training_iteration=None if iteration is None else int(iteration),
+        score=None if value is None else float(value),
+        mode=tags.get(names.VERSION_TAG_BEST_MODE, "max"),
+        model_id=logged_model_id(version),
+    )
 
 
-def _score(version) -> float | None:
-    metric = version.tags.get(names.VERSION_TAG_BEST_METRIC)
-    value = version.tags.get(names.metric_tag(metric)) if metric else None
-    return None if value is None else float(value)
+def _iteration_order(version: PrunedVersion) -> tuple[int, int]:
+    iteration = -1 if version.training_iteration is None else version.training_iteration
+    return iteration, int(version.version)
 
 
-def _mode(versions) -> str:
-    modes = {v.tags.get(names.VERSION_TAG_BEST_MODE, "max") for v in versions}
-    return "min" if modes == {"min"} else "max"
-
-
-def _delete_logged_model(mlflow_client, version) -> None:
+def _delete_logged_model(mlflow_client, version: PrunedVersion) -> None:
     """Delete the version's LoggedModel and its files (MLflow alone only soft-deletes)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    model_id = getattr(version, "model_id", None) or version.source.removeprefix("models:/")
+    model_id = version.model_id
     try:
         location = mlflow_client.get_logged_model(model_id).artifact_location
         get_artifact_repository(location).delete_artifacts()

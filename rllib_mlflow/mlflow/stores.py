@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from rllib_mlflow.errors import RegistryError, TrackingError
-from rllib_mlflow.mlflow.client import check_tracking_server, client, registered_model_exists
+from rllib_mlflow.mlflow.client import check_tracking_server, client, registered_model
+from rllib_mlflow.mlflow.rest import rest_client
 from rllib_mlflow.redaction import mask_urls
 
 CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call
@@ -23,9 +24,11 @@ CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry
 def resolve(tracking_uri: str | None) -> str:
     """The store a command uses: `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's
     default (sqlite:///mlflow.db in the current directory)."""
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
     import mlflow
 
-    return tracking_uri or mlflow.get_tracking_uri()
+    return mlflow.get_tracking_uri()
 
 
 def shown(uri: str) -> str:
@@ -45,12 +48,26 @@ def check(uri: str, *, must_exist: bool):
     return mlflow_client
 
 
-def require_model(mlflow_client, name: str, uri: str) -> None:
-    """Fail with one line naming the store and what it holds when `name` is not there."""
+def reader(uri: str):
+    """A client for reading (`versions`, `prune --dry-run`): our RestClient against an
+    HTTP(S) server, which spares the command `import mlflow` (seconds of its start), else
+    `check(uri)`'s MlflowClient."""
+    rest = rest_client(uri)
+    if rest is None:
+        return check(uri, must_exist=True)
+    check_tracking_server(rest)
+    return rest
+
+
+def require_model(mlflow_client, name: str, uri: str):
+    """The registered model `name` (its aliases are what `versions` shows); one line naming
+    the store and what it holds when `name` is not there."""
     with bounded_http_retries():
-        if registered_model_exists(mlflow_client, name):
-            return
-        names = sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
+        model = registered_model(mlflow_client, name)
+        if model is not None:
+            return model
+        models = mlflow_client.search_registered_models(max_results=20)
+        names = sorted(m["name"] if isinstance(m, dict) else m.name for m in models)  # REST: dicts
     held = f"registered models there: {', '.join(names)}" if names else "it has none"
     raise RegistryError(f"No registered model {name!r} in {shown(uri)} ({held}).")
 

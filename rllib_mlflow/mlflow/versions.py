@@ -1,14 +1,22 @@
-"""Registered versions: finding them by URI, alias or tags, and moving their aliases.
+"""Registered versions: finding them by URI, alias or tags, listing them in pages, and
+moving `best`.
 
 Each registered version is one checkpoint of one module of one trial, identified by the
 version tags `trial_id`, `training_iteration` and `module_id`. Aliases:
 
 - `best` points at the version with the best `best_metric` so far (default
   `episode_return_mean`, max). It only moves on strict improvement.
-- `iter-N` points at the most recently registered version for training iteration N.
-  When several trials feed one registered model, `iter-N` is therefore the last trial to
-  reach iteration N; `find_version(name, training_iteration=N, trial=...)` picks a given
-  trial's version, and without `trial` it refuses to guess and lists the trials.
+- `models:/NAME@iter-N` names the most recently registered version of training iteration N.
+  It is resolved through the `training_iteration` tag, not stored as an alias: one alias
+  per version would make every `get_registered_model` (which MLflow's own client calls
+  inside most writes) load thousands of aliases. Registries written by older releases
+  still hold `iter-N` aliases; they resolve the same way. When several trials feed one
+  registered model, `iter-N` is the last trial to reach iteration N;
+  `find_version(name, training_iteration=N, trial=...)` picks a given trial's version, and
+  without `trial` it refuses to guess and lists the trials.
+
+Listings page by version number (`version_number > last`), never by offset: a version
+updated while a listing runs (another registration's card) is seen exactly once.
 
 Every function takes an `MlflowClient` or our `RestClient`, so lookups work without
 `import mlflow` against an HTTP server.
@@ -17,13 +25,19 @@ Every function takes an `MlflowClient` or our `RestClient`, so lookups work with
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.mlflow.client import client, client_errors
+from rllib_mlflow.mlflow.client import client, client_errors, registry_writer
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))?/?$")
+_ITERATION_ALIAS = re.compile(rf"^{names.ITERATION_ALIAS_PREFIX}(?P<iteration>\d+)$")
+PAGE_SIZE = 1000
+# After moving `best`, the versions re-checked for one another process registered meanwhile
+# (and may have lost to our write): far more than registrations in flight at once.
+BEST_RECHECK_WINDOW = 100
 
 
 def find_versions(
@@ -34,13 +48,21 @@ def find_versions(
     trial: str | None = None,
     module_id: str | None = None,
 ) -> list:
-    """Registered versions of `name` matching the given tags, newest first."""
-    filters = [f"name = '{name}'"]
+    """Registered versions of `name` matching the given tags, newest first.
+
+    With `training_iteration`, only it goes to the registry: the few versions of one
+    iteration are found by one tag, where the module (and often the trial) is the same on
+    every version, and a registry filter on it would weigh them all."""
+    filters = [_name_filter(name)]
     if training_iteration is not None:
         filters.append(f"tags.{names.VERSION_TAG_ITERATION} = '{int(training_iteration)}'")
-    if module_id is not None:
+    elif module_id is not None:
         filters.append(f"tags.{names.VERSION_TAG_MODULE_ID} = '{module_id}'")
-    versions = _search_all(mlflow_client, " AND ".join(filters))
+    versions = [
+        v
+        for v in iter_versions(mlflow_client, filters)
+        if module_id is None or v.tags.get(names.VERSION_TAG_MODULE_ID) == module_id
+    ]
     if trial is not None:
         versions = [
             v
@@ -49,6 +71,44 @@ def find_versions(
             in (v.tags.get(names.VERSION_TAG_TRIAL_ID), v.tags.get(names.VERSION_TAG_TRIAL_NAME))
         ]
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def iter_versions(
+    mlflow_client,
+    filters: list[str],
+    *,
+    newest_first: bool = False,
+    page_size: int = PAGE_SIZE,
+) -> Iterator:
+    """The versions matching all of `filters` (MLflow's filter syntax, e.g. `name = 'x'`),
+    each once, in version order: one page in memory at a time, paged by version number so
+    that versions created or updated meanwhile neither repeat nor shift a page."""
+    order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
+    last = None
+    while True:
+        bound = [] if last is None else [f"version_number {beyond} {last}"]
+        page = mlflow_client.search_model_versions(
+            " AND ".join([*filters, *bound]),
+            max_results=page_size,
+            order_by=[f"version_number {order}"],
+        )
+        yield from page
+        if len(page) < page_size:
+            return
+        last = int(page[-1].version)
+
+
+def newest_versions(mlflow_client, name: str, count: int) -> list:
+    """The `count` highest-numbered versions of `name`, newest first (one query)."""
+    return list(
+        mlflow_client.search_model_versions(
+            _name_filter(name), max_results=count, order_by=["version_number DESC"]
+        )
+    )
+
+
+def _name_filter(name: str) -> str:
+    return f"name = '{name}'"
 
 
 def find_version(
@@ -100,28 +160,31 @@ def version_tags(**tags: Any) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None and v != ""}
 
 
-def set_iteration_alias(mlflow_client, name: str, version) -> None:
-    iteration = version.tags.get(names.VERSION_TAG_ITERATION)
-    if iteration is not None:
-        mlflow_client.set_registered_model_alias(
-            name, names.iteration_alias(int(iteration)), version.version
-        )
+def update_best_alias(mlflow_client, name: str, version, metric: str, mode: str) -> str | None:
+    """Point `best` at `version` (just registered) when its `metric` tag strictly improves
+    on the current `best`'s; returns the version `best` points at.
 
-
-def update_best_alias(mlflow_client, name: str, metric: str, mode: str) -> str | None:
-    """Point `best` at the version with the best `metric` tag, when it strictly improves on
-    the current `best`; returns the version `best` points at.
-
-    Recomputed from the registry and re-checked after each move, so that processes (or
-    hosts) registering at once cannot leave `best` on a version another one has beaten."""
-    current = None
+    One alias read and a comparison: nothing lists the versions, unless `best` moves. Then
+    the newest versions are re-checked, so that processes (or hosts) registering at once
+    cannot leave `best` on a version another one has beaten: whoever writes `best` last
+    re-checks after writing. Without a `best` yet (a new model, or one whose alias was
+    deleted), the newest versions are the candidates."""
+    current = _alias_or_none(mlflow_client, name, names.ALIAS_BEST)
+    candidate = (
+        version if current is not None else _best_of_newest(mlflow_client, name, metric, mode)
+    )
+    writer = registry_writer(mlflow_client)
     for _ in range(5):
-        candidate = _best_version(find_versions(mlflow_client, name), metric, mode)
-        current = _alias_or_none(mlflow_client, name, names.ALIAS_BEST)
         if candidate is None or not _beats(candidate, current, metric, mode):
             break
-        mlflow_client.set_registered_model_alias(name, names.ALIAS_BEST, candidate.version)
+        writer.set_registered_model_alias(name, names.ALIAS_BEST, str(candidate.version))
+        candidate = _best_of_newest(mlflow_client, name, metric, mode)
+        current = _alias_or_none(mlflow_client, name, names.ALIAS_BEST)
     return None if current is None else str(current.version)
+
+
+def _best_of_newest(mlflow_client, name: str, metric: str, mode: str):
+    return _best_version(newest_versions(mlflow_client, name, BEST_RECHECK_WINDOW), metric, mode)
 
 
 def _best_version(versions: list, metric: str, mode: str):
@@ -135,12 +198,15 @@ def _best_version(versions: list, metric: str, mode: str):
 
 
 def _beats(candidate, current, metric: str, mode: str) -> bool:
+    value = _metric_value(candidate, metric)
+    if value is None:
+        return False
     if current is None:
         return True
     if str(current.version) == str(candidate.version):
         return False
     best = _metric_value(current, metric)
-    return best is None or _improves(_metric_value(candidate, metric), best, mode)
+    return best is None or _improves(value, best, mode)
 
 
 def _metric_value(version, metric: str) -> float | None:
@@ -172,28 +238,23 @@ def _get_version(mlflow_client, name: str, version: str):
 
 
 def _get_alias(mlflow_client, name: str, alias: str):
-    version = _alias_or_none(mlflow_client, name, alias)
+    iteration = _ITERATION_ALIAS.match(alias)
+    version = None
+    if iteration:  # the newest version of that iteration, from its tag
+        found = find_versions(mlflow_client, name, training_iteration=int(iteration["iteration"]))
+        version = found[0] if found else None
+    if version is None:  # a real alias (also an `iter-N` an older release set)
+        version = _alias_or_none(mlflow_client, name, alias)
     if version is None:
         aliases = _existing_aliases(mlflow_client, name)
         raise RegistryError(f"{name!r} has no alias {alias!r}. Existing aliases: {aliases}.")
     return version
 
 
-def _search_all(mlflow_client, filter_string: str) -> list:
-    versions, token = [], None
-    while True:
-        page = mlflow_client.search_model_versions(
-            filter_string, max_results=1000, page_token=token
-        )
-        versions.extend(page)
-        token = page.token
-        if not token:
-            return versions
-
-
 def _existing_versions(mlflow_client, name: str) -> list[int]:
     try:
-        return sorted(int(v.version) for v in _search_all(mlflow_client, f"name = '{name}'"))
+        newest = newest_versions(mlflow_client, name, PAGE_SIZE)
+        return sorted(int(v.version) for v in newest)
     except Exception:
         return []
 
@@ -205,10 +266,13 @@ def _existing_aliases(mlflow_client, name: str) -> list[str]:
         return []
 
 
-def _registered_iterations(mlflow_client, name: str) -> list[int]:
-    versions = _search_all(mlflow_client, f"name = '{name}'")
+def _registered_iterations(mlflow_client, name: str) -> str:
+    """For an error message: the iterations of the newest versions (a listing of all of
+    them costs about a millisecond per version)."""
+    versions = newest_versions(mlflow_client, name, PAGE_SIZE)
     tag = names.VERSION_TAG_ITERATION
-    return sorted({int(v.tags[tag]) for v in versions if tag in v.tags})
+    found = sorted({int(v.tags[tag]) for v in versions if tag in v.tags})
+    return f"{found}{' (of the newest 1,000 versions)' if len(versions) >= PAGE_SIZE else ''}"
 
 
 def logged_model_id(version) -> str | None:

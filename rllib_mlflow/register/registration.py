@@ -1,5 +1,8 @@
 """Log a checkpoint to MLflow: export it, log a LoggedModel per module at the checkpoint's
-training iteration, register a version, tag it and move the aliases."""
+training iteration, register a version, tag it and move `best`.
+
+Nothing here lists the registered model's versions or aliases: a registration costs the
+same at the 10,000th version as at the 10th (see `mlflow.versions` and `mlflow.family`)."""
 
 from __future__ import annotations
 
@@ -10,12 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rllib_mlflow import names
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.locks import host_lock
-from rllib_mlflow.mlflow import runs
+from rllib_mlflow.mlflow import family, runs
 from rllib_mlflow.mlflow.client import check_tracking_server, client
-from rllib_mlflow.mlflow.versions import set_iteration_alias, update_best_alias
+from rllib_mlflow.mlflow.versions import update_best_alias
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
 from rllib_mlflow.register import versions
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, flatten_metrics, metric_key
@@ -209,6 +213,7 @@ def _log_and_register(
             mask_urls(task.checkpoint_uri),
             artifact,
         )
+        tags[names.VERSION_TAG_FAMILY] = family.so_far(mlflow_client, model_name).to_json()
         version = versions.log_version(
             mlflow_client,
             policy,
@@ -221,10 +226,9 @@ def _log_and_register(
         first = versions.first_of_key(mlflow_client, version, *key)
         if first is not version:
             return first
-    set_iteration_alias(mlflow_client, model_name, version)
     with host_lock(mlflow_client.tracking_uri, model_name, "best"):
         best = update_best_alias(
-            mlflow_client, model_name, settings.best_metric, settings.best_mode
+            mlflow_client, model_name, version, settings.best_metric, settings.best_mode
         )
     logger.info(
         "Registered %s version %s (iteration %s%s)",
@@ -235,7 +239,7 @@ def _log_and_register(
     )
     if settings.video:
         replay.record_and_attach(mlflow_client, model_name, version.version, policy.path)
-    card.publish_new_version(mlflow_client, model_name, version, policy)
+    card.publish_new_version(mlflow_client, model_name, version, policy, best=best)
     return version
 
 

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from rllib_mlflow import names
+from rllib_mlflow.mlflow.client import registry_writer
 from rllib_mlflow.mlflow.versions import find_versions, logged_model_id, version_tags
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
@@ -27,6 +28,8 @@ def log_version(
 ):
     """Log the export `policy` as a LoggedModel and register it; on failure, leave neither
     the LoggedModel nor a registered model created for it behind."""
+    from mlflow.exceptions import MlflowException
+
     from rllib_mlflow.mlflow import flavor
 
     info = flavor.log_model(
@@ -37,11 +40,20 @@ def log_version(
         tags={"module_id": policy.module_id, "training_iteration": training_iteration},
     )
     created_model = False
-    try:
-        created_model = _ensure_registered_model(mlflow_client, model_name)
+
+    def create():
         return mlflow_client.create_model_version(
             name=model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
         )
+
+    try:
+        try:
+            return create()
+        except MlflowException as error:  # the first version of a new model
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        created_model = _create_registered_model(mlflow_client, model_name)
+        return create()
     except Exception:
         _discard(mlflow_client, info.model_id, model_name if created_model else None)
         raise
@@ -73,7 +85,7 @@ def first_of_key(mlflow_client, version, name, trial_id, training_iteration, mod
             first.version,
             version.version,
         )
-        mlflow_client.delete_model_version(name, version.version)
+        registry_writer(mlflow_client).delete_model_version(name, version.version)
         _discard(mlflow_client, logged_model_id(version), None)
     return first
 
@@ -135,22 +147,22 @@ def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> No
         logger.warning("rllib-mlflow: could not clean up after a failed registration: %s", error)
 
 
-def _ensure_registered_model(mlflow_client, name: str) -> bool:
-    """Create registered model `name` unless it exists; True when this call created it."""
+def _create_registered_model(mlflow_client, name: str) -> bool:
+    """Create registered model `name`; True when this call created it, False when another
+    process did meanwhile. (Asking first would cost `get_registered_model`, which reads
+    every version on MLflow's SQL store: the version is created first, and this runs only
+    when the model is missing.)"""
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow_client.get_registered_model(name)
+        mlflow_client.create_registered_model(
+            name, description="RLlib policy checkpoints registered by rllib-mlflow."
+        )
+        return True
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
         return False
-    except MlflowException:
-        try:
-            mlflow_client.create_registered_model(
-                name, description="RLlib policy checkpoints registered by rllib-mlflow."
-            )
-            return True
-        except MlflowException:
-            mlflow_client.get_registered_model(name)  # created concurrently: fine
-            return False
 
 
 def _logged_model_name(iteration: int, module_id: str, trial_name: str | None) -> str:

@@ -168,7 +168,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     On each checkpoint of each trial, the checkpoint is exported (see
     `rllib_mlflow.export_checkpoint`), logged as a LoggedModel of the trial's run at its
     training iteration with that iteration's metrics, and registered as a version of
-    ``registered_model_name`` with tags and the ``best`` and ``iter-N`` aliases (see
+    ``registered_model_name`` with tags and the ``best`` alias (see
     `rllib_mlflow.log_checkpoint`). This runs in the background: training never waits
     on it, and a failure to log never stops training.
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from rllib_mlflow import names
-from rllib_mlflow.mlflow.client import registry_writer
+from rllib_mlflow.mlflow.client import registered_model_exists, registry_writer
 from rllib_mlflow.mlflow.versions import find_versions, logged_model_id, version_tags
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
@@ -50,7 +50,10 @@ def log_version(
         try:
             return create()
         except MlflowException as error:  # the first version of a new model
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            # A file store says so with a generic error ("Model Version creation error");
+            # asking then costs one read, on this failure path only.
+            missing = error.error_code == "RESOURCE_DOES_NOT_EXIST"
+            if not missing and registered_model_exists(mlflow_client, model_name):
                 raise
         created_model = _create_registered_model(mlflow_client, model_name)
         return create()

@@ -15,8 +15,11 @@ seconds), then:
 - ours = total - export - MLflow's bare calls: what rllib-mlflow adds. Target: ours at the
   largest N <= 1.5x ours at the smallest;
 - `rllib-mlflow versions NAME --limit 20 --json` and `prune NAME --keep-last 5 --dry-run
-  --json` as commands (wall clock, interpreter start and `import mlflow` included), and
-  the same two reads in process (`version_records`, `plan_prune`).
+  --json` as commands (wall clock, interpreter start included), and the same two reads in
+  process (`version_records`, `plan_prune`) with the client the commands use (our RestClient
+  over HTTP, our SqlReader on a database);
+- MLflow lists all: MlflowClient's `search_model_versions` over every version, in pages of
+  1,000, which bounds what a full read (a prune's plan) costs through MLflow.
 
 The checkpoint is trained once (about a minute) unless --checkpoint names one.
 """
@@ -118,13 +121,20 @@ def _command(*args: str) -> float:
 
 
 def _reads(uri: str, name: str, samples: int) -> dict[str, float]:
-    from rllib_mlflow.mlflow.client import client
+    from mlflow import MlflowClient
+
+    from rllib_mlflow.mlflow import stores
     from rllib_mlflow.mlflow.listing import VersionQuery, version_records
     from rllib_mlflow.mlflow.retention import plan_prune
+    from rllib_mlflow.mlflow.versions import iter_versions
 
-    mlflow_client = client(uri)
-    listed, planned, versions_cli, prune_cli = [], [], [], []
+    mlflow_client = stores.reader(uri)  # what the commands read with
+    bare_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    listed, planned, versions_cli, prune_cli, every = [], [], [], [], []
     for _ in range(max(1, samples // 2)):
+        start = time.perf_counter()
+        list(iter_versions(bare_client, [f"name = '{name}'"]))  # MLflow's search, in pages
+        every.append(time.perf_counter() - start)
         start = time.perf_counter()
         version_records(mlflow_client, name, VersionQuery(limit=20))
         listed.append(time.perf_counter() - start)
@@ -152,6 +162,7 @@ def _reads(uri: str, name: str, samples: int) -> dict[str, float]:
         "prune_cli": _median(prune_cli),
         "versions_call": _median(listed),
         "prune_call": _median(planned),
+        "mlflow_lists_all": _median(every),
     }
 
 
@@ -184,7 +195,7 @@ def _print(store: str, rows: list[dict]) -> None:
     print(f"\n{store}: seconds, median of the samples (N = versions already in the model)")
     header = ("N", "log_checkpoint", "export", "MLflow bare", "ours", "ours/ours@first",
               "versions --limit 20", "prune --dry-run",
-              "(in process: versions, prune)")  # fmt: skip
+              "(in process: versions, prune)", "MLflow lists all")  # fmt: skip
     print(" | ".join(header))
     for row in rows:
         cells = [
@@ -192,6 +203,7 @@ def _print(store: str, rows: list[dict]) -> None:
             f"{row['bare']:.3f}", f"{row['ours']:.3f}", f"{row['ours'] / base:.2f}x",
             f"{row['versions_cli']:.2f}", f"{row['prune_cli']:.2f}",
             f"{row['versions_call']:.3f}, {row['prune_call']:.3f}",
+            f"{row['mlflow_lists_all']:.2f}",
         ]  # fmt: skip
         print(" | ".join(cells), flush=True)
 

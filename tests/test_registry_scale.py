@@ -24,6 +24,7 @@ from rllib_mlflow.cli import cli
 from rllib_mlflow.mlflow import family
 from rllib_mlflow.mlflow.listing import VersionQuery, parse_condition, version_records
 from rllib_mlflow.mlflow.retention import plan_prune
+from rllib_mlflow.mlflow.sql_reader import SqlReader, sql_reader
 from rllib_mlflow.mlflow.versions import find_version, iter_versions
 from tests.mlflow_server import start_tracking_server
 from tests.registry_seed import seed_versions
@@ -245,7 +246,73 @@ def test_versions_and_a_dry_run_against_a_server_page_over_rest(seeded_db, tmp_p
         assert dry.returncode == 0, dry.stderr
         report = json.loads(dry.stdout)
         assert len(report["deleted"]) + len(report["kept"]) == SEEDED
+        deleted = [r["version"] for r in report["deleted"]]  # two pages in flight, in order
+        assert deleted == sorted(set(deleted), reverse=True)
         assert {r["version"] for r in report["kept"]} == {SEEDED, SEEDED - 1, SEEDED - 2,
                                                           seeded.best_version}  # fmt: skip
     finally:
         server.stop()
+
+
+_QUERIES = {
+    "newest 20": VersionQuery(limit=20),
+    "every version": VersionQuery(),
+    "one trial": VersionQuery(limit=7, trial="seed0002"),
+    "a trial by name": VersionQuery(trial="PPO_CartPole-v1_seed0001"),
+    "one iteration": VersionQuery(iterations=(7, 7)),
+    "iterations 100-110": VersionQuery(iterations=(100, 110)),
+    "a condition": VersionQuery(condition=parse_condition("episode_return_mean>=490")),
+    "no such trial": VersionQuery(trial="nobody"),
+}
+
+
+def test_the_database_reader_answers_as_mlflow_does(store):
+    """`versions` and `prune --dry-run` on a database read MLflow's tables directly
+    (sql_reader): every listing and plan is the one MLflow's own client gives."""
+    uri, client, seeded = store
+    client.set_registered_model_alias(MODEL, "prod", "12")
+    client.delete_model_version(MODEL, "1999")  # gone, and not listed
+    client.create_registered_model(f"{MODEL}-other")  # a name sharing the prefix
+    reader = sql_reader(uri)
+    assert isinstance(reader, SqlReader)
+    for label, query in _QUERIES.items():
+        ours, mlflow_s = (version_records(c, MODEL, query) for c in (reader, client))
+        assert ours == mlflow_s, label
+    assert len(version_records(reader, MODEL)) == SEEDED - 1
+    for keep in ({"keep_last": 5}, {"keep_best": 3}, {"keep_last": 2, "keep_best": 2}):
+        ours, mlflow_s = (plan_prune(c, MODEL, **keep) for c in (reader, client))
+        assert ours == mlflow_s, keep
+    assert plan_prune(reader, MODEL, keep_last=1).reasons["12"] == "alias prod"
+    with pytest.raises(ValueError, match="does not read the filter"):
+        reader.search_model_versions(f"name LIKE '{MODEL}%'", order_by=["version_number ASC"])
+
+
+def test_the_cli_reads_a_database_without_importing_mlflow(store, tmp_path):
+    uri, _, seeded = store
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", _CLI_WITHOUT_MLFLOW, *args, "--tracking-uri", uri]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    listed = command("versions", MODEL, "--limit", "3", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["version"] for r in json.loads(listed.stdout)] == [SEEDED, SEEDED - 1, SEEDED - 2]
+    assert "mlflow imported: False" in listed.stderr
+    dry = command("prune", MODEL, "--keep-last", "3", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert len(json.loads(dry.stdout)["deleted"]) == SEEDED - 4  # the last 3 and best kept
+    assert "mlflow imported: False" in dry.stderr
+    missing = command("versions", "nothing-here")
+    assert missing.returncode != 0 and "No registered model 'nothing-here'" in missing.stderr
+    assert "registered models there: scale" in missing.stderr
+
+
+def test_a_database_of_another_schema_is_read_through_mlflow(tmp_path):
+    """A column the reader needs missing (another MLflow's schema): MLflow's client reads."""
+    import sqlite3
+
+    path = tmp_path / "odd.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE model_versions (name TEXT, version INTEGER)")
+    assert sql_reader(f"sqlite:///{path}") is None
+    assert sql_reader("http://127.0.0.1:5000") is None

@@ -16,6 +16,7 @@ from typing import Any
 from rllib_mlflow.errors import TrackingError
 from rllib_mlflow.extras import require_full_mlflow
 from rllib_mlflow.mlflow.rest import RestClient
+from rllib_mlflow.mlflow.sql_reader import SqlReader
 from rllib_mlflow.mlflow.transport import RestApiError, RestPermissionError
 from rllib_mlflow.redaction import mask_urls
 
@@ -162,7 +163,7 @@ def registered_model(mlflow_client, name: str):
 
 def client_errors(mlflow_client) -> tuple[type[Exception], ...]:
     """What a client raises when the server answers with an error (missing, refused...)."""
-    if isinstance(mlflow_client, RestClient):
+    if isinstance(mlflow_client, (RestClient, SqlReader)):
         return (RestApiError, RestPermissionError)
     from mlflow.exceptions import MlflowException
 

@@ -32,6 +32,7 @@ class ModelVersion:
     creation_timestamp: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
+    source: str = ""  # `models:/<LoggedModel id>` for MLflow 3's versions
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelVersion:
@@ -41,6 +42,7 @@ class ModelVersion:
             creation_timestamp=int(data.get("creation_timestamp", 0)),
             tags={t["key"]: t.get("value", "") for t in data.get("tags", [])},
             aliases=list(data.get("aliases", [])),
+            source=data.get("source", ""),
         )
 
 

@@ -6,22 +6,24 @@ A version is kept when it is among the `keep_last` highest training iterations, 
 version). Everything else is deleted from the registry, and optionally its artifacts; the
 registered model's card is then rewritten.
 
-The plan reads the versions once, in pages by version number, and keeps of each only what
-it decides by (number, iteration, score): tens of thousands of versions fit in a few MB.
+The plan reads the versions once, in pages by version number (over HTTP two at a time), and
+keeps of each only what it decides by (number, iteration, score): tens of thousands of
+versions fit in a few MB.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.mlflow import card
 from rllib_mlflow.mlflow.client import registered_model, registry_writer
-from rllib_mlflow.mlflow.versions import iter_versions, logged_model_id
+from rllib_mlflow.mlflow.rest import RestClient
+from rllib_mlflow.mlflow.versions import iter_versions, iter_versions_in_parallel, logged_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def plan_prune(
     model = registered_model(mlflow_client, name)
     if model is None:
         raise RegistryError(f"There is no registered model {name!r}: nothing to prune.")
-    listed = iter_versions(mlflow_client, [f"name = '{name}'"], newest_first=True)
+    listed = _all_versions(mlflow_client, name)
     versions = [_pruned(v) for v in listed]
     aliases = _aliases(model)
     reasons: dict[str, str] = {}
@@ -111,6 +113,14 @@ def prune(
     except Exception as error:  # the versions are gone; a stale summary is not fatal
         logger.warning("Could not rewrite the card of %s: %s", name, error)
     return plan
+
+
+def _all_versions(mlflow_client, name: str) -> Iterator:
+    """Newest first; over HTTP, two requests in flight (the server's listing is the cost)."""
+    filters = [f"name = '{name}'"]
+    if isinstance(mlflow_client, RestClient):
+        return iter_versions_in_parallel(mlflow_client, filters)
+    return iter_versions(mlflow_client, filters, newest_first=True)
 
 
 def _aliases(model) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from rllib_mlflow.errors import RegistryError, TrackingError
 from rllib_mlflow.mlflow.client import check_tracking_server, client, registered_model
 from rllib_mlflow.mlflow.rest import rest_client
+from rllib_mlflow.mlflow.sql_reader import sql_reader
 from rllib_mlflow.redaction import mask_urls
 
 CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call
@@ -49,14 +50,15 @@ def check(uri: str, *, must_exist: bool):
 
 
 def reader(uri: str):
-    """A client for reading (`versions`, `prune --dry-run`): our RestClient against an
-    HTTP(S) server, which spares the command `import mlflow` (seconds of its start), else
-    `check(uri)`'s MlflowClient."""
+    """A client for reading (`versions`, `prune --dry-run`), which spares the command
+    `import mlflow` (seconds of its start): our RestClient against an HTTP(S) server, our
+    SqlReader on a database, else `check(uri)`'s MlflowClient."""
     rest = rest_client(uri)
-    if rest is None:
-        return check(uri, must_exist=True)
-    check_tracking_server(rest)
-    return rest
+    if rest is not None:
+        check_tracking_server(rest)
+        return rest
+    _require_local_store(uri)
+    return sql_reader(uri) or check(uri, must_exist=True)
 
 
 def require_model(mlflow_client, name: str, uri: str):

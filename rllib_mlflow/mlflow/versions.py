@@ -24,6 +24,7 @@ Every function takes an `MlflowClient` or our `RestClient`, so lookups work with
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -96,6 +97,41 @@ def iter_versions(
         if len(page) < page_size:
             return
         last = int(page[-1].version)
+
+
+def iter_versions_in_parallel(
+    mlflow_client, filters: list[str], *, workers: int = 2, page_size: int = PAGE_SIZE
+) -> Iterator:
+    """`iter_versions(..., newest_first=True)` of a whole listing (a prune's plan) with
+    `workers` requests in flight: a tracking server answers on several processes, and its
+    listing costs it about half a millisecond a version, so two halve a 10,000-version read.
+    Each request is a range of `page_size` version numbers, so it holds at most one page;
+    versions registered after the listing starts are not in it, as with `iter_versions`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    newest = mlflow_client.search_model_versions(
+        " AND ".join(filters), max_results=1, order_by=["version_number DESC"]
+    )
+    if not newest:
+        return
+
+    def numbered(top: int) -> list:
+        bounds = [f"version_number <= {top}", f"version_number > {top - page_size}"]
+        return mlflow_client.search_model_versions(
+            " AND ".join([*filters, *bounds]),
+            max_results=page_size,
+            order_by=["version_number DESC"],
+        )
+
+    tops = range(int(newest[0].version), 0, -page_size)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque = collections.deque()
+        for top in tops:
+            pending.append(pool.submit(numbered, top))
+            if len(pending) >= workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
 
 
 def newest_versions(mlflow_client, name: str, count: int) -> list:

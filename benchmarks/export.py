@@ -226,7 +226,7 @@ def backends(checkpoints: dict[str, str], workdir: Path) -> None:
         (policy,) = export_checkpoint(checkpoint, out, formats=[*FORMATS, *LITERT])
         (snapshot,) = read_snapshots(checkpoint)
         batch = sample_observations(snapshot, 1024)
-        sizes = {fmt: _size(out / policy.policy["files"][fmt]) for fmt in policy.formats}
+        sizes = {fmt: _size(out / policy.metadata["files"][fmt]) for fmt in policy.formats}
         for backend, fmt in BACKENDS.items():
             if fmt not in policy.formats:
                 print(f"{label:<30}{backend:<14}  refused: {policy.refused.get(fmt, '?')[:60]}")
@@ -329,7 +329,7 @@ def main() -> None:
     for label, checkpoint in checkpoints.items():
         export = workdir / f"export_{label.split()[0].lower()}"
         (policy,) = export_checkpoint(checkpoint, export)
-        obs = [0.0] * policy.policy["input"]["shape"][1]
+        obs = [0.0] * policy.metadata["input"]["shape"][1]
         print(f"\n== Cold start to the first action, fresh process: {label} ==")
         results = {}
         for name in LOADERS:

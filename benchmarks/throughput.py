@@ -13,15 +13,15 @@ Without --checkpoint, one PPO CartPole checkpoint is trained first (tiny nets, o
 iteration, `Algorithm.save()`), cached under --workdir when given. Then, for each trial
 count T and each number of export processes W (1, then N: --workers, default
 `max(2, default_export_workers())`), a fresh tracking store (SQLite in a fresh directory,
-or a fresh experiment and registered model on --tracking-uri) and a fresh `Exporter` are
+or a fresh experiment and registered model on --tracking-uri) and a fresh `ExportDispatcher` are
 driven the way `MLflowCheckpointCallback` drives them: the worker of the first lane
 started up front (as in `setup()`), `start_run` per trial, and each trial checkpointing
 every K seconds for --duration seconds (its first checkpoint K seconds in, as a trial's
 first iteration would take; the trials spread evenly over the period, as trials started
 apart would). Each checkpoint is the saved one as a `ray.tune.Checkpoint`, with its
-iteration's metrics sent first (`log_metrics`), staged through `exporter.staging`,
+iteration's metrics sent first (`log_metrics`), staged through `dispatcher.staging`,
 journaled `queued` as a `RegistrationTask` of that trial and iteration, and handed to
-`exporter.register`; at the end each run is ended and the exporter flushed. Trial ids are
+`dispatcher.submit`; at the end each run is ended and the dispatcher flushed. Trial ids are
 made as Tune makes them (a random prefix and a counter). Before the first row, one process
 imports what the workers import, so that the first row does not pay alone for a cold disk
 cache.
@@ -62,7 +62,7 @@ from rllib_mlflow.export import FORMATS  # noqa: E402
 from rllib_mlflow.mlflow.runs import TrialInfo  # noqa: E402
 from rllib_mlflow.register.metrics import result_metrics  # noqa: E402
 from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask  # noqa: E402
-from rllib_mlflow.tune.exporter import Exporter, default_export_workers  # noqa: E402
+from rllib_mlflow.tune.dispatcher import ExportDispatcher, default_export_workers  # noqa: E402
 from rllib_mlflow.tune.journal import QUEUED, REGISTERED, Journal  # noqa: E402
 from rllib_mlflow.tune.staging import StagingLimit  # noqa: E402
 
@@ -172,7 +172,7 @@ def fresh_store(cell_dir: Path, tracking_uri: str | None, experiment: str) -> st
 
 
 def replay(cell: Cell, args: argparse.Namespace, saved: str, cell_dir: Path) -> Cell:
-    """Drive a fresh Exporter as the callback would, flush it, then measure and verify."""
+    """Drive a fresh ExportDispatcher as the callback would, flush it, then measure and verify."""
     from ray.tune import Checkpoint
 
     from rllib_mlflow.rllib.uris import checkpoint_uri
@@ -180,8 +180,8 @@ def replay(cell: Cell, args: argparse.Namespace, saved: str, cell_dir: Path) -> 
     suffix = uuid.uuid4().hex[:6]
     name = f"throughput-t{cell.trials}-w{cell.workers}-{suffix}"
     uri = fresh_store(cell_dir, args.tracking_uri, experiment=name)
-    settings = RegistrationSettings(name, formats=tuple(args.formats))
-    exporter = Exporter(
+    settings = RegistrationSettings(registered_model_name=name, formats=tuple(args.formats))
+    dispatcher = ExportDispatcher(
         {
             "tracking_uri": uri,
             "registry_uri": None,
@@ -193,43 +193,44 @@ def replay(cell: Cell, args: argparse.Namespace, saved: str, cell_dir: Path) -> 
         workers=cell.workers,
         staging=StagingLimit.from_env(args.max_staged, args.max_staged_bytes),
     )
-    journal = exporter.journal_for(str(cell_dir / "experiment"))
+    journal = dispatcher.journal_for(str(cell_dir / "experiment"))
     trial_ids = tune_trial_ids(cell.trials)
     trials = {t: TrialInfo(t, f"PPO_CartPole-v1_{t}", name).to_json() for t in trial_ids}
     checkpoint = Checkpoint.from_directory(saved)
     source = checkpoint_uri(checkpoint)
 
-    exporter.start_worker()  # as the callback's setup() does
+    dispatcher.start_worker()  # as the callback's setup() does
     for trial in trials.values():
-        exporter.send("start_run", trial=trial)
+        dispatcher.send("start_run", trial=trial)
     start = time.monotonic()
     for seconds, trial_id, iteration in checkpoint_schedule(trial_ids, args.every, args.duration):
         time.sleep(max(0.0, start + seconds - time.monotonic()))
         result = fake_result(iteration, trial_ids.index(trial_id))
         metrics = result_metrics(result)
         trial = trials[trial_id]
-        exporter.send("log_metrics", optional=True, trial=trial, metrics=metrics, step=iteration)
-        staged = exporter.staging.stage(checkpoint, journal.path.parent, trial_id, iteration)
+        dispatcher.send("log_metrics", optional=True, trial=trial, metrics=metrics, step=iteration)
+        staged = dispatcher.staging.stage(checkpoint, journal.path.parent, trial_id, iteration)
         task = RegistrationTask(
-            settings,
+            settings=settings,
             checkpoint=staged or source,
             checkpoint_uri=source,
             training_iteration=iteration,
             metrics=metrics,
             trial_id=trial_id,
             trial_name=trial["name"],
+            metrics_logged=True,  # sent just before, as the callback does
         )
         journal.record(QUEUED, task.key, **task.to_json())
-        exporter.register(journal, task, trial=trial)
+        dispatcher.submit(journal, task, trial=trial)
         cell.checkpoints += 1
     for trial in trials.values():
-        exporter.send("end_run", trial=trial, status="FINISHED")
+        dispatcher.send("end_run", trial=trial, status="FINISHED")
     flush_start = time.perf_counter()
-    exporter.flush()
+    dispatcher.flush()
     cell.flush_seconds = time.perf_counter() - flush_start
 
-    cell.peak_staging_mib = exporter.staging.peak_bytes / 2**20
-    cell.trials_per_worker = "+".join(map(str, exporter.trials_per_worker()))
+    cell.peak_staging_mib = dispatcher.staging.peak_bytes / 2**20
+    cell.trials_per_worker = "+".join(map(str, dispatcher.trials_per_worker()))
     measure_journal(cell, journal)
     cell.problems = tuple(check_exactly_once(uri, name, journal))
     return cell

@@ -1,22 +1,56 @@
 """rllib-mlflow: every RLlib checkpoint as a standard model, logged and registered in MLflow.
 
-Public API (imported lazily, so that loading a policy never imports Ray or torch; with the
-light install, `pip install rllib-mlflow`, the export side says which extra to install):
+Public API. Everything but the errors is imported on first use, so that loading a policy
+never imports Ray or torch; with the light install (`pip install rllib-mlflow`) the export
+side says which extra to install.
 
-    export_checkpoint(checkpoint, output_dir, formats=..., module_id=None, verify=True)
-    log_checkpoint(checkpoint, registered_model_name, *, training_iteration=None, ...)
+Loading, in the light install:
+
     load_policy("models:/NAME@best") -> Policy
+    find_version("models:/NAME@best") -> mlflow.entities.model_registry.ModelVersion
     download_checkpoint("models:/NAME/3") -> local RLlib checkpoint directory
+    Policy   (compute_actions, step, initial_state, metadata)
+
+Exporting and registering, with `[tune]`:
+
+    export_checkpoint(checkpoint, output_dir, formats=FORMATS, ...) -> list[ExportedPolicy]
+    ExportedPolicy   (module_id, path, formats, policy, parity, refused)
+    FORMATS, ALL_FORMATS   (the default formats, and every format)
+    log_checkpoint(checkpoint, registered_model_name, *, training_iteration=None, ...)
     MLflowLoggerCallback, MLflowCheckpointCallback   (Ray Tune callbacks)
+
+Errors (each message says what to do next):
+
+    RLlibMLflowError   (the base of all below)
+    CheckpointError, UnsupportedModuleError, ParityError, RegistryError, TrackingError,
+    UnsafePathError, MissingExtraError
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rllib_mlflow._version import __version__ as __version__
+from rllib_mlflow.errors import (
+    CheckpointError,
+    ParityError,
+    RegistryError,
+    RLlibMLflowError,
+    TrackingError,
+    UnsafePathError,
+    UnsupportedModuleError,
+)
+from rllib_mlflow.extras import MissingExtraError
 
-_EXPORTS = {
+if TYPE_CHECKING:  # what tools see; at run time `__getattr__` imports them on first use
+    from rllib_mlflow.export import ALL_FORMATS, FORMATS, ExportedPolicy, export_checkpoint
+    from rllib_mlflow.mlflow.loading import download_checkpoint, load_policy
+    from rllib_mlflow.mlflow.versions import find_version
+    from rllib_mlflow.policy.serving import Policy
+    from rllib_mlflow.register.registration import log_checkpoint
+    from rllib_mlflow.tune.callbacks import MLflowCheckpointCallback, MLflowLoggerCallback
+
+_LAZY = {
     "export_checkpoint": "rllib_mlflow.export",
     "ExportedPolicy": "rllib_mlflow.export",
     "FORMATS": "rllib_mlflow.export",
@@ -30,13 +64,39 @@ _EXPORTS = {
     "MLflowCheckpointCallback": "rllib_mlflow.tune.callbacks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ALL_FORMATS",
+    "FORMATS",
+    "CheckpointError",
+    "ExportedPolicy",
+    "MLflowCheckpointCallback",
+    "MLflowLoggerCallback",
+    "MissingExtraError",
+    "ParityError",
+    "Policy",
+    "RLlibMLflowError",
+    "RegistryError",
+    "TrackingError",
+    "UnsafePathError",
+    "UnsupportedModuleError",
+    "download_checkpoint",
+    "export_checkpoint",
+    "find_version",
+    "load_policy",
+    "log_checkpoint",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
+    if name in _LAZY:
         from rllib_mlflow.extras import import_feature
 
         # Only the export side can be missing: loading is in the light install.
-        return getattr(import_feature(_EXPORTS[name], f"rllib_mlflow.{name}", "tune"), name)
+        value = getattr(import_feature(_LAZY[name], f"rllib_mlflow.{name}", "tune"), name)
+        globals()[name] = value  # imported once; tools that read __dict__ (pdoc) see it
+        return value
     raise AttributeError(f"module 'rllib_mlflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

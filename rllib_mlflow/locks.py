@@ -15,12 +15,13 @@ from contextlib import contextmanager
 
 from filelock import FileLock, Timeout
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.redaction import get_logger, mask_urls
 
 logger = get_logger(__name__)
 # One folder per host (RLLIB_MLFLOW_LOCK_DIR to change it, e.g. to a folder all processes
 # of one machine share when their TMPDIRs differ).
-LOCK_DIR = os.environ.get("RLLIB_MLFLOW_LOCK_DIR") or os.path.join(
+LOCK_DIR = env.RLLIB_MLFLOW_LOCK_DIR.value() or os.path.join(
     tempfile.gettempdir(), "rllib-mlflow-locks"
 )
 WAIT_SECONDS = 900.0  # a stuck holder must not stop the others for good

@@ -84,9 +84,10 @@ def with_retries(fn: Callable[[], T], attempts: int = 6, first_delay: float = 2.
 
 def _http_status(error: BaseException) -> int | None:
     """The HTTP status an MLflow, requests or botocore error carries, if any."""
-    if hasattr(error, "get_http_status_code"):  # MlflowException
+    status_code = getattr(error, "get_http_status_code", None)  # MlflowException's
+    if status_code is not None:
         try:
-            return int(error.get_http_status_code())
+            return int(status_code())
         except (TypeError, ValueError):
             return None
     response = getattr(error, "response", None)

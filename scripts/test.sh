@@ -13,6 +13,8 @@ fi
 
 ruff check .
 ruff format --check .
+# The package's annotations (pyproject [tool.basedpyright]): the public API is typed for users.
+basedpyright
 # Two processes, each taking whole files (the module fixtures train once): most tests wait on
 # servers, subprocesses and Ray rather than compute, so two cores finish in far less time.
 python -m pytest -n 2 --dist loadfile "$@"

@@ -4,7 +4,7 @@
     python -m tests.cluster_export_job --storage DIR --tracking-uri URI --output JSON
 
 A `ray.cluster_utils.Cluster` needs a Ray of its own, so this runs in a subprocess (the test
-session has one already). Writes the trial ids, both nodes' ids and, from the exporter's
+session has one already). Writes the trial ids, both nodes' ids and, from the dispatcher's
 debug log, the node that registered each checkpoint.
 """
 
@@ -23,7 +23,7 @@ _DONE_ON_NODE = re.compile(r"^(?P<key>\S+/\d+) done on node (?P<node>\w+)$")
 
 
 class ExportNodes(logging.Handler):
-    """Collects the exporter's "<key> done on node <id>" debug records: task key -> node."""
+    """Collects the dispatcher's "<key> done on node <id>" debug records: task key -> node."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -51,9 +51,9 @@ def main() -> None:
 
     workers = 2
     nodes = ExportNodes()
-    exporter_logger = logging.getLogger("rllib_mlflow.tune.exporter")
-    exporter_logger.setLevel(logging.DEBUG)
-    exporter_logger.addHandler(nodes)
+    dispatcher_logger = logging.getLogger("rllib_mlflow.tune.dispatcher")
+    dispatcher_logger.setLevel(logging.DEBUG)
+    dispatcher_logger.addHandler(nodes)
 
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}

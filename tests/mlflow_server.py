@@ -38,6 +38,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # MLflow 3's server starts a job runner and seven huey consumers for its GenAI jobs; no
+    # test uses them, and with several servers starting at once they made a start take 102 s.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env.update(extra)
     return env
 
@@ -72,9 +75,11 @@ def start_process(
     *,
     env=None,
     cwd=None,
-    timeout=120.0,
+    timeout=300.0,
 ) -> ServerProcess:
-    """Start `command` in its own process group and wait until GET url+ready_path is 200."""
+    """Start `command` in its own process group and wait until GET url+ready_path is 200.
+    The wait is generous: on a contended host `mlflow server` took 102 s to start (it exits
+    early on a real error, which fails at once)."""
     stream = open(log, "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
         list(command),
@@ -169,7 +174,7 @@ def start_model_server(
     env = dict(env or subprocess_env())
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     url = f"http://127.0.0.1:{port}"
-    return start_process(command, url, "/ping", log, env=env, cwd=log.parent, timeout=180)
+    return start_process(command, url, "/ping", log, env=env, cwd=log.parent, timeout=300)
 
 
 def post_json(url: str, payload: Any, timeout: float = 60) -> tuple[int, Any]:

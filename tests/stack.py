@@ -169,7 +169,7 @@ def start_seaweedfs(
     ]
     env = subprocess_env(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     endpoint = f"http://127.0.0.1:{ports.s3}"
-    server = start_process(command, endpoint, "/healthz", root / log_name, env=env, timeout=120)
+    server = start_process(command, endpoint, "/healthz", root / log_name, env=env, timeout=300)
     deadline = time.monotonic() + 60
     while True:  # the S3 gateway answers before the filer behind it is ready
         try:

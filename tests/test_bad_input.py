@@ -52,7 +52,7 @@ def test_unwritable_sqlite_database_fails_the_callback_setup(tmp_path):
         with pytest.raises(TrackingError, match="Cannot write the MLflow database") as info:
             callback.setup()
         assert problem in str(info.value) and "MLFLOW_TRACKING_URI" in str(info.value)
-        assert callback._exporter is None  # no worker started, nothing queued
+        assert callback._dispatcher is None  # no worker started, nothing queued
 
 
 def test_unreachable_server_fails_the_callback_setup_quickly():

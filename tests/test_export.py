@@ -234,14 +234,14 @@ def test_export_layout_and_policy_json(export_case, name):
         )
         assert (directory / "saved_model" / "saved_model.pb").is_file()
         data = json.loads((directory / "policy.json").read_text())
-        assert data == json.loads(json.dumps(policy.policy))
+        assert data == json.loads(json.dumps(policy.metadata))
         assert data["module_id"] == policy.module_id
         assert data["algorithm"] == tc.algo_name
         assert data["env_id"] == tc.env_id
         assert data["training_iteration"] == tc.training_iteration
         assert data["formats"] == list(FORMATS)
         assert Path(data["source_checkpoint"]) == Path(tc.path).resolve()
-        assert {"ray", "torch", "tensorflow", "keras", "onnx"} <= set(data["versions"])
+        assert {"ray", "torch", "tensorflow", "keras", "onnx"} <= set(data["library_versions"])
 
         agent = "a" + policy.module_id[-1] if tc.multi_agent else None
         obs_space = env.observation_spaces[agent] if agent else env.observation_space
@@ -337,9 +337,9 @@ def test_export_from_tune_checkpoint_object(trained_checkpoint, tmp_path):
 
     tc = trained_checkpoint("ppo_cartpole")
     (policy,) = export_checkpoint(Checkpoint.from_directory(tc.path), tmp_path, formats=["onnx"])
-    assert policy.policy["parity"]["passed"]
-    assert policy.policy["training_iteration"] == tc.training_iteration
-    assert Path(policy.policy["source_checkpoint"]) == Path(tc.path).resolve()
+    assert policy.metadata["parity"]["passed"]
+    assert policy.metadata["training_iteration"] == tc.training_iteration
+    assert Path(policy.metadata["source_checkpoint"]) == Path(tc.path).resolve()
     assert (tmp_path / "model.onnx").is_file()
 
 
@@ -353,8 +353,8 @@ def test_export_from_single_module_directory(trained_checkpoint, tmp_path):
         "policy.json",
         "saved_model",
     ]
-    assert policy.policy["parity"]["passed"]
-    assert policy.policy["action_rule"]["distribution"] == "categorical"
+    assert policy.metadata["parity"]["passed"]
+    assert policy.metadata["action_rule"]["distribution"] == "categorical"
 
 
 def test_existing_output_dir_is_refused_without_overwrite(trained_checkpoint, tmp_path):

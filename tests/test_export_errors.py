@@ -123,8 +123,8 @@ def custom_module_checkpoint(tmp_path) -> Path:
 def test_custom_module_exports_every_format_through_onnx2tf(custom_module_checkpoint, tmp_path):
     (policy,) = export_checkpoint(custom_module_checkpoint, tmp_path / "out")
     assert policy.formats == ("saved_model", "h5", "onnx") and policy.refused == {}
-    assert policy.policy["module_class"].endswith("TinyCustomModule")
-    assert policy.policy["how"]["saved_model"] == "converted from model.onnx by onnx2tf"
+    assert policy.metadata["module_class"].endswith("TinyCustomModule")
+    assert policy.metadata["how"]["saved_model"] == "converted from model.onnx by onnx2tf"
     assert policy.parity["passed"] and policy.parity["observations"] >= 1000
     assert set(policy.parity["formats"]) == {"saved_model", "h5", "onnx"}
 

@@ -37,7 +37,7 @@ def exported(trained_checkpoint, tmp_path_factory):
             (policy,) = export_checkpoint(
                 tc.path, out, formats=formats, min_int8_agreement=min_agreement
             )
-            cache[key] = (out, policy.policy)
+            cache[key] = (out, policy.metadata)
         return cache[key]
 
     return get

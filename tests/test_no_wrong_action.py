@@ -108,7 +108,7 @@ def case(trained_checkpoint, tmp_path_factory):
             tc = trained_checkpoint(name)
             (exported,) = export_checkpoint(tc.path, root / name)
             (snapshot,) = read_snapshots(tc.path)
-            cache[name] = Case(name, tc, exported.path, snapshot, exported.policy)
+            cache[name] = Case(name, tc, exported.path, snapshot, exported.metadata)
             cache[name].steps = play_rllib(tc)
             assert len(cache[name].steps) >= EPISODE_STEPS
         return cache[name]
@@ -270,7 +270,7 @@ def test_a_trial_folder_is_named_as_such_with_the_checkpoint_to_pass(
         export_checkpoint(experiment, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (exported,) = export_checkpoint(latest, tmp_path / "out")  # the checkpoint itself exports
-    assert exported.policy["training_iteration"] == 2
+    assert exported.metadata["training_iteration"] == 2
     capfd.readouterr()
     assert main(["export", str(trial), "-o", str(tmp_path / "cli")]) != 0
     assert "is a Tune trial folder" in capfd.readouterr().err

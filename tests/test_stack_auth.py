@@ -59,7 +59,7 @@ def test_bad_credentials_fail_setup_before_training(
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_USERNAME") as error:
         callback.setup()
     assert "refused" in str(error.value)
-    assert callback._exporter is None  # no worker started, nothing queued
+    assert callback._dispatcher is None  # no worker started, nothing queued
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_missing_write_permission_fails_setup_before_training(
     message = str(error.value)
     assert f"does not let user '{READER}' write to {refused}" in message
     assert "EDIT permission" in message and reader_password not in message
-    assert callback._exporter is None  # no worker started, nothing queued
+    assert callback._dispatcher is None  # no worker started, nothing queued
 
 
 _LOAD_AS_READER = textwrap.dedent(

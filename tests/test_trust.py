@@ -285,13 +285,16 @@ def test_a_permanent_registration_failure_fails_at_once_not_after_a_minute(
     trained_checkpoint, tmp_path
 ):
     """An unwritable export folder used to be retried for about a minute per checkpoint."""
-    from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask, register_task
+    from rllib_mlflow.register.registration import register_task
+    from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     checkpoint = trained_checkpoint("ppo_cartpole")
     task = RegistrationTask(
-        RegistrationSettings("permanent", formats=("onnx",), verify=False),
+        settings=RegistrationSettings(
+            registered_model_name="permanent", formats=("onnx",), verify=False
+        ),
         checkpoint=checkpoint.path,
         checkpoint_uri=checkpoint.path,
         training_iteration=1,

@@ -7,6 +7,7 @@ import collections
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,6 +261,27 @@ def test_sigint_then_sync_registers_every_persisted_checkpoint_once(interrupted)
     again = _run_sync(experiment, uri)  # idempotent
     assert again.returncode == 0
     assert sorted(_keys(_versions(uri))) == sorted(keys)
+
+
+def test_a_sync_before_tune_copies_result_json_keeps_the_callbacks_trial_ids(interrupted, tmp_path):
+    # While a run is live, Tune copies result.json into the experiment folder only every
+    # sync_period: a sync meanwhile finds checkpoints whose trial it cannot name from there.
+    _, _, experiment, _ = interrupted
+    persisted = _persisted_checkpoints(experiment)
+    live = tmp_path / experiment.name
+    shutil.copytree(experiment, live, ignore=shutil.ignore_patterns("*.lock"))
+    trial_dirs = sorted(r.parent for r in live.glob("*/result.json"))
+    (trial_dirs[0] / "result.json").unlink()  # not copied yet at all
+    for trial_dir in trial_dirs[1:]:
+        (trial_dir / "result.json").write_text("")  # copied before the first result
+    journal = [json.loads(line) for line in (live / JOURNAL_FILE).open()]
+    started = {e["directory"]: e["key"] for e in journal if e["event"] == "trial"}
+    assert set(started) == {d.name for d in trial_dirs}, journal[:3]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sync = _run_sync(live, uri)
+    assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-3000:]
+    keys = _keys(_versions(uri))
+    assert sorted(keys) == sorted(persisted), keys  # no "dir-..." ids, none twice
 
 
 def test_restore_continues_without_duplicate_versions(interrupted):

@@ -107,7 +107,7 @@ def case(trained_checkpoint, tmp_path_factory):
             tc = trained_checkpoint(name)
             (exported,) = export_checkpoint(tc.path, root / name)
             (snapshot,) = read_snapshots(tc.path)
-            cache[name] = Case(name, tc, exported.path, snapshot, exported.policy)
+            cache[name] = Case(name, tc, exported.path, snapshot, exported.metadata)
             cache[name].episodes = play_rllib_episodes(tc)
             assert sum(map(len, cache[name].episodes)) >= EPISODE_STEPS
         return cache[name]

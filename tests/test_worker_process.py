@@ -29,6 +29,7 @@ def test_the_worker_shares_the_drivers_session_at_the_lowest_priority():
     worker.start()
     try:
         pid = worker.pid
+        assert pid is not None  # started
         deadline = time.monotonic() + 30
         while _priority(pid) != (19, IDLE) and time.monotonic() < deadline:
             time.sleep(0.05)

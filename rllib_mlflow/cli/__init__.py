@@ -5,8 +5,10 @@ Exit codes: 0 success, 1 a runtime failure (one line on stderr; the traceback wi
 to stderr. Reading commands never create a store, and every command that talks to a
 tracking server checks it first and gives up in seconds when it does not answer.
 
-The commands live by what they need: `read` (registered versions: the light install or
-`[evaluate]`) and `train` (checkpoints: `[tune]`); each imports its tiers inside the command.
+The commands live by what they act on, which is also what they need: `checkpoints`
+(`export`, `sync`, `register`: RLlib checkpoints, the `[tune]` extra), `registry`
+(`versions`, `prune`: the light install) and `evaluation` (`evaluate`: `[evaluate]`); each
+imports its tiers inside the command.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import click
 
 from rllib_mlflow import console
 from rllib_mlflow._version import __version__
-from rllib_mlflow.cli import read, train
+from rllib_mlflow.cli import checkpoints, evaluation, registry
 from rllib_mlflow.cli.options import CONTEXT, VERBOSITY
 from rllib_mlflow.extras import missing_extra
 from rllib_mlflow.legacy_keras import use_legacy_keras
@@ -51,12 +53,12 @@ def cli() -> None:
 
 
 for _command in (
-    train.export,
-    train.sync,
-    train.register,
-    read.evaluate,
-    read.versions,
-    read.prune,
+    checkpoints.export,
+    checkpoints.sync,
+    checkpoints.register,
+    evaluation.evaluate,
+    registry.versions,
+    registry.prune,
 ):
     cli.add_command(_command)
 

@@ -52,6 +52,7 @@ tracking_uri = click.option(
     metavar="URI",
     help="MLflow tracking server or database. [default: sqlite:///mlflow.db here]",
 )
+# The setting `RegistrationSettings.video` (documented there), for `sync` and `register`.
 video = click.option(
     "--video",
     is_flag=True,

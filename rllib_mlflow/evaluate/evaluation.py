@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,8 +30,12 @@ from rllib_mlflow.evaluate import plot
 from rllib_mlflow.evaluate.replay import Replay, record_replay
 from rllib_mlflow.mlflow import card, loading, runs
 from rllib_mlflow.mlflow.client import check_tracking_server, client
+from rllib_mlflow.mlflow.registry_client import RegistryClient
 from rllib_mlflow.mlflow.versions import find_version, find_versions
 from rllib_mlflow.policy.episode import EpisodeActor
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +146,16 @@ def _play_all(jobs: list[tuple], workers: int | None, progress: Progress) -> dic
     return results
 
 
-def _attach_replays(mlflow_client, name: str, results: dict[int, tuple], seed: int) -> None:
+def _attach_replays(
+    mlflow_client: MlflowClient, name: str, results: dict[int, tuple], seed: int
+) -> None:
     for number, (_, replay) in sorted(results.items()):
         card.attach_replay(mlflow_client, name, number, replay, seed=seed)
 
 
-def _rewrite_cards(mlflow_client, name: str, evaluations: list[VersionEvaluation]) -> None:
+def _rewrite_cards(
+    mlflow_client: MlflowClient, name: str, evaluations: list[VersionEvaluation]
+) -> None:
     """The evaluation changed the facts: rewrite the evaluated versions' and the family card."""
     try:
         for evaluation in evaluations:
@@ -156,7 +165,7 @@ def _rewrite_cards(mlflow_client, name: str, evaluations: list[VersionEvaluation
         logger.warning("Could not rewrite the model cards of %s: %s", name, error)
 
 
-def _select(mlflow_client, name: str, wanted: list[str] | None) -> list:
+def _select(mlflow_client: RegistryClient, name: str, wanted: list[str] | None) -> list:
     if not wanted:
         found = find_versions(mlflow_client, name)
         if not found:
@@ -193,7 +202,7 @@ def _play(
         while not done and (max_steps is None or steps < max_steps):
             action = actor.act(observation, env.observation_space)
             observation, reward, terminated, truncated, _ = env.step(action)
-            actor.rewarded(reward)
+            actor.rewarded(float(reward))
             total += float(reward)
             steps += 1
             done = terminated or truncated
@@ -231,7 +240,7 @@ def _replay_tag(replay: Replay) -> str:
     return names.REPLAY_FILE if replay.path is not None else f"skipped: {replay.skipped}"
 
 
-def _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias):
+def _record(mlflow_client: MlflowClient, name, env_id, episodes, seed, evaluations, move_alias):
     """Version tags, an evaluation run with metrics and the plot, and the eval-best alias."""
     from mlflow.entities import Metric
 
@@ -294,6 +303,6 @@ def _params(name, env_id, episodes, seed) -> list:
     return [Param(k, str(v)) for k, v in values.items()]
 
 
-def _alias_version(mlflow_client, name: str, alias: str) -> int | None:
+def _alias_version(mlflow_client: RegistryClient, name: str, alias: str) -> int | None:
     aliases = mlflow_client.get_registered_model(name).aliases
     return int(aliases[alias]) if alias in aliases else None

@@ -15,12 +15,18 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rllib_mlflow import names
 from rllib_mlflow.mlflow import card
 from rllib_mlflow.policy.episode import EpisodeActor
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from rllib_mlflow.policy.serving import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +45,12 @@ class Replay:
 
 
 def record_replay(
-    policy, env_id: str, directory: str | os.PathLike, *, seed: int = 0, max_steps: int = 1000
+    policy: Policy,
+    env_id: str,
+    directory: str | os.PathLike,
+    *,
+    seed: int = 0,
+    max_steps: int = 1000,
 ) -> Replay:
     """Play one episode from `env.reset(seed=seed)` and write it to `directory`/replay.gif."""
     env, reason = _rendering_env(env_id)
@@ -56,7 +67,14 @@ def record_replay(
     return Replay(path, episode_return=total, steps=steps)
 
 
-def record_and_attach(mlflow_client, name: str, number, export_dir, *, seed: int = 0) -> None:
+def record_and_attach(
+    mlflow_client: MlflowClient,
+    name: str,
+    number: int | str,
+    export_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+) -> None:
     """Record a replay with the exported policy in `export_dir` (no Ray) and attach it to
     version `number`. A failure is logged, never raised: the version is registered, and
     its card says there is no replay."""

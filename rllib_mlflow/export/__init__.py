@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,26 @@ class ExportedPolicy:
     module_id: str
     path: Path
     formats: tuple[str, ...]
-    policy: dict[str, Any]  # the content of policy.json
+    metadata: dict[str, Any]  # the content of policy.json
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        """Deprecated name of `metadata` (it holds policy.json, not a policy)."""
+        warnings.warn(
+            "ExportedPolicy.policy is deprecated: use ExportedPolicy.metadata",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.metadata
 
     @property
     def parity(self) -> dict[str, Any] | None:
-        return self.policy.get("parity")
+        return self.metadata.get("parity")
 
     @property
     def refused(self) -> dict[str, str]:
         """Requested formats that could not be made for this module, with the reason."""
-        return self.policy.get("refused_formats", {})
+        return self.metadata.get("refused_formats", {})
 
 
 def export_checkpoint(

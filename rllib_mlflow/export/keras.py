@@ -15,7 +15,7 @@ from rllib_mlflow.errors import UnsupportedModuleError
 from rllib_mlflow.rllib.snapshot import Layer, MeanStdFilter, Network, PolicySnapshot
 
 
-def build_keras_model(snapshot: PolicySnapshot):
+def build_keras_model(snapshot: PolicySnapshot) -> keras.Model:
     """A Keras model: graph inputs -> action_dist_inputs (and, for an LSTM policy, the next
     state), with the snapshot's weights. Inputs are named as in `snapshot.graph_inputs()`."""
 
@@ -88,7 +88,7 @@ def _mean_std_filter(x, spec: MeanStdFilter):
     std = spec.std + spec.epsilon if spec.destd else np.ones_like(spec.std)
     axes = tuple(range(1, spec.mean.ndim + 1))
     x = keras.layers.Normalization(
-        axis=axes,
+        axis=axes,  # pyright: ignore[reportArgumentType]  # Keras takes a tuple (its docs), typed int
         mean=mean.astype(np.float32),
         variance=np.square(std).astype(np.float32),
     )(x)

@@ -97,12 +97,13 @@ def env_observations(
 ) -> tuple[np.ndarray | None, str]:
     """Observations of episodes the export `act` plays in the snapshot's env (reset with
     `seed`, `seed + 1`, ...), or (None, why not) when that env cannot be played here."""
-    if not _plays_plain_observations(snapshot):
+    env_id = snapshot.env_id
+    if env_id is None or not _plays_plain_observations(snapshot):
         return None, "the policy's inputs are not one raw observation"
     try:
         import gymnasium as gym
 
-        env = gym.make(snapshot.env_id)
+        env = gym.make(env_id)
     except Exception as error:  # any env id the registry here does not know
         return None, f"{snapshot.env_id!r} cannot be made here ({type(error).__name__})"
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,10 @@ def write_onnx(snapshot: PolicySnapshot, path: str, *, dist_inputs_only: bool = 
     with warnings.catch_warnings():
         # The tracer warns about RLlib's shape assertions and the LSTM's batch size; the
         # parity check, not the tracer, decides whether the graph is right.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore",
+            category=torch.jit.TracerWarning,  # pyright: ignore[reportPrivateImportUsage]  # torch exports it, its stubs' __all__ does not
+        )
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
         _export(policy, examples, path, names, outputs)
 
@@ -55,9 +59,13 @@ def _export(policy, examples, path: str, names: list[str], outputs: list[str]) -
 class TorchPolicy(torch.nn.Module):
     """Graph inputs -> (actions, action_dist_inputs, next state) around RLlib's module."""
 
+    mean: torch.Tensor  # buffers of the MeanStdFilter, when the policy has one
+    std: torch.Tensor
+
     def __init__(self, snapshot: PolicySnapshot):
         super().__init__()
-        self.module = _dist_inputs_module(snapshot)
+        # Any: RLlib's modules carry what each algorithm defines (pi, encoder, ...).
+        self.module: Any = _dist_inputs_module(snapshot)
         self.module.eval()
         _trace_free_log_std_per_row(self.module)
         self.snapshot = snapshot
@@ -69,7 +77,7 @@ class TorchPolicy(torch.nn.Module):
             self.register_buffer("mean", torch.tensor(self.filter.mean, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(self.filter.std, dtype=torch.float32))
 
-    def forward(self, *tensors):
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, tensors))
         observations = self._module_observations(named)
         if self.snapshot.state:
@@ -189,10 +197,11 @@ def _dist_inputs_module(snapshot: PolicySnapshot) -> torch.nn.Module:
         return old_stack_torch_model(snapshot)
     from rllib_mlflow.export.torch_network import NetworkModule
 
+    assert snapshot.network is not None, "old-stack snapshots hold their network"
     return NetworkModule(snapshot.network)
 
 
-def torch_actions(dist_inputs, rule: ActionRule):
+def torch_actions(dist_inputs: torch.Tensor, rule: ActionRule) -> torch.Tensor:
     """The deterministic action RLlib sends to the env, in torch ops (traceable)."""
     if rule.distribution == "categorical":
         return torch.argmax(dist_inputs, dim=-1)

@@ -229,6 +229,7 @@ def format_runner(fmt: str, export_dir: str, snapshot: PolicySnapshot) -> Runner
 
 def _h5_runner(path: str, snapshot: PolicySnapshot) -> Runner:
     """The `.h5` holds the network alone: actions follow from the action rule."""
+    model: Any  # a Keras model, of Keras 3 or tf_keras
     if snapshot.network is not None:
         import keras
 

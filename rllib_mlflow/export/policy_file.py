@@ -58,7 +58,7 @@ def policy_json(
         "how": {fmt: _how(snapshot, fmt) for fmt in formats},
         "module_class": snapshot.module_class,
         "model_config": snapshot.model_config,
-        "versions": library_versions(),
+        "library_versions": library_versions(),
         "parity": parity,
         "quantized": {fmt: q for fmt, q in (quantized or {}).items() if fmt in formats},
     }

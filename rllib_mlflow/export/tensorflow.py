@@ -10,12 +10,12 @@ from rllib_mlflow import _tensorflow_first  # noqa: F401 - before Keras builds a
 from rllib_mlflow.rllib.snapshot import ActionRule, PolicySnapshot
 
 
-def write_h5(model, path: str) -> None:
+def write_h5(model: keras.Model, path: str) -> None:
     """The network alone (graph inputs -> action_dist_inputs and next state), legacy H5."""
     model.save(path)
 
 
-def write_saved_model(model, snapshot: PolicySnapshot, path: str) -> None:
+def write_saved_model(model: keras.Model, snapshot: PolicySnapshot, path: str) -> None:
     """A SavedModel whose serving_default takes the graph inputs by name and returns
     `actions`, `action_dist_inputs` and, for a stateful policy, `state_out_*`."""
     inputs = snapshot.graph_inputs()
@@ -40,10 +40,11 @@ def write_saved_model(model, snapshot: PolicySnapshot, path: str) -> None:
             tf.TensorSpec([None, *shape], tf.float32, name=name) for name, shape in inputs
         ],
     )
-    archive.write_out(path, verbose=False)
+    # keras.export.ExportArchive is the TensorFlow backend's here; its stubs mix in the others.
+    archive.write_out(path, verbose=False)  # pyright: ignore[reportAttributeAccessIssue]
 
 
-def tf_actions(dist_inputs, rule: ActionRule):
+def tf_actions(dist_inputs: tf.Tensor, rule: ActionRule) -> tf.Tensor:
     """The deterministic action RLlib sends to the env, in TensorFlow ops."""
     if rule.distribution == "categorical":
         return tf.argmax(dist_inputs, axis=-1)
@@ -54,11 +55,13 @@ def tf_actions(dist_inputs, rule: ActionRule):
     actions = dist_inputs[:, :size]
     low, high = _bounds(rule)
     if rule.normalize_actions:
-        actions = tf.clip_by_value(low + (actions + 1.0) * (high - low) / 2.0, low, high)
+        # The tensor first, so the sum is one (numpy's stubs type ndarray + tensor as ndarray).
+        actions = tf.clip_by_value((actions + 1.0) * (high - low) / 2.0 + low, low, high)
     elif rule.clip_actions:
         actions = tf.clip_by_value(actions, low, high)
     return actions
 
 
 def _bounds(rule: ActionRule) -> tuple[np.ndarray, np.ndarray]:
+    assert rule.low is not None and rule.high is not None, "a Box action rule has bounds"
     return rule.low.astype(np.float32), rule.high.astype(np.float32)

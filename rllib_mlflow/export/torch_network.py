@@ -30,7 +30,7 @@ class NetworkModule(nn.Module):
         self.layers = nn.Sequential(*(_torch_layer(layer) for layer in network.encoder))
         self.head = nn.Sequential(*(_torch_layer(layer) for layer in network.head))
 
-    def forward(self, observations):
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.head(self.layers(observations))
 
 
@@ -64,6 +64,7 @@ class _NHWCConv(nn.Module):
             stride=tuple(layer.config["strides"]),
         )
         self.conv.weight.data = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
+        assert self.conv.bias is not None  # Conv2d has one by default
         self.conv.bias.data = torch.from_numpy(bias.copy())
 
     def forward(self, x):

@@ -24,7 +24,9 @@ class OldStackLSTM(nn.Module):
         super().__init__()
         self.encoder, self.lstm, self.head = encoder, lstm, head
 
-    def forward(self, observations, h, c, *history):
+    def forward(
+        self, observations: torch.Tensor, h: torch.Tensor, c: torch.Tensor, *history: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.encoder(observations.reshape(observations.shape[0], -1))
         if history:  # LSTMWrapper: concat([fcnet out, prev action, prev reward])
             features = torch.cat([features, *history], dim=-1)
@@ -37,6 +39,7 @@ def old_stack_lstm_module(snapshot: PolicySnapshot) -> OldStackLSTM:
         model = restore_policy(snapshot.module_dir).model
         model.eval()
         return OldStackLSTM(model._hidden_layers, model.lstm, model._logits_branch)
+    assert snapshot.network is not None, "old-stack snapshots hold their network"
     return _rebuilt(snapshot.network)
 
 
@@ -47,7 +50,7 @@ def _rebuilt(network: Network) -> OldStackLSTM:
     lstm.weight_ih_l0.data = torch.from_numpy(kernel.T.copy())
     lstm.weight_hh_l0.data = torch.from_numpy(recurrent.T.copy())
     lstm.bias_ih_l0.data = torch.from_numpy(bias.copy())
-    lstm.bias_hh_l0.data = torch.zeros_like(lstm.bias_hh_l0)
+    lstm.bias_hh_l0.data = torch.zeros(4 * layer.units)  # Keras has one bias, torch two
     return OldStackLSTM(
         nn.Sequential(*(_torch_layer(step) for step in network.encoder)),
         lstm,

@@ -45,7 +45,7 @@ def publish_new_version(
     summary, and the family card while the model is small. A failure here is logged, never
     raised: the version is registered, and `rllib-mlflow evaluate` rewrites cards."""
     try:
-        publish_version_card(mlflow_client, name, version.version, policy=exported.policy)
+        publish_version_card(mlflow_client, name, version.version, policy=exported.metadata)
         summary = family.through(mlflow_client, name, version)
         family.publish(mlflow_client, name, summary, latest=version.version, best=best)
         if summary.count <= LIVE_CARD_LIMIT:
@@ -95,16 +95,16 @@ def attach_replay(mlflow_client, name: str, number, replay, *, seed: int) -> Non
     writer.set_model_version_tag(name, str(number), names.VERSION_TAG_REPLAY, value)
 
 
-def replay_url(model_id: str) -> str:
+def replay_url(model_id: str | None) -> str:
     """The replay as the tracking server serves it, relative to the UI's address (so it works
-    behind a path prefix too)."""
+    behind a path prefix too); without a LoggedModel (older servers), its bare file name."""
     files = f"ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
-    return f"{files}?artifact_file_path={names.REPLAY_FILE}"
+    return f"{files}?artifact_file_path={names.REPLAY_FILE}" if model_id else names.REPLAY_FILE
 
 
 def _download_policy(mlflow_client, version) -> dict[str, Any]:
     """The version's policy.json (spaces, preprocessing, parity), or {} if unreadable."""
-    import mlflow
+    import mlflow.artifacts
 
     try:
         root = mlflow_client.get_logged_model(logged_model_id(version)).artifact_location
@@ -139,7 +139,7 @@ def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
         ("evaluation return", _evaluation(tags, name, number)),
         ("parity with RLlib", _parity(tags, policy)),
         ("int8 agreement", _int8_agreement(policy)),
-        ("formats", ", ".join(_code(f) for f in _split(tags.get(names.VERSION_TAG_FORMATS)))),
+        ("formats", ", ".join(f"`{f}`" for f in _split(tags.get(names.VERSION_TAG_FORMATS)))),
         ("observation space", _code(_space(policy.get("observation_space")))),
         ("action space", _code(_space(policy.get("action_space")))),
         ("module", _code(tags.get(names.VERSION_TAG_MODULE_ID))),

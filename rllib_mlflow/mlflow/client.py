@@ -8,11 +8,11 @@ catch one tuple instead of two kinds.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast, overload
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.errors import TrackingError
 from rllib_mlflow.extras import require_full_mlflow
 from rllib_mlflow.mlflow.rest import RestClient
@@ -20,25 +20,42 @@ from rllib_mlflow.mlflow.sql_reader import SqlReader
 from rllib_mlflow.mlflow.transport import RestApiError, RestPermissionError
 from rllib_mlflow.redaction import mask_urls
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._model_registry.client import ModelRegistryClient
+
+    from rllib_mlflow.mlflow.registry_client import (
+        RegisteredModelInfo,
+        RegistryClient,
+        RegistryReader,
+    )
+
+    # What a client raises when the server answers with an error: all carry `message`
+    # and `error_code`.
+    ClientError: TypeAlias = RestApiError | RestPermissionError | MlflowException
+
 _TRACKING_URI = re.compile(
     r"(https?://[^/\s]+.*|(sqlite|postgresql|mysql|mssql)(\+\w+)?://.+|databricks(-uc)?(://.*)?|uc:.+)"
 )
 
 
-def client(tracking_uri: str | None = None, registry_uri: str | None = None):
-    """An MlflowClient for `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default;
-    its registry is `registry_uri`, else MLFLOW_REGISTRY_URI, else the tracking store."""
+def client(tracking_uri: str | None = None, registry_uri: str | None = None) -> MlflowClient:
+    """An MlflowClient for `tracking_uri` and `registry_uri`, resolved as
+    `environment_variables.tracking_uri` and `registry_uri` say; the URIs passed and
+    MLFLOW_REGISTRY_URI are validated, MLflow's own defaults are not."""
     import mlflow
 
-    registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
-    for uri in (tracking_uri or mlflow.get_tracking_uri(), registry_uri):
-        if uri is not None:
-            _require_readable_here(uri)
-    if tracking_uri is not None:
-        validate_tracking_uri(tracking_uri)
-    if registry_uri is not None:
-        validate_tracking_uri(registry_uri)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    explicit_registry = registry_uri or env.MLFLOW_REGISTRY_URI.value() or tracking_uri
+    tracking = env.tracking_uri(tracking_uri)
+    registry = env.registry_uri(registry_uri, tracking_uri)
+    for uri in (tracking, registry):
+        _require_readable_here(uri)
+    for given in (tracking_uri, explicit_registry):
+        if given is not None:
+            validate_tracking_uri(given)
+    # No registry given: MLflow's own choice (e.g. Unity Catalog for "databricks").
+    return mlflow.MlflowClient(tracking_uri=tracking, registry_uri=explicit_registry)
 
 
 def _require_readable_here(uri: str) -> None:
@@ -64,7 +81,7 @@ _DATABASES = {
 def validate_tracking_uri(uri: str) -> str:
     """Refuse a tracking URI MLflow cannot use, before anything is queued or exported."""
     if isinstance(uri, str) and is_file_store(uri):
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        if not env.MLFLOW_ALLOW_FILE_STORE.enabled():
             raise TrackingError(
                 f"{uri!r} is MLflow's file store, which MLflow 3 refuses unless "
                 "MLFLOW_ALLOW_FILE_STORE=true (it is in maintenance mode). Use a database, "
@@ -90,7 +107,7 @@ def is_file_store(uri: str) -> bool:
     return bool(path) and uri not in ("databricks", "databricks-uc")
 
 
-def check_tracking_server(mlflow_client) -> None:
+def check_tracking_server(mlflow_client: RegistryClient) -> None:
     """Fail fast, with the URI, when the tracking server is unreachable or refuses us."""
     uri = mlflow_client.tracking_uri
     _probe_http_server(uri)
@@ -118,13 +135,15 @@ def check_tracking_server(mlflow_client) -> None:
 _PROBE_FILTER = "name = 'rllib-mlflow-access-probe'"
 
 
-def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -> None:
+def check_write_access(
+    mlflow_client: RegistryClient, resource: str, write: Callable[[], Any]
+) -> None:
     """Run `write`, a harmless write that needs the permission logging to `resource` needs,
     so that a user who may only read is told before training rather than after it."""
     try:
         write()
     except client_errors(mlflow_client) as error:
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        user = env.MLFLOW_TRACKING_USERNAME.value()
         raise TrackingError(
             f"The MLflow tracking server at {mask_urls(mlflow_client.tracking_uri)} does not let "
             f"{f'user {user!r}' if user else 'this client'} write to {resource} "
@@ -134,7 +153,13 @@ def check_write_access(mlflow_client, resource: str, write: Callable[[], Any]) -
         ) from error
 
 
-def registry_writer(mlflow_client):
+@overload
+def registry_writer(mlflow_client: MlflowClient) -> ModelRegistryClient: ...
+@overload
+def registry_writer(mlflow_client: RegistryClient) -> RegistryClient: ...
+
+
+def registry_writer(mlflow_client: RegistryClient) -> RegistryClient | ModelRegistryClient:
     """What to call the registry's writes on (aliases, version tags and descriptions,
     registered model tags, deleting versions): our RestClient as it is, MLflow's client
     without its per-call prompt check, which costs a read of every version (see
@@ -143,14 +168,14 @@ def registry_writer(mlflow_client):
         return mlflow_client
     from rllib_mlflow.mlflow.internals import _registry_client
 
-    return _registry_client(mlflow_client)
+    return _registry_client(cast("MlflowClient", mlflow_client))
 
 
-def registered_model_exists(mlflow_client, name: str) -> bool:
+def registered_model_exists(mlflow_client: RegistryClient, name: str) -> bool:
     return registered_model(mlflow_client, name) is not None
 
 
-def registered_model(mlflow_client, name: str):
+def registered_model(mlflow_client: RegistryReader, name: str) -> RegisteredModelInfo | None:
     """The registered model `name`, None if there is none. (On MLflow's SQL store this
     reads every version of it: not for a registration's path.)"""
     try:
@@ -161,7 +186,7 @@ def registered_model(mlflow_client, name: str):
         raise
 
 
-def client_errors(mlflow_client) -> tuple[type[Exception], ...]:
+def client_errors(mlflow_client: RegistryReader) -> tuple[type[ClientError], ...]:
     """What a client raises when the server answers with an error (missing, refused...)."""
     if isinstance(mlflow_client, (RestClient, SqlReader)):
         return (RestApiError, RestPermissionError)
@@ -170,10 +195,10 @@ def client_errors(mlflow_client) -> tuple[type[Exception], ...]:
     return (MlflowException,)
 
 
-def _status(error: Exception) -> int | None:
-    if hasattr(error, "get_http_status_code"):
-        return error.get_http_status_code()
-    return getattr(error, "status", None)
+def _status(error: ClientError) -> int | None:
+    if isinstance(error, (RestApiError, RestPermissionError)):
+        return error.status
+    return error.get_http_status_code()
 
 
 def _probe_http_server(uri: str, timeout: float = 5.0) -> None:

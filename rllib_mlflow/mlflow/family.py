@@ -18,10 +18,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from rllib_mlflow import names
 from rllib_mlflow.mlflow.client import registry_writer
+from rllib_mlflow.mlflow.registry_client import RegistryClient
 from rllib_mlflow.mlflow.versions import iter_versions, newest_versions
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # The newest versions read to find the previous summary: more than registrations in flight.
 WINDOW = 20
@@ -100,7 +105,7 @@ def summarize(versions: Iterable) -> Summary:
     return add(Summary(), versions)
 
 
-def so_far(mlflow_client, name: str) -> Summary:
+def so_far(mlflow_client: RegistryClient, name: str) -> Summary:
     """The summary of the versions registered so far: what a new version is created with
     (as a tag of `create_model_version`: MLflow's server reads every version of the model
     to check each tag written afterwards, whether it is a prompt's)."""
@@ -108,7 +113,7 @@ def so_far(mlflow_client, name: str) -> Summary:
     return _count(mlflow_client, name, listed, complete=len(listed) < WINDOW, upto=None)
 
 
-def through(mlflow_client, name: str, version) -> Summary:
+def through(mlflow_client: RegistryClient, name: str, version) -> Summary:
     """The summary of the versions up to `version` (just registered), itself included."""
     number = int(version.version)
     listed = newest_versions(mlflow_client, name, WINDOW)
@@ -119,7 +124,7 @@ def through(mlflow_client, name: str, version) -> Summary:
     return _count(mlflow_client, name, listed, complete=complete, upto=number)
 
 
-def publish(mlflow_client, name: str, summary: Summary, *, latest: str, best) -> bool:
+def publish(mlflow_client: MlflowClient, name: str, summary: Summary, *, latest: str, best) -> bool:
     """Write `summary` as the registered model's summary tag when it is due: at every
     registration up to twice `LIVE_LIMIT` versions, then at every (count // LIVE_LIMIT)th.
     MLflow's server reads every version to write a registered model's tag, so this keeps
@@ -131,7 +136,7 @@ def publish(mlflow_client, name: str, summary: Summary, *, latest: str, best) ->
     return True
 
 
-def recount(mlflow_client, name: str, versions: list, *, best) -> None:
+def recount(mlflow_client: MlflowClient, name: str, versions: list, *, best) -> None:
     """Write a full count of `versions` (all of the model's) on the newest of them, and as
     the model's summary tag (after a prune, or with the family card)."""
     if not versions:
@@ -144,7 +149,9 @@ def recount(mlflow_client, name: str, versions: list, *, best) -> None:
     writer.set_registered_model_tag(name, names.MODEL_TAG_SUMMARY, text)
 
 
-def _count(mlflow_client, name: str, listed: list, *, complete: bool, upto: int | None):
+def _count(
+    mlflow_client: RegistryClient, name: str, listed: list, *, complete: bool, upto: int | None
+):
     """The newest summary among `listed` (the newest versions) plus the versions after it;
     without one, and more versions than the window, a full count (once per model)."""
     base = _newest_summary(listed)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
 from mlflow import pyfunc
 from mlflow.models import Model
@@ -30,6 +31,7 @@ from rllib_mlflow.mlflow.internals import (
     _PYTHON_ENV_FILE_NAME,
     _REQUIREMENTS_FILE_NAME,
     _get_pinned_requirement,
+    _mlflow_conda_env,
     _process_pip_requirements,
     _PythonEnv,
 )
@@ -155,7 +157,7 @@ def load_model(
     dst_path: str | None = None,
     backend: str | None = None,
     tracking_uri: str | None = None,
-):
+) -> serving.Policy:
     """Load a logged policy as `rllib_mlflow.policy.serving.Policy` (no Ray, no torch)."""
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=_resolve_models_uri(model_uri, tracking_uri),
@@ -186,8 +188,9 @@ def _resolve_models_uri(model_uri: str, tracking_uri: str | None) -> str:
     found = get_model_name_and_version(client, base)
     if len(found) == 1:  # a LoggedModel id
         root = client.get_logged_model(found[0]).artifact_location
-    else:
-        root = client.get_model_version_download_uri(*found)
+    else:  # (name, version), which MLflow leaves untyped
+        name, version = found
+        root = client.get_model_version_download_uri(str(name), str(version))
     return posixpath.join(root, sub_path) if sub_path else root
 
 
@@ -214,8 +217,8 @@ def policy_signature(policy: dict[str, Any]) -> ModelSignature:
         if _reads_rewards(policy):
             inputs.append(TensorSpec(np.dtype(np.float32), (-1,), "prev_rewards"))
     return ModelSignature(
-        inputs=Schema(inputs),
-        outputs=Schema(outputs),
+        inputs=Schema([*inputs]),  # a list of the union Schema takes
+        outputs=Schema([*outputs]),
         params=ParamSchema(
             [
                 ParamSpec("explore", "boolean", False),
@@ -301,11 +304,34 @@ def _write_environment(
 ) -> None:
     import yaml
 
-    default = None if pip_requirements else get_default_pip_requirements(backend)
-    conda_env, requirements, _ = _process_pip_requirements(
-        default, pip_requirements, extra_pip_requirements
-    )
+    conda_env, requirements = model_environment(backend, pip_requirements, extra_pip_requirements)
     with open(path / _CONDA_ENV_FILE_NAME, "w") as stream:
         yaml.safe_dump(conda_env, stream=stream, default_flow_style=False)
     write_to(str(path / _REQUIREMENTS_FILE_NAME), "\n".join(requirements))
     _PythonEnv.current().to_yaml(str(path / _PYTHON_ENV_FILE_NAME))
+
+
+def model_environment(
+    backend: str,
+    pip_requirements: list[str] | None = None,
+    extra_pip_requirements: list[str] | None = None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The model's conda environment and pip requirements, as MLflow's flavors make them."""
+    if pip_requirements is not None or extra_pip_requirements is not None or _locking():
+        default = None if pip_requirements else get_default_pip_requirements(backend)
+        conda_env, requirements, _ = _process_pip_requirements(
+            default, pip_requirements, extra_pip_requirements
+        )
+        return conda_env, requirements
+    # Our defaults are pinned to what is installed, so MLflow's check of them against this
+    # environment cannot fail; it scans every installed distribution's files, a CPU-second
+    # in each export worker, taken from training.
+    requirements = get_default_pip_requirements(backend)
+    return _mlflow_conda_env(additional_pip_deps=requirements, install_mlflow=False), requirements
+
+
+def _locking() -> bool:
+    """MLFLOW_LOCK_MODEL_DEPENDENCIES: MLflow locks the requirements with uv."""
+    from mlflow.environment_variables import MLFLOW_LOCK_MODEL_DEPENDENCIES
+
+    return bool(MLFLOW_LOCK_MODEL_DEPENDENCIES.get())

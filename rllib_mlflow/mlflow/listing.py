@@ -16,6 +16,7 @@ from typing import Any
 
 from rllib_mlflow import names
 from rllib_mlflow.console import utc_iso
+from rllib_mlflow.mlflow.registry_client import RegistryReader
 from rllib_mlflow.mlflow.versions import PAGE_SIZE, iter_versions
 
 _NUMBERS = {
@@ -98,7 +99,7 @@ def parse_iterations(text: str) -> tuple[int, int]:
 
 
 def version_records(
-    mlflow_client, name: str, query: VersionQuery = VersionQuery(), *, model=None
+    mlflow_client: RegistryReader, name: str, query: VersionQuery = VersionQuery(), *, model=None
 ) -> list[dict[str, Any]]:
     """One record per version of `name` that `query` selects, newest first (`model`: the
     registered model, when the caller has read it already)."""
@@ -116,7 +117,7 @@ def version_records(
     return records
 
 
-def _selected(mlflow_client, name: str, query: VersionQuery) -> Iterator:
+def _selected(mlflow_client: RegistryReader, name: str, query: VersionQuery) -> Iterator:
     filters = [f"name = '{name}'"]
     first, last = query.iterations or (None, None)
     if first is not None and first == last:
@@ -124,14 +125,20 @@ def _selected(mlflow_client, name: str, query: VersionQuery) -> Iterator:
     checked_here = query.condition is not None or first != last
     size = PAGE_SIZE if checked_here or not query.limit else min(query.limit, PAGE_SIZE)
     for version in _by_trial(mlflow_client, filters, query.trial, size):
-        iteration = _iteration(version)
-        if first is not None and (iteration is None or not first <= iteration <= last):
+        if _outside(_iteration(version), query.iterations):
             continue
         if query.condition is None or query.condition.holds(version.tags):
             yield version
 
 
-def _by_trial(mlflow_client, filters: list[str], trial: str | None, size: int) -> Iterator:
+def _outside(iteration: int | None, bounds: tuple[int, int] | None) -> bool:
+    """Whether an iteration falls outside `bounds` (inclusive; None: no bounds)."""
+    return bounds is not None and (iteration is None or not bounds[0] <= iteration <= bounds[1])
+
+
+def _by_trial(
+    mlflow_client: RegistryReader, filters: list[str], trial: str | None, size: int
+) -> Iterator:
     """The versions of `trial` (an id, else a name), or of every trial."""
     if trial is None:
         return iter_versions(mlflow_client, filters, newest_first=True, page_size=size)

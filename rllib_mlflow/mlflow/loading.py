@@ -37,7 +37,7 @@ def load_policy(
     tracking_uri: str | None = None,
     timeout_s: float | None = None,
     max_file_bytes: int | None = None,
-):
+) -> Policy:
     """Load a registered policy without Ray or torch.
 
     Args:
@@ -120,7 +120,7 @@ def download_checkpoint(
     dst = dst_path or tempfile.mkdtemp(prefix="rllib_checkpoint_")
     artifact = version.tags.get(names.VERSION_TAG_CHECKPOINT_ARTIFACT)
     if artifact:
-        import mlflow
+        import mlflow.artifacts
 
         if not artifact.startswith("runs:/"):
             raise RegistryError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow import names
 from rllib_mlflow._version import __version__
 from rllib_mlflow.errors import TrackingError
@@ -24,10 +25,9 @@ from rllib_mlflow.mlflow.client import (
     registered_model_exists,
     validate_tracking_uri,
 )
+from rllib_mlflow.mlflow.registry_client import RegistryClient
 from rllib_mlflow.mlflow.rest import rest_client
 from rllib_mlflow.redaction import mask_urls
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the working directory
 
 
 def check_tracking_store(
@@ -39,7 +39,7 @@ def check_tracking_store(
     registered_model_name: str | None = None,
 ) -> None:
     """Raise TrackingError, saying what to do, unless logging there can work."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = env.tracking_uri(tracking_uri)
     if is_file_store(uri):
         validate_tracking_uri(uri)  # refused unless MLFLOW_ALLOW_FILE_STORE
         _check_writable_directory(Path(uri.removeprefix("file://")).absolute(), uri)
@@ -61,8 +61,8 @@ def check_tracking_store(
         )
     if registered_model_name:
         models = mlflow_client
-        registry_uri = registry_uri or os.environ.get("MLFLOW_REGISTRY_URI")
-        if registry_uri and registry_uri != uri:
+        registry_uri = env.registry_uri(registry_uri, uri)
+        if registry_uri != uri:
             models = rest_client(registry_uri) or client(uri, registry_uri)
 
         def tag_model_if_it_exists() -> None:  # else the first registration creates it
@@ -76,7 +76,7 @@ def check_tracking_store(
         )
 
 
-def _check_experiment_id(mlflow_client, experiment_id: str) -> None:
+def _check_experiment_id(mlflow_client: RegistryClient, experiment_id: str) -> None:
     """MLFLOW_EXPERIMENT_ID must name an experiment we may write to."""
     try:
         mlflow_client.get_experiment(experiment_id)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.errors import UnsafePathError
 from rllib_mlflow.mlflow.transport import DEFAULT_MAX_FILE_BYTES, RestApiError, Transport
 from rllib_mlflow.paths import inside
@@ -51,18 +52,27 @@ class RegisteredModel:
     name: str
     aliases: dict[str, str]
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RegisteredModel:
+        aliases = {a["alias"]: str(a["version"]) for a in data.get("aliases", [])}
+        return cls(name=data["name"], aliases=aliases)
 
-class _Page(list):
+
+_Item = TypeVar("_Item")
+
+
+class _Page(list[_Item]):
     """A list of search results with the token of the next page, like MLflow's PagedList."""
 
-    def __init__(self, items: list, token: str | None):
+    def __init__(self, items: list[_Item], token: str | None):
         super().__init__(items)
         self.token = token
 
 
 def rest_client(tracking_uri: str | None, **limits: Any) -> RestClient | None:
-    """A RestClient for an HTTP(S) tracking URI (default: MLFLOW_TRACKING_URI), else None."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    """A RestClient for an HTTP(S) tracking URI (`environment_variables.tracking_uri`),
+    else None."""
+    uri = env.tracking_uri(tracking_uri)
     if not uri.startswith(("http://", "https://")) or "@" in urllib.parse.urlparse(uri).netloc:
         return None  # credentials in the URI are MLflow's business
     return RestClient(uri, **limits)
@@ -76,7 +86,8 @@ class Experiment:
 
 class RestClient:
     """A few MlflowClient methods against one tracking server, authenticated as MLflow's
-    client would be (MLFLOW_TRACKING_USERNAME / _PASSWORD, or MLFLOW_TRACKING_TOKEN)."""
+    client would be (MLFLOW_TRACKING_USERNAME / _PASSWORD, or MLFLOW_TRACKING_TOKEN): a
+    `registry_client.RegistryClient`, held to MlflowClient by tests/test_client_contract.py."""
 
     def __init__(
         self,
@@ -105,23 +116,23 @@ class RestClient:
         max_results: int = 1000,
         order_by: list[str] | None = None,
         page_token: str | None = None,
-    ) -> _Page:
+    ) -> _Page[ModelVersion]:
         query = {"filter": filter_string, "max_results": max_results, "order_by": order_by}
         answer = self._get("model-versions/search", **query, page_token=page_token)
         versions = [ModelVersion.from_json(v) for v in answer.get("model_versions", [])]
         return _Page(versions, answer.get("next_page_token") or None)
 
     def get_registered_model(self, name: str) -> RegisteredModel:
-        model = self._get("registered-models/get", name=name)["registered_model"]
-        aliases = {a["alias"]: str(a["version"]) for a in model.get("aliases", [])}
-        return RegisteredModel(name=model["name"], aliases=aliases)
+        answer = self._get("registered-models/get", name=name)
+        return RegisteredModel.from_json(answer["registered_model"])
 
     def search_registered_models(
         self, filter_string: str | None = None, max_results: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> _Page[RegisteredModel]:
         query = {"filter": filter_string, "max_results": max_results}
         answer = self._get("registered-models/search", **query)
-        return answer.get("registered_models", [])
+        models = [RegisteredModel.from_json(m) for m in answer.get("registered_models", [])]
+        return _Page(models, answer.get("next_page_token") or None)
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
         self._post("registered-models/set-tag", name=name, key=key, value=value)

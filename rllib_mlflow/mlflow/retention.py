@@ -17,13 +17,19 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.mlflow import card
 from rllib_mlflow.mlflow.client import registered_model, registry_writer
+from rllib_mlflow.mlflow.registry_client import RegistryReader
 from rllib_mlflow.mlflow.rest import RestClient
+from rllib_mlflow.mlflow.sql_reader import SqlReader
 from rllib_mlflow.mlflow.versions import iter_versions, iter_versions_in_parallel, logged_model_id
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +55,10 @@ class PrunePlan:
 
 
 def plan_prune(
-    mlflow_client, name: str, keep_last: int | None = None, keep_best: int | None = None
+    mlflow_client: RegistryReader,
+    name: str,
+    keep_last: int | None = None,
+    keep_best: int | None = None,
 ) -> PrunePlan:
     """Decide, without changing anything, which versions of `name` a prune deletes."""
     if keep_last is None and keep_best is None:
@@ -75,7 +84,7 @@ def plan_prune(
     if keep_best:
         scored = [v for v in versions if v.score is not None]
         mode = "min" if {v.mode for v in versions} == {"min"} else "max"
-        scored.sort(key=lambda v: v.score, reverse=(mode == "max"))
+        scored.sort(key=lambda v: v.score or 0.0, reverse=(mode == "max"))  # none is None
         for version in scored[:keep_best]:
             reasons.setdefault(version.version, f"among the best {keep_best}")
     keep = [v for v in versions if v.version in reasons]
@@ -84,7 +93,7 @@ def plan_prune(
 
 
 def prune(
-    mlflow_client,
+    mlflow_client: RegistryReader,
     name: str,
     keep_last: int | None = None,
     keep_best: int | None = None,
@@ -99,6 +108,7 @@ def prune(
     plan = plan_prune(mlflow_client, name, keep_last, keep_best)
     if dry_run or not plan.delete:
         return plan
+    mlflow_client = _deleting_client(mlflow_client)
     progress = on_progress or (lambda done, total, what: None)
     progress(0, len(plan.delete), "")
     writer = registry_writer(mlflow_client)  # MlflowClient's own reads every version per call
@@ -115,7 +125,16 @@ def prune(
     return plan
 
 
-def _all_versions(mlflow_client, name: str) -> Iterator:
+def _deleting_client(mlflow_client: RegistryReader) -> MlflowClient:
+    """Deleting needs MLflow's client (`stores.check`); our readers only read."""
+    if isinstance(mlflow_client, (RestClient, SqlReader)):
+        raise TypeError(
+            f"prune deletes through MLflow's client, not a {type(mlflow_client).__name__}"
+        )
+    return cast("MlflowClient", mlflow_client)
+
+
+def _all_versions(mlflow_client: RegistryReader, name: str) -> Iterator:
     """Newest first; over HTTP, two requests in flight (the server's listing is the cost)."""
     filters = [f"name = '{name}'"]
     if isinstance(mlflow_client, RestClient):
@@ -149,11 +168,14 @@ def _iteration_order(version: PrunedVersion) -> tuple[int, int]:
     return iteration, int(version.version)
 
 
-def _delete_logged_model(mlflow_client, version: PrunedVersion) -> None:
+def _delete_logged_model(mlflow_client: MlflowClient, version: PrunedVersion) -> None:
     """Delete the version's LoggedModel and its files (MLflow alone only soft-deletes)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     model_id = version.model_id
+    if model_id is None:  # an older server's version: no LoggedModel behind it
+        logger.warning("Version %s names no LoggedModel: no artifacts deleted", version.version)
+        return
     try:
         location = mlflow_client.get_logged_model(model_id).artifact_location
         get_artifact_repository(location).delete_artifacts()

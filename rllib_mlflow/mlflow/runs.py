@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rllib_mlflow import names
 from rllib_mlflow.locks import host_lock
+from rllib_mlflow.mlflow.registry_client import RegistryClient
 from rllib_mlflow.redaction import flat_params
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 _PARAM_VALUE_LIMIT = 6000
 _PARAMS_PER_BATCH = 100
@@ -46,7 +51,7 @@ def driver_context_tags(source: str) -> dict[str, str]:
     return tags
 
 
-def trial_run_lock(mlflow_client, trial_id: str):
+def trial_run_lock(mlflow_client: RegistryClient, trial_id: str) -> AbstractContextManager[None]:
     """The host lock around finding or creating a trial's run (callback and `sync`)."""
     return host_lock(mlflow_client.tracking_uri, "trial run", trial_id)
 
@@ -60,14 +65,14 @@ class TrialInfo:
     experiment_dir_name: str
 
     @classmethod
-    def of(cls, trial) -> TrialInfo:
+    def of(cls, trial: Any) -> TrialInfo:  # a ray.tune Trial
         return cls(trial.trial_id, str(trial), trial.experiment_dir_name)
 
     def to_json(self) -> dict[str, str]:
         return asdict(self)
 
 
-def experiment_id(mlflow_client, name: str) -> str:
+def experiment_id(mlflow_client: RegistryClient, name: str) -> str:
     """The id of experiment `name`, created if it does not exist yet."""
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
@@ -82,7 +87,7 @@ def experiment_id(mlflow_client, name: str) -> str:
 
 
 def log_metrics(
-    mlflow_client,
+    mlflow_client: MlflowClient,
     run_id: str,
     metrics: Mapping[str, float],
     step: int,
@@ -98,7 +103,7 @@ def log_metrics(
     )
 
 
-def log_metric_batches(mlflow_client, run_id: str, metrics: list) -> None:
+def log_metric_batches(mlflow_client: MlflowClient, run_id: str, metrics: list) -> None:
     """Log MLflow `Metric`s in batches of `log_batch`'s limit."""
     for start in range(0, len(metrics), _METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=metrics[start : start + _METRICS_PER_BATCH])
@@ -109,7 +114,7 @@ class TrialRuns:
 
     def __init__(
         self,
-        mlflow_client,
+        mlflow_client: MlflowClient,
         experiment_name: str | None,
         tags: dict[str, Any],
         *,

@@ -11,10 +11,10 @@ addressing. Every key read stays below the model's prefix.
 from __future__ import annotations
 
 import contextlib
-import os
 import urllib.parse
 from collections.abc import Iterator
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.errors import RegistryError, TrackingError, UnsafePathError
 from rllib_mlflow.extras import import_feature
 from rllib_mlflow.mlflow.artifact_limits import Limits, copy_limited
@@ -116,12 +116,12 @@ def _client(limits: Limits, where: str):
         connect_timeout=timeout,
         read_timeout=timeout,
         retries={"max_attempts": _ATTEMPTS, "mode": "standard"},
-        s3={"addressing_style": os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "auto")},
+        s3={"addressing_style": env.MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE.value()},
     )
-    ignore_tls = os.environ.get("MLFLOW_S3_IGNORE_TLS", "").lower() == "true"
+    ignore_tls = env.MLFLOW_S3_IGNORE_TLS.enabled()
     return boto3.client(
         "s3",
-        endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
+        endpoint_url=env.MLFLOW_S3_ENDPOINT_URL.value(),
         verify=False if ignore_tls else None,
         config=config,
     )
@@ -132,5 +132,5 @@ def _climbs(key: str) -> bool:
 
 
 def _endpoint_shown() -> str:
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = env.MLFLOW_S3_ENDPOINT_URL.value() or env.AWS_ENDPOINT_URL.value()
     return mask_urls(endpoint) if endpoint else "of AWS"

@@ -47,6 +47,7 @@ def sql_reader(uri: str) -> SqlReader | None:
         return None
     try:
         import sqlalchemy
+        import sqlalchemy.exc
     except ImportError:  # the light install: the caller says what to install
         return None
     engine = sqlalchemy.create_engine(uri)
@@ -74,7 +75,8 @@ def _columns(engine) -> dict[str, set[str]]:
 
 
 class SqlReader:
-    """MlflowClient's registry reads used by the listing commands, on MLflow's tables."""
+    """MlflowClient's registry reads used by the listing commands, on MLflow's tables: a
+    `registry_client.RegistryReader`."""
 
     def __init__(self, tracking_uri: str, engine, *, workspaces: bool):
         self.tracking_uri = tracking_uri
@@ -87,7 +89,7 @@ class SqlReader:
         max_results: int = 1000,
         order_by: list[str] | None = None,
         page_token: str | None = None,
-    ) -> _Page:
+    ) -> _Page[ModelVersion]:
         if page_token is not None:
             raise ValueError("SqlReader pages by version number, not by token.")
         where, params = _where(filter_string)
@@ -119,6 +121,9 @@ class SqlReader:
         if not found:
             missing = f"Registered Model with name={name} not found"  # MLflow's words
             raise RestApiError(404, "RESOURCE_DOES_NOT_EXIST", missing)
+        return self._registered_model(name)
+
+    def _registered_model(self, name: str) -> RegisteredModel:
         aliases = self._rows(
             "SELECT alias, version FROM registered_model_aliases "
             f"WHERE name = :name{self._in('registered_model_aliases')}",
@@ -128,7 +133,8 @@ class SqlReader:
 
     def search_registered_models(
         self, filter_string: str | None = None, max_results: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> _Page[RegisteredModel]:
+        """Registered models by name (a query for each one's aliases: for short lists)."""
         where, params = ("1 = 1", {}) if not filter_string else _where(filter_string)
         if "t.key" in where or "v.version" in where:
             raise ValueError(f"SqlReader finds registered models by name only: {filter_string!r}")
@@ -137,7 +143,7 @@ class SqlReader:
             "ORDER BY name LIMIT :limit",
             {**params, "limit": int(max_results)},
         )
-        return [{"name": name} for (name,) in rows]
+        return _Page([self._registered_model(name) for (name,) in rows], None)
 
     def _add_tags(self, versions: list[ModelVersion]) -> None:
         for name, numbers, by_number in _grouped(versions):

@@ -11,25 +11,26 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.errors import RegistryError, TrackingError
 from rllib_mlflow.mlflow.client import check_tracking_server, client, registered_model
+from rllib_mlflow.mlflow.registry_client import RegisteredModelInfo, RegistryReader
 from rllib_mlflow.mlflow.rest import rest_client
 from rllib_mlflow.mlflow.sql_reader import sql_reader
 from rllib_mlflow.redaction import mask_urls
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 CHECK_TIMEOUT_S = "10"  # per request while checking; a probe, then one registry call
 
 
 def resolve(tracking_uri: str | None) -> str:
-    """The store a command uses: `tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's
-    default (sqlite:///mlflow.db in the current directory)."""
-    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-    import mlflow
-
-    return mlflow.get_tracking_uri()
+    """The store a command uses: `environment_variables.tracking_uri`."""
+    return env.tracking_uri(tracking_uri)
 
 
 def shown(uri: str) -> str:
@@ -37,7 +38,7 @@ def shown(uri: str) -> str:
     return mask_urls(uri)
 
 
-def check(uri: str, *, must_exist: bool):
+def check(uri: str, *, must_exist: bool) -> MlflowClient:
     """An MlflowClient for `uri`, once the store is known to answer (and, with `must_exist`,
     to be there already)."""
     if must_exist:
@@ -49,7 +50,7 @@ def check(uri: str, *, must_exist: bool):
     return mlflow_client
 
 
-def reader(uri: str):
+def reader(uri: str) -> RegistryReader:
     """A client for reading (`versions`, `prune --dry-run`), which spares the command
     `import mlflow` (seconds of its start): our RestClient against an HTTP(S) server, our
     SqlReader on a database, else `check(uri)`'s MlflowClient."""
@@ -61,7 +62,7 @@ def reader(uri: str):
     return sql_reader(uri) or check(uri, must_exist=True)
 
 
-def require_model(mlflow_client, name: str, uri: str):
+def require_model(mlflow_client: RegistryReader, name: str, uri: str) -> RegisteredModelInfo:
     """The registered model `name` (its aliases are what `versions` shows); one line naming
     the store and what it holds when `name` is not there."""
     with bounded_http_retries():
@@ -69,7 +70,7 @@ def require_model(mlflow_client, name: str, uri: str):
         if model is not None:
             return model
         models = mlflow_client.search_registered_models(max_results=20)
-        names = sorted(m["name"] if isinstance(m, dict) else m.name for m in models)  # REST: dicts
+        names = sorted(m.name for m in models)
     held = f"registered models there: {', '.join(names)}" if names else "it has none"
     raise RegistryError(f"No registered model {name!r} in {shown(uri)} ({held}).")
 
@@ -90,8 +91,8 @@ def bounded_http_retries() -> Iterator[None]:
 
 
 _BOUNDED = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": CHECK_TIMEOUT_S,
+    env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: "1",
+    env.MLFLOW_HTTP_REQUEST_TIMEOUT.name: CHECK_TIMEOUT_S,
 }
 
 

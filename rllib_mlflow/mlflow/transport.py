@@ -11,33 +11,30 @@ body is streamed against the client's deadline and a size limit.
 
 from __future__ import annotations
 
-import configparser
 import json
-import os
 import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.errors import TrackingError
 from rllib_mlflow.redaction import mask_urls
 
-_RETRIES = 2  # MLflow's default is 7 with backoff: minutes before a dead server is reported
-_BACKOFF = 0.5
 _TIMEOUT_SECONDS = 30  # per connection and read
 _CHUNK = 1 << 16
 _MAX_JSON_BYTES = 256 << 20
-DEFAULT_MAX_FILE_BYTES = 2 << 30
+DEFAULT_MAX_FILE_BYTES = env.DEFAULT_MAX_FILE_BYTES
 
 
 def load_deadline_seconds() -> float:
     """How long a whole load may take: MLFLOW_HTTP_REQUEST_TIMEOUT (MLflow's default 120 s)."""
-    return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120)
+    return float(env.MLFLOW_HTTP_REQUEST_TIMEOUT.value() or 0)
 
 
 def max_file_bytes() -> int:
     """The largest file a load downloads: RLLIB_MLFLOW_MAX_FILE_BYTES (default 2 GiB)."""
-    return int(os.environ.get("RLLIB_MLFLOW_MAX_FILE_BYTES") or DEFAULT_MAX_FILE_BYTES)
+    return int(env.RLLIB_MLFLOW_MAX_FILE_BYTES.value() or 0)
 
 
 class RestApiError(Exception):
@@ -198,9 +195,10 @@ def _session():
     from urllib3.util.retry import Retry
 
     session = requests.Session()
+    # Fewer retries than MLflow's 7 by default: a dead server is reported in seconds.
     retry = Retry(
-        total=int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or _RETRIES),
-        backoff_factor=float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR") or _BACKOFF),
+        total=int(env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.value() or 0),
+        backoff_factor=float(env.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.value() or 0),
         status_forcelist=(429, 500, 502, 503, 504),
         allowed_methods=None,  # our POSTs (tags, get-or-create) are safe to repeat
         raise_on_status=False,
@@ -208,33 +206,23 @@ def _session():
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     session.headers.update(_auth_headers())
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+    if env.MLFLOW_TRACKING_INSECURE_TLS.enabled():
         session.verify = False
-    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-        session.verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
-        session.cert = os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
+    elif server_certificates := env.MLFLOW_TRACKING_SERVER_CERT_PATH.value():
+        session.verify = server_certificates
+    if client_certificate := env.MLFLOW_TRACKING_CLIENT_CERT_PATH.value():
+        session.cert = client_certificate
     return session
 
 
 def _auth_headers() -> dict[str, str]:
-    """MLflow's credentials: the environment first, then ~/.mlflow/credentials."""
+    """MLflow's credentials (`environment_variables.credentials`) as a header."""
     import base64
 
-    saved = _credentials_file()
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME") or saved.get("mlflow_tracking_username")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or saved.get("mlflow_tracking_password")
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if username and password:
-        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+    given = env.credentials()
+    if given.username and given.password:
+        pair = base64.b64encode(f"{given.username}:{given.password}".encode()).decode()
         return {"Authorization": f"Basic {pair}"}
-    if token:
-        return {"Authorization": f"Bearer {token}"}
+    if given.token:
+        return {"Authorization": f"Bearer {given.token}"}
     return {}
-
-
-def _credentials_file() -> dict[str, str]:
-    """The [mlflow] section of ~/.mlflow/credentials, where `mlflow login` saves them."""
-    parser = configparser.ConfigParser()
-    parser.read(os.path.expanduser(os.path.join("~", ".mlflow", "credentials")))
-    return dict(parser["mlflow"]) if parser.has_section("mlflow") else {}

@@ -27,11 +27,21 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
 from rllib_mlflow.mlflow.client import client, client_errors, registry_writer
+from rllib_mlflow.mlflow.registry_client import (
+    ModelVersionInfo,
+    Page,
+    RegistryClient,
+    RegistryReader,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))?/?$")
 _ITERATION_ALIAS = re.compile(rf"^{names.ITERATION_ALIAS_PREFIX}(?P<iteration>\d+)$")
@@ -42,7 +52,7 @@ BEST_RECHECK_WINDOW = 100
 
 
 def find_versions(
-    mlflow_client,
+    mlflow_client: RegistryClient,
     name: str,
     *,
     training_iteration: int | None = None,
@@ -75,7 +85,7 @@ def find_versions(
 
 
 def iter_versions(
-    mlflow_client,
+    mlflow_client: RegistryReader,
     filters: list[str],
     *,
     newest_first: bool = False,
@@ -100,7 +110,11 @@ def iter_versions(
 
 
 def iter_versions_in_parallel(
-    mlflow_client, filters: list[str], *, workers: int = 2, page_size: int = PAGE_SIZE
+    mlflow_client: RegistryClient,
+    filters: list[str],
+    *,
+    workers: int = 2,
+    page_size: int = PAGE_SIZE,
 ) -> Iterator:
     """`iter_versions(..., newest_first=True)` of a whole listing (a prune's plan) with
     `workers` requests in flight: a tracking server answers on several processes, and its
@@ -115,7 +129,7 @@ def iter_versions_in_parallel(
     if not newest:
         return
 
-    def numbered(top: int) -> list:
+    def numbered(top: int) -> Page[ModelVersionInfo]:
         bounds = [f"version_number <= {top}", f"version_number > {top - page_size}"]
         return mlflow_client.search_model_versions(
             " AND ".join([*filters, *bounds]),
@@ -134,7 +148,7 @@ def iter_versions_in_parallel(
             yield from pending.popleft().result()
 
 
-def newest_versions(mlflow_client, name: str, count: int) -> list:
+def newest_versions(mlflow_client: RegistryClient, name: str, count: int) -> list:
     """The `count` highest-numbered versions of `name`, newest first (one query)."""
     return list(
         mlflow_client.search_model_versions(
@@ -153,16 +167,17 @@ def find_version(
     training_iteration: int | None = None,
     trial: str | None = None,
     tracking_uri: str | None = None,
-):
+) -> ModelVersion:
     """The ModelVersion named by a models:/ URI, or by a name plus training iteration."""
-    return resolve_version(
+    version = resolve_version(
         client(tracking_uri), model, training_iteration=training_iteration, trial=trial
     )
+    return cast("ModelVersion", version)  # MlflowClient's versions are MLflow's own
 
 
 def resolve_version(
-    mlflow_client, model: str, *, training_iteration: int | None, trial: str | None
-):
+    mlflow_client: RegistryClient, model: str, *, training_iteration: int | None, trial: str | None
+) -> ModelVersionInfo:
     """`find_version` with a given client (ours over REST, or MLflow's)."""
     match = _MODEL_URI.match(model)
     name = match.group("name") if match else model
@@ -196,7 +211,9 @@ def version_tags(**tags: Any) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None and v != ""}
 
 
-def update_best_alias(mlflow_client, name: str, version, metric: str, mode: str) -> str | None:
+def update_best_alias(
+    mlflow_client: MlflowClient, name: str, version, metric: str, mode: str
+) -> str | None:
     """Point `best` at `version` (just registered) when its `metric` tag strictly improves
     on the current `best`'s; returns the version `best` points at.
 
@@ -219,7 +236,7 @@ def update_best_alias(mlflow_client, name: str, version, metric: str, mode: str)
     return None if current is None else str(current.version)
 
 
-def _best_of_newest(mlflow_client, name: str, metric: str, mode: str):
+def _best_of_newest(mlflow_client: RegistryClient, name: str, metric: str, mode: str):
     return _best_version(newest_versions(mlflow_client, name, BEST_RECHECK_WINDOW), metric, mode)
 
 
@@ -256,14 +273,14 @@ def _improves(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _alias_or_none(mlflow_client, name: str, alias: str):
+def _alias_or_none(mlflow_client: RegistryClient, name: str, alias: str):
     try:
         return mlflow_client.get_model_version_by_alias(name, alias)
     except client_errors(mlflow_client):
         return None
 
 
-def _get_version(mlflow_client, name: str, version: str):
+def _get_version(mlflow_client: RegistryClient, name: str, version: str):
     try:
         return mlflow_client.get_model_version(name, version)
     except client_errors(mlflow_client) as error:
@@ -273,7 +290,7 @@ def _get_version(mlflow_client, name: str, version: str):
         ) from error
 
 
-def _get_alias(mlflow_client, name: str, alias: str):
+def _get_alias(mlflow_client: RegistryClient, name: str, alias: str):
     iteration = _ITERATION_ALIAS.match(alias)
     version = None
     if iteration:  # the newest version of that iteration, from its tag
@@ -287,7 +304,7 @@ def _get_alias(mlflow_client, name: str, alias: str):
     return version
 
 
-def _existing_versions(mlflow_client, name: str) -> list[int]:
+def _existing_versions(mlflow_client: RegistryClient, name: str) -> list[int]:
     try:
         newest = newest_versions(mlflow_client, name, PAGE_SIZE)
         return sorted(int(v.version) for v in newest)
@@ -295,14 +312,14 @@ def _existing_versions(mlflow_client, name: str) -> list[int]:
         return []
 
 
-def _existing_aliases(mlflow_client, name: str) -> list[str]:
+def _existing_aliases(mlflow_client: RegistryClient, name: str) -> list[str]:
     try:
         return sorted(mlflow_client.get_registered_model(name).aliases)
     except Exception:
         return []
 
 
-def _registered_iterations(mlflow_client, name: str) -> str:
+def _registered_iterations(mlflow_client: RegistryClient, name: str) -> str:
     """For an error message: the iterations of the newest versions (a listing of all of
     them costs about a millisecond per version)."""
     versions = newest_versions(mlflow_client, name, PAGE_SIZE)

@@ -7,23 +7,26 @@ carries its state from step to step and is told the reward its previous action e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .flatten import flatten_observation
 
+if TYPE_CHECKING:
+    from .serving import Policy
+
 
 class EpisodeActor:
     """The actions of one policy through one episode: make a new one per episode."""
 
-    def __init__(self, policy):
+    def __init__(self, policy: Policy):
         self.policy = policy
         self.flatten = any(s["type"] == "flatten" for s in policy.metadata["preprocessing"])
         self.state = policy.initial_state(1) if policy.is_stateful else None
         self.reward = 0.0  # what the previous action earned: nothing before the first
 
-    def act(self, observation: Any, space=None) -> Any:
+    def act(self, observation: Any, space: Any = None) -> Any:  # space: a gymnasium Space
         """The action for one raw observation (`space`: the env's observation space, for
         the observations RLlib flattens)."""
         if self.flatten and space is not None and not isinstance(observation, dict):

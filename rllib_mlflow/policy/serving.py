@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 
@@ -38,6 +39,11 @@ BACKEND_FORMATS = {
     "litert": "tflite",
     "litert_int8": "tflite_int8",
 }
+# A loaded backend: {graph input name: batch} -> {graph output name: batch}.
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+# What `Policy.step` returns: the actions and the next state (and the dist inputs, if asked).
+Step = tuple[np.ndarray, dict[str, np.ndarray]]
+StepWithDistInputs = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]
 
 
 class Policy:
@@ -106,6 +112,29 @@ class Policy:
             state[window["name"]] = np.tile(np.asarray(initial, np.float32), (batch_size, 1))
         return state
 
+    @overload
+    def step(
+        self,
+        observations: Any,
+        state: dict[str, Any],
+        prev_rewards: Any = None,
+        explore: bool = False,
+        seed: int | None = None,
+        return_dist_inputs: Literal[False] = False,
+    ) -> Step: ...
+
+    @overload
+    def step(
+        self,
+        observations: Any,
+        state: dict[str, Any],
+        prev_rewards: Any = None,
+        explore: bool = False,
+        seed: int | None = None,
+        *,
+        return_dist_inputs: Literal[True],
+    ) -> StepWithDistInputs: ...
+
     def step(
         self,
         observations: Any,
@@ -114,7 +143,7 @@ class Policy:
         explore: bool = False,
         seed: int | None = None,
         return_dist_inputs: bool = False,
-    ):
+    ) -> Step | StepWithDistInputs:
         """One environment step of a stateful policy: (actions, next state).
 
         `prev_rewards` are the rewards the environment returned for the previous actions
@@ -142,7 +171,9 @@ class Policy:
             return actions, next_state, outputs["action_dist_inputs"]
         return actions, next_state
 
-    def _choose(self, outputs: dict[str, np.ndarray], explore: bool, seed: int | None):
+    def _choose(
+        self, outputs: dict[str, np.ndarray], explore: bool, seed: int | None
+    ) -> np.ndarray:
         if not explore:
             return outputs["actions"]
         if self.metadata.get("custom_distribution"):
@@ -227,11 +258,16 @@ def _default_backend(export_dir: str) -> str:
     )
 
 
-def _load_backend(backend: str, export_dir: str, outputs: list[str]):
+def _load_backend(backend: str, export_dir: str, outputs: list[str]) -> Runner:
     """A function: {graph input name: batch} -> {graph output name: batch}."""
     if backend == "onnxruntime":
         session = onnx_session(os.path.join(export_dir, ONNX_FILE))
-        return lambda feeds: dict(zip(outputs, session.run(outputs, feeds)))
+
+        def run_onnx(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            # Our graphs' outputs are tensors, which onnxruntime returns as arrays.
+            return dict(zip(outputs, cast(list[np.ndarray], session.run(outputs, feeds))))
+
+        return run_onnx
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -239,7 +275,7 @@ def _load_backend(backend: str, export_dir: str, outputs: list[str]):
             "serving_default"
         ]
 
-        def run(feeds):
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out = serve(**{name: tf.constant(value) for name, value in feeds.items()})
             return {name: out[name].numpy() for name in outputs}
 
@@ -249,7 +285,7 @@ def _load_backend(backend: str, export_dir: str, outputs: list[str]):
     raise ValueError(f"Unknown backend {backend!r}; choose one of {BACKENDS}.")
 
 
-def litert_runner(path: str, outputs: list[str]):
+def litert_runner(path: str, outputs: list[str]) -> Runner:
     """A `.tflite` file run by the LiteRT interpreter (`ai-edge-litert`, no TensorFlow),
     with OMP_NUM_THREADS threads if set, as `onnx_session`."""
     try:
@@ -270,7 +306,7 @@ def litert_runner(path: str, outputs: list[str]):
     }
 
 
-def onnx_session(path: str):
+def onnx_session(path: str) -> Any:  # an onnxruntime.InferenceSession
     """An onnxruntime session on the CPU with OMP_NUM_THREADS threads, if set: onnxruntime
     ignores that variable, which torch and TensorFlow honour (the export worker sets it to
     1, to leave the cores to training). Unset, a thread per core (onnxruntime's default)."""

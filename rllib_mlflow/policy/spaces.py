@@ -48,7 +48,8 @@ def space_from_json(data: dict[str, Any]) -> gym.Space:
     if kind == "Box":
         low = np.array(data["low"], dtype=np.float64)
         high = np.array(data["high"], dtype=np.float64)
-        return gym.spaces.Box(low, high, tuple(data["shape"]), np.dtype(data["dtype"]))
+        dtype = np.dtype(data["dtype"])  # gymnasium takes a dtype, typed as a scalar type
+        return gym.spaces.Box(low, high, tuple(data["shape"]), dtype)  # pyright: ignore[reportArgumentType]
     if kind == "Discrete":
         return gym.spaces.Discrete(data["n"], start=data.get("start", 0))
     if kind == "MultiDiscrete":

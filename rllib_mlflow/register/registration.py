@@ -1,18 +1,23 @@
 """Log a checkpoint to MLflow: export it, log a LoggedModel per module at the checkpoint's
-training iteration, register a version, tag it and move `best`.
+training iteration, register a version, tag it and move `best`; then apply the retention.
+
+The orchestration of `register/`, in one module: `log_checkpoint` (a user's call) and
+`register_task` (the worker's and `sync`'s) both carry out a `RegistrationTask`, the data
+of `task.py`, with its settings' retries and retention.
 
 Nothing here lists the registered model's versions or aliases: a registration costs the
 same at the 10,000th version as at the 10th (see `mlflow.versions` and `mlflow.family`)."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow import names
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
@@ -21,21 +26,28 @@ from rllib_mlflow.mlflow import family, runs
 from rllib_mlflow.mlflow.client import check_tracking_server, client
 from rllib_mlflow.mlflow.versions import update_best_alias
 from rllib_mlflow.redaction import get_logger, mask_urls, redact
-from rllib_mlflow.register import versions
+from rllib_mlflow.register import model_version
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, flatten_metrics, metric_key
-from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
+from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask, resolve_settings
+from rllib_mlflow.retries import with_retries
 from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
+from rllib_mlflow.rllib.uris import CheckpointLike
 from rllib_mlflow.rllib.uris import checkpoint_uri as source_uri
 from rllib_mlflow.validation import validate_tags
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 logger = get_logger(__name__)
 
 
 def log_checkpoint(
-    checkpoint,
-    registered_model_name: str,
+    checkpoint: CheckpointLike,
+    registered_model_name: str | None = None,
     *,
+    settings: RegistrationSettings | None = None,
     training_iteration: int | None = None,
     metrics: Mapping[str, Any] | None = None,
     run_id: str | None = None,
@@ -54,49 +66,48 @@ def log_checkpoint(
     metrics_logged: bool = False,
     video: bool = False,
     min_int8_agreement: float = DEFAULT_MIN_AGREEMENT,
-) -> list:
+) -> list[ModelVersion]:
     """Export an RLlib checkpoint, log it to MLflow and register one version per module.
 
     Args:
         checkpoint: checkpoint directory, URI (s3://...) or ``ray.tune.Checkpoint``.
-        registered_model_name: the registered model. A multi-module checkpoint registers
-            each module as ``<name>-<module_id>``.
+        registered_model_name, formats, best_metric, best_mode, log_rllib_checkpoint,
+            verify, video, min_int8_agreement: the settings, documented on
+            `RegistrationSettings`.
+        settings: all the settings at once instead of those keywords; then its ``retries``
+            and retention apply too (with the keywords, a failure is reported at once).
         training_iteration: the LoggedModel's step; default: read from the checkpoint.
         metrics: the iteration's results (nested or flattened with '/'); numeric values
             are logged at the step and linked to the LoggedModel.
         run_id: the run to log into; default: the active run, else a new run.
         tags: extra version tags.
-        formats: export formats (see `export_checkpoint`).
+        module_id: one module of a multi-module checkpoint; default: every module.
         trial_id, trial_name: recorded as version tags; one version per trial, iteration
             and module, so logging the same checkpoint twice returns the first version.
-        best_metric, best_mode: the `best` alias moves to a version that improves on it.
-        log_rllib_checkpoint: also upload the RLlib checkpoint as run artifacts, so that
-            `download_checkpoint` does not depend on the original storage.
         checkpoint_uri: where the checkpoint lives, to record when ``checkpoint`` is a
             local copy of it (default: ``checkpoint`` itself).
         metrics_logged: the metrics are already in the run at this step (Tune callback).
         tracking_uri, registry_uri: default MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI
             (else the tracking store).
-        video: record one seeded episode from the env's rgb_array render (no Ray) as
-            replay.gif with the LoggedModel, shown on the version's card.
-        min_int8_agreement: with ``"tflite_int8"`` in formats, the share of observations it
-            must act like RLlib on, else it is refused (see `export_checkpoint`).
 
     Returns:
         The registered ``ModelVersion`` of each module.
     """
-    settings = RegistrationSettings(
+    chosen = resolve_settings(
+        settings,
         registered_model_name,
-        best_metric,
-        best_mode,
-        formats,
-        log_rllib_checkpoint,
-        video,
-        verify,
+        formats=tuple(formats),
+        best_metric=best_metric,
+        best_mode=best_mode,
+        log_rllib_checkpoint=log_rllib_checkpoint,
+        verify=verify,
+        video=video,
         min_int8_agreement=min_int8_agreement,
     )
+    if settings is None:  # a direct call has always reported a failure at once
+        chosen = dataclasses.replace(chosen, retries=0)
     task = RegistrationTask(
-        settings,
+        settings=chosen,
         checkpoint=str(checkpoint),
         checkpoint_uri=checkpoint_uri or source_uri(checkpoint),
         training_iteration=training_iteration,
@@ -108,18 +119,49 @@ def log_checkpoint(
         module_id=module_id,
         tags=validate_tags(redact(dict(tags or {}))),  # before any export or server call
     )
-    return register(task, tracking_uri=tracking_uri, registry_uri=registry_uri, source=checkpoint)
+    return _register_with_retries(task, tracking_uri, registry_uri, source=checkpoint)
 
 
-def register(
+def register_task(
+    task: RegistrationTask, tracking_uri: str | None = None, registry_uri: str | None = None
+) -> list[dict[str, str]]:
+    """Carry out one task of the worker or `sync`, retrying transient failures, then apply
+    the retention policy; returns the versions as `{"name", "version"}`."""
+    versions = _register_with_retries(task, tracking_uri, registry_uri)
+    return [{"name": v.name, "version": str(v.version)} for v in versions]
+
+
+def _register_with_retries(
+    task: RegistrationTask,
+    tracking_uri: str | None,
+    registry_uri: str | None,
+    source: CheckpointLike | None = None,
+) -> list[ModelVersion]:
+    settings = task.settings
+    versions = with_retries(
+        lambda: _register_once(
+            task, tracking_uri=tracking_uri, registry_uri=registry_uri, source=source
+        ),
+        attempts=settings.retries + 1,
+    )
+    if settings.keep_last is not None or settings.keep_best is not None:
+        from rllib_mlflow.mlflow.retention import prune
+
+        mlflow_client = client(tracking_uri, registry_uri)
+        for name in sorted({v.name for v in versions}):
+            prune(mlflow_client, name, settings.keep_last, settings.keep_best)
+    return versions
+
+
+def _register_once(
     task: RegistrationTask,
     *,
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
-    source=None,
-) -> list:
-    """Carry out `task` (see `log_checkpoint`); `source` is the checkpoint to read when it is
-    more than a path (a ``ray.tune.Checkpoint``), else ``task.checkpoint`` is read."""
+    source: CheckpointLike | None = None,
+) -> list[ModelVersion]:
+    """Carry out `task` once (see `log_checkpoint`); `source` is the checkpoint to read when
+    it is more than a path (a ``ray.tune.Checkpoint``), else ``task.checkpoint`` is read."""
     source = task.checkpoint if source is None else source
     mlflow_client = client(tracking_uri, registry_uri)
     check_tracking_server(mlflow_client)
@@ -129,13 +171,14 @@ def register(
         try:
             snapshots = read_snapshots(source, task.module_id)
             # RLLIB_MLFLOW_TMPDIR: where exports are written before upload (default TMPDIR).
-            scratch = os.environ.get("RLLIB_MLFLOW_TMPDIR") or None
+            scratch = env.RLLIB_MLFLOW_TMPDIR.value()
             with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_", dir=scratch) as workdir:
                 return [
                     _log_and_register(
                         mlflow_client,
                         snapshot,
-                        task.replace(run_id=run_id),
+                        task,
+                        run_id=run_id,
                         model_name=_model_name(task, snapshot, len(snapshots)),
                         source=source,
                         export_dir=Path(workdir, snapshot.module_id),
@@ -161,14 +204,15 @@ def _fluent_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
 
 
 def _log_and_register(
-    mlflow_client,
+    mlflow_client: MlflowClient,
     snapshot: PolicySnapshot,
     task: RegistrationTask,
     *,
+    run_id: str,
     model_name: str,
-    source,
+    source: CheckpointLike,
     export_dir: Path,
-):
+) -> ModelVersion:
     """Register one module's checkpoint unless this trial's iteration already is."""
     from rllib_mlflow.evaluate import replay
     from rllib_mlflow.mlflow import card
@@ -178,7 +222,7 @@ def _log_and_register(
     metrics = flatten_metrics(task.metrics) or flatten_metrics(snapshot.metrics)
     key = (model_name, task.trial_id, iteration, snapshot.module_id)
     with host_lock(mlflow_client.tracking_uri, *key):
-        existing = versions.versions_of_key(mlflow_client, *key)
+        existing = model_version.versions_of_key(mlflow_client, *key)
         if existing:
             logger.info(
                 "%s iteration %s is already version %s", model_name, iteration, existing[0].version
@@ -195,16 +239,16 @@ def _log_and_register(
         if not task.metrics_logged and metrics:
             runs.log_metrics(
                 mlflow_client,
-                task.run_id,
+                run_id,
                 {metric_key(k): v for k, v in metrics.items()},
                 iteration,
             )
         artifact = (
-            _upload_checkpoint(mlflow_client, task.run_id, source, iteration)
+            _upload_checkpoint(mlflow_client, run_id, source, iteration)
             if settings.log_rllib_checkpoint
             else None
         )
-        tags = versions.policy_version_tags(
+        tags = model_version.policy_version_tags(
             policy,
             settings,
             metrics,
@@ -214,16 +258,16 @@ def _log_and_register(
             artifact,
         )
         tags[names.VERSION_TAG_FAMILY] = family.so_far(mlflow_client, model_name).to_json()
-        version = versions.log_version(
+        version = model_version.log_version(
             mlflow_client,
             policy,
             model_name=model_name,
-            run_id=task.run_id,
+            run_id=run_id,
             training_iteration=iteration,
             tags=tags | task.tags,
             trial_name=task.trial_name,
         )
-        first = versions.first_of_key(mlflow_client, version, *key)
+        first = model_version.first_of_key(mlflow_client, version, *key)
         if first is not version:
             return first
     with host_lock(mlflow_client.tracking_uri, model_name, "best"):
@@ -243,7 +287,9 @@ def _log_and_register(
     return version
 
 
-def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteration: int) -> str:
+def _upload_checkpoint(
+    mlflow_client: MlflowClient, run_id: str, checkpoint: CheckpointLike, training_iteration: int
+) -> str:
     from rllib_mlflow.rllib.uris import local_checkpoint_dir
 
     path = f"rllib_checkpoints/checkpoint_{training_iteration:06d}"
@@ -251,7 +297,7 @@ def _upload_checkpoint(mlflow_client, run_id: str, checkpoint, training_iteratio
     return f"runs:/{run_id}/{path}"
 
 
-def _resolve_run(mlflow_client, run_id: str | None) -> tuple[str, bool]:
+def _resolve_run(mlflow_client: MlflowClient, run_id: str | None) -> tuple[str, bool]:
     import mlflow
 
     from rllib_mlflow.mlflow.internals import _get_experiment_id

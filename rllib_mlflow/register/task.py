@@ -1,8 +1,9 @@
 """What to register, once: the settings a user chose, and the task of one checkpoint.
 
-A `RegistrationTask` is the journal line, the message to the export worker and the call:
-the Tune callback and `sync` build one, `register_task` carries it out. Its JSON never
-holds the tracking URI (it may carry credentials): whoever runs the task supplies it.
+Data only: a `RegistrationTask` is the journal line, the message to the export worker and
+the call; the Tune callback, `sync` and `log_checkpoint` build one, and
+`rllib_mlflow.register.registration.register_task` carries it out. Its JSON never holds the
+tracking URI (it may carry credentials): whoever runs the task supplies it.
 """
 
 from __future__ import annotations
@@ -14,25 +15,48 @@ from typing import Any
 from rllib_mlflow.export import FORMATS, validate_formats
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC
-from rllib_mlflow.retries import with_retries
 from rllib_mlflow.validation import validate_registered_model_name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RegistrationSettings:
-    """What to register and how: checked once, before any export work."""
+    """What to register and how, checked once, before any export work: the settings of
+    `log_checkpoint`, `MLflowCheckpointCallback` and the CLI's `register` and `sync`, which
+    all document them here.
+
+    Attributes:
+        registered_model_name: the registered model. A multi-module checkpoint registers
+            each module as ``<name>-<module_id>``.
+        best_metric, best_mode: the ``best`` alias moves to a version that improves on
+            ``best_metric`` ("max" or "min"); a nested result key may be given by its last
+            part.
+        formats: export formats (see `rllib_mlflow.export_checkpoint`).
+        log_rllib_checkpoint: also upload the RLlib checkpoint as run artifacts, so that
+            `download_checkpoint` does not depend on the original storage.
+        video: record one seeded episode from the env's rgb_array render (no Ray) as
+            replay.gif with the LoggedModel, shown on the version's card.
+        verify: prove each export equal to RLlib's own module (the parity check).
+        retries: how often a transient failure (an unreachable server, HTTP 429 or 5xx) is
+            retried, with backoff; a permanent one fails at once.
+        keep_last, keep_best: the retention policy applied after each registration:
+            versions outside the last ``keep_last`` and the best ``keep_best`` are deleted
+            (see `rllib_mlflow.mlflow.retention`); versions holding ``best`` or any alias a
+            person set are never deleted. None: keep all.
+        min_int8_agreement: with ``"tflite_int8"`` in formats, the share of observations it
+            must act like RLlib on, else it is refused (see `export_checkpoint`).
+    """
 
     registered_model_name: str
     best_metric: str = DEFAULT_BEST_METRIC
     best_mode: str = "max"
     formats: tuple[str, ...] = FORMATS
     log_rllib_checkpoint: bool = False
-    video: bool = False  # record a replay of one seeded episode with each version
-    verify: bool = True  # prove each export equal to RLlib's own module
-    retries: int = 5  # for transient failures
-    keep_last: int | None = None  # retention, applied after each registration
+    video: bool = False
+    verify: bool = True
+    retries: int = 5
+    keep_last: int | None = None
     keep_best: int | None = None
-    min_int8_agreement: float = DEFAULT_MIN_AGREEMENT  # tflite_int8's, see export_checkpoint
+    min_int8_agreement: float = DEFAULT_MIN_AGREEMENT
 
     def __post_init__(self) -> None:
         validate_registered_model_name(self.registered_model_name)
@@ -46,7 +70,7 @@ class RegistrationSettings:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RegistrationTask:
     """One checkpoint to export, log and register, with the settings to do it with."""
 
@@ -58,12 +82,17 @@ class RegistrationTask:
     trial_id: str | None = None
     trial_name: str | None = None
     run_id: str | None = None  # resolved by whoever runs the task, when not known yet
-    metrics_logged: bool = True  # the metrics are in the run at this step already
+    # The metrics are in the run at this step already (the Tune callback's logger put them
+    # there). False by default, as in `log_checkpoint`: logging them again is harmless,
+    # leaving them out of a run that lacks them is not.
+    metrics_logged: bool = False
     module_id: str | None = None  # one module of a multi-module checkpoint, else all
     tags: dict[str, str] = field(default_factory=dict)  # extra version tags
 
     @property
     def key(self) -> str:
+        if self.training_iteration is None:
+            raise ValueError("a task has a journal key once its training iteration is known")
         return task_key(self.trial_id, self.training_iteration)
 
     def replace(self, **changes: Any) -> RegistrationTask:
@@ -94,27 +123,22 @@ def task_key(trial_id: str | None, training_iteration: int) -> str:
     return f"{trial_id or 'no-trial'}/{int(training_iteration)}"
 
 
-def register_task(
-    task: RegistrationTask, tracking_uri: str | None = None, registry_uri: str | None = None
-) -> list[dict[str, str]]:
-    """Carry out one task, retrying transient failures, then apply the retention policy;
-    returns the versions as `{"name", "version"}`."""
-    from rllib_mlflow.register.registration import register
-
-    versions = with_retries(
-        lambda: register(task, tracking_uri=tracking_uri, registry_uri=registry_uri),
-        attempts=task.settings.retries + 1,
-    )
-    settings = task.settings
-    if settings.keep_last is not None or settings.keep_best is not None:
-        _apply_retention(settings, {v.name for v in versions}, tracking_uri, registry_uri)
-    return [{"name": v.name, "version": str(v.version)} for v in versions]
-
-
-def _apply_retention(settings, names: set[str], tracking_uri, registry_uri) -> None:
-    from rllib_mlflow.mlflow.client import client
-    from rllib_mlflow.mlflow.retention import prune
-
-    mlflow_client = client(tracking_uri, registry_uri)
-    for name in sorted(names):
-        prune(mlflow_client, name, settings.keep_last, settings.keep_best)
+def resolve_settings(
+    settings: RegistrationSettings | None, registered_model_name: str | None, **keywords: Any
+) -> RegistrationSettings:
+    """The settings of a public call that takes them either way (`log_checkpoint`, the
+    callback): `settings`, or the ones its keyword arguments give, never both at odds."""
+    if settings is None:
+        if registered_model_name is None:
+            raise TypeError("pass registered_model_name, or settings=RegistrationSettings(...)")
+        return RegistrationSettings(registered_model_name=registered_model_name, **keywords)
+    name = settings.registered_model_name
+    from_keywords = RegistrationSettings(registered_model_name=name, **keywords)
+    if registered_model_name not in (None, name) or from_keywords != RegistrationSettings(
+        registered_model_name=name
+    ):
+        raise TypeError(
+            "pass the registration settings as settings=RegistrationSettings(...) or as "
+            "keyword arguments, not both."
+        )
+    return settings

@@ -9,6 +9,7 @@ out, the action distribution and NormalizeAndClipActions become the `ActionRule`
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -183,7 +184,7 @@ def _action_rule(
     if isinstance(dist_cls, functools.partial):
         dist_cls = dist_cls.func
     # RLlib may hand out a generated subclass (a "DistributionPartial"): use its base.
-    bases = getattr(dist_cls, "__mro__", ())
+    bases = cast("tuple[type, ...]", getattr(dist_cls, "__mro__", ()))
     name = next((_DISTRIBUTIONS[c.__name__] for c in bases if c.__name__ in _DISTRIBUTIONS), None)
     if name is None:
         raise UnsupportedModuleError(

@@ -7,6 +7,8 @@ traced from the torch module).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
@@ -75,7 +77,7 @@ def _overrides_inference(cls, base) -> bool:
     return any(getattr(cls, m, None) is not getattr(base, m, None) for m in methods)
 
 
-def lstm_actor_encoder(module):
+def lstm_actor_encoder(module: Any) -> Any:
     """The LSTM encoder that computes the actions of RLlib's default stateful PPO module."""
     encoder = module.encoder
     return encoder.encoder if hasattr(encoder, "encoder") else encoder.actor_encoder

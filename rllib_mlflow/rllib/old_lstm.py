@@ -12,10 +12,13 @@ With `lstm_use_prev_action` / `lstm_use_prev_reward` the LSTM also reads the pre
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.rllib.keras_layers import keras_dense
 from rllib_mlflow.rllib.snapshot import LSTMLayer, Network, PrevActionsRewards, StateTensor
 
 WRAPPED_FCNET = "ray.rllib.models.catalog.FullyConnectedNetwork_as_LSTMWrapper"
@@ -32,7 +35,7 @@ def refuse_unsupported_lstm(config: dict) -> None:
             )
 
 
-def lstm_prev_actions_rewards(config: dict, action_space) -> PrevActionsRewards | None:
+def lstm_prev_actions_rewards(config: dict, action_space: gym.Space) -> PrevActionsRewards | None:
     """What LSTMWrapper appends to the fcnet's output before its LSTM: the previous action
     (one-hot) with lstm_use_prev_action, the previous reward with lstm_use_prev_reward. Both
     are graph inputs then, as the new stack's PrevActionsPrevRewards windows of one step."""
@@ -59,7 +62,7 @@ def lstm_prev_actions_rewards(config: dict, action_space) -> PrevActionsRewards 
     )
 
 
-def lstm_network(model, config: dict) -> Network:
+def lstm_network(model: Any, config: dict) -> Network:  # model: RLlib's ModelV2
     """The Network of an old-stack `FullyConnectedNetwork_as_LSTMWrapper` (TF2 or torch)."""
     refuse_unsupported_lstm(config)
     cls = f"{type(model).__module__}.{type(model).__name__}"
@@ -70,7 +73,7 @@ def lstm_network(model, config: dict) -> Network:
     return _torch_network(model) if hasattr(model, "_logits_branch") else _tf_network(model)
 
 
-def lstm_state(model) -> tuple[StateTensor, ...]:
+def lstm_state(model: Any) -> tuple[StateTensor, ...]:
     """The LSTM's state tensors as the graphs carry them, with RLlib's initial values."""
     initial = [np.asarray(_numpy(s), np.float32).ravel() for s in model.get_initial_state()]
     if len(initial) != len(STATE_NAMES):
@@ -95,8 +98,6 @@ def _torch_network(model) -> Network:
 
 def _tf_network(model) -> Network:
     """TF2: the fcnet's Dense fc_1..fc_n, the Keras LSTM "lstm", the Dense "logits"."""
-    from rllib_mlflow.rllib.old_models import _keras_dense
-
     base = model.base_model
     names = [layer.name for layer in base.layers]
     if "fc_out" in names:
@@ -111,8 +112,8 @@ def _tf_network(model) -> Network:
         raise UnsupportedModuleError(f"An LSTM with {settings['activation']} is not exported.")
     kernel, recurrent, bias = (np.asarray(w, np.float32) for w in lstm.get_weights())
     return Network(
-        tuple(step for dense in hidden for step in _keras_dense(dense)),
-        tuple(_keras_dense(model._rnn_model.get_layer("logits"))),
+        tuple(step for dense in hidden for step in keras_dense(dense)),
+        tuple(keras_dense(model._rnn_model.get_layer("logits"))),
         lstm=(LSTMLayer(int(settings["units"]), (kernel, recurrent, bias)),),
     )
 

@@ -8,9 +8,12 @@ ModelV2 may compute anything, so it is refused rather than guessed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.rllib.keras_layers import KERAS_ACTIVATIONS, keras_dense
 from rllib_mlflow.rllib.old_lstm import lstm_network, refuse_unsupported_lstm
 from rllib_mlflow.rllib.snapshot import Layer, Network
 
@@ -23,12 +26,9 @@ OLD_STACK_DISTRIBUTIONS = {
     "DiagGaussian": "diag_gaussian",
     "TorchDiagGaussian": "diag_gaussian",
 }
-# Keras activation functions by their __name__ -> the names `Layer("activation")` uses.
-_KERAS_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
-_KERAS_ACTIVATIONS |= {"elu": "elu", "sigmoid": "sigmoid"}
 
 
-def old_stack_network(policy) -> Network:
+def old_stack_network(policy: Any) -> Network:  # RLlib's Policy (see `restore_policy`)
     """The deterministic inference network of `policy.model`, or UnsupportedModuleError."""
     model = policy.model
     config = policy.config.get("model", {})
@@ -47,7 +47,7 @@ def old_stack_network(policy) -> Network:
     return translate(model)
 
 
-def distribution_name(policy) -> str:
+def distribution_name(policy: Any) -> str:
     """The action rule's name for the policy's action distribution class, or refusal."""
     dist = getattr(policy, "dist_class", None)
     dist = getattr(dist, "func", dist)  # Box actions: a functools.partial with the space
@@ -86,26 +86,15 @@ def _tf_fcnet(model) -> Network:
     names = [layer.name for layer in base.layers]
     hidden = [base.get_layer(n) for n in names if n.startswith("fc_") and n[3:].isdigit()]
     hidden.sort(key=lambda layer: int(layer.name[3:]))
-    layers = [step for dense in hidden for step in _keras_dense(dense)]
+    layers = [step for dense in hidden for step in keras_dense(dense)]
     if "fc_out" not in names:  # num_outputs=0 cannot act
         raise UnsupportedModuleError("The fcnet has no output layer (num_outputs=0).")
     out = base.get_layer("fc_out")
-    head = _keras_dense(out)
+    head = keras_dense(out)
     log_std = getattr(model, "log_std_var", None)
     if log_std is not None:
         head = _append_log_std(head, np.asarray(log_std.numpy(), np.float32))
     return _split(layers, head)
-
-
-def _keras_dense(dense) -> list[Layer]:
-    kernel, bias = (np.asarray(w, np.float32) for w in dense.get_weights())
-    steps = [Layer("dense", {"units": int(kernel.shape[1])}, (kernel, bias))]
-    activation = getattr(dense.activation, "__name__", "linear")
-    if activation != "linear":
-        if activation not in _KERAS_ACTIVATIONS:
-            raise UnsupportedModuleError(f"Activation {activation!r} is not exported yet.")
-        steps.append(Layer("activation", {"name": _KERAS_ACTIVATIONS[activation]}))
-    return steps
 
 
 def _tf_visionnet(model) -> Network:
@@ -132,7 +121,7 @@ def _keras_chain(output) -> list:
 def _keras_layer(layer) -> list[Layer]:
     kind = type(layer).__name__
     if kind == "Dense":
-        return _keras_dense(layer)
+        return keras_dense(layer)
     if kind == "Flatten":
         return [Layer("flatten")]
     if kind != "Conv2D" or layer.data_format != "channels_last" or layer.dilation_rate != (1, 1):
@@ -146,7 +135,7 @@ def _keras_layer(layer) -> list[Layer]:
     steps.append(Layer("conv2d", config, (kernel, bias)))
     activation = getattr(layer.activation, "__name__", "linear")
     if activation != "linear":
-        steps.append(Layer("activation", {"name": _KERAS_ACTIVATIONS[activation]}))
+        steps.append(Layer("activation", {"name": KERAS_ACTIVATIONS[activation]}))
     return steps
 
 

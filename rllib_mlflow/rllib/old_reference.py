@@ -9,12 +9,15 @@ observations as the graphs take them, i.e. after RLlib's preprocessor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rllib_mlflow.rllib.old_stack import quiet_tensorflow, restore_policy
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
+
+if TYPE_CHECKING:
+    import torch
 
 
 def old_stack_reference(snapshot: PolicySnapshot) -> Callable[[Any], tuple[Any, np.ndarray]]:
@@ -74,22 +77,22 @@ def _policy_step(policy) -> Callable[..., tuple[np.ndarray, np.ndarray, list]]:
     ) -> tuple[np.ndarray, np.ndarray, list]:
         batch = [np.asarray(o, np.float32) for o in observations]
         if obs_filter is not None:
-            batch = [obs_filter(o, update=False) for o in batch]
+            batch = [np.asarray(obs_filter(o, update=False)) for o in batch]
         with quiet_tensorflow():
             if state:  # as compute_single_action(obs, state=...) passes it (compute_actions'
                 # state_batches is broken for TF2 policies in Ray 2.60)
                 columns = {"obs": np.stack(batch)} | _state_in(state) | (extra or {})
                 inputs = SampleBatch(columns)
-                actions, state_out, extra = policy.compute_actions_from_input_dict(
+                actions, state_out, info = policy.compute_actions_from_input_dict(
                     inputs, explore=False
                 )
             else:
-                actions, state_out, extra = policy.compute_actions(np.stack(batch), explore=False)
+                actions, state_out, info = policy.compute_actions(np.stack(batch), explore=False)
         if policy.config.get("normalize_actions"):
-            actions = np.stack([unsquash_action(a, space) for a in actions])
+            actions = np.stack([np.asarray(unsquash_action(a, space)) for a in actions])
         elif policy.config.get("clip_actions"):
-            actions = np.stack([clip_action(a, space) for a in actions])
-        dist_inputs = np.asarray(extra["action_dist_inputs"], np.float32)
+            actions = np.stack([np.asarray(clip_action(a, space)) for a in actions])
+        dist_inputs = np.asarray(info["action_dist_inputs"], np.float32)
         return np.asarray(actions), dist_inputs, [np.asarray(s, np.float32) for s in state_out]
 
     return step
@@ -99,7 +102,7 @@ def _state_in(state: list) -> dict[str, np.ndarray]:
     return {f"state_in_{i}": s for i, s in enumerate(state)}
 
 
-def old_stack_torch_model(snapshot: PolicySnapshot):
+def old_stack_torch_model(snapshot: PolicySnapshot) -> torch.nn.Module:
     """The torch policy's own ModelV2 as a module: preprocessed observations ->
     action_dist_inputs (what ONNX traces)."""
     import torch

@@ -51,8 +51,11 @@ def read_old_stack_snapshots(
     return [_read_policy(pid, pdir, algorithm, source) for pid, pdir in sorted(policy_dirs.items())]
 
 
-def restore_policy(policy_dir: str):
-    """RLlib's old-stack Policy restored from its checkpoint directory, without Ray."""
+def restore_policy(policy_dir: str) -> Any:
+    """RLlib's old-stack Policy restored from its checkpoint directory, without Ray.
+
+    Typed Any: RLlib's `Policy` declares neither `model` nor the config its subclasses
+    (TorchPolicyV2, the eager TF policies) hold."""
     state = _load_pickle(Path(policy_dir) / _POLICY_STATE)
     framework = state["policy_spec"]["config"].get("framework", "torch")
     if framework in ("tf", "tf2"):

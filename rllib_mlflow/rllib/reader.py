@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 
@@ -83,6 +83,8 @@ def _read_module(
             "by another Ray version."
         ) from error
     obs_space, act_space = module.observation_space, module.action_space
+    if obs_space is None or act_space is None:  # what RLlib's checkpoints always hold
+        raise CheckpointError(f"Module {module_id!r} in {module_dir} has no spaces.")
     connectors = algorithm["env_to_module"]
     flatten, connector_error = _check_env_to_module(connectors)
     if connector_error:
@@ -94,8 +96,8 @@ def _read_module(
     observation_inputs = None
     if prev is not None:  # the graph takes the raw observation and the history separately
         input_shape, flatten = _box_shape(raw_space, "PrevActionsPrevRewards"), False
-    elif frames:
-        input_shape = tuple(int(d) for d in raw_space.shape)
+    elif frames:  # `_frame_stack` checked that it is a Box
+        input_shape = tuple(int(d) for d in cast(gym.spaces.Box, raw_space).shape)
     elif isinstance(obs_space, gym.spaces.Dict) and not flatten:
         observation_inputs, input_shape = _dict_observation_inputs(obs_space), ()
     else:

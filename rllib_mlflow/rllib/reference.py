@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
+if TYPE_CHECKING:
+    from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
-def restore_rl_module(snapshot: PolicySnapshot):
+
+def restore_rl_module(snapshot: PolicySnapshot) -> TorchRLModule:
     """RLlib's torch RLModule for `snapshot`, restored without starting Ray."""
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    return RLModule.from_checkpoint(str(Path(snapshot.module_dir).resolve()))
+    module = RLModule.from_checkpoint(str(Path(snapshot.module_dir).resolve()))
+    return cast("TorchRLModule", module)  # the new API stack's modules are torch ones
 
 
 def rllib_reference(
@@ -130,7 +134,7 @@ def rllib_sequence_reference(
         for t in range(steps):
             obs = windows.module_observations(np.asarray(observations[t], np.float32))
             with torch.no_grad():
-                batch_in = {Columns.OBS: torch.from_numpy(obs)}
+                batch_in: dict[str, Any] = {Columns.OBS: torch.from_numpy(obs)}
                 if snapshot.state:  # a recurrent module takes [batch, time=1, ...]
                     batch_in = {Columns.OBS: batch_in[Columns.OBS][:, None]}
                     batch_in[Columns.STATE_IN] = state
@@ -193,13 +197,13 @@ def _rllib_actions(module, snapshot: PolicySnapshot, dist_inputs) -> np.ndarray:
     rule = snapshot.action_rule
     action_space = _gym_space(snapshot.action_space)
     if rule.normalize_actions:
-        actions = np.stack([unsquash_action(a, action_space) for a in actions])
+        actions = np.stack([np.asarray(unsquash_action(a, action_space)) for a in actions])
     elif rule.clip_actions:
-        actions = np.stack([clip_action(a, action_space) for a in actions])
+        actions = np.stack([np.asarray(clip_action(a, action_space)) for a in actions])
     return actions
 
 
-def module_dist_inputs(module, observations):
+def module_dist_inputs(module: Any, observations: Any) -> Any:
     """The module's action_dist_inputs for a torch batch of preprocessed observations,
     computed with operators `torch.onnx.export` can trace."""
     if getattr(module, "uses_dueling", False) and module.num_atoms == 1:
@@ -232,7 +236,9 @@ def rllib_flattened(space: dict[str, Any], samples: list) -> np.ndarray:
 
     batch = tree.map_structure(lambda *parts: np.stack(parts), *samples)
     struct = get_base_struct_from_space(_gym_space(space))
-    return np.asarray(flatten_inputs_to_1d_tensor(batch, struct, batch_axis=True), np.float32)
+    # Ray types the struct it returns wider than the one it takes back.
+    flat = flatten_inputs_to_1d_tensor(batch, struct, batch_axis=True)  # pyright: ignore[reportArgumentType]
+    return np.asarray(flat, np.float32)
 
 
 def _rllib_filter(spec: MeanStdFilter | None):
@@ -243,7 +249,10 @@ def _rllib_filter(spec: MeanStdFilter | None):
     from ray.rllib.utils.filter import RunningStat
 
     obs_filter = RLlibMeanStdFilter(
-        spec.mean.shape, demean=spec.demean, destd=spec.destd, clip=spec.clip
+        spec.mean.shape,
+        demean=spec.demean,
+        destd=spec.destd,
+        clip=spec.clip,  # pyright: ignore[reportArgumentType]  # RLlib takes None: no clipping
     )
     obs_filter.running_stats = RunningStat.from_state(spec.rllib_state)
     return obs_filter

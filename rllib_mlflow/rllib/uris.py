@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.errors import CheckpointError
 
 CheckpointLike = Any  # str | os.PathLike | ray.tune.Checkpoint
@@ -21,11 +22,18 @@ def checkpoint_uri(checkpoint: CheckpointLike) -> str:
     from ray.tune import Checkpoint
 
     if isinstance(checkpoint, Checkpoint):
-        if checkpoint.filesystem.type_name == "local":
+        if _filesystem_type(checkpoint) == "local":
             return str(Path(checkpoint.path).resolve())
-        return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+        return f"{_filesystem_type(checkpoint)}://{checkpoint.path}"
     text = os.fspath(checkpoint)
     return text if "://" in text else str(Path(text).resolve())
+
+
+def _filesystem_type(checkpoint: Any) -> str:
+    """The pyarrow filesystem of a `ray.tune.Checkpoint` ("local", "s3", ...). Ray types it
+    Optional, yet its constructor always sets one (from the path when not given)."""
+    filesystem = checkpoint.filesystem
+    return "local" if filesystem is None else filesystem.type_name
 
 
 def local_checkpoint_dir(checkpoint: CheckpointLike) -> str:
@@ -33,7 +41,7 @@ def local_checkpoint_dir(checkpoint: CheckpointLike) -> str:
     from ray.tune import Checkpoint
 
     if isinstance(checkpoint, Checkpoint):
-        if checkpoint.filesystem.type_name == "local":
+        if _filesystem_type(checkpoint) == "local":
             return checkpoint.path
         return checkpoint.to_directory(tempfile.mkdtemp(prefix="rllib_mlflow_ckpt_"))
     text = os.fspath(checkpoint)
@@ -54,12 +62,10 @@ def _credentials_hint(uri: str) -> str:
         return ""
     configured = (
         any(
-            os.environ.get(name)
-            for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+            v.value()
+            for v in (env.AWS_ACCESS_KEY_ID, env.AWS_PROFILE, env.AWS_WEB_IDENTITY_TOKEN_FILE)
         )
-        or Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"))
-        .expanduser()
-        .exists()
+        or Path(env.AWS_SHARED_CREDENTIALS_FILE.value() or "").expanduser().exists()
     )
     if configured:
         return ""

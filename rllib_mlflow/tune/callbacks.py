@@ -1,6 +1,6 @@
 """Ray Tune callbacks: one MLflow run per trial, and every checkpoint a registered version.
 
-The hooks only translate Tune events into messages. `Exporter` passes them, in each trial's
+The hooks only translate Tune events into messages. `ExportDispatcher` passes them, in each trial's
 order, to worker processes (`rllib_mlflow.tune.worker`) that do all the MLflow work at the
 lowest CPU priority: the trials' runs, and exporting and registering checkpoints. So the
 driver never imports mlflow, TensorFlow or torch, and never waits on a server. Every
@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from ray.tune.logger import LoggerCallback
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow._logging import show_info_logs
 from rllib_mlflow.export import FORMATS
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
@@ -26,14 +28,22 @@ from rllib_mlflow.mlflow.client import validate_tracking_uri
 from rllib_mlflow.mlflow.runs import TrialInfo, redact_params
 from rllib_mlflow.redaction import get_logger, redact
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, result_metrics
-from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
-from rllib_mlflow.tune.exporter import (
-    Exporter,
+from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask, resolve_settings
+from rllib_mlflow.tune.dispatcher import (
+    ExportDispatcher,
     default_export_workers,
     local_experiment_dir,
     resolve_export_on,
 )
 from rllib_mlflow.tune.journal import QUEUED
+from rllib_mlflow.tune.messages import (
+    Configure,
+    EndRun,
+    LogArtifacts,
+    LogMetrics,
+    LogParams,
+    StartRun,
+)
 from rllib_mlflow.tune.staging import StagingLimit
 from rllib_mlflow.validation import validate_tags
 
@@ -73,42 +83,45 @@ class MLflowLoggerCallback(LoggerCallback):
         self.tracking_token = tracking_token
         self.save_artifact = save_artifact
         self.log_params_on_trial_end = log_params_on_trial_end
-        self._exporter: Exporter | None = None
+        self._dispatcher: ExportDispatcher | None = None
 
     # Tune hooks ------------------------------------------------------------------------
 
     def setup(self, *args, **kwargs) -> None:
         show_info_logs()  # the end-of-experiment progress must reach the person waiting
         if self.tracking_token:
-            os.environ["MLFLOW_TRACKING_TOKEN"] = self.tracking_token
+            os.environ[env.MLFLOW_TRACKING_TOKEN.name] = self.tracking_token
         preflight.check_tracking_store(
             self.tracking_uri, registry_uri=self.registry_uri, **self._preflight_targets()
         )
-        if self._exporter is None:
-            self._exporter = Exporter(self._worker_settings(), **self._exporter_options())
-        self._exporter.start_worker()  # its start-up overlaps the trials' start-up
+        if self._dispatcher is None:
+            self._dispatcher = ExportDispatcher(
+                self._worker_settings(), **self._dispatcher_options()
+            )
+        self._dispatcher.start_worker()  # its start-up overlaps the trials' start-up
 
-    def _worker_settings(self) -> dict[str, Any]:
-        return {
-            "tracking_uri": self.tracking_uri,
-            "registry_uri": self.registry_uri,
-            **self._experiment(),
-            "tags": self.tags,
-            # MLflow's run context (source name, git commit) is the driver's script.
-            "source": sys.argv[0] if sys.argv else "",
-        }
+    def _worker_settings(self) -> Configure:
+        experiment = self._experiment()
+        return Configure(
+            tracking_uri=self.tracking_uri,
+            registry_uri=self.registry_uri,
+            experiment_name=experiment.get("experiment_name"),
+            experiment_id=experiment.get("experiment_id"),
+            tags=self.tags,
+            source=sys.argv[0] if sys.argv else "",
+        )
 
-    def _exporter_options(self) -> dict[str, Any]:
+    def _dispatcher_options(self) -> dict[str, Any]:
         return {}
 
     def _experiment(self) -> dict[str, str]:
         """Where the runs go, in the order Ray's callback and MLflow's env vars imply."""
         if self.experiment_name:
             return {"experiment_name": self.experiment_name}
-        if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            return {"experiment_id": os.environ["MLFLOW_EXPERIMENT_ID"]}
-        if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-            return {"experiment_name": os.environ["MLFLOW_EXPERIMENT_NAME"]}
+        if experiment_id := env.MLFLOW_EXPERIMENT_ID.value():
+            return {"experiment_id": experiment_id}
+        if experiment_name := env.MLFLOW_EXPERIMENT_NAME.value():
+            return {"experiment_name": experiment_name}
         return {}  # the Tune experiment's name, known per trial
 
     def _preflight_targets(self) -> dict[str, str | None]:
@@ -118,48 +131,45 @@ class MLflowLoggerCallback(LoggerCallback):
     # retries there), so that a slow or unreachable server never blocks or breaks training.
 
     def log_trial_start(self, trial) -> None:
-        self._ensure_setup()
-        trial_info = TrialInfo.of(trial).to_json()
-        self._exporter.send("start_run", trial=trial_info)
+        dispatcher, info = self._ensure_setup(), TrialInfo.of(trial)
+        dispatcher.post(StartRun(trial=info))
         if not self.log_params_on_trial_end:
-            self._exporter.send("log_params", trial=trial_info, params=redact_params(trial.config))
+            dispatcher.post(LogParams(trial=info, params=redact_params(trial.config)))
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        self._exporter.send(
-            "log_metrics",
-            optional=True,
-            trial=TrialInfo.of(trial).to_json(),
+        message = LogMetrics(
+            trial=TrialInfo.of(trial),
             metrics=result_metrics(result),
             step=int(result.get("training_iteration", iteration)),
-            # Stamped here, when the result came, not when the worker gets to it: the time
-            # is right however far the worker lags, and a message sent again after a worker
-            # crash logs nothing twice (MLflow keeps one of identical metrics).
-            timestamp_ms=int(time.time() * 1000),
+            timestamp_ms=int(time.time() * 1000),  # when the result came (see LogMetrics)
         )
+        self._ensure_setup().post(message, optional=True)
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        trial_info = TrialInfo.of(trial).to_json()
+        dispatcher, info = self._ensure_setup(), TrialInfo.of(trial)
         if self.log_params_on_trial_end:
-            self._exporter.send("log_params", trial=trial_info, params=redact_params(trial.config))
-        if self.save_artifact:
-            self._exporter.send("log_artifacts", trial=trial_info, path=trial.local_path)
-        self._exporter.send("end_run", trial=trial_info, status="FAILED" if failed else "FINISHED")
+            dispatcher.post(LogParams(trial=info, params=redact_params(trial.config)))
+        if self.save_artifact and trial.local_path is not None:  # None: Tune never set it up
+            dispatcher.post(LogArtifacts(trial=info, path=trial.local_path))
+        dispatcher.post(EndRun(trial=info, status="FAILED" if failed else "FINISHED"))
 
     def on_experiment_end(self, trials, **info) -> None:
-        if self._exporter is None:
+        if self._dispatcher is None:
             return
         for trial in trials:  # runs not ended by now were stopped early, e.g. by Ctrl-C
-            self._exporter.send("end_run", trial=TrialInfo.of(trial).to_json(), status="KILLED")
-        self._exporter.flush()
+            self._dispatcher.post(EndRun(trial=TrialInfo.of(trial), status="KILLED"))
+        self._dispatcher.flush()
 
     # Pickling: Tune stores callbacks with the experiment state for `Tuner.restore`.
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_exporter": None}
+        return {**self.__dict__, "_dispatcher": None}
 
-    def _ensure_setup(self) -> None:
-        if self._exporter is None:
+    def _ensure_setup(self) -> ExportDispatcher:
+        if self._dispatcher is None:
             self.setup()
+        assert self._dispatcher is not None  # setup made it
+        return self._dispatcher
 
 
 class MLflowCheckpointCallback(MLflowLoggerCallback):
@@ -168,21 +178,18 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     On each checkpoint of each trial, the checkpoint is exported (see
     `rllib_mlflow.export_checkpoint`), logged as a LoggedModel of the trial's run at its
     training iteration with that iteration's metrics, and registered as a version of
-    ``registered_model_name`` with tags and the ``best`` alias (see
+    ``registered_model_name`` with tags, a model card and the ``best`` alias (see
     `rllib_mlflow.log_checkpoint`). This runs in the background: training never waits
     on it, and a failure to log never stops training.
+
+    The registration settings (``registered_model_name``, ``formats``, ``best_metric``,
+    ``best_mode``, ``log_rllib_checkpoint``, ``verify``, ``retries``, ``keep_last``,
+    ``keep_best``, ``video``, ``min_int8_agreement``) are documented on
+    `RegistrationSettings`; pass them as keywords, or all at once as ``settings=``.
 
     At the end of the experiment (and on Ctrl-C) it waits up to ``flush_timeout_s`` for
     the queued checkpoints, showing progress; whatever is left is in the journal in the
     experiment directory, for ``rllib-mlflow sync EXPERIMENT_DIR``.
-
-    With ``keep_last`` / ``keep_best``, versions outside that retention policy are deleted
-    after each registration (see `rllib_mlflow.mlflow.retention`); versions holding ``best`` or
-    any alias a person set are never deleted.
-
-    Each version gets a model card (its description, and README.md with the model); with
-    ``video=True`` also a replay of one seeded episode (replay.gif), recorded without Ray
-    from the env's ``rgb_array`` render.
 
     ``export_workers`` processes export in parallel (default: RLLIB_MLFLOW_EXPORT_WORKERS,
     else one per two cores, at most 4); each trial's checkpoints go to one of them, in
@@ -200,9 +207,10 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
 
     def __init__(
         self,
-        registered_model_name: str,
+        registered_model_name: str | None = None,
         tracking_uri: str | None = None,
         *,
+        settings: RegistrationSettings | None = None,
         formats: tuple[str, ...] | list[str] = FORMATS,
         best_metric: str = DEFAULT_BEST_METRIC,
         best_mode: str = "max",
@@ -221,17 +229,18 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         **logger_kwargs: Any,
     ):
         super().__init__(tracking_uri, **logger_kwargs)
-        self.settings = RegistrationSettings(
+        self.settings = resolve_settings(
+            settings,
             registered_model_name,
-            best_metric,
-            best_mode,
-            tuple(formats),
-            log_rllib_checkpoint,
-            video,
-            verify,
-            retries,
-            keep_last,
-            keep_best,
+            formats=tuple(formats),
+            best_metric=best_metric,
+            best_mode=best_mode,
+            log_rllib_checkpoint=log_rllib_checkpoint,
+            verify=verify,
+            retries=retries,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            video=video,
             min_int8_agreement=min_int8_agreement,
         )
         self.export_workers = export_workers or default_export_workers()
@@ -240,7 +249,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
         self.flush_timeout_s = flush_timeout_s
         self._best_metric_seen: bool | None = None
 
-    def _exporter_options(self) -> dict[str, Any]:
+    def _dispatcher_options(self) -> dict[str, Any]:
         options = {"workers": self.export_workers, "staging": self.staging_limit}
         if self.export_on == "cluster":
             from rllib_mlflow.tune.ray_worker import RayWorker
@@ -248,18 +257,26 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             options["worker_factory"] = RayWorker
         return options
 
-    def _worker_settings(self) -> dict[str, Any]:
-        return {**super()._worker_settings(), "prewarm_formats": list(self.settings.formats)}
+    def _worker_settings(self) -> Configure:
+        return replace(super()._worker_settings(), prewarm_formats=self.settings.formats)
 
     def setup(self, *args, **kwargs) -> None:
         super().setup(*args, **kwargs)
-        self._exporter.flush_timeout_s = self.flush_timeout_s
+        self._ensure_setup().flush_timeout_s = self.flush_timeout_s
 
     def _preflight_targets(self) -> dict[str, str | None]:
         return {
             **super()._preflight_targets(),
             "registered_model_name": self.settings.registered_model_name,
         }
+
+    def log_trial_start(self, trial) -> None:
+        super().log_trial_start(trial)
+        try:  # before its first checkpoint, so that a `sync` meanwhile knows the trial's id
+            journal = self._ensure_setup().journal_for(local_experiment_dir(trial))
+            journal.record_trial(trial.trial_id, str(trial), trial.storage.trial_dir_name)
+        except Exception:  # logging must never stop training
+            logger.exception("could not journal the start of trial %s", trial)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         super().log_trial_result(iteration, trial, result)
@@ -274,28 +291,28 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
     def _queue_checkpoint(self, trial, checkpoint) -> None:
         from rllib_mlflow.rllib.uris import checkpoint_uri
 
-        self._ensure_setup()
-        info = TrialInfo.of(trial)
-        journal = self._exporter.journal_for(local_experiment_dir(trial))
+        dispatcher, info = self._ensure_setup(), TrialInfo.of(trial)
+        journal = dispatcher.journal_for(local_experiment_dir(trial))
         result = dict(trial.last_result or {})
         iteration = int(result.get("training_iteration", 0))
         source = checkpoint_uri(checkpoint)
-        staged = self._exporter.staging.stage(
+        staged = dispatcher.staging.stage(
             checkpoint, journal.path.parent, trial.trial_id, iteration
         )
         task = RegistrationTask(
-            self.settings,
+            settings=self.settings,
             checkpoint=staged or source,
             checkpoint_uri=source,
             training_iteration=iteration,
             metrics=result_metrics(result),
             trial_id=info.trial_id,
             trial_name=info.name,
+            metrics_logged=True,  # the logger sent them before this, in the trial's order
         )
         # The journal never holds the tracking URI (it may carry credentials); the worker
         # adds it, and the run id of the trial.
         journal.record(QUEUED, task.key, **task.to_json())
-        self._exporter.register(journal, task, trial=info.to_json())
+        dispatcher.submit(journal, task, trial=info)
 
     def _check_best_metric(self, result: dict) -> None:
         if self._best_metric_seen:

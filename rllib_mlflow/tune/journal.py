@@ -5,6 +5,11 @@ flushed and fsynced as they are written, so the record survives Ctrl-C, SIGKILL 
 crashes; `rllib-mlflow sync` re-reads it and registers whatever is still pending. A line
 that is not an entry (cut short by SIGKILL, or edited by hand) is reported with its line
 number and skipped; its checkpoint is still found on disk by `sync`.
+
+A `trial` line, written when a trial starts, names the trial's directory and id: while a
+run is live Tune copies result.json to the experiment folder only every `sync_period`
+(5 minutes by default), so a `sync` meanwhile finds checkpoints whose result.json names no
+trial yet, and must still give them the ids the callback gives them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from rllib_mlflow.redaction import get_logger, redact
 logger = get_logger(__name__)
 
 JOURNAL_FILE = "rllib_mlflow_journal.jsonl"
-QUEUED, REGISTERED, FAILED = "queued", "registered", "failed"
+QUEUED, REGISTERED, FAILED, TRIAL = "queued", "registered", "failed", "trial"
 # What a queued entry must hold for `sync` to register it, and of which type.
 _QUEUED_FIELDS = {"checkpoint": str, "checkpoint_uri": str, "training_iteration": int}
 
@@ -81,11 +86,17 @@ class Journal:
                     entries.append(entry)
         return entries
 
+    def record_trial(self, trial_id: str, trial_name: str, directory_name: str) -> None:
+        """That the trial `trial_id` keeps its checkpoints in `directory_name`."""
+        self.record(TRIAL, trial_id, trial_name=trial_name, directory=directory_name)
+
     def pending(self) -> list[dict[str, Any]]:
         """Queued tasks with no `registered` line (failed ones are retried too)."""
         latest: dict[str, dict[str, Any]] = {}
         queued: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
+            if entry["event"] == TRIAL:
+                continue
             latest[entry["key"]] = entry
             if entry["event"] == QUEUED:
                 queued[entry["key"]] = entry
@@ -102,7 +113,7 @@ def _parse(line: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not JSON (cut short by a crash?)"
     if not isinstance(entry, dict):
         return None, f"a JSON {type(entry).__name__}, not an entry"
-    if entry.get("event") not in (QUEUED, REGISTERED, FAILED):
+    if entry.get("event") not in (QUEUED, REGISTERED, FAILED, TRIAL):
         return None, f"unknown event {entry.get('event')!r}"
     if not isinstance(entry.get("key"), str) or not entry["key"]:
         return None, "no task key"
@@ -110,4 +121,21 @@ def _parse(line: str) -> tuple[dict[str, Any] | None, str | None]:
         for name, kind in _QUEUED_FIELDS.items():
             if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
                 return None, f"a queued entry without a valid {name!r}"
+    if entry["event"] == TRIAL and not isinstance(entry.get("directory"), str):
+        return None, "a trial entry without its directory"
     return entry, None
+
+
+def journaled_trial_id(entries: list[dict[str, Any]], directory_name: str) -> str | None:
+    """The id of the trial whose directory is `directory_name`, from its `trial` entry, or
+    from a queued entry of a journal written before there were any (Tune names a trial's
+    directory "<trial name>_<tag>_<date>", and a queued entry holds the trial's name)."""
+    for entry in entries:
+        if entry["event"] == TRIAL and entry["directory"] == directory_name:
+            return entry["key"]
+    for entry in entries:
+        name, trial_id = entry.get("trial_name"), entry.get("trial_id")
+        if isinstance(name, str) and name and isinstance(trial_id, str) and trial_id:
+            if directory_name.startswith(name + "_"):
+                return trial_id
+    return None

@@ -8,7 +8,7 @@ priority as the worker process does: training keeps the cores. Each new actor go
 alive node with the fewest of them: Ray's "SPREAD" strategy does not spread actors that ask
 for no resources (measured: 3 of 4 on the same node of two), and taking the nodes in turn
 put both on one node when the second node joined after the first actor started. It is not
-restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, and the `Exporter`
+restarted by Ray: when it dies, `RayWorker` reports `worker_exited`, and the `ExportDispatcher`
 starts a new actor and resends it what was not answered.
 """
 
@@ -17,17 +17,27 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
+from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rllib_mlflow.legacy_keras import ENVIRONMENT as LEGACY_KERAS
 from rllib_mlflow.redaction import get_logger, redact_text
-from rllib_mlflow.tune.worker import Session, prepare_worker_process
+from rllib_mlflow.tune.messages import (
+    Configure,
+    Failed,
+    Register,
+    WorkerExited,
+    decode_request,
+    encode_request,
+)
+from rllib_mlflow.tune.worker import OnReply, Session, configure_message, prepare_worker_process
 
 logger = get_logger(__name__)
 
@@ -35,24 +45,28 @@ logger = get_logger(__name__)
 class ExportActor:
     """Runs in the actor's own process on some node; replies say which node did the work."""
 
-    def __init__(self, configure: dict[str, Any]):
+    def __init__(self, configure: Mapping[str, Any]):
         prepare_worker_process()
         self._node = ray.get_runtime_context().get_node_id()
         self._session = Session()
         self._session.handle(configure)
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+    def handle(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
         reply = self._session.reply(_readable_here(message))
         return None if reply is None else {**reply, "node": self._node}
 
 
-def _readable_here(message: dict[str, Any]) -> dict[str, Any]:
+def _readable_here(message: Mapping[str, Any]) -> Mapping[str, Any]:
     """Read the checkpoint itself when the driver's staged copy is not on this node (cloud
     storage: the copy is on the driver's disk); `sync` falls back the same way."""
-    task = message.get("task")
-    if not task or "://" in task["checkpoint"] or Path(task["checkpoint"]).exists():
+    key, request = decode_request(message)
+    if not isinstance(request, Register):
         return message
-    return {**message, "task": {**task, "checkpoint": task["checkpoint_uri"]}}
+    task = request.task
+    if "://" in task.checkpoint or Path(task.checkpoint).exists():
+        return message
+    moved = replace(request, task=task.replace(checkpoint=task.checkpoint_uri))
+    return encode_request(moved, key)
 
 
 _RemoteExportActor = ray.remote(ExportActor)
@@ -77,10 +91,10 @@ class RayWorker:
     messages, get called back with each reply in order, and with `worker_exited` when the
     actor dies."""
 
-    def __init__(self, on_reply: Callable[[RayWorker, str, dict], None], settings: dict[str, Any]):
+    def __init__(self, on_reply: OnReply, settings: Configure | Mapping[str, Any]):
         self._on_reply = on_reply
-        self._configure = {"op": "configure", **settings}
-        self._actor = None
+        self._configure = configure_message(settings)
+        self._actor: ActorHandle[ExportActor] | None = None
         self._generation = 0  # which actor a pending call went to; a new one after each death
         self._pending: queue.Queue = queue.Queue()  # (generation, key, result ref), in order
         self._lock = threading.Lock()
@@ -94,8 +108,9 @@ class RayWorker:
             self._start_actor()
             return True
 
-    def submit(self, message: dict[str, Any]) -> None:
-        """Send to the running actor (see `start`); raises when there is none."""
+    def submit(self, message: Mapping[str, Any]) -> None:
+        """Send a request as `messages.encode_request` makes it to the running actor (see
+        `start`); raises when there is none."""
         with self._lock:
             if self._actor is None:
                 raise RuntimeError("the export actor is not started")
@@ -115,7 +130,7 @@ class RayWorker:
                 'here; run under Tune (which starts Ray), or pass export_on="driver".'
             )
         self._generation += 1
-        self._actor = _RemoteExportActor.options(
+        actor = _RemoteExportActor.options(
             num_cpus=0,  # never takes a CPU a trial could use
             max_concurrency=1,  # one call at a time, in submission order
             max_restarts=0,  # a restart would lose the calls queued on it; we resend them
@@ -123,7 +138,10 @@ class RayWorker:
             # Set when its process starts, not only in __init__: a worker process Ray reuses
             # may have loaded TensorFlow, and tf.keras is chosen once (see legacy_keras).
             runtime_env={"env_vars": LEGACY_KERAS},
-        ).remote(self._configure)
+        ).remote(self._configure.to_json())
+        # Ray's stubs say "handle or class" (ActorProxy), so that method calls type-check on
+        # either; what `.remote` makes is the handle.
+        self._actor = cast("ActorHandle[ExportActor]", actor)
         if self._waiter is None:
             self._waiter = threading.Thread(
                 target=self._wait_for_replies, name="rllib-mlflow-ray-replies", daemon=True
@@ -135,15 +153,16 @@ class RayWorker:
         while True:
             generation, key, ref = self._pending.get()
             try:
-                reply = ray.get(ref)
+                reply: dict[str, Any] | None = ray.get(ref)
             except RayActorError as error:
                 if generation <= reported_dead:
-                    continue  # died with the actor already reported; the Exporter resends it
+                    continue  # died with the actor already reported; the dispatcher resends it
                 reported_dead = generation
                 self._forget_actor(generation)
-                reply, key = {"worker_exited": f"Ray actor died ({type(error).__name__})"}, ""
+                died = WorkerExited(exit=f"Ray actor died ({type(error).__name__})")
+                reply, key = died.to_json(), ""
             except Exception as error:  # e.g. Ray shut down under us
-                reply = {"error": redact_text(f"{type(error).__name__}: {error}")}
+                reply = Failed(error=redact_text(f"{type(error).__name__}: {error}")).to_json()
             if reply is None:
                 continue
             try:

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.redaction import get_logger
 
 logger = get_logger(__name__)
@@ -36,8 +37,8 @@ class StagingLimit:
     def from_env(cls, count: int | None = None, size: int | None = None) -> StagingLimit:
         """Explicit values, else RLLIB_MLFLOW_MAX_STAGED / RLLIB_MLFLOW_MAX_STAGED_BYTES,
         else the defaults."""
-        count = count if count is not None else _env_int("RLLIB_MLFLOW_MAX_STAGED")
-        size = size if size is not None else _env_int("RLLIB_MLFLOW_MAX_STAGED_BYTES")
+        count = count if count is not None else _env_int(env.RLLIB_MLFLOW_MAX_STAGED)
+        size = size if size is not None else _env_int(env.RLLIB_MLFLOW_MAX_STAGED_BYTES)
         return cls(DEFAULT_MAX_STAGED if count is None else count, size)
 
 
@@ -117,8 +118,8 @@ def _tree_size(path: Path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
+def _env_int(variable: env.Variable) -> int | None:
+    name, value = variable.name, variable.text()
     if not value:
         return None
     try:

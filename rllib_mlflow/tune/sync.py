@@ -15,16 +15,20 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import CheckpointError, RegistryError
 from rllib_mlflow.mlflow.client import check_tracking_server, client
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import result_metrics
-from rllib_mlflow.register.task import RegistrationTask, register_task
-from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
+from rllib_mlflow.register.registration import register_task
+from rllib_mlflow.register.task import RegistrationTask
+from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal, journaled_trial_id
 from rllib_mlflow.validation import validate_registered_model_name
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = get_logger(__name__)
 
@@ -78,12 +82,12 @@ def sync_experiment(
         )
     validate_registered_model_name(name)
     check_tracking_server(client(tracking_uri))
-    settings = {"registered_model_name": name, "verify": verify}
+    settings = chosen_settings(name, verify=verify, video=video)
     tasks = {}
-    for entry in journal.pending():
-        task = RegistrationTask.from_json(entry, **settings, video=video or entry.get("video"))
-        tasks[entry["key"]] = task
-    for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri, settings, video):
+    for entry in journal.pending():  # a replay the callback was asked for is recorded too
+        video_too = {"video": video or bool(entry.get("video"))}
+        tasks[entry["key"]] = RegistrationTask.from_json(entry, **(settings | video_too))
+    for task in _tasks_on_disk(Path(experiment_dir), entries, tracking_uri, settings):
         tasks.setdefault(task.key, task)
     tasks = _resolve_runs(tasks, Path(experiment_dir).name, tracking_uri)
     return _register_all(tasks, tracking_uri, journal, on_progress)
@@ -128,20 +132,22 @@ def register_path(
     _require_directory(path, "an experiment directory, a trial directory or a checkpoint")
     check_tracking_server(client(tracking_uri))
     root = Path(path)
-    settings = {"registered_model_name": registered_model_name, "verify": verify}
+    settings = chosen_settings(registered_model_name, verify=verify, video=video)
     if (root / "rllib_checkpoint.json").exists():  # one checkpoint inside a trial directory
-        experiment = root.parent.parent
-        tasks = _trial_tasks(
-            root.parent, experiment.name, {}, tracking_uri, settings, video, [root]
-        )
+        tasks = _tasks_of_trial(root.parent, tracking_uri, settings, [root])
     elif (root / "result.json").exists():  # one trial
-        tasks = _trial_tasks(root, root.parent.name, {}, tracking_uri, settings, video)
+        tasks = _tasks_of_trial(root, tracking_uri, settings)
     else:
-        entries = Journal(root).entries()
-        tasks = _tasks_on_disk(root, entries, tracking_uri, settings, video)
+        tasks = _tasks_on_disk(root, Journal(root).entries(), tracking_uri, settings)
     if not tasks:
         raise RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
     return _register_all({t.key: t for t in tasks}, tracking_uri, on_progress=on_progress)
+
+
+def chosen_settings(registered_model_name: str, *, verify: bool, video: bool) -> dict[str, Any]:
+    """The `RegistrationSettings` fields (documented there) that a `sync` or `register`
+    call chooses, over those its journal recorded for each trial."""
+    return {"registered_model_name": registered_model_name, "verify": verify, "video": video}
 
 
 def _require_directory(path: str, what: str) -> None:
@@ -183,9 +189,14 @@ def _register_settled(task: RegistrationTask, tracking_uri: str | None) -> list[
     Tune is still writing (a sync while training runs)."""
     try:
         return register_task(task, tracking_uri)
-    except CheckpointError:
-        if task.checkpoint_uri != task.checkpoint:
+    except Exception as error:
+        staged_copy_gone = task.checkpoint_uri != task.checkpoint and (
+            isinstance(error, CheckpointError) or not Path(task.checkpoint).exists()
+        )  # the callback deletes it once registered, also while sync reads it
+        if staged_copy_gone:
             return register_task(task.replace(checkpoint=task.checkpoint_uri), tracking_uri)
+        if not isinstance(error, CheckpointError):
+            raise
         if time.time() - _last_write(task.checkpoint) > _SETTLING_S:
             raise
         logger.info("%s looks incomplete and was just written; retrying", task.checkpoint)
@@ -206,15 +217,32 @@ def _tasks_on_disk(
     entries: list[dict[str, Any]],
     tracking_uri: str | None,
     settings: dict[str, Any],
-    video: bool,
 ) -> list[RegistrationTask]:
     """A task per checkpoint of each trial directory of `experiment`."""
     runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
     tasks = []
-    for result_file in sorted(experiment.glob("*/result.json")):
-        trial_dir = result_file.parent
-        tasks += _trial_tasks(trial_dir, experiment.name, runs, tracking_uri, settings, video)
+    # Not only trial directories with a result.json: Tune copies it there later than the
+    # checkpoints, which a crash may leave without one.
+    for trial_dir in sorted({c.parent for c in experiment.glob("*/checkpoint_*")}):
+        journaled = journaled_trial_id(entries, trial_dir.name)
+        tasks += _trial_tasks(
+            trial_dir, experiment.name, runs, tracking_uri, settings, trial_id=journaled
+        )
     return tasks
+
+
+def _tasks_of_trial(
+    trial_dir: Path,
+    tracking_uri: str | None,
+    settings: dict[str, Any],
+    checkpoints: Iterable[Path] | None = None,
+) -> list[RegistrationTask]:
+    """`_trial_tasks` of a trial directory given on its own, with its experiment's journal."""
+    experiment = trial_dir.parent
+    trial_id = journaled_trial_id(Journal(experiment).entries(), trial_dir.name)
+    return _trial_tasks(
+        trial_dir, experiment.name, {}, tracking_uri, settings, checkpoints, trial_id
+    )
 
 
 def _trial_tasks(
@@ -223,18 +251,22 @@ def _trial_tasks(
     runs: dict[str, dict[str, Any]],
     tracking_uri: str | None,
     settings: dict[str, Any],
-    video: bool,
     checkpoints: Iterable[Path] | None = None,
+    trial_id: str | None = None,
 ) -> list[RegistrationTask]:
-    """A task per checkpoint of one Tune trial directory, with metrics from result.json."""
+    """A task per checkpoint of one Tune trial directory, with metrics from result.json;
+    the trial's id from there, else `trial_id` (the journal's: result.json lags behind
+    while the run is live), else one made from the directory's name."""
     from rllib_mlflow.rllib.layout import read_training_iteration
 
     results = (
         _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}
     )
-    trial_id = next(
-        (str(r["trial_id"]) for r in results.values() if r.get("trial_id")), None
-    ) or _directory_trial_id(trial_dir)
+    trial_id = (
+        next((str(r["trial_id"]) for r in results.values() if r.get("trial_id")), None)
+        or trial_id
+        or _directory_trial_id(trial_dir)
+    )
     checkpoints = sorted(trial_dir.glob("checkpoint_*")) if checkpoints is None else checkpoints
     if not checkpoints:
         return []
@@ -258,7 +290,7 @@ def _trial_tasks(
             "metrics_logged": run_existed,  # the logger put them in the run
         }
         trial_settings = {k: known[k] for k in _TRIAL_SETTINGS if k in known}
-        tasks.append(RegistrationTask.from_json(facts | trial_settings | settings, video=video))
+        tasks.append(RegistrationTask.from_json(facts | trial_settings | settings))
     return tasks
 
 
@@ -300,7 +332,7 @@ def _trial_run(
 
 
 def _find_or_create_run(
-    mlflow_client, trial_id: str | None, trial_dir: Path, experiment_name: str
+    mlflow_client: MlflowClient, trial_id: str | None, trial_dir: Path, experiment_name: str
 ) -> tuple[str, bool]:
     from rllib_mlflow.mlflow.runs import experiment_id
 

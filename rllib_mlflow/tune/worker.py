@@ -8,9 +8,9 @@ training keeps the cores and this work fills the idle moments. It is started wit
 `python -m rllib_mlflow.tune.worker` rather than multiprocessing, so that the user's training
 script is never re-imported.
 
-Protocol: one JSON message per line on stdin, `{"op": ..., "key": ..., ...}`, handled in
-order; one JSON reply per message on stdout, `{"key": ..., "done"|"versions"|"error": ...}`.
-The first message after each start is `configure` (no reply). Logs go to stderr.
+Protocol (the messages are `rllib_mlflow.tune.messages`): one JSON request per line on
+stdin, handled in order; one JSON reply per request on stdout. The first request after each
+start is `Configure` (no reply). Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -22,13 +22,33 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
+from rllib_mlflow import environment_variables as env
 from rllib_mlflow.legacy_keras import ENVIRONMENT as LEGACY_KERAS
 from rllib_mlflow.legacy_keras import use_legacy_keras
 from rllib_mlflow.redaction import RedactingFilter, get_logger, redact_text
 from rllib_mlflow.retries import with_retries
+from rllib_mlflow.tune.messages import (
+    Configure,
+    Done,
+    EndRun,
+    Failed,
+    LogArtifacts,
+    LogMetrics,
+    LogParams,
+    Register,
+    Registered,
+    Reply,
+    Request,
+    StartRun,
+    WorkerExited,
+    decode_request,
+)
+
+if TYPE_CHECKING:
+    from rllib_mlflow.mlflow.runs import TrialRuns
 
 logger = get_logger(__name__)
 
@@ -40,15 +60,22 @@ THREAD_LIMITS = {
 }
 
 
+# Called with (the worker's handle, the key, the reply as received; see `messages`).
+OnReply = Callable[[Any, str, dict[str, Any]], None]
+
+
+def configure_message(settings: Configure | Mapping[str, Any]) -> Configure:
+    """The `Configure` a handle sends each worker it starts, from itself or its fields."""
+    return settings if isinstance(settings, Configure) else Configure.from_json(settings)
+
+
 class WorkerProcess:
     """The driver's handle on the worker: submit messages, get called back with replies."""
 
-    def __init__(
-        self, on_reply: Callable[[WorkerProcess, str, dict], None], settings: dict[str, Any]
-    ):
+    def __init__(self, on_reply: OnReply, settings: Configure | Mapping[str, Any]):
         self._on_reply = on_reply
-        self._configure = {"op": "configure", **settings}
-        self._process: subprocess.Popen | None = None
+        self._configure = configure_message(settings)
+        self._process: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
     def start(self) -> bool:
@@ -64,8 +91,9 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
-    def submit(self, message: dict[str, Any]) -> None:
-        """Send to the running worker (see `start`); raises when there is none."""
+    def submit(self, message: Mapping[str, Any]) -> None:
+        """Send a request as `messages.encode_request` makes it to the running worker (see
+        `start`); raises when there is none."""
         with self._lock:
             if self._process is None:
                 raise RuntimeError("the export worker is not started")
@@ -80,7 +108,7 @@ class WorkerProcess:
             process.terminate()
             threading.Thread(target=_kill_unless_gone, args=(process,), daemon=True).start()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "rllib_mlflow.tune.worker"],
             stdin=subprocess.PIPE,
@@ -98,74 +126,92 @@ class WorkerProcess:
             # session as much CPU as all of training, whatever its nice value.
             process_group=0,
         )
-        _send(process, self._configure)
+        _send(process, self._configure.to_json())
         threading.Thread(target=self._read_replies, args=(process,), daemon=True).start()
         return process
 
-    def _read_replies(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
+    def _read_replies(self, process: subprocess.Popen[str]) -> None:
+        for line in _pipe(process.stdout):
             try:
                 reply = json.loads(line)
             except json.JSONDecodeError:
                 continue
             self._on_reply(self, reply["key"], reply)
-        self._on_reply(self, "", {"worker_exited": process.wait()})
+        self._on_reply(self, "", WorkerExited(exit=process.wait()).to_json())
 
 
-def _kill_unless_gone(process: subprocess.Popen, timeout_s: float = 10) -> None:
+def _kill_unless_gone(process: subprocess.Popen[str], timeout_s: float = 10) -> None:
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
 
 
-def _send(process: subprocess.Popen, message: dict[str, Any]) -> None:
-    process.stdin.write(json.dumps(message, default=str) + "\n")
-    process.stdin.flush()
+def _send(process: subprocess.Popen[str], message: Mapping[str, Any]) -> None:
+    stdin = _pipe(process.stdin)
+    stdin.write(json.dumps(message, default=str) + "\n")
+    stdin.flush()
+
+
+def _pipe(stream: IO[str] | None) -> IO[str]:
+    if stream is None:  # `_spawn` opens both pipes
+        raise RuntimeError("the export worker's pipe is closed")
+    return stream
 
 
 class Session:
     """The worker's state: the configured tracking URI and the trials' runs."""
 
     def __init__(self) -> None:
-        self.settings: dict[str, Any] = {}
-        self._runs = None
+        self.settings = Configure()
+        self._runs: TrialRuns | None = None
         self._store_ready = False
 
-    def reply(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        """`handle`, with a failure as an `error` reply (redacted): training goes on."""
+    def reply(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
+        """`handle`, with a failure as a `Failed` reply (redacted): training goes on."""
         try:
             return self.handle(message)
         except Exception as error:
-            return {"error": redact_text(f"{type(error).__name__}: {error}")}
+            return Failed(error=redact_text(f"{type(error).__name__}: {error}")).to_json()
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        op = message["op"]
-        if op == "configure":
-            self.settings, self._runs, self._store_ready = message, None, False
-            if message.get("prewarm_formats") is not None:
-                _prewarm(message["prewarm_formats"])
+    def handle(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The reply to one request as received (see `messages`), None for `Configure`."""
+        _, request = decode_request(message)
+        reply = self.answer(request)
+        return None if reply is None else reply.to_json()
+
+    def answer(self, request: Request) -> Reply | None:
+        if isinstance(request, Configure):
+            self.settings, self._runs, self._store_ready = request, None, False
+            if request.prewarm_formats is not None:
+                _prewarm(request.prewarm_formats)
             return None
         self._create_sqlite_tables_once()
-        if op == "register":
-            from rllib_mlflow.register.task import RegistrationTask, register_task
+        if isinstance(request, Register):
+            from rllib_mlflow.register.registration import register_task
 
-            run_id = with_retries(lambda: self.runs.run_id(self._trial(message)))
-            task = RegistrationTask.from_json(message["task"], run_id=run_id)
-            uris = self.settings.get("tracking_uri"), self.settings.get("registry_uri")
-            return {"versions": register_task(task, *uris)}
-        trial = self._trial(message)
-        calls = {
-            "start_run": lambda: self.runs.start(trial),
-            "log_params": lambda: self.runs.log_params(trial, message["params"]),
-            "log_metrics": lambda: self.runs.log_metrics(
-                trial, message["metrics"], message["step"], message.get("timestamp_ms")
-            ),
-            "log_artifacts": lambda: self.runs.log_artifacts(trial, message["path"]),
-            "end_run": lambda: self.runs.end(trial, message["status"]),
-        }
-        with_retries(calls[op])
-        return {"done": True}
+            run_id = with_retries(lambda: self.runs.run_id(request.trial))
+            task = request.task.replace(run_id=run_id)
+            uris = self.settings.tracking_uri, self.settings.registry_uri
+            return Registered(versions=register_task(task, *uris))
+        with_retries(lambda: self._carry_out(request))
+        return Done()
+
+    def _carry_out(
+        self, request: StartRun | LogParams | LogMetrics | LogArtifacts | EndRun
+    ) -> None:
+        runs, trial = self.runs, request.trial
+        match request:
+            case StartRun():
+                runs.start(trial)
+            case LogParams(params=params):
+                runs.log_params(trial, params)
+            case LogMetrics(metrics=metrics, step=step, timestamp_ms=timestamp_ms):
+                runs.log_metrics(trial, metrics, step, timestamp_ms)
+            case LogArtifacts(path=path):
+                runs.log_artifacts(trial, path)
+            case EndRun(status=status):
+                runs.end(trial, status)
 
     def _create_sqlite_tables_once(self) -> None:
         """Workers starting together on a new SQLite file would each create MLflow's tables
@@ -177,10 +223,8 @@ class Session:
         from rllib_mlflow.locks import host_lock
         from rllib_mlflow.mlflow.client import client
 
-        tracking = self.settings.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-        tracking = tracking or "sqlite:///mlflow.db"  # MLflow's default
-        registry_uri = self.settings.get("registry_uri") or os.environ.get("MLFLOW_REGISTRY_URI")
-        for uri in {tracking, registry_uri or tracking}:
+        tracking = env.tracking_uri(self.settings.tracking_uri)
+        for uri in {tracking, env.registry_uri(self.settings.registry_uri, tracking)}:
             if uri.startswith("sqlite:"):
                 with host_lock("sqlite-tables", uri):
                     store = client(uri, uri)
@@ -188,28 +232,23 @@ class Session:
                     store.search_registered_models(max_results=1)
 
     @property
-    def runs(self):
+    def runs(self) -> TrialRuns:
         if self._runs is None:
             from rllib_mlflow.mlflow.client import client
             from rllib_mlflow.mlflow.runs import TrialRuns
 
+            settings = self.settings
             self._runs = TrialRuns(
-                client(self.settings.get("tracking_uri"), self.settings.get("registry_uri")),
-                self.settings.get("experiment_name"),
-                self.settings.get("tags") or {},
-                experiment_id=self.settings.get("experiment_id"),
-                source=self.settings.get("source") or "",
+                client(settings.tracking_uri, settings.registry_uri),
+                settings.experiment_name,
+                settings.tags,
+                experiment_id=settings.experiment_id,
+                source=settings.source,
             )
         return self._runs
 
-    @staticmethod
-    def _trial(message: dict[str, Any]):
-        from rllib_mlflow.mlflow.runs import TrialInfo
 
-        return TrialInfo(**message["trial"])
-
-
-def _prewarm(formats: list[str]) -> None:
+def _prewarm(formats: tuple[str, ...]) -> None:
     """Import what exporting needs now, while the trials start up, rather than when the
     first checkpoint comes and the cores are busy training (seconds of CPU otherwise)."""
     import importlib
@@ -275,7 +314,7 @@ def main() -> None:
         if reply is None:
             continue
         try:
-            replies.write(json.dumps({"key": message["key"], **reply}) + "\n")
+            replies.write(json.dumps({"key": message.get("key", ""), **reply}) + "\n")
             replies.flush()
         except BrokenPipeError:  # the driver died meanwhile; the journal has the task
             logger.info("the driver is gone; leaving the rest to `rllib-mlflow sync`.")

@@ -4,20 +4,24 @@ register it with its tags, and keep the key's first version when two hosts race.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rllib_mlflow import names
 from rllib_mlflow.mlflow.client import registered_model_exists, registry_writer
+from rllib_mlflow.mlflow.registry_client import RegistryClient
 from rllib_mlflow.mlflow.versions import find_versions, logged_model_id, version_tags
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
 from rllib_mlflow.register.task import RegistrationSettings
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 logger = get_logger(__name__)
 
 
 def log_version(
-    mlflow_client,
+    mlflow_client: MlflowClient,
     policy,
     *,
     model_name: str,
@@ -62,7 +66,9 @@ def log_version(
         raise
 
 
-def versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id) -> list:
+def versions_of_key(
+    mlflow_client: RegistryClient, name, trial_id, training_iteration, module_id
+) -> list:
     """The versions registered for one trial, iteration and module, oldest first."""
     found = find_versions(
         mlflow_client,
@@ -75,7 +81,14 @@ def versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id
     return sorted(same, key=lambda v: int(v.version))
 
 
-def first_of_key(mlflow_client, version, name, trial_id, training_iteration, module_id):
+def first_of_key(
+    mlflow_client: MlflowClient,  # a registration's, never the REST fast path
+    version,
+    name: str,
+    trial_id: str | None,
+    training_iteration: int,
+    module_id: str,
+):
     """The registry-side rule that keeps one version per key across hosts: after creating,
     the lowest version number of the key wins and any other deletes itself."""
     same = versions_of_key(mlflow_client, name, trial_id, training_iteration, module_id)
@@ -105,8 +118,8 @@ def policy_version_tags(
     """What a version says about itself: its checkpoint, export, parity and metrics."""
     from rllib_mlflow._version import __version__
 
-    meta = policy.policy
-    versions = meta["versions"]
+    meta = policy.metadata
+    versions = meta["library_versions"]
     tags = version_tags(
         training_iteration=training_iteration,
         module_id=policy.module_id,
@@ -122,7 +135,7 @@ def policy_version_tags(
         parity_max_abs_diff=None
         if policy.parity is None
         else f"{policy.parity['max_abs_diff']:.3g}",
-        int8_agreement=_int8_agreement(policy.policy),
+        int8_agreement=_int8_agreement(policy.metadata),
         ray_version=versions.get("ray"),
         mlflow_version=versions.get("mlflow"),
         rllib_mlflow_version=__version__,
@@ -138,7 +151,7 @@ def policy_version_tags(
     return tags
 
 
-def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> None:
+def _discard(mlflow_client: MlflowClient, model_id: str | None, empty_model: str | None) -> None:
     """Best effort: delete a LoggedModel no version points to, and a registered model that
     was created for a version that never came to be."""
     try:
@@ -150,7 +163,7 @@ def _discard(mlflow_client, model_id: str | None, empty_model: str | None) -> No
         logger.warning("rllib-mlflow: could not clean up after a failed registration: %s", error)
 
 
-def _create_registered_model(mlflow_client, name: str) -> bool:
+def _create_registered_model(mlflow_client: MlflowClient, name: str) -> bool:
     """Create registered model `name`; True when this call created it, False when another
     process did meanwhile. (Asking first would cost `get_registered_model`, which reads
     every version on MLflow's SQL store: the version is created first, and this runs only

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from rllib_mlflow.tune.exporter import Exporter
+from rllib_mlflow.tune.dispatcher import ExportDispatcher
 
 TRIAL = {"trial_id": "t0", "name": "trial-0", "experiment_dir_name": "e"}
 
@@ -57,14 +57,14 @@ def lane():
         workers.append(ScriptedWorker(on_reply, settings))
         return workers[-1]
 
-    exporter = Exporter({}, workers=1, worker_factory=factory)
-    exporter.flush_timeout_s = 5
-    yield exporter, workers[0]
-    exporter.flush()
+    dispatcher = ExportDispatcher({}, workers=1, worker_factory=factory)
+    dispatcher.flush_timeout_s = 5
+    yield dispatcher, workers[0]
+    dispatcher.flush()
 
 
-def _send(exporter: Exporter, step: int) -> str:
-    exporter.send("log_metrics", trial=TRIAL, metrics={"m": step}, step=step)
+def _send(dispatcher: ExportDispatcher, step: int) -> str:
+    dispatcher.send("log_metrics", trial=TRIAL, metrics={"m": step}, step=step)
     return f"log_metrics-{step}"
 
 
@@ -76,33 +76,33 @@ def _wait_for(worker: ScriptedWorker, expected: list[list[str]]) -> None:
 
 
 def test_a_message_sent_before_the_crash_is_heard_of_follows_the_unanswered(lane):
-    exporter, worker = lane
-    first, second = _send(exporter, 0), _send(exporter, 1)
+    dispatcher, worker = lane
+    first, second = _send(dispatcher, 0), _send(dispatcher, 1)
     _wait_for(worker, [[first, second]])
     worker.crash()
-    third = _send(exporter, 2)  # finds the worker dead and starts the next one
+    third = _send(dispatcher, 2)  # finds the worker dead and starts the next one
     _wait_for(worker, [[first, second], [first, second, third]])
     worker.report_crash()  # too late to resend anything: the new worker has it all
     time.sleep(0.2)
     assert worker.sent == [[first, second], [first, second, third]]
     for key in (first, second, third):
         worker.answer(key)
-    assert not exporter._busy()
+    assert not dispatcher._busy()
 
 
 def test_after_a_reported_crash_the_new_worker_gets_the_unanswered_then_the_rest(lane):
-    exporter, worker = lane
-    first, second = _send(exporter, 0), _send(exporter, 1)
+    dispatcher, worker = lane
+    first, second = _send(dispatcher, 0), _send(dispatcher, 1)
     _wait_for(worker, [[first, second]])
     worker.answer(first)
     worker.crash()
     worker.report_crash()
     _wait_for(worker, [[first, second], [second]])  # the answered one is not resent
-    third = _send(exporter, 2)
+    third = _send(dispatcher, 2)
     _wait_for(worker, [[first, second], [second, third]])
     for key in (second, third):
         worker.answer(key)
-    assert not exporter._busy()
+    assert not dispatcher._busy()
 
 
 def test_metrics_sent_again_after_a_crash_are_logged_once(tmp_path):
@@ -121,6 +121,8 @@ def test_metrics_sent_again_after_a_crash_are_logged_once(tmp_path):
         session.handle({"op": "configure", "tracking_uri": uri, "experiment_name": "e"})
         assert session.handle(message) == {"done": True}
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    experiment = client.get_experiment_by_name("e")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
     history = client.get_metric_history(run.info.run_id, "m")
     assert [(m.step, m.value, m.timestamp) for m in history] == [(1, 1.5, 1_700_000_000_000)]

@@ -17,27 +17,51 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from rllib_mlflow import environment_variables as env
+from rllib_mlflow.mlflow.runs import TrialInfo
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.task import RegistrationTask
 from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
+from rllib_mlflow.tune.messages import (
+    Configure,
+    Failed,
+    Register,
+    Registered,
+    Reply,
+    TrialRequest,
+    UnknownMessage,
+    WorkerExited,
+    decode_reply,
+    decode_request,
+    encode_request,
+)
 from rllib_mlflow.tune.staging import Staging, StagingLimit
-from rllib_mlflow.tune.worker import WorkerProcess
+from rllib_mlflow.tune.worker import OnReply, WorkerProcess, configure_message
 
 logger = get_logger(__name__)
 
-# Makes a lane's worker from (on_reply, worker settings): `WorkerProcess`, or `RayWorker`
-# (rllib_mlflow.tune.ray_worker) to export on the Ray cluster's nodes.
-WorkerFactory = Callable[[Callable[..., None], dict[str, Any]], Any]
+
+class Worker(Protocol):
+    """What a lane needs of its worker: `WorkerProcess`, or `RayWorker`
+    (rllib_mlflow.tune.ray_worker) to export on the Ray cluster's nodes."""
+
+    def start(self) -> bool: ...
+    def submit(self, message: Mapping[str, Any]) -> None: ...
+    def stop(self) -> None: ...
+
+
+# Makes a lane's worker from (on_reply, the `Configure` it sends each worker it starts).
+WorkerFactory = Callable[[OnReply, Configure], Worker]
 
 
 def default_export_workers() -> int:
     """RLLIB_MLFLOW_EXPORT_WORKERS, else one per two cores (at most 4): training keeps the
     others, and each worker holds TensorFlow and torch in memory."""
-    value = os.environ.get("RLLIB_MLFLOW_EXPORT_WORKERS", "").strip()
+    value = env.RLLIB_MLFLOW_EXPORT_WORKERS.text()
     if value:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"RLLIB_MLFLOW_EXPORT_WORKERS must be 1 or more, not {value!r}.")
@@ -50,7 +74,7 @@ EXPORT_ON = ("driver", "cluster")
 
 def resolve_export_on(value: str | None) -> str:
     """`value`, else RLLIB_MLFLOW_EXPORT_ON, else "driver"; refused early when unknown."""
-    chosen = value or os.environ.get("RLLIB_MLFLOW_EXPORT_ON", "").strip() or "driver"
+    chosen = value or env.RLLIB_MLFLOW_EXPORT_ON.text()
     if chosen not in EXPORT_ON:
         source = "export_on" if value else "RLLIB_MLFLOW_EXPORT_ON"
         raise ValueError(
@@ -64,13 +88,13 @@ def resolve_export_on(value: str | None) -> str:
 class _Lane:
     """One worker process and the outbox a thread forwards to it, in order."""
 
-    def __init__(self, worker: WorkerProcess, max_queued: int):
+    def __init__(self, worker: Worker, max_queued: int):
         self.worker = worker
-        self.outbox: queue.Queue = queue.Queue(maxsize=max_queued)
-        self.unanswered: dict[str, dict[str, Any]] = {}  # by key, in the order sent
+        self.outbox: queue.Queue[tuple[str, TrialRequest]] = queue.Queue(maxsize=max_queued)
+        self.unanswered: dict[str, TrialRequest] = {}  # by key, in the order sent
         self.sending = threading.Lock()  # a (re)started worker gets the unanswered first
 
-    def deliver(self, message: dict[str, Any] | None, lock: threading.Lock) -> None:
+    def deliver(self, message: tuple[str, TrialRequest] | None, lock: threading.Lock) -> None:
         """Send `message` (None: nothing new) to the worker, starting it if it is not
         running; a worker just started gets every unanswered message first, in the order
         first sent, so that a trial's messages stay in order across a crash, and none is
@@ -78,30 +102,30 @@ class _Lane:
         with self.sending:
             with lock:
                 if message is not None:
-                    self.unanswered[message["key"]] = message
-                unanswered = list(self.unanswered.values())
+                    self.unanswered[message[0]] = message[1]
+                unanswered = list(self.unanswered.items())
             if self.worker.start():
-                for earlier in unanswered:
-                    self.worker.submit(earlier)
+                for key, earlier in unanswered:
+                    self.worker.submit(encode_request(earlier, key))
             elif message is not None:
-                self.worker.submit(message)
+                self.worker.submit(encode_request(message[1], message[0]))
 
 
-class Exporter:
+class ExportDispatcher:
     """Queue work for the workers without ever blocking the Tune driver on them."""
 
     def __init__(
         self,
-        worker_settings: dict[str, Any],
+        worker_settings: Configure | Mapping[str, Any],
         *,
         workers: int = 1,
         staging: StagingLimit | None = None,
         max_queued: int = 10_000,
         worker_factory: WorkerFactory = WorkerProcess,
     ):
+        configure = configure_message(worker_settings)
         self._lanes = [
-            _Lane(worker_factory(self._on_reply, worker_settings), max_queued)
-            for _ in range(workers)
+            _Lane(worker_factory(self._on_reply, configure), max_queued) for _ in range(workers)
         ]
         self._lane_of_trial: dict[str, int] = {}
         self.staging = Staging(staging or StagingLimit())
@@ -133,19 +157,32 @@ class Exporter:
             self._journals[directory] = Journal(directory)
         return self._journals[directory]
 
-    def send(self, op: str, trial: dict[str, str], optional: bool = False, **fields: Any) -> None:
-        """Queue one message about `trial`; `optional` ones are dropped when its worker lags
-        far behind."""
-        message = {"op": op, "key": f"{op}-{next(self._ids)}", "trial": trial, **fields}
-        self._queue(message, optional)
+    def post(self, request: TrialRequest, optional: bool = False) -> None:
+        """Queue one request about its trial (not a `Register`: see `submit`); `optional`
+        ones are dropped when its worker lags far behind."""
+        if isinstance(request, Register):
+            raise TypeError("queue a registration with ExportDispatcher.submit (it is journaled)")
+        self._queue(f"{request.op}-{next(self._ids)}", request, optional)
 
-    def register(self, journal: Journal, task: RegistrationTask, trial: dict[str, str]) -> None:
+    def send(
+        self, op: str, trial: Mapping[str, str], optional: bool = False, **fields: Any
+    ) -> None:
+        """`post` the request named `op`, from its fields as JSON (for scripts); an unknown
+        op or field is refused here, on the driver."""
+        _, request = decode_request({"op": op, "trial": trial, **fields})
+        if isinstance(request, Configure):
+            raise TypeError("a worker's handle sends it Configure when it starts it")
+        self.post(request, optional)
+
+    def submit(
+        self, journal: Journal, task: RegistrationTask, trial: TrialInfo | Mapping[str, str]
+    ) -> None:
         """Export and register `task` after the messages queued before it about the same
         trial (so that the iteration's metrics are in the run when the model links them)."""
         with self._lock:
             self._registrations[task.key] = (journal, task)
-        message = {"op": "register", "key": task.key, "task": task.to_json(), "trial": trial}
-        self._queue(message, optional=False)
+        info = trial if isinstance(trial, TrialInfo) else TrialInfo(**trial)
+        self._queue(task.key, Register(trial=info, task=task), optional=False)
 
     def flush(self) -> None:
         """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
@@ -187,13 +224,13 @@ class Exporter:
                     self._lane_of_trial[trial_id] = index
         return self._lanes[index]
 
-    def _queue(self, message: dict[str, Any], optional: bool) -> None:
-        lane = self._lane(message["trial"]["trial_id"])
+    def _queue(self, key: str, request: TrialRequest, optional: bool) -> None:
+        lane = self._lane(request.trial.trial_id)
         try:
-            lane.outbox.put_nowait(message)
+            lane.outbox.put_nowait((key, request))
         except queue.Full:
             if not optional:
-                lane.outbox.put(message)
+                lane.outbox.put((key, request))
             else:
                 logger.warning("tracking queue full; dropped one metrics update.")
 
@@ -213,38 +250,43 @@ class Exporter:
                     lane.outbox.task_done()
                     self._progress.notify_all()
 
-    def _on_reply(self, worker: WorkerProcess, key: str, reply: dict[str, Any]) -> None:
+    def _on_reply(self, worker: Worker, key: str, message: Mapping[str, Any]) -> None:
         lane = next(lane for lane in self._lanes if lane.worker is worker)
-        if "worker_exited" in reply:
-            self._restart_after_crash(lane, reply["worker_exited"])
+        try:
+            reply = decode_reply(message)
+        except UnknownMessage as error:  # answered all the same: nothing waits on it forever
+            reply = Failed(error=str(error))
+        if isinstance(reply, WorkerExited):
+            self._restart_after_crash(lane, reply.exit)
             return
         with self._lock:
             answered = key in lane.unanswered
             registration = self._registrations.pop(key, None)
-        if "node" in reply:
-            logger.debug("%s done on node %s", key, reply["node"])
+        if reply.node is not None:
+            logger.debug("%s done on node %s", key, reply.node)
         if registration is not None and answered:
             self._record_registration(*registration, reply)
-        elif "error" in reply:
-            logger.error("%s failed: %s; training goes on.", key, reply["error"])
+        elif isinstance(reply, Failed):
+            logger.error("%s failed: %s; training goes on.", key, reply.error)
         with self._progress:  # only now: the flush must not end before the journal has it
             lane.unanswered.pop(key, None)
             self._progress.notify_all()
 
-    def _record_registration(self, journal: Journal, task: RegistrationTask, reply: dict) -> None:
-        if "versions" in reply:
-            journal.record(REGISTERED, task.key, versions=reply["versions"])
+    def _record_registration(self, journal: Journal, task: RegistrationTask, reply: Reply) -> None:
+        if isinstance(reply, Registered):
+            journal.record(REGISTERED, task.key, versions=reply.versions)
             self.staging.release(task.checkpoint)
-        else:
-            journal.record(FAILED, task.key, error=reply["error"])
-            logger.error(
-                "could not register %s: %s. It stays in the journal for "
-                "`rllib-mlflow sync`; training goes on.",
-                task.key,
-                reply["error"],
-            )
+            return
+        error = reply.error if isinstance(reply, Failed) else f"unexpected reply {reply}"
+        journal.record(FAILED, task.key, error=error)
+        logger.error(
+            "could not register %s: %s. It stays in the journal for "
+            "`rllib-mlflow sync`; training goes on.",
+            task.key,
+            error,
+        )
 
-    def _restart_after_crash(self, lane: _Lane, exit_code: int) -> None:
+    def _restart_after_crash(self, lane: _Lane, exit_code: int | str) -> None:
         with self._lock:
             if self._stopping or not lane.unanswered:
                 return

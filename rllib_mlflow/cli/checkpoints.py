@@ -1,5 +1,6 @@
-"""The training side's commands: `export`, `sync` and `register` read RLlib checkpoints, so
-they need the `[tune]` extra (imported inside each command, for the one-line error that
+"""The commands on RLlib checkpoints: `export` writes one as models, `sync` registers an
+experiment's checkpoints, `register` one checkpoint directory. They read RLlib checkpoints,
+so they need the `[tune]` extra (imported inside each command, for the one-line error that
 names it)."""
 
 from __future__ import annotations
@@ -73,17 +74,13 @@ def _export_record(policy) -> dict[str, Any]:
 @options.common
 def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
     """Register what Tune experiments left unregistered (journal and checkpoints on disk)."""
-    from rllib_mlflow.mlflow import stores
     from rllib_mlflow.tune.sync import sync_experiment
 
-    uri = stores.resolve(tracking_uri)
-    stores.check(uri, must_exist=False)
+    uri = _tracking_uri(tracking_uri)
     reports = []
     for directory in experiment_dirs:
         with console.progress_bar(f"sync {directory}", options.show_progress()) as progress:
-            report = sync_experiment(
-                directory, name, tracking_uri=uri, video=video, on_progress=progress
-            )
+            report = sync_experiment(directory, **_settings(name, video, uri), on_progress=progress)
         reports.append(_report_record(directory, report, uri))
     _finish_registration(reports, as_json)
 
@@ -97,14 +94,26 @@ def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
 def register(path, name, video, tracking_uri, as_json) -> None:
     """Backfill: register the checkpoints of an experiment, a trial or one checkpoint
     directory (idempotent)."""
-    from rllib_mlflow.mlflow import stores
     from rllib_mlflow.tune.sync import register_path
+
+    uri = _tracking_uri(tracking_uri)
+    with console.progress_bar(f"register {name}", options.show_progress()) as progress:
+        report = register_path(path, **_settings(name, video, uri), on_progress=progress)
+    _finish_registration([_report_record(path, report, uri)], as_json)
+
+
+def _settings(name: str | None, video: bool, tracking_uri: str) -> dict[str, Any]:
+    """What the options of `sync` and `register` choose, in one place: the fields of
+    `RegistrationSettings` (documented there) they set, and where to register."""
+    return {"registered_model_name": name, "video": video, "tracking_uri": tracking_uri}
+
+
+def _tracking_uri(tracking_uri: str | None) -> str:
+    from rllib_mlflow.mlflow import stores
 
     uri = stores.resolve(tracking_uri)
     stores.check(uri, must_exist=False)
-    with console.progress_bar(f"register {name}", options.show_progress()) as progress:
-        report = register_path(path, name, tracking_uri=uri, video=video, on_progress=progress)
-    _finish_registration([_report_record(path, report, uri)], as_json)
+    return uri
 
 
 def _report_record(path: str, report, uri: str) -> dict[str, Any]:

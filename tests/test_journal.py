@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rllib_mlflow.tune.journal import QUEUED, Journal, journaled_trial_id
+from rllib_mlflow.tune.journal import QUEUED, Journal, TrialIds
 
 TRIAL_DIR = "PPO_CartPole-v1_64b1c_00001_1_lr=0.0003_2026-12-03_16-01-41"
 
@@ -23,19 +23,19 @@ def test_a_trial_entry_names_its_directory(tmp_path):
     journal = Journal(tmp_path)
     journal.record_trial("64b1c_00000", "PPO_CartPole-v1_64b1c_00000", "custom-dir-0")
     journal.record_trial("64b1c_00001", "PPO_CartPole-v1_64b1c_00001", TRIAL_DIR)
-    entries = journal.entries()
-    assert journaled_trial_id(entries, TRIAL_DIR) == "64b1c_00001"
-    assert journaled_trial_id(entries, "custom-dir-0") == "64b1c_00000"
-    assert journaled_trial_id(entries, "another-dir") is None
+    trial_ids = TrialIds(journal.entries())
+    assert trial_ids.of(TRIAL_DIR) == "64b1c_00001"
+    assert trial_ids.of("custom-dir-0") == "64b1c_00000"
+    assert trial_ids.of("another-dir") is None
 
 
 def test_an_older_journal_names_trials_by_their_queued_entries(tmp_path):
     journal = Journal(tmp_path)
     journal.record(QUEUED, "64b1c_00010/1", **_queued("64b1c_00010", "PPO_CartPole-v1_64b1c_00010"))
     journal.record(QUEUED, "64b1c_00001/1", **_queued("64b1c_00001", "PPO_CartPole-v1_64b1c_00001"))
-    entries = journal.entries()
-    assert journaled_trial_id(entries, TRIAL_DIR) == "64b1c_00001"  # not trial 10's
-    assert journaled_trial_id(entries, TRIAL_DIR.replace("00001", "00002")) is None
+    trial_ids = TrialIds(journal.entries())
+    assert trial_ids.of(TRIAL_DIR) == "64b1c_00001"  # not trial 10's
+    assert trial_ids.of(TRIAL_DIR.replace("00001", "00002")) is None
 
 
 def test_trial_entries_are_not_pending_work_and_bad_ones_are_skipped(tmp_path):

@@ -311,6 +311,54 @@ def test_a_permanent_registration_failure_fails_at_once_not_after_a_minute(
     assert time.monotonic() - started < 30  # not 2 + 4 + 8 + 16 + 32 s of retries
 
 
+def test_a_version_registered_before_its_result_gets_its_metrics_and_best_later(
+    trained_checkpoint, tmp_path
+):
+    """A sync beside a live run may register a checkpoint before Tune has reported its result;
+    its version then has only what the checkpoint holds (no custom metric, nor an old-stack
+    checkpoint's returns). The callback's registration of the same checkpoint finds the
+    version, adds the metric tags it lacks and moves ``best`` to it, creating nothing."""
+    from mlflow import MlflowClient
+
+    from rllib_mlflow.register.registration import register_task
+    from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
+
+    checkpoint = trained_checkpoint("ppo_cartpole")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def task(metrics: dict[str, float]) -> RegistrationTask:
+        return RegistrationTask(
+            settings=RegistrationSettings(
+                registered_model_name="late-metrics",
+                best_metric="custom_score",
+                formats=("onnx",),
+                verify=False,
+            ),
+            checkpoint=checkpoint.path,
+            checkpoint_uri=checkpoint.path,
+            training_iteration=3,
+            trial_id="t1",
+            trial_name="t1",
+            metrics=metrics,
+        )
+
+    client = MlflowClient(uri)
+    [synced] = register_task(task({}), uri)
+    before = client.get_model_version(**synced).tags
+    assert "metric.custom_score" not in before
+    assert "best" not in client.get_registered_model("late-metrics").aliases
+    reported = {"custom_score": 0.75, "env_runners/episode_return_mean": -1.0}
+    assert register_task(task(reported), uri) == [synced]
+    versions = client.search_model_versions("name = 'late-metrics'")
+    assert [str(v.version) for v in versions] == [synced["version"]]
+    assert versions[0].tags["metric.custom_score"] == "0.75"
+    # A tag the version had is kept: the checkpoint's own value, not overwritten.
+    assert versions[0].tags["episode_return_mean"] == before["episode_return_mean"]
+    assert (
+        str(client.get_model_version_by_alias("late-metrics", "best").version) == synced["version"]
+    )
+
+
 # -- 3. secrets --------------------------------------------------------------------------------
 
 

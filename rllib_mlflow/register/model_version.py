@@ -142,13 +142,36 @@ def policy_version_tags(
         best_metric=settings.best_metric,
         best_mode=settings.best_mode,
     )
-    for name, short in TAGGED_METRICS.items():
-        if name in metrics:
-            tags[short] = f"{metrics[name]:.6g}"
-    best_value = find_metric(metrics, settings.best_metric)
+    return tags | metric_tags(metrics, settings.best_metric)
+
+
+def metric_tags(metrics: dict[str, float], best_metric: str) -> dict[str, str]:
+    """The version tags of a checkpoint's metrics: the usual ones by short name, and the
+    value of `best_metric` that the ``best`` alias compares."""
+    tags = {
+        short: f"{metrics[name]:.6g}" for name, short in TAGGED_METRICS.items() if name in metrics
+    }
+    best_value = find_metric(metrics, best_metric)
     if best_value is not None:
-        tags[f"metric.{settings.best_metric}"] = repr(best_value)
+        tags[names.metric_tag(best_metric)] = repr(best_value)
     return tags
+
+
+def add_missing_metric_tags(
+    mlflow_client: RegistryClient, version, metrics: dict[str, float], best_metric: str
+) -> bool:
+    """Tag `version` with the metric tags it lacks; whether it lacked any. A `sync` beside a
+    live run can register a checkpoint before Tune has reported its result (its result.json
+    has no line for it yet); the callback's registration of it then brings the metrics."""
+    missing = {
+        key: value
+        for key, value in metric_tags(metrics, best_metric).items()
+        if key not in version.tags
+    }
+    writer = registry_writer(mlflow_client)
+    for key, value in missing.items():
+        writer.set_model_version_tag(version.name, str(version.version), key, value)
+    return bool(missing)
 
 
 def _discard(mlflow_client: MlflowClient, model_id: str | None, empty_model: str | None) -> None:

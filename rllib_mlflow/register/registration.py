@@ -227,7 +227,7 @@ def _log_and_register(
             logger.info(
                 "%s iteration %s is already version %s", model_name, iteration, existing[0].version
             )
-            return existing[0]
+            return _complete(mlflow_client, existing[0], metrics, settings)
         check_supported(snapshot, settings.formats)
         policy = export_snapshot(
             snapshot,
@@ -284,6 +284,27 @@ def _log_and_register(
     if settings.video:
         replay.record_and_attach(mlflow_client, model_name, version.version, policy.path)
     card.publish_new_version(mlflow_client, model_name, version, policy, best=best)
+    return version
+
+
+def _complete(
+    mlflow_client: MlflowClient,
+    version: ModelVersion,
+    metrics: dict[str, float],
+    settings: RegistrationSettings,
+) -> ModelVersion:
+    """An existing version, given the metric tags it lacks, and ``best`` if they earn it
+    (under the key's lock: nothing takes the two locks the other way round)."""
+    if not model_version.add_missing_metric_tags(
+        mlflow_client, version, metrics, settings.best_metric
+    ):
+        return version
+    version = mlflow_client.get_model_version(version.name, str(version.version))
+    logger.info("Version %s of %s now has its metrics", version.version, version.name)
+    with host_lock(mlflow_client.tracking_uri, version.name, "best"):
+        update_best_alias(
+            mlflow_client, version.name, version, settings.best_metric, settings.best_mode
+        )
     return version
 
 

@@ -126,16 +126,29 @@ def _parse(line: str) -> tuple[dict[str, Any] | None, str | None]:
     return entry, None
 
 
-def journaled_trial_id(entries: list[dict[str, Any]], directory_name: str) -> str | None:
-    """The id of the trial whose directory is `directory_name`, from its `trial` entry, or
-    from a queued entry of a journal written before there were any (Tune names a trial's
-    directory "<trial name>_<tag>_<date>", and a queued entry holds the trial's name)."""
-    for entry in entries:
-        if entry["event"] == TRIAL and entry["directory"] == directory_name:
-            return entry["key"]
-    for entry in entries:
-        name, trial_id = entry.get("trial_name"), entry.get("trial_id")
-        if isinstance(name, str) and name and isinstance(trial_id, str) and trial_id:
-            if directory_name.startswith(name + "_"):
+class TrialIds:
+    """The trial id of each trial directory a journal names, looked up in constant time (a
+    sync of a large sweep asks for thousands of directories of a journal of many lines)."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self._by_directory: dict[str, str] = {}
+        # For a journal written before there were trial entries: its queued entries hold each
+        # trial's name, and Tune names a trial's directory "<trial name>_<tag>_<date>".
+        self._by_name: dict[str, str] = {}
+        for entry in entries:
+            if entry["event"] == TRIAL:
+                self._by_directory.setdefault(entry["directory"], entry["key"])
+            name, trial_id = entry.get("trial_name"), entry.get("trial_id")
+            if isinstance(name, str) and name and isinstance(trial_id, str) and trial_id:
+                self._by_name.setdefault(name, trial_id)
+
+    def of(self, directory_name: str) -> str | None:
+        """The id of the trial whose directory is `directory_name`, or None."""
+        if directory_name in self._by_directory:
+            return self._by_directory[directory_name]
+        parts = directory_name.split("_")
+        for end in range(len(parts) - 1, 0, -1):  # the longest trial name first
+            trial_id = self._by_name.get("_".join(parts[:end]))
+            if trial_id is not None:
                 return trial_id
-    return None
+        return None

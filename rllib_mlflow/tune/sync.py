@@ -24,7 +24,7 @@ from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import result_metrics
 from rllib_mlflow.register.registration import register_task
 from rllib_mlflow.register.task import RegistrationTask
-from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal, journaled_trial_id
+from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal, TrialIds
 from rllib_mlflow.validation import validate_registered_model_name
 
 if TYPE_CHECKING:
@@ -220,13 +220,14 @@ def _tasks_on_disk(
 ) -> list[RegistrationTask]:
     """A task per checkpoint of each trial directory of `experiment`."""
     runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
+    trial_ids = TrialIds(entries)
     tasks = []
     # Not only trial directories with a result.json: Tune copies it there later than the
     # checkpoints, which a crash may leave without one.
     for trial_dir in sorted({c.parent for c in experiment.glob("*/checkpoint_*")}):
-        journaled = journaled_trial_id(entries, trial_dir.name)
+        trial_id = trial_ids.of(trial_dir.name)
         tasks += _trial_tasks(
-            trial_dir, experiment.name, runs, tracking_uri, settings, trial_id=journaled
+            trial_dir, experiment.name, runs, tracking_uri, settings, trial_id=trial_id
         )
     return tasks
 
@@ -239,7 +240,7 @@ def _tasks_of_trial(
 ) -> list[RegistrationTask]:
     """`_trial_tasks` of a trial directory given on its own, with its experiment's journal."""
     experiment = trial_dir.parent
-    trial_id = journaled_trial_id(Journal(experiment).entries(), trial_dir.name)
+    trial_id = TrialIds(Journal(experiment).entries()).of(trial_dir.name)
     return _trial_tasks(
         trial_dir, experiment.name, {}, tracking_uri, settings, checkpoints, trial_id
     )

@@ -167,8 +167,6 @@ def _register_all(
     progress(0, len(tasks), "")
     for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
         logger.info("[%d/%d] registering %s", number, len(tasks), key)
-        if not Path(task.checkpoint).exists():
-            task = task.replace(checkpoint=task.checkpoint_uri)  # the staged copy is gone
         try:
             versions = _register_settled(task, tracking_uri)
         except Exception as error:

@@ -1,0 +1,164 @@
+"""What a Tune experiment left on disk, as registration tasks: one per checkpoint of each
+trial directory, with its metrics from result.json, its trial id (from result.json, else
+the journal, else the directory's name) and its trial's MLflow run (found, or made).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rllib_mlflow import names
+from rllib_mlflow.mlflow.client import client
+from rllib_mlflow.register.metrics import result_metrics
+from rllib_mlflow.register.task import RegistrationTask
+from rllib_mlflow.tune.journal import Journal, TrialIds
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# The settings a journal entry of the callback carries over to the trial's other checkpoints.
+_TRIAL_SETTINGS = ("formats", "best_metric", "best_mode", "log_rllib_checkpoint")
+
+
+def tasks_on_disk(
+    experiment: Path,
+    entries: list[dict[str, Any]],
+    tracking_uri: str | None,
+    settings: dict[str, Any],
+) -> list[RegistrationTask]:
+    """A task per checkpoint of each trial directory of `experiment`."""
+    runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
+    trial_ids = TrialIds(entries)
+    tasks = []
+    # Not only trial directories with a result.json: Tune copies it there later than the
+    # checkpoints, which a crash may leave without one.
+    for trial_dir in sorted({c.parent for c in experiment.glob("*/checkpoint_*")}):
+        trial_id = trial_ids.of(trial_dir.name)
+        tasks += _trial_tasks(
+            trial_dir, experiment.name, runs, tracking_uri, settings, trial_id=trial_id
+        )
+    return tasks
+
+
+def tasks_of_trial(
+    trial_dir: Path,
+    tracking_uri: str | None,
+    settings: dict[str, Any],
+    checkpoints: Iterable[Path] | None = None,
+) -> list[RegistrationTask]:
+    """`_trial_tasks` of a trial directory given on its own, with its experiment's journal."""
+    experiment = trial_dir.parent
+    trial_id = TrialIds(Journal(experiment).entries()).of(trial_dir.name)
+    return _trial_tasks(
+        trial_dir, experiment.name, {}, tracking_uri, settings, checkpoints, trial_id
+    )
+
+
+def _trial_tasks(
+    trial_dir: Path,
+    experiment_name: str,
+    runs: dict[str, dict[str, Any]],
+    tracking_uri: str | None,
+    settings: dict[str, Any],
+    checkpoints: Iterable[Path] | None = None,
+    trial_id: str | None = None,
+) -> list[RegistrationTask]:
+    """A task per checkpoint of one Tune trial directory, with metrics from result.json;
+    the trial's id from there, else `trial_id` (the journal's: result.json lags behind
+    while the run is live), else one made from the directory's name."""
+    from rllib_mlflow.rllib.layout import read_training_iteration
+
+    results = (
+        _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}
+    )
+    trial_id = (
+        next((str(r["trial_id"]) for r in results.values() if r.get("trial_id")), None)
+        or trial_id
+        or _directory_trial_id(trial_dir)
+    )
+    checkpoints = sorted(trial_dir.glob("checkpoint_*")) if checkpoints is None else checkpoints
+    if not checkpoints:
+        return []
+    known = runs.get(trial_id, {})
+    run_id, run_existed = known.get("run_id"), True
+    if run_id is None:
+        run_id, run_existed = trial_run(trial_id, trial_dir, experiment_name, tracking_uri)
+    tasks = []
+    for checkpoint in checkpoints:
+        iteration = read_training_iteration(str(checkpoint))
+        if iteration is None:
+            continue
+        facts = {
+            "checkpoint": str(checkpoint),
+            "checkpoint_uri": str(checkpoint.resolve()),
+            "training_iteration": iteration,
+            "metrics": result_metrics(results.get(iteration, {})),
+            "run_id": run_id,
+            "trial_id": trial_id,
+            "trial_name": known.get("trial_name") or _trial_name(trial_dir.name, trial_id),
+            "metrics_logged": run_existed,  # the logger put them in the run
+        }
+        trial_settings = {k: known[k] for k in _TRIAL_SETTINGS if k in known}
+        tasks.append(RegistrationTask.from_json(facts | trial_settings | settings))
+    return tasks
+
+
+def _directory_trial_id(trial_dir: Path) -> str:
+    """A stable id for a trial directory whose result.json names none, so that two such
+    trials never share journal keys or versions."""
+    return "dir-" + hashlib.sha256(trial_dir.name.encode()).hexdigest()[:8]
+
+
+def _trial_name(directory_name: str, trial_id: str | None) -> str:
+    # Tune names trial dirs "<trainable>_<env>_<trial id>_<index>_<params>_<date>"; the
+    # callback records str(trial), the part up to the trial id.
+    if trial_id and trial_id in directory_name:
+        return directory_name[: directory_name.index(trial_id) + len(trial_id)]
+    return directory_name
+
+
+def _read_results(result_file: Path) -> dict[int, dict[str, Any]]:
+    results = {}
+    for line in result_file.read_text().splitlines():
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "training_iteration" in result:
+            results[int(result["training_iteration"])] = result
+    return results
+
+
+def trial_run(
+    trial_id: str | None, trial_dir: Path, experiment_name: str, tracking_uri: str | None
+) -> tuple[str, bool]:
+    """The trial's run from an earlier session (True), else a new run (False)."""
+    from rllib_mlflow.mlflow.runs import trial_run_lock
+
+    mlflow_client = client(tracking_uri)
+    with trial_run_lock(mlflow_client, trial_id or trial_dir.name):
+        return _find_or_create_run(mlflow_client, trial_id, trial_dir, experiment_name)
+
+
+def _find_or_create_run(
+    mlflow_client: MlflowClient, trial_id: str | None, trial_dir: Path, experiment_name: str
+) -> tuple[str, bool]:
+    from rllib_mlflow.mlflow.runs import experiment_id
+
+    experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+    if trial_id:
+        runs = mlflow_client.search_runs(
+            experiment_ids, f"tags.`{names.RUN_TAG_TRIAL_ID}` = '{trial_id}'", max_results=1
+        )
+        if runs:
+            return runs[0].info.run_id, True
+    tags = {names.RUN_TAG_TRIAL_ID: trial_id or "", names.RUN_TAG_TRIAL_NAME: trial_dir.name}
+    run = mlflow_client.create_run(
+        experiment_id(mlflow_client, experiment_name), tags=tags, run_name=trial_dir.name
+    )
+    mlflow_client.set_terminated(run.info.run_id)
+    return run.info.run_id, False

@@ -157,6 +157,13 @@ RLLIB_MLFLOW_MAX_FILE_BYTES = _variable(
 RLLIB_MLFLOW_TMPDIR = _variable(
     "RLLIB_MLFLOW_TMPDIR", None, "Where exports are written before upload.", "TMPDIR"
 )
+RLLIB_MLFLOW_TRUSTED_MODULES = _variable(
+    "RLLIB_MLFLOW_TRUSTED_MODULES",
+    None,
+    "Comma-separated module prefixes whose classes a checkpoint may name and rllib-mlflow "
+    "imports (a custom RLModule of yours); `*` trusts every checkpoint's code. Ray's own "
+    "modules and those already imported need no entry.",
+)
 RLLIB_MLFLOW_LOCK_DIR = _variable(
     "RLLIB_MLFLOW_LOCK_DIR",
     None,

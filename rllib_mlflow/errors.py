@@ -33,3 +33,7 @@ class TrackingError(RLlibMLflowError):
 
 class UnsafePathError(RLlibMLflowError, ValueError):
     """A server named a file outside the folder it is being written to."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint's pickle asks to run code that no RLlib checkpoint needs; refused."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow.errors import CheckpointError
+from rllib_mlflow.rllib import pickles
+from rllib_mlflow.rllib.modules import module_state_file
 
 _MODULES_SUBDIR = Path("learner_group", "learner", "rl_module")
 _CLASS_FILE = "class_and_ctor_args.pkl"
-_STATE_FILE = "module_state.pkl"
 _POLICY_STATE = "policy_state.pkl"
 
 
@@ -165,7 +165,7 @@ def _module_dirs(root: Path) -> dict[str, Path]:
             )
         raise CheckpointError(
             f"{root} is not an RLlib checkpoint (no rllib_checkpoint.json, no "
-            f"{_MODULES_SUBDIR}, no {_STATE_FILE}). Pass the directory that `algo.save()` "
+            f"{_MODULES_SUBDIR}, no module_state.pkl). Pass the directory that `algo.save()` "
             "or Tune wrote (e.g. .../checkpoint_000003)."
         )
     return modules
@@ -211,11 +211,9 @@ def _checkpoints_in(folder: Path) -> list[Path]:
 
 
 def _is_single_module(root: Path) -> bool:
-    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    cls = _load_pickle(root / _CLASS_FILE)["class"]
-    return issubclass(cls, RLModule) and not issubclass(cls, MultiRLModule)
+    """A module's own directory (its weights beside its class file), not a MultiRLModule's
+    (a directory of modules) nor an Algorithm's."""
+    return module_state_file(root).is_file()
 
 
 def _single_module_id(root: Path) -> str:
@@ -226,27 +224,7 @@ def _single_module_id(root: Path) -> str:
 
 
 def _load_pickle(path: Path) -> Any:
-    if not path.exists():
-        raise CheckpointError(
-            f"Checkpoint file {path} is missing: the checkpoint is incomplete or truncated. "
-            "Use another checkpoint of the run, or re-save it with `algo.save()`."
-        )
-    try:
-        with path.open("rb") as stream:
-            return pickle.load(stream)
-    except (ModuleNotFoundError, AttributeError) as error:
-        # The pickle is intact but refers to user code (an env, a policy_mapping_fn, a
-        # custom module) that this process cannot import.
-        raise CheckpointError(
-            f"Checkpoint file {path} refers to code that cannot be imported here "
-            f"({type(error).__name__}: {error}). Make the modules the checkpoint was trained "
-            "with importable (install them or add them to PYTHONPATH) and try again."
-        ) from error
-    except Exception as error:
-        raise CheckpointError(
-            f"Checkpoint file {path} is corrupted or truncated ({type(error).__name__}: "
-            f"{error}). Use another checkpoint of the run."
-        ) from error
+    return pickles.load(path)
 
 
 def _read_algorithm_info(root: Path) -> dict[str, Any]:
@@ -292,7 +270,8 @@ def _metrics_from_logger_state(logger_state: dict[str, Any]) -> dict[str, float]
         "env_runners--num_env_steps_sampled_lifetime": "num_env_steps_sampled_lifetime",
     }
     metrics = {}
-    for key, stat in logger_state.get("stats", {}).items():
+    for name, stat in logger_state.get("stats", {}).items():
+        key = "--".join(name) if isinstance(name, tuple) else name  # tuples up to Ray 2.40
         # A lifetime counter's "latest_merged" is the last iteration's increment; its
         # total (what Tune's result reports) is "lifetime_sum".
         latest = stat.get("lifetime_sum") if key.endswith("_lifetime") else None

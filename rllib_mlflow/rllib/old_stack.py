@@ -25,14 +25,16 @@ import numpy as np
 
 from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
+from rllib_mlflow.rllib import pickles
 from rllib_mlflow.rllib.connectors import _rule_for_space
-from rllib_mlflow.rllib.layout import _POLICY_STATE, _load_pickle
+from rllib_mlflow.rllib.layout import _POLICY_STATE
 from rllib_mlflow.rllib.old_lstm import lstm_prev_actions_rewards, lstm_state
 from rllib_mlflow.rllib.old_models import (
     distribution_name,
     old_stack_network,
     refuse_unsupported_model,
 )
+from rllib_mlflow.rllib.old_state import ray_version, read_policy_state
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 OLD_STACK = "old"
@@ -52,24 +54,27 @@ def read_old_stack_snapshots(
 
 
 def restore_policy(policy_dir: str) -> Any:
-    """RLlib's old-stack Policy restored from its checkpoint directory, without Ray.
+    """RLlib's old-stack Policy rebuilt by this Ray from the checkpoint's plain data (see
+    `old_state`), without Ray and without unpickling anything as code.
 
     Typed Any: RLlib's `Policy` declares neither `model` nor the config its subclasses
     (TorchPolicyV2, the eager TF policies) hold."""
-    state = _load_pickle(Path(policy_dir) / _POLICY_STATE)
+    state = read_policy_state(Path(policy_dir))
     framework = state["policy_spec"]["config"].get("framework", "torch")
     if framework in ("tf", "tf2"):
         _check_legacy_keras(policy_dir)
+    import ray
     from ray.rllib.policy.policy import Policy
 
     try:
         with quiet_tensorflow():
-            return Policy.from_checkpoint(str(Path(policy_dir).resolve()))  # absolute for RLlib
+            return Policy.from_state(state)
     except Exception as error:
+        written_by = ray_version(Path(policy_dir)) or ray_version(Path(policy_dir).parents[1])
         raise CheckpointError(
-            f"RLlib could not restore the old-stack policy in {policy_dir} "
-            f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
-            "by another Ray version."
+            f"Ray {ray.__version__} could not rebuild the old-stack policy in {policy_dir}"
+            f"{f' (written by Ray {written_by})' if written_by else ''} from its weights and "
+            f"config ({type(error).__name__}: {error})."
         ) from error
 
 
@@ -104,7 +109,7 @@ def _algorithm_info(root: Path) -> dict[str, Any]:
     state_path = root / "algorithm_state.pkl"
     if not state_path.is_file():  # a Policy checkpoint
         return {}
-    state = _load_pickle(state_path)
+    state = pickles.load(state_path)
     config = state.get("config") or {}
     env = config.get("env")
     algo_class = state.get("algorithm_class")
@@ -124,7 +129,7 @@ def _counter_metrics(counters: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str):
-    trained_with = _load_pickle(policy_dir / _POLICY_STATE)["policy_spec"]["config"]
+    trained_with = pickles.load(policy_dir / _POLICY_STATE)["policy_spec"]["config"]
     if trained_with.get("framework") not in ("tf2", "torch"):
         raise UnsupportedModuleError(
             f"The old-stack policy {policy_id!r} uses framework="

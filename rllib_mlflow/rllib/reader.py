@@ -26,15 +26,13 @@ from rllib_mlflow.rllib.connectors import (
     _raw_observation_space,
 )
 from rllib_mlflow.rllib.layout import (
-    _CLASS_FILE,
-    _STATE_FILE,
-    _load_pickle,
     _module_dirs,
     _read_algorithm_info,
     _tensorflow_before_rllib,
     old_stack_policy_dirs,
     prepare_for_old_stack,
 )
+from rllib_mlflow.rllib.modules import restore_module
 from rllib_mlflow.rllib.networks import _network_or_reason, _numpy, lstm_actor_encoder
 from rllib_mlflow.rllib.old_stack import read_old_stack_snapshots
 from rllib_mlflow.rllib.snapshot import Network, PolicySnapshot, StateTensor
@@ -70,18 +68,7 @@ def read_snapshots(
 def _read_module(
     module_id: str, module_dir: Path, root: Path, algorithm: dict, source: str
 ) -> PolicySnapshot:
-    _load_pickle(module_dir / _CLASS_FILE)  # clear errors for missing/corrupt files first
-    _load_pickle(module_dir / _STATE_FILE)
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    try:
-        module = RLModule.from_checkpoint(str(module_dir.resolve()))
-    except Exception as error:
-        raise CheckpointError(
-            f"RLlib could not restore module {module_id!r} from {module_dir} "
-            f"({type(error).__name__}: {error}). The checkpoint may be truncated or written "
-            "by another Ray version."
-        ) from error
+    module = restore_module(module_dir)
     obs_space, act_space = module.observation_space, module.action_space
     if obs_space is None or act_space is None:  # what RLlib's checkpoints always hold
         raise CheckpointError(f"Module {module_id!r} in {module_dir} has no spaces.")

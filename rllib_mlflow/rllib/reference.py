@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from rllib_mlflow.rllib.modules import restore_module
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 if TYPE_CHECKING:
@@ -21,9 +22,7 @@ if TYPE_CHECKING:
 
 def restore_rl_module(snapshot: PolicySnapshot) -> TorchRLModule:
     """RLlib's torch RLModule for `snapshot`, restored without starting Ray."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    module = RLModule.from_checkpoint(str(Path(snapshot.module_dir).resolve()))
+    module = restore_module(Path(snapshot.module_dir))
     return cast("TorchRLModule", module)  # the new API stack's modules are torch ones
 
 

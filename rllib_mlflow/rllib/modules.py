@@ -1,0 +1,66 @@
+"""Rebuild a new-API-stack RLModule from its checkpoint directory, as RLlib's
+`RLModule.from_checkpoint` does, but from the plain data `pickles.load` reads: the class and
+its constructor arguments from `class_and_ctor_args.pkl` (the class imported only where
+`pickles.real_class` allows it), the weights from `module_state.pkl` (Ray 2.41 on) or
+`module_state.pt` (Ray 2.40 and before: a torch.save file of numpy arrays).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from rllib_mlflow.errors import CheckpointError
+from rllib_mlflow.rllib import pickles
+
+CLASS_FILE = "class_and_ctor_args.pkl"
+STATE_FILES = ("module_state.pkl", "module_state.pt")
+
+
+def module_state_file(module_dir: Path) -> Path:
+    """The module's weights file: the first of `STATE_FILES` there (named when missing)."""
+    found = [module_dir / name for name in STATE_FILES if (module_dir / name).is_file()]
+    return found[0] if found else module_dir / STATE_FILES[0]
+
+
+def read_module_state(module_dir: Path) -> Any:
+    """The module's weights ({name: array}) as plain data."""
+    path = module_state_file(module_dir)
+    if path.suffix == ".pt" and zipfile.is_zipfile(path):
+        return _torch_file(path)
+    return pickles.load(path)
+
+
+def _torch_file(path: Path) -> Any:
+    """The pickle inside a torch.save zip (`<name>/data.pkl`), read as data: RLlib saved
+    numpy arrays there, so no tensor storage is needed."""
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if not names:
+            raise CheckpointError(f"{path} is a zip without data.pkl: not a torch.save file.")
+        return pickles.loads(archive.read(names[0]), path)
+
+
+def restore_module(module_dir: Path) -> Any:
+    """RLlib's RLModule of `module_dir`, built by this Ray from the checkpoint's data.
+
+    Typed Any: RLlib's module classes are many, and each caller knows which it reads."""
+    if pickles.trusts_everything():  # the user vouches for the checkpoint's code
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        return RLModule.from_checkpoint(str(module_dir.resolve()))
+    info = pickles.load(module_dir / CLASS_FILE)
+    cls = pickles.real_class(info["class"], what="RLModule class", path=module_dir)
+    args, kwargs = pickles.rebuild(info["ctor_args_and_kwargs"], module_dir)
+    state = read_module_state(module_dir)
+    try:
+        module = cls(*args, **kwargs)
+        module.set_state(state)
+    except Exception as error:
+        raise CheckpointError(
+            f"RLlib could not rebuild module {module_dir.name!r} from {module_dir} "
+            f"({type(error).__name__}: {error}). The checkpoint may be truncated, or its "
+            "class may take other arguments in this Ray release."
+        ) from error
+    return module

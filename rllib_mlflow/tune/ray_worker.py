@@ -37,7 +37,13 @@ from rllib_mlflow.tune.messages import (
     decode_request,
     encode_request,
 )
-from rllib_mlflow.tune.worker import OnReply, Session, configure_message, prepare_worker_process
+from rllib_mlflow.tune.worker import (
+    OWN_CHECKPOINTS,
+    OnReply,
+    Session,
+    configure_message,
+    prepare_worker_process,
+)
 
 logger = get_logger(__name__)
 
@@ -137,7 +143,7 @@ class RayWorker:
             scheduling_strategy=_next_node(),
             # Set when its process starts, not only in __init__: a worker process Ray reuses
             # may have loaded TensorFlow, and tf.keras is chosen once (see legacy_keras).
-            runtime_env={"env_vars": LEGACY_KERAS},
+            runtime_env={"env_vars": LEGACY_KERAS | OWN_CHECKPOINTS},
         ).remote(self._configure.to_json())
         # Ray's stubs say "handle or class" (ActorProxy), so that method calls type-check on
         # either; what `.remote` makes is the handle.

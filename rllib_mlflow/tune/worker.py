@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
+# The callback's workers read what this training just wrote: its custom classes are the
+# user's own code, which the driver runs too (see rllib/pickles.py for other checkpoints).
+OWN_CHECKPOINTS = {env.RLLIB_MLFLOW_TRUSTED_MODULES.name: "*"}
 # One thread each: exports are small, and training needs the cores.
 THREAD_LIMITS = {
     "OMP_NUM_THREADS": "1",
@@ -120,6 +123,7 @@ class WorkerProcess:
                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                 **THREAD_LIMITS,
                 **LEGACY_KERAS,  # old-stack TF policies are built here (see legacy_keras)
+                **OWN_CHECKPOINTS,
             },
             # Its own process group, so that Ctrl-C reaches the driver only (it decides),
             # but not its own session: Linux's autogroup scheduling would give a new

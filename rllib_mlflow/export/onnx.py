@@ -208,8 +208,10 @@ def torch_actions(dist_inputs: torch.Tensor, rule: ActionRule) -> torch.Tensor:
     if rule.distribution == "multi_categorical":
         parts = torch.split(dist_inputs, list(rule.input_lens), dim=-1)
         return torch.stack([torch.argmax(p, dim=-1) for p in parts], dim=-1)
-    size = rule.input_lens[0]
-    return _normalize_and_clip(dist_inputs[:, :size], rule)
+    mean = dist_inputs[:, : rule.input_lens[0]]
+    if rule.distribution == "tanh_squashed_gaussian":  # the old stack's SquashedGaussian
+        mean = torch.tanh(mean)
+    return _normalize_and_clip(mean, rule)
 
 
 def _normalize_and_clip(actions, rule: ActionRule):

@@ -53,6 +53,8 @@ def tf_actions(dist_inputs: tf.Tensor, rule: ActionRule) -> tf.Tensor:
         return tf.stack([tf.argmax(p, axis=-1) for p in parts], axis=-1)
     size = rule.input_lens[0]
     actions = dist_inputs[:, :size]
+    if rule.distribution == "tanh_squashed_gaussian":  # the old stack's SquashedGaussian
+        actions = tf.tanh(actions)
     low, high = _bounds(rule)
     if rule.normalize_actions:
         # The tensor first, so the sum is one (numpy's stubs type ndarray + tensor as ndarray).

@@ -23,15 +23,23 @@ class NetworkModule(nn.Module):
 
     def __init__(self, network: Network):
         super().__init__()
-        if network.value_head is not None or network.log_std_clip is not None or network.lstm:
+        if network.log_std_clip is not None or network.lstm:
             raise UnsupportedModuleError(
-                "Only sequential networks (encoder, head) are rebuilt in torch for ONNX."
+                "Only sequential networks (encoder, head, a dueling value head) are rebuilt "
+                "in torch for ONNX."
             )
         self.layers = nn.Sequential(*(_torch_layer(layer) for layer in network.encoder))
         self.head = nn.Sequential(*(_torch_layer(layer) for layer in network.head))
+        value_head = network.value_head
+        self.value = None if value_head is None else nn.Sequential(*map(_torch_layer, value_head))
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layers(observations))
+        features = self.layers(observations)
+        outputs = self.head(features)
+        if self.value is None:
+            return outputs
+        # Dueling Q-values as RLlib combines them: V + (A - mean(A)).
+        return self.value(features) + (outputs - outputs.mean(dim=-1, keepdim=True))
 
 
 def _torch_layer(layer: Layer) -> nn.Module:

@@ -19,8 +19,11 @@ def deterministic_actions(dist_inputs: np.ndarray, rule: dict[str, Any]) -> np.n
     if kind == "multi_categorical":
         parts = np.split(dist_inputs, np.cumsum(lens)[:-1], axis=-1)
         return np.stack([np.argmax(p, axis=-1) for p in parts], axis=-1)
-    # Gaussians, squashed ones included: RLlib 2.60 acts with the (pre-tanh) mean.
+    # Gaussians: the mean; new-stack squashed ones too (RLlib 2.60 acts with the pre-tanh
+    # mean), the old stack's SquashedGaussian (SAC) with its tanh.
     actions = dist_inputs[:, : lens[0]]
+    if kind == "tanh_squashed_gaussian":
+        actions = np.tanh(actions)
     return _postprocess(actions.astype(np.float32), rule)
 
 
@@ -34,10 +37,11 @@ def sample_actions(
         picks = np.stack([_sample_categorical(p, rng) for p in parts], axis=-1)
         return picks[:, 0] if kind == "categorical" else picks
     mean, log_std = dist_inputs[:, : lens[0]], dist_inputs[:, lens[0] :]
-    if kind == "squashed_gaussian":
+    squashed = kind in ("squashed_gaussian", "tanh_squashed_gaussian")
+    if squashed:
         log_std = np.clip(log_std, -5.0, 2.0)  # RLlib's MIN/MAX_LOG_NN_OUTPUT
     sample = mean + np.exp(log_std) * rng.standard_normal(mean.shape)
-    if kind == "squashed_gaussian":
+    if squashed:
         sample = np.clip(np.tanh(sample), -1.0, 1.0)
     return _postprocess(sample.astype(np.float32), rule)
 

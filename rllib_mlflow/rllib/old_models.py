@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from rllib_mlflow.errors import UnsupportedModuleError
@@ -25,7 +26,15 @@ OLD_STACK_DISTRIBUTIONS = {
     "TorchMultiCategorical": "multi_categorical",
     "DiagGaussian": "diag_gaussian",
     "TorchDiagGaussian": "diag_gaussian",
+    # DQN acts on its Q-values as the logits of a Categorical divided by a positive
+    # temperature: the argmax, the action of explore=False, is the argmax of the Q-values.
+    "CategoricalWithTemperature": "categorical",
+    "TorchCategoricalWithTemperature": "categorical",
+    # SAC's Box actions (normalize_actions=True): tanh of the mean, then unsquashed.
+    "SquashedGaussian": "tanh_squashed_gaussian",
+    "TorchSquashedGaussian": "tanh_squashed_gaussian",
 }
+_CATALOG = "ray.rllib.models.catalog"
 
 
 def old_stack_network(policy: Any) -> Network:  # RLlib's Policy (see `restore_policy`)
@@ -33,18 +42,50 @@ def old_stack_network(policy: Any) -> Network:  # RLlib's Policy (see `restore_p
     model = policy.model
     config = policy.config.get("model", {})
     refuse_unsupported_model(config)
+    _refuse_unsupported_q_learning(policy.config)
     if config.get("use_lstm"):
         return lstm_network(model, config)
-    cls = f"{type(model).__module__}.{type(model).__name__}"
+    cls = _class_name(model)
     translate = _TRANSLATORS.get(cls)
     if translate is None:
         raise UnsupportedModuleError(
             f"The old-stack model {cls} is not one of RLlib's catalog models that "
             "rllib-mlflow rebuilds (fcnet and visionnet, TF2 or torch, as PPO, APPO and IMPALA "
-            "use them), so no export could be proved to act like it: custom ModelV2s and the "
-            "old stack's DQN and SAC models are not exported."
+            "use them; DQN's Q-model and SAC's policy model around the fcnet), so no export "
+            "could be proved to act like it: custom ModelV2s are not exported."
         )
     return translate(model)
+
+
+def _class_name(model: Any) -> str:
+    """The model's class name; for the catalog's generated wrapper of a model class in an
+    interface (DQN's Q-model around the fcnet: "FullyConnectedNetwork_as_DQNTorchModel",
+    whichever fcnet it wraps) both classes, so that each is matched exactly."""
+    cls = type(model)
+    if cls.__module__ != _CATALOG or len(cls.__bases__) != 2:
+        return f"{cls.__module__}.{cls.__name__}"
+    interface, wrapped = cls.__bases__
+    return f"{wrapped.__module__}.{wrapped.__name__} as {interface.__module__}.{interface.__name__}"
+
+
+def _refuse_unsupported_q_learning(config: dict) -> None:
+    """Refuse the DQN options whose Q-values the exported layers do not compute."""
+    if int(config.get("num_atoms") or 1) > 1:
+        raise UnsupportedModuleError(
+            f"Distributional DQN (num_atoms={config['num_atoms']}) is not exported from the "
+            "old API stack: its Q-values are expectations over atoms the exports do not "
+            "compute. DQN with num_atoms=1 is exported."
+        )
+    if config.get("noisy"):
+        raise UnsupportedModuleError(
+            "Noisy DQN (noisy=True) is not exported from the old API stack: its NoisyLayers "
+            "are not rebuilt. DQN with noisy=False is exported."
+        )
+    if (config.get("exploration_config") or {}).get("type") == "ParameterNoise":
+        raise UnsupportedModuleError(
+            "DQN with ParameterNoise exploration (LayerNorm in its Q-head) is not exported "
+            "from the old API stack."
+        )
 
 
 def distribution_name(policy: Any) -> str:
@@ -61,6 +102,11 @@ def distribution_name(policy: Any) -> str:
             f"The old-stack action distribution {name} is not exported yet; supported: "
             f"{sorted(set(OLD_STACK_DISTRIBUTIONS))} (RLlib's own classes)."
         )
+    bounds = getattr(policy.dist_class, "keywords", {})
+    low, high = bounds.get("low", -1.0), bounds.get("high", 1.0)
+    if name.endswith("SquashedGaussian") and not (np.all(low == -1.0) and np.all(high == 1.0)):
+        # The rule squashes into [-1, 1] and leaves the bounds to the unsquashing (SAC's).
+        raise UnsupportedModuleError(f"A {name} with bounds {bounds} is not exported yet.")
     return OLD_STACK_DISTRIBUTIONS[name]
 
 
@@ -194,9 +240,72 @@ def _append_log_std(head: list[Layer], log_std: np.ndarray) -> list[Layer]:
     return [*head[:-1], Layer("dense", {"units": int(kernel.shape[1])}, (kernel, bias))]
 
 
-_TRANSLATORS = {
+def _tf_dqn(model) -> Network:
+    """DistributionalQTFModel around RLlib's TF fcnet: the fcnet (its last hidden layer is
+    the embedding), then `q_value_head`'s chain of Dense layers to the Q-values, or with
+    dueling=True to the advantages and `state_value_head`'s chain to V."""
+    scores = _keras_chain(model.q_value_head.outputs[0])
+    value = None
+    if hasattr(model, "state_value_head"):  # built only with dueling=True
+        value = [
+            step
+            for layer in _keras_chain(model.state_value_head.outputs[0])
+            for step in _keras_layer(layer)
+        ]
+    return _q_network(_tf_fcnet(model), [s for layer in scores for s in _keras_layer(layer)], value)
+
+
+def _torch_dqn(model) -> Network:
+    """DQNTorchModel around RLlib's torch fcnet: the fcnet, then `advantage_module` to the
+    Q-values, or with dueling=True to the advantages and `value_module` to V."""
+    from rllib_mlflow.rllib.networks import _layers
+
+    value = list(_layers(model.value_module)) if model.dueling else None
+    return _q_network(_torch_fcnet(model), list(_layers(model.advantage_module)), value)
+
+
+def _q_network(fcnet: Network, scores: list[Layer], value: list[Layer] | None) -> Network:
+    """DQN's Q-network: Q = A (or V + A - mean(A) with dueling, `Network.value_head`)."""
+    if not scores:  # hiddens=[]: the fcnet's own output layer computes the Q-values
+        if value is not None:
+            raise UnsupportedModuleError("Dueling DQN with hiddens=[] is not exported.")
+        return fcnet
+    embedding = (*fcnet.encoder, *fcnet.head)
+    return Network(embedding, tuple(scores), None if value is None else tuple(value))
+
+
+def _sac(model) -> Network:
+    """SAC's policy network: the model's own forward passes the (preprocessed) observations
+    through unchanged, and `action_model`, one of the catalog's models, computes the
+    action distribution's inputs ([mean, log_std] for Box actions, logits for Discrete)."""
+    raw = getattr(model.obs_space, "original_space", model.obs_space)
+    if isinstance(raw, (gym.spaces.Dict, gym.spaces.Tuple)):
+        # SAC concatenates the unflattened parts itself, in an order of its own.
+        raise UnsupportedModuleError(f"Old-stack SAC with {raw} observations is not exported.")
+    policy_model = model.action_model
+    translate = _CATALOG_MODELS.get(_class_name(policy_model))
+    if translate is None:
+        raise UnsupportedModuleError(
+            f"SAC's policy model {_class_name(policy_model)} is not exported; RLlib's fcnet "
+            "and visionnet are."
+        )
+    if policy_model.model_config.get("free_log_std"):
+        raise UnsupportedModuleError("Old-stack SAC with free_log_std=True is not exported.")
+    return translate(policy_model)
+
+
+_CATALOG_MODELS = {
     "ray.rllib.models.tf.fcnet.FullyConnectedNetwork": _tf_fcnet,
     "ray.rllib.models.torch.fcnet.FullyConnectedNetwork": _torch_fcnet,
     "ray.rllib.models.tf.visionnet.VisionNetwork": _tf_visionnet,
     "ray.rllib.models.torch.visionnet.VisionNetwork": _torch_visionnet,
+}
+_TRANSLATORS = {
+    **_CATALOG_MODELS,
+    "ray.rllib.models.tf.fcnet.FullyConnectedNetwork as "
+    "ray.rllib.algorithms.dqn.distributional_q_tf_model.DistributionalQTFModel": _tf_dqn,
+    "ray.rllib.models.torch.fcnet.FullyConnectedNetwork as "
+    "ray.rllib.algorithms.dqn.dqn_torch_model.DQNTorchModel": _torch_dqn,
+    "ray.rllib.algorithms.sac.sac_tf_model.SACTFModel": _sac,
+    "ray.rllib.algorithms.sac.sac_torch_model.SACTorchModel": _sac,
 }

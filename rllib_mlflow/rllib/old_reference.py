@@ -107,8 +107,10 @@ def old_stack_torch_model(snapshot: PolicySnapshot) -> torch.nn.Module:
     action_dist_inputs (what ONNX traces)."""
     import torch
 
-    model = restore_policy(snapshot.module_dir).model
+    policy = restore_policy(snapshot.module_dir)
+    model = policy.model
     model.eval()
+    dist_inputs = _torch_dist_inputs(policy)
 
     class DistInputs(torch.nn.Module):
         def __init__(self):
@@ -118,6 +120,23 @@ def old_stack_torch_model(snapshot: PolicySnapshot) -> torch.nn.Module:
         def forward(self, observations):
             # fcnet reads "obs_flat", visionnet "obs"; both are the preprocessed batch.
             inputs = {"obs": observations, "obs_flat": observations.reshape(len(observations), -1)}
-            return self.model(inputs, [], None)[0]
+            return dist_inputs(inputs)
 
     return DistInputs()
+
+
+def _torch_dist_inputs(policy) -> Callable[[dict], torch.Tensor]:
+    """How the torch policy computes its action distribution's inputs from an input dict:
+    DQN's Q-values by RLlib's own `compute_q_values` (dueling included), SAC's policy
+    network after the model's pass-through forward, else the model's output."""
+    from ray.rllib.algorithms.dqn.dqn_torch_model import DQNTorchModel
+    from ray.rllib.algorithms.sac.sac_torch_model import SACTorchModel
+
+    model = policy.model
+    if isinstance(model, DQNTorchModel):
+        from ray.rllib.algorithms.dqn.dqn_torch_policy import compute_q_values
+
+        return lambda inputs: compute_q_values(policy, model, inputs, explore=False)[0]
+    if isinstance(model, SACTorchModel):
+        return lambda inputs: model.get_action_model_outputs(model(inputs, [], None)[0])[0]
+    return lambda inputs: model(inputs, [], None)[0]

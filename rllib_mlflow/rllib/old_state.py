@@ -52,7 +52,13 @@ def policy_class_name(policy_class: Any, path: Path) -> str:
     if isinstance(policy_class, str):
         return policy_class
     if pickles.is_stand_in(policy_class):
-        return pickles.stand_in_name(policy_class).rpartition(".")[2].removesuffix("_traced")
+        name = pickles.stand_in_name(policy_class).rpartition(".")[2]
+        if name == "_make_skeleton_class" and len(policy_class.args) > 1:
+            # A class made at runtime, pickled by value: the eager TF policies of
+            # `build_tf_policy` (DQN's "DQNTFPolicy_eager_traced", SAC's); RLlib names them
+            # without the eager suffixes and makes them eager again for framework="tf2".
+            name = str(policy_class.args[1]).removesuffix("_traced").removesuffix("_eager")
+        return name.removesuffix("_traced")
     raise CheckpointError(f"{path} names no policy class RLlib knows ({policy_class!r}).")
 
 

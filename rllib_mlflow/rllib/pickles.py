@@ -141,6 +141,10 @@ class _DataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("numpy.core."):  # numpy 1.x's name of numpy 2's numpy._core
             module = f"numpy._core.{module[len('numpy.core.') :]}"
+        if (module, name) == ("importlib", "import_module"):
+            # cloudpickle imports a module a by-value class refers to this way (old-stack
+            # eager TF policy classes: DQN's, SAC's); as a StandIn it imports nothing.
+            return _stand_in("importlib.import_module")
         refused = module.split(".")[0] in _REFUSED_MODULES or (
             module == "builtins" and name in _REFUSED_BUILTINS
         )

@@ -198,7 +198,9 @@ class ActionRule:
 
     distribution: "categorical" (argmax), "multi_categorical" (argmax per slice of
     `input_lens`), "diag_gaussian" (mean = first half), "squashed_gaussian"
-    (deterministic: the pre-tanh mean, as RLlib 2.60; sampled: tanh of a sample).
+    (deterministic: the pre-tanh mean, as RLlib 2.60's new stack; sampled: tanh of a
+    sample), "tanh_squashed_gaussian" (the old stack's SquashedGaussian, SAC's: tanh of the
+    mean, in [-1, 1]; sampled: tanh of a sample).
     Then, for Box actions, RLlib's NormalizeAndClipActions connector: `normalize_actions`
     unsquashes from [-1, 1] to [low, high] (and clips to them), else `clip_actions` clips
     to [low, high].
@@ -236,6 +238,9 @@ _DETERMINISTIC_RULES = {
     # RLlib 2.60's TorchSquashedGaussian.to_deterministic() returns the pre-tanh mean;
     # the exports do the same, because they must act exactly like RLlib.
     "squashed_gaussian": "mean = first half of action_dist_inputs (pre-tanh, as RLlib)",
+    # The old stack's SquashedGaussian.deterministic_sample() squashes its mean into
+    # [low, high] = [-1, 1] (SAC's), which normalize_actions then unsquashes to the bounds.
+    "tanh_squashed_gaussian": "tanh(mean), mean = first half of action_dist_inputs",
 }
 
 

@@ -130,7 +130,10 @@ ProgressCallback = Callable[[int, int, str], None]
 
 @contextlib.contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A progress bar with ETA on stderr, driven by a library `on_progress` callback."""
+    """A progress bar with done/total and an ETA on stderr, driven by a library
+    `on_progress` callback. The ETA is the rate over every item finished since the first
+    (not rich's last 30 s: a backfill's items take seconds each and finish in bursts with
+    several workers; the first pays the imports)."""
     if not enabled:
         yield lambda done, total, what: None
         return
@@ -153,7 +156,10 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressCal
         TimeRemainingColumn(),
         TextColumn("{task.fields[what]}"),
     )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    whole_run = 7 * 24 * 3600.0
+    with Progress(
+        *columns, console=Console(stderr=True), speed_estimate_period=whole_run
+    ) as progress:
         task = progress.add_task(description, total=None, what="")
 
         def update(done: int, total: int, what: str) -> None:

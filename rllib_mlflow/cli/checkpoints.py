@@ -17,9 +17,7 @@ from rllib_mlflow.cli import options
 @click.command(context_settings=options.CONTEXT)
 @click.argument("checkpoint")
 @click.option("-o", "--output", required=True, metavar="DIR", help="Output directory.")
-@click.option("--formats", default="saved_model,h5,onnx", show_default=True,
-              help="Comma-separated export formats, of saved_model, h5, onnx, tflite "
-                   "(LiteRT float32) and tflite_int8 (LiteRT int8).")  # fmt: skip
+@options.formats("saved_model,h5,onnx")
 @click.option("--min-int8-agreement", type=click.FloatRange(0, 1), default=0.99,
               show_default=True, help="Refuse tflite_int8 where it acts like RLlib on a "
               "smaller share of observations.")  # fmt: skip
@@ -69,18 +67,20 @@ def _export_record(policy) -> dict[str, Any]:
                 type=click.Path(exists=True, file_okay=False))  # fmt: skip
 @click.option("--name", metavar="NAME",
               help="Registered model name. [default: the one in the journal]")  # fmt: skip
+@options.formats(None)
 @options.video
 @options.tracking_uri
 @options.common
-def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
+def sync(experiment_dirs, name, formats, video, tracking_uri, as_json) -> None:
     """Register what Tune experiments left unregistered (journal and checkpoints on disk)."""
     from rllib_mlflow.tune.sync import sync_experiment
 
+    settings = _settings(name, formats, video)
     uri = _tracking_uri(tracking_uri)
     reports = []
     for directory in experiment_dirs:
         with console.progress_bar(f"sync {directory}", options.show_progress()) as progress:
-            report = sync_experiment(directory, **_settings(name, video, uri), on_progress=progress)
+            report = sync_experiment(directory, **settings, tracking_uri=uri, on_progress=progress)
         reports.append(_report_record(directory, report, uri))
     _finish_registration(reports, as_json)
 
@@ -88,24 +88,35 @@ def sync(experiment_dirs, name, video, tracking_uri, as_json) -> None:
 @click.command(context_settings=options.CONTEXT)
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--name", required=True, metavar="NAME", help="Registered model name.")
+@options.formats(None)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Checkpoints registered at a time, each in a process of its own.")  # fmt: skip
 @options.video
 @options.tracking_uri
 @options.common
-def register(path, name, video, tracking_uri, as_json) -> None:
-    """Backfill: register the checkpoints of an experiment, a trial or one checkpoint
-    directory (idempotent)."""
+def register(path, name, formats, workers, video, tracking_uri, as_json) -> None:
+    """Backfill: register every checkpoint under PATH (idempotent): a folder of `algo.save()`
+    directories with any names, nested up to three levels, Tune experiments and trials, or
+    one checkpoint. Exit 1 if any checkpoint failed; the others are registered."""
     from rllib_mlflow.tune.sync import register_path
 
+    settings = _settings(name, formats, video)
     uri = _tracking_uri(tracking_uri)
     with console.progress_bar(f"register {name}", options.show_progress()) as progress:
-        report = register_path(path, **_settings(name, video, uri), on_progress=progress)
+        report = register_path(
+            path, **settings, tracking_uri=uri, workers=workers, on_progress=progress
+        )
     _finish_registration([_report_record(path, report, uri)], as_json)
 
 
-def _settings(name: str | None, video: bool, tracking_uri: str) -> dict[str, Any]:
+def _settings(name: str | None, formats: str | None, video: bool) -> dict[str, Any]:
     """What the options of `sync` and `register` choose, in one place: the fields of
-    `RegistrationSettings` (documented there) they set, and where to register."""
-    return {"registered_model_name": name, "video": video, "tracking_uri": tracking_uri}
+    `RegistrationSettings` (documented there) they set. Formats are checked before any
+    work, by what `export --formats` is checked by."""
+    from rllib_mlflow.export import validate_formats
+
+    checked = None if formats is None else validate_formats(formats)
+    return {"registered_model_name": name, "formats": checked, "video": video}
 
 
 def _tracking_uri(tracking_uri: str | None) -> str:
@@ -123,7 +134,8 @@ def _report_record(path: str, report, uri: str) -> dict[str, Any]:
         "path": str(path),
         "tracking_uri": stores.shown(uri),
         "registered": list(report.registered),
-        "failed": dict(report.failed),
+        "failed": dict(report.failed),  # checkpoint path: one-line cause
+        "written_by": dict(report.written_by),  # failed checkpoint path: its Ray version
     }
 
 
@@ -136,7 +148,10 @@ def _finish_registration(records: list[dict[str, Any]], as_json: bool) -> None:
                        f"or already there, {len(record['failed'])} failed "
                        f"(in {record['tracking_uri']})")  # fmt: skip
     for record in records:
-        for key, error in record["failed"].items():
-            click.echo(f"rllib-mlflow: failed {key}: {error}", err=True)
+        for path, error in record["failed"].items():
+            ray = record["written_by"].get(path)
+            # The reader may name the writer in its message already.
+            writer = f" (written by Ray {ray})" if ray and f"Ray {ray}" not in error else ""
+            click.echo(f"rllib-mlflow: failed {path}{writer}: {error}", err=True)
     if any(record["failed"] for record in records):
         sys.exit(1)

@@ -1,5 +1,5 @@
-"""What every command shares: --json, -q and -v, --tracking-uri and --video, and the
-verbosity they set, kept in click's context so that the group's error handling reads it."""
+"""What every command shares: --json, -q and -v, --tracking-uri, --video and --formats,
+and the verbosity they set, kept in click's context so that the group's error handling reads it."""
 
 from __future__ import annotations
 
@@ -59,3 +59,18 @@ video = click.option(
     help="Record one seeded episode per version from the env's rgb_array render (no Ray) "
     "as replay.gif, linked from the version's card.",
 )
+
+
+def formats(default: str | None) -> Callable:
+    """--formats, for `export` and the settings `RegistrationSettings.formats` of `sync` and
+    `register` (None: each trial's journaled formats, else all). Parsed and checked by
+    `rllib_mlflow.export.validate_formats` for all three, when the command runs."""
+    journaled = "" if default else " [default: the journal's formats, else all]"
+    return click.option(
+        "--formats",
+        default=default,
+        show_default=default is not None,
+        metavar="LIST",
+        help="Comma-separated export formats, of saved_model, h5, onnx, tflite (LiteRT "
+        f"float32) and tflite_int8 (LiteRT int8).{journaled}",
+    )

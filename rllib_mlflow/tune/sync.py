@@ -4,24 +4,31 @@ Two sources: the journal's pending entries (checkpoints the callback queued but 
 finish, e.g. on Ctrl-C or a crash; their staged copies survive Tune's `num_to_keep`), and
 the checkpoints on disk under each trial directory. Registration is idempotent (one
 version per trial, training iteration and module), so running sync again is harmless.
+`register_path` (`rllib-mlflow register`) backfills any folder of checkpoints the same way.
+
+Neither stops at a checkpoint it cannot read or register: each is reported, with its path,
+a one-line cause and the Ray release that wrote it, and the others are registered.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rllib_mlflow.errors import CheckpointError, RegistryError
+from rllib_mlflow.export import validate_formats
 from rllib_mlflow.mlflow.client import check_tracking_server, client
-from rllib_mlflow.redaction import get_logger
+from rllib_mlflow.redaction import get_logger, mask_urls
 from rllib_mlflow.register.registration import register_task
 from rllib_mlflow.register.task import RegistrationTask
+from rllib_mlflow.tune.archive import MAX_DEPTH, WHAT_IS_RECOGNISED, written_by
 from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
-from rllib_mlflow.tune.trial_dirs import tasks_of_trial, tasks_on_disk, trial_run
+from rllib_mlflow.tune.processes import Outcome, attempt, registered_in_processes
+from rllib_mlflow.tune.trial_dirs import Failures, tasks_on_disk, tasks_under, trial_run
 from rllib_mlflow.validation import validate_registered_model_name
 
 logger = get_logger(__name__)
@@ -36,7 +43,8 @@ _SETTLING_S = 30.0
 @dataclass
 class SyncReport:
     registered: list[str] = field(default_factory=list)  # "trial/iteration" keys
-    failed: dict[str, str] = field(default_factory=dict)
+    failed: Failures = field(default_factory=dict)  # checkpoint path: one-line cause
+    written_by: dict[str, str] = field(default_factory=dict)  # failed path: its Ray version
 
     def summary(self) -> str:
         done, failed = len(self.registered), len(self.failed)
@@ -50,9 +58,11 @@ def sync_experiment(
     tracking_uri: str | None = None,
     verify: bool = True,
     video: bool = False,
+    formats: tuple[str, ...] | None = None,
     on_progress: Progress | None = None,
 ) -> SyncReport:
-    """Register every pending journal entry and every checkpoint on disk of an experiment."""
+    """Register every pending journal entry and every checkpoint on disk of an experiment;
+    `formats`: those of each trial's journal (else all) when None."""
     _require_directory(experiment_dir, "an experiment directory (e.g. ~/ray_results/my-exp)")
     journal = Journal(experiment_dir)
     journal.check_writable()  # progress must be recorded, or the next sync redoes it all
@@ -72,15 +82,15 @@ def sync_experiment(
         )
     validate_registered_model_name(name)
     check_tracking_server(client(tracking_uri))
-    settings = chosen_settings(name, verify=verify, video=video)
-    tasks = {}
+    settings = chosen_settings(name, verify=verify, video=video, formats=formats)
+    tasks, failed = {}, {}
     for entry in journal.pending():  # a replay the callback was asked for is recorded too
         video_too = {"video": video or bool(entry.get("video"))}
         tasks[entry["key"]] = RegistrationTask.from_json(entry, **(settings | video_too))
-    for task in tasks_on_disk(Path(experiment_dir), entries, tracking_uri, settings):
+    for task in tasks_on_disk(Path(experiment_dir), entries, tracking_uri, settings, failed):
         tasks.setdefault(task.key, task)
     tasks = _resolve_runs(tasks, Path(experiment_dir).name, tracking_uri)
-    return _register_all(tasks, tracking_uri, journal, on_progress)
+    return _register_all(tasks, tracking_uri, journal, on_progress, failed=failed)
 
 
 def _resolve_runs(
@@ -110,34 +120,49 @@ def register_path(
     tracking_uri: str | None = None,
     verify: bool = True,
     video: bool = False,
+    formats: tuple[str, ...] | None = None,
+    workers: int = 1,
     on_progress: Progress | None = None,
 ) -> SyncReport:
-    """Backfill: register the checkpoints of an experiment dir, a trial dir or one checkpoint.
+    """Backfill: register the checkpoints under `path` (see `archive`: an archive of
+    `algo.save()` directories, Tune experiments or trials, or one checkpoint), `workers` at
+    a time, each in its own process when more than one.
 
-    Iterations and metrics come from each trial's result.json; runs are the trials' runs
-    when the callback logged them, else new runs in an experiment named after the
-    directory. Idempotent with what the callback registers.
+    Iterations and metrics come from each trial's result.json, else from the checkpoint;
+    runs are the trials' runs when the callback logged them, else one new run per folder of
+    checkpoints, in an experiment named after the folder above. Idempotent with what the
+    callback registers. `formats`: those of each trial's journal (else all) when None.
     """
     validate_registered_model_name(registered_model_name)
-    _require_directory(path, "an experiment directory, a trial directory or a checkpoint")
+    _require_directory(path, "an archive of checkpoints, a Tune experiment or trial directory")
+    if workers < 1:
+        raise ValueError(f"workers must be 1 or more, not {workers!r}.")
     check_tracking_server(client(tracking_uri))
-    root = Path(path)
-    settings = chosen_settings(registered_model_name, verify=verify, video=video)
-    if (root / "rllib_checkpoint.json").exists():  # one checkpoint inside a trial directory
-        tasks = tasks_of_trial(root.parent, tracking_uri, settings, [root])
-    elif (root / "result.json").exists():  # one trial
-        tasks = tasks_of_trial(root, tracking_uri, settings)
-    else:
-        tasks = tasks_on_disk(root, Journal(root).entries(), tracking_uri, settings)
-    if not tasks:
-        raise RegistryError(f"No RLlib checkpoints (checkpoint_*/) found under {path}.")
-    return _register_all({t.key: t for t in tasks}, tracking_uri, on_progress=on_progress)
+    settings = chosen_settings(registered_model_name, verify=verify, video=video, formats=formats)
+    failed: Failures = {}
+    tasks = tasks_under(Path(path), tracking_uri, settings, failed)
+    if not tasks and not failed:
+        raise RegistryError(
+            f"No RLlib checkpoints found under {path} (up to {MAX_DEPTH} levels down: "
+            f"{WHAT_IS_RECOGNISED})."
+        )
+    tasks_by_key = {t.key: t for t in tasks}
+    return _register_all(
+        tasks_by_key, tracking_uri, on_progress=on_progress, failed=failed, workers=workers
+    )
 
 
-def chosen_settings(registered_model_name: str, *, verify: bool, video: bool) -> dict[str, Any]:
+def chosen_settings(
+    registered_model_name: str,
+    *,
+    verify: bool,
+    video: bool,
+    formats: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """The `RegistrationSettings` fields (documented there) that a `sync` or `register`
     call chooses, over those its journal recorded for each trial."""
-    return {"registered_model_name": registered_model_name, "verify": verify, "video": video}
+    chosen = {"registered_model_name": registered_model_name, "verify": verify, "video": video}
+    return chosen if formats is None else chosen | {"formats": validate_formats(formats)}
 
 
 def _require_directory(path: str, what: str) -> None:
@@ -151,24 +176,44 @@ def _register_all(
     tracking_uri: str | None,
     journal: Journal | None = None,
     on_progress: Progress | None = None,
+    *,
+    failed: Failures | None = None,
+    workers: int = 1,
 ) -> SyncReport:
-    report = SyncReport()
+    """Register every task, past any that fails; `failed`: the checkpoints that could not
+    become tasks, reported with the others."""
+    report = SyncReport(failed=dict(failed or {}))
+    report.written_by = {path: ray for path in report.failed if (ray := written_by(path))}
     progress = on_progress or (lambda done, total, key: None)
-    progress(0, len(tasks), "")
-    for number, (key, task) in enumerate(sorted(tasks.items()), start=1):
-        logger.info("[%d/%d] registering %s", number, len(tasks), key)
-        try:
-            versions = _register_settled(task, tracking_uri)
-        except Exception as error:
-            report.failed[key] = f"{type(error).__name__}: {error}"
+    ordered = [tasks[key] for key in sorted(tasks)]
+    progress(0, len(ordered), "")
+    for done, (task, outcome) in enumerate(_outcomes(ordered, tracking_uri, workers), start=1):
+        if isinstance(outcome, str):
+            path = mask_urls(task.checkpoint_uri)
+            report.failed[path] = outcome
+            if ray := written_by(task.checkpoint):
+                report.written_by[path] = ray
             if journal is not None:
-                journal.record(FAILED, key, error=report.failed[key])
+                journal.record(FAILED, task.key, error=outcome)
         else:
             if journal is not None:
-                journal.record(REGISTERED, key, versions=versions)
-            report.registered.append(key)
-        progress(number, len(tasks), key)
+                journal.record(REGISTERED, task.key, versions=outcome)
+            report.registered.append(task.key)
+        progress(done, len(ordered), task.key)
     return report
+
+
+def _outcomes(
+    tasks: list[RegistrationTask], tracking_uri: str | None, workers: int
+) -> Iterator[tuple[RegistrationTask, Outcome]]:
+    """Each task with its versions or why it failed, as they finish: one after another in
+    this process, or `workers` at a time in their own processes."""
+    if workers > 1:
+        yield from registered_in_processes(tasks, _register_settled, tracking_uri, workers)
+        return
+    for number, task in enumerate(tasks, start=1):
+        logger.info("[%d/%d] registering %s", number, len(tasks), task.key)
+        yield task, attempt(_register_settled, task, tracking_uri)
 
 
 def _register_settled(task: RegistrationTask, tracking_uri: str | None) -> list[dict[str, str]]:

@@ -1,6 +1,10 @@
-"""What a Tune experiment left on disk, as registration tasks: one per checkpoint of each
-trial directory, with its metrics from result.json, its trial id (from result.json, else
-the journal, else the directory's name) and its trial's MLflow run (found, or made).
+"""What a Tune experiment, or any folder of checkpoints, left on disk, as registration
+tasks: one per checkpoint of each trial directory (or other folder of checkpoints), with its
+metrics from result.json, its trial id (from result.json, else the journal, else the
+directory's name) and its trial's MLflow run (found, or made): one run per folder.
+
+A checkpoint that cannot be read here is not a task: it goes into `failed` (its path: a
+one-line cause), so that one bad checkpoint never stops the others.
 """
 
 from __future__ import annotations
@@ -12,13 +16,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rllib_mlflow import names
+from rllib_mlflow.console import one_line
 from rllib_mlflow.mlflow.client import client
+from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import result_metrics
 from rllib_mlflow.register.task import RegistrationTask
+from rllib_mlflow.tune.archive import find_checkpoints
 from rllib_mlflow.tune.journal import Journal, TrialIds
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+logger = get_logger(__name__)
+
+# Checkpoints that could not become tasks: {resolved path: one-line cause}.
+Failures = dict[str, str]
 
 # The settings a journal entry of the callback carries over to the trial's other checkpoints.
 _TRIAL_SETTINGS = ("formats", "best_metric", "best_mode", "log_rllib_checkpoint")
@@ -29,6 +41,7 @@ def tasks_on_disk(
     entries: list[dict[str, Any]],
     tracking_uri: str | None,
     settings: dict[str, Any],
+    failed: Failures,
 ) -> list[RegistrationTask]:
     """A task per checkpoint of each trial directory of `experiment`."""
     runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
@@ -39,23 +52,49 @@ def tasks_on_disk(
     for trial_dir in sorted({c.parent for c in experiment.glob("*/checkpoint_*")}):
         trial_id = trial_ids.of(trial_dir.name)
         tasks += _trial_tasks(
-            trial_dir, experiment.name, runs, tracking_uri, settings, trial_id=trial_id
+            trial_dir, experiment.name, runs, tracking_uri, settings, failed, trial_id=trial_id
         )
     return tasks
 
 
-def tasks_of_trial(
-    trial_dir: Path,
-    tracking_uri: str | None,
-    settings: dict[str, Any],
-    checkpoints: Iterable[Path] | None = None,
+def tasks_under(
+    root: Path, tracking_uri: str | None, settings: dict[str, Any], failed: Failures
 ) -> list[RegistrationTask]:
-    """`_trial_tasks` of a trial directory given on its own, with its experiment's journal."""
-    experiment = trial_dir.parent
-    trial_id = TrialIds(Journal(experiment).entries()).of(trial_dir.name)
-    return _trial_tasks(
-        trial_dir, experiment.name, {}, tracking_uri, settings, checkpoints, trial_id
-    )
+    """A task per checkpoint `archive.find_checkpoints` finds under `root` (or `root` itself),
+    one run per folder holding checkpoints: a Tune trial's as `tasks_on_disk` gives it (with
+    its experiment's journal), any other folder's found by a trial id made from its name.
+    Two checkpoints of one trial at the same iteration give one task (the first)."""
+    folders: dict[Path, list[Path]] = {}
+    for checkpoint in find_checkpoints(root):
+        folders.setdefault(checkpoint.parent, []).append(checkpoint)
+    names_seen = [folder.name for folder in folders]
+    tasks: dict[str, RegistrationTask] = {}
+    for folder, checkpoints in sorted(folders.items()):
+        entries = Journal(folder.parent).entries()
+        runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
+        trial_id = TrialIds(entries).of(folder.name)
+        if trial_id is None and names_seen.count(folder.name) > 1:  # e.g. ppo/seed_0, sac/seed_0
+            trial_id = _directory_trial_id(folder, relative_to=root)
+        found = _trial_tasks(
+            folder, _experiment_name(folder, root), runs, tracking_uri, settings, failed,
+            checkpoints, trial_id,
+        )  # fmt: skip
+        for task in found:
+            if task.key in tasks:
+                logger.warning(
+                    "%s: same trial and training iteration as %s (one version per trial and "
+                    "iteration); not registered again.", task.checkpoint, tasks[task.key].checkpoint
+                )  # fmt: skip
+            tasks.setdefault(task.key, task)
+    return list(tasks.values())
+
+
+def _experiment_name(folder: Path, root: Path) -> str:
+    """Where a new run of `folder` goes: the experiment named after the folder above it (a
+    Tune trial's experiment, an archive's), or after `root` when `root` is an archive
+    holding checkpoints directly."""
+    is_archive_itself = folder == root and not (folder / "result.json").exists()
+    return (folder if is_archive_itself else folder.parent).resolve().name
 
 
 def _trial_tasks(
@@ -64,14 +103,13 @@ def _trial_tasks(
     runs: dict[str, dict[str, Any]],
     tracking_uri: str | None,
     settings: dict[str, Any],
+    failed: Failures,
     checkpoints: Iterable[Path] | None = None,
     trial_id: str | None = None,
 ) -> list[RegistrationTask]:
     """A task per checkpoint of one Tune trial directory, with metrics from result.json;
     the trial's id from there, else `trial_id` (the journal's: result.json lags behind
     while the run is live), else one made from the directory's name."""
-    from rllib_mlflow.rllib.layout import read_training_iteration
-
     results = (
         _read_results(trial_dir / "result.json") if (trial_dir / "result.json").exists() else {}
     )
@@ -81,17 +119,15 @@ def _trial_tasks(
         or _directory_trial_id(trial_dir)
     )
     checkpoints = sorted(trial_dir.glob("checkpoint_*")) if checkpoints is None else checkpoints
-    if not checkpoints:
+    iterations = _iterations(checkpoints, failed)
+    if not iterations:
         return []
     known = runs.get(trial_id, {})
     run_id, run_existed = known.get("run_id"), True
     if run_id is None:
         run_id, run_existed = trial_run(trial_id, trial_dir, experiment_name, tracking_uri)
     tasks = []
-    for checkpoint in checkpoints:
-        iteration = read_training_iteration(str(checkpoint))
-        if iteration is None:
-            continue
+    for checkpoint, iteration in iterations.items():
         facts = {
             "checkpoint": str(checkpoint),
             "checkpoint_uri": str(checkpoint.resolve()),
@@ -107,10 +143,35 @@ def _trial_tasks(
     return tasks
 
 
-def _directory_trial_id(trial_dir: Path) -> str:
+def _iterations(checkpoints: Iterable[Path], failed: Failures) -> dict[Path, int]:
+    """The training iteration each checkpoint recorded; those that cannot say go to
+    `failed`, so that the others are still registered."""
+    from rllib_mlflow.rllib.layout import read_training_iteration
+
+    iterations = {}
+    for checkpoint in checkpoints:
+        try:
+            iteration = read_training_iteration(str(checkpoint))
+        except Exception as error:  # a truncated pickle, a missing file, code moved away
+            failed[str(checkpoint.resolve())] = one_line(error)
+            continue
+        if iteration is None:  # a Policy or RLModule checkpoint, or one cut short
+            failed[str(checkpoint.resolve())] = (
+                "records no training iteration (no algorithm_state.pkl); register it with "
+                "rllib_mlflow.log_checkpoint(path, NAME, training_iteration=N)."
+            )
+            continue
+        iterations[checkpoint] = iteration
+    return iterations
+
+
+def _directory_trial_id(trial_dir: Path, relative_to: Path | None = None) -> str:
     """A stable id for a trial directory whose result.json names none, so that two such
-    trials never share journal keys or versions."""
-    return "dir-" + hashlib.sha256(trial_dir.name.encode()).hexdigest()[:8]
+    trials never share journal keys or versions: from its name (the same wherever the
+    archive is, and whether it is registered as a whole or a checkpoint at a time), or its
+    path under `relative_to` where two folders of the archive share a name."""
+    name = trial_dir.name if relative_to is None else trial_dir.relative_to(relative_to).as_posix()
+    return "dir-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def _trial_name(directory_name: str, trial_id: str | None) -> str:

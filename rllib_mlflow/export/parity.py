@@ -83,6 +83,9 @@ def check_parity(
         "tolerance": TOLERANCE,
         "tolerance_rule": TOLERANCE_RULE,
         "reference": _REFERENCES[snapshot.api_stack],
+        # The reference is rebuilt by this Ray from the checkpoint's weights and config,
+        # whichever Ray wrote it (`written_by_ray` in policy.json).
+        "reference_ray": _this_ray(),
         "formats": {f: r for f, r in results.items() if r["passed"]},
         "failed": {f: r for f, r in results.items() if not r["passed"]},
     }
@@ -292,3 +295,9 @@ def _close(want: np.ndarray, got: np.ndarray, scale: np.ndarray) -> bool:
     row_scale = np.reshape(scale, (-1,) + (1,) * (np.ndim(want) - 1))
     bound = TOLERANCE * np.maximum(row_scale, np.abs(want))
     return bool(np.all(np.abs(want - got) <= bound))
+
+
+def _this_ray() -> str:
+    import ray
+
+    return ray.__version__

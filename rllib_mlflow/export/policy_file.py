@@ -41,6 +41,7 @@ def policy_json(
         "algorithm": snapshot.algorithm,
         "env_id": snapshot.env_id,
         "source_checkpoint": snapshot.source_checkpoint,
+        "written_by_ray": snapshot.written_by_ray,
         "training_iteration": snapshot.training_iteration,
         "metrics": snapshot.metrics,
         "observation_space": snapshot.observation_space,

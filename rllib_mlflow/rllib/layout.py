@@ -96,11 +96,22 @@ def old_stack_policy_dirs(root: Path) -> dict[str, Path] | None:
     return found
 
 
+def written_by(checkpoint: Path) -> str | None:
+    """The Ray release that wrote a checkpoint, where its rllib_checkpoint.json (or that of
+    the Algorithm checkpoint holding this policy) says."""
+    for root in (checkpoint, checkpoint.parent.parent):
+        version = _checkpoint_meta(root).get("ray_version")
+        if version:
+            return str(version)
+    return None
+
+
 def _checkpoint_meta(root: Path) -> dict[str, Any]:
     try:
-        return json.loads((root / "rllib_checkpoint.json").read_text())
+        meta = json.loads((root / "rllib_checkpoint.json").read_text())
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _incomplete(root: Path, missing: str):
@@ -123,10 +134,12 @@ def _refuse_pickled_checkpoint(root: Path) -> None:
         )
     if is_pickle:
         raise CheckpointError(
-            f"Checkpoint {root} is in the pickled `checkpoint-N` format that Ray 1.x and "
-            "Ray 2.0 wrote; Ray 2.60 cannot read it. Convert it with a Ray that reads both "
-            "formats (Ray 2.1 to 2.9): `algo = Algorithm(config); algo.restore(path); "
-            "algo.save()`, then export the directory that writes."
+            f"Checkpoint {root} is in the pickled `checkpoint-N` format of Ray 1.x and 2.0, "
+            "which neither Ray 2.10+ nor rllib-mlflow reads. Convert it once with Ray 2.3 to "
+            "2.9, which read it and write the directory format (in a virtualenv: `pip install "
+            "'ray[rllib]==2.9.3'`): `algo = config.build()` with the config you trained with, "
+            f"`algo.restore('{root}')`, `print(algo.save())`; rllib-mlflow reads the "
+            "directory that prints (Ray 2.3 to 2.60 checkpoints are read and tested)."
         )
 
 

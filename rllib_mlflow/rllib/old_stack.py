@@ -27,14 +27,14 @@ from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib import pickles
 from rllib_mlflow.rllib.connectors import _rule_for_space
-from rllib_mlflow.rllib.layout import _POLICY_STATE
+from rllib_mlflow.rllib.layout import _POLICY_STATE, written_by
 from rllib_mlflow.rllib.old_lstm import lstm_prev_actions_rewards, lstm_state
 from rllib_mlflow.rllib.old_models import (
     distribution_name,
     old_stack_network,
     refuse_unsupported_model,
 )
-from rllib_mlflow.rllib.old_state import ray_version, read_policy_state
+from rllib_mlflow.rllib.old_state import read_policy_state
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 OLD_STACK = "old"
@@ -70,10 +70,10 @@ def restore_policy(policy_dir: str) -> Any:
         with quiet_tensorflow():
             return Policy.from_state(state)
     except Exception as error:
-        written_by = ray_version(Path(policy_dir)) or ray_version(Path(policy_dir).parents[1])
+        writer = written_by(Path(policy_dir))
         raise CheckpointError(
             f"Ray {ray.__version__} could not rebuild the old-stack policy in {policy_dir}"
-            f"{f' (written by Ray {written_by})' if written_by else ''} from its weights and "
+            f"{f' (written by Ray {writer})' if writer else ''} from its weights and "
             f"config ({type(error).__name__}: {error})."
         ) from error
 

@@ -11,7 +11,6 @@ and each may be what an older Ray, or an attacker, left behind.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -82,23 +81,3 @@ def _connector_configs(configs: dict[str, Any]) -> dict[str, Any]:
             [(c, None if c in _OPAQUE_CONNECTORS else plain(params)) for c, params in connectors],
         )
     return restored
-
-
-def stand_in_names(value: Any) -> set[str]:
-    """The names of what StandIns replaced anywhere in `value` (for messages)."""
-    if pickles.is_stand_in(value):
-        return {pickles.stand_in_name(value)}
-    items = value.values() if isinstance(value, dict) else value
-    if isinstance(value, dict | list | tuple):
-        return set().union(*(stand_in_names(v) for v in items))
-    return set()
-
-
-def ray_version(checkpoint_dir: Path) -> str | None:
-    """The Ray release that wrote the checkpoint, where rllib_checkpoint.json says."""
-    try:
-        meta = json.loads((checkpoint_dir / "rllib_checkpoint.json").read_text())
-    except (OSError, ValueError):
-        return None
-    version = meta.get("ray_version") if isinstance(meta, dict) else None
-    return str(version) if version else None

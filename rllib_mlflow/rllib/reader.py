@@ -7,6 +7,7 @@ checkpoint's files (`layout`), its connectors (`connectors`) and its network (`n
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from rllib_mlflow.rllib.layout import (
     _tensorflow_before_rllib,
     old_stack_policy_dirs,
     prepare_for_old_stack,
+    written_by,
 )
 from rllib_mlflow.rllib.modules import restore_module
 from rllib_mlflow.rllib.networks import _network_or_reason, _numpy, lstm_actor_encoder
@@ -56,13 +58,15 @@ def read_snapshots(
                 f"{sorted(modules)}. Pass one of those as module_id."
             )
         modules = {module_id: modules[module_id]}
-    if old_policies is not None:
-        return read_old_stack_snapshots(local, modules, checkpoint_uri(checkpoint))
-    algorithm = _read_algorithm_info(local)
     source = checkpoint_uri(checkpoint)
-    return [
-        _read_module(mid, mdir, local, algorithm, source) for mid, mdir in sorted(modules.items())
-    ]
+    if old_policies is not None:
+        snapshots = read_old_stack_snapshots(local, modules, source)
+    else:
+        algorithm = _read_algorithm_info(local)
+        snapshots = [
+            _read_module(m, d, local, algorithm, source) for m, d in sorted(modules.items())
+        ]
+    return [replace(s, written_by_ray=written_by(local)) for s in snapshots]
 
 
 def _read_module(

@@ -277,6 +277,7 @@ class PolicySnapshot:
     # there (TF2 or torch `framework`), whose reference and ONNX path differ.
     api_stack: str = "new"
     framework: str = "torch"
+    written_by_ray: str | None = None  # the Ray release that wrote the checkpoint, if known
 
     @property
     def is_stateful(self) -> bool:

@@ -162,10 +162,12 @@ def sac(framework: str, env_id: str, new: bool = False):
 
 
 def impala_like(algo: str, framework: str, env_id: str):
-    from ray.rllib.algorithms.appo import APPOConfig
-    from ray.rllib.algorithms.impala import IMPALAConfig
+    from ray.rllib.algorithms import appo, impala
 
-    config_cls = APPOConfig if algo == "APPO" else IMPALAConfig
+    if algo == "APPO":
+        config_cls = appo.APPOConfig
+    else:  # ImpalaConfig before Ray 2.40
+        config_cls = getattr(impala, "IMPALAConfig", None) or impala.ImpalaConfig
     config = _common(config_cls(), framework, env_id, rollout_fragment_length=50)
     return (
         _old_model(config)
@@ -432,6 +434,22 @@ def truth_new_stack(algo, env_id: str) -> dict[str, np.ndarray]:
     return _arrays(columns, _discrete(env_id))
 
 
+def squashed_gaussian_note() -> str:
+    """Whether this Ray's new-stack SAC (TorchSquashedGaussian) acts with tanh(mean) at
+    explore=False: Ray 2.40's `to_deterministic()` returns the mean before the tanh."""
+    import torch
+    from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
+
+    dist = TorchSquashedGaussian.from_logits(torch.tensor([[0.5, 0.0]]))
+    value = float(dist.to_deterministic().sample()[0, 0])
+    if abs(value - 0.5) < 1e-6:
+        return (
+            "TorchSquashedGaussian.to_deterministic() of this Ray gives the Gaussian mean "
+            "WITHOUT tanh: at explore=False the env got unsquash(clip(mean, -1, 1))"
+        )
+    return f"TorchSquashedGaussian.to_deterministic() gives {value:.6f} for mean 0.5"
+
+
 def _local_env_runner(algo):
     group = getattr(algo, "env_runner_group", None) or algo.workers
     return group.local_env_runner if hasattr(group, "local_env_runner") else group.local_worker()
@@ -557,6 +575,8 @@ def make_case(name: str, out_root: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     checkpoint, iteration, truth, note = RUNNERS[case.kind](case, out)
+    if case.new_stack and case.algorithm == "SAC":
+        note = "; ".join(n for n in (note, squashed_gaussian_note()) if n)
     np.savez_compressed(out / "truth.npz", **truth)
     manifest = {
         "ray_version": ray.__version__,

@@ -18,7 +18,11 @@
 #   patch to import on Python 3.11: a dataclass field with a mutable default
 #   (ray/data/_internal/execution/interfaces.py: `resource_limits: ExecutionResources =
 #   ExecutionResources()`, "ValueError: mutable default ... use default_factory").
-#   Its rllib extra pins gymnasium==0.26.3 (Ray 2.9.3 and 2.30: 0.28.1; Ray 2.40: 1.0.0).
+#   Its rllib extra pins gymnasium==0.26.3 (Ray 2.9.3 and 2.30: 0.28.1; Ray 2.40: 1.0.0;
+#   Ray 2.55.1: 1.2.2).
+# - The 2.3.1 and 2.9.3 venvs were made with pip 24.3.1 (`pip install -U "pip<25"` first),
+#   the others with the venv's own pip 23.2.1; both resolve the same pins.
+# - Ray 2.55.1 accepts tensorflow-cpu 2.15.1 (Keras 2 built in): no tf_keras needed.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"

@@ -119,6 +119,67 @@ def _image(framework: str):
     return _ppo(framework, envs.TINY_IMAGE, {"conv_filters": IMAGE_FILTERS})
 
 
+def _replay(config, framework: str, env_id: str, **training: Any):
+    """DQN and SAC, tiny: 100 steps an iteration, learning from step 50. The replay buffer by
+    its name, as RLlib's own message tells old-stack users (the default is a new-stack one)."""
+    return (
+        _common(config, framework, env_id, None)
+        .training(
+            replay_buffer_config={"type": "MultiAgentReplayBuffer", "capacity": 1000},
+            num_steps_sampled_before_learning_starts=50,
+            train_batch_size=32,
+            **training,
+        )
+        .reporting(min_sample_timesteps_per_iteration=100)
+    )
+
+
+def _dqn(framework: str, **training: Any):
+    from ray.rllib.algorithms.dqn import DQNConfig
+
+    return _replay(DQNConfig(), framework, "CartPole-v1", hiddens=[16], **training)
+
+
+def _sac(framework: str, env_id: str):
+    from ray.rllib.algorithms.sac import SACConfig
+
+    small = {"fcnet_hiddens": SMALL_NET}
+    # lr: the old stack's eager TF policy builds an Adam(lr) it never uses, and SAC's
+    # default lr is None. 20 steps a fragment: a few updates, not one per step.
+    return _replay(
+        SACConfig(), framework, env_id, lr=3e-4, policy_model_config=small, q_model_config=small
+    ).env_runners(rollout_fragment_length=20)
+
+
+def _build_replay_algorithms_in_ray_2_60() -> None:
+    """Ray 2.60's old-stack DQN and SAC do not build (`"EpisodeReplayBuffer" in
+    config["replay_buffer_config"]["type"]` after validation made the type a class: TypeError).
+    Hand `_create_local_replay_buffer_if_necessary` the class by its dotted name instead, in a
+    copy (the config's own dict is validated again later, with the class)."""
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    create = Algorithm._create_local_replay_buffer_if_necessary
+
+    def create_with_type_name(self, config):
+        buffer = config.get("replay_buffer_config") or {}
+        kind = buffer.get("type")
+        if isinstance(kind, type):
+            named = {**buffer, "type": f"{kind.__module__}.{kind.__name__}"}
+            config = {**config, "replay_buffer_config": named}
+        return create(self, config)
+
+    Algorithm._create_local_replay_buffer_if_necessary = create_with_type_name
+
+
+# DQN (dueling on TF2, plain on torch) and SAC (Box actions on torch; Discrete on TF2, whose
+# Box actions need tensorflow-probability), trained a little with the patch above.
+DQN_SAC: dict[str, tuple[str, str, str, Callable[[], Any], int]] = {
+    "dqn_tf2_cartpole": ("DQN", "CartPole-v1", "tf2", lambda: _dqn("tf2"), 1),
+    "dqn_torch_cartpole": ("DQN", "CartPole-v1", "torch", lambda: _dqn("torch", dueling=False), 1),
+    "sac_torch_pendulum": ("SAC", "Pendulum-v1", "torch", lambda: _sac("torch", "Pendulum-v1"), 1),
+    "sac_tf2_cartpole": ("SAC", "CartPole-v1", "tf2", lambda: _sac("tf2", "CartPole-v1"), 1),
+}
+
 # name -> (algo name, env id, framework, config builder, iterations; 0: built, not trained)
 CONFIGS: dict[str, tuple[str, str, str, Callable[[], Any], int]] = {
     "ppo_tf2_cartpole": ("PPO", "CartPole-v1", "tf2", lambda: _ppo("tf2", "CartPole-v1"), 1),
@@ -222,6 +283,7 @@ CONFIGS: dict[str, tuple[str, str, str, Callable[[], Any], int]] = {
         0,
     ),
 }
+CONFIGS |= DQN_SAC
 # Also written: "ppo_torch_cartpole_policy", the Policy checkpoint of ppo_torch_cartpole.
 POLICY_CHECKPOINT_OF = {"ppo_torch_cartpole_policy": "ppo_torch_cartpole"}
 
@@ -347,6 +409,8 @@ def main(out: str, names: list[str]) -> None:
     import ray
 
     from tests import envs  # noqa: F401  (registers the test environments)
+
+    _build_replay_algorithms_in_ray_2_60()
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:

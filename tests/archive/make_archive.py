@@ -4,15 +4,24 @@ Run with the python of a throwaway virtualenv that has the old Ray installed (se
 make_all.sh), never with the project's own environment:
 
     /tmp/oldray/2.9.3/bin/python tests/archive/make_archive.py OUT_DIR CASE...
+    /tmp/oldray/2.9.3/bin/python tests/archive/make_archive.py --record-only CASE_DIR...
+
+`--record-only` trains nothing: it restores the checkpoint a case directory already holds
+(as its manifest.json names it) and records truth.npz again (training again would change
+the weights).
 
 Each case trains 1-2 iterations with a tiny network, saves the checkpoint under
 OUT_DIR/<case>/ (an `algo.save()` directory, a Policy checkpoint or a whole Tune experiment),
 and plays a few seeded episodes (`env.reset(seed=s)`, at most MAX_STEPS steps) with what Ray
 itself does at inference (explore=False):
 
-- old API stack: `Algorithm.compute_single_action(obs, explore=False)` on the restored
-  checkpoint, with unsquash_action/clip_action as the env runner applies them (preprocessor,
-  MeanStdFilter, unsquash or clip);
+- old API stack: what the env runner (EnvRunnerV2, the sampler) does with the restored
+  checkpoint's policy: its agent connectors (preprocessor, MeanStdFilter, state buffer, view
+  requirements), `compute_actions_from_input_dict(explore=False)`, its action connectors
+  (unsquash or clip), all through RLlib's `local_policy_inference`, the connectors in eval
+  mode (the filter keeps the checkpoint's statistics) and reset at each episode start.
+  NOT `Algorithm.compute_single_action`: with connectors (the default of every Ray here) it
+  runs only the preprocessor and skips the MeanStdFilter the policy was trained behind;
 - new API stack (Ray >= 2.40): the restored algorithm's EnvRunner pipelines, run as
   `SingleAgentEnvRunner._sample` runs them: env-to-module connector, the module's
   `forward_inference`, module-to-env connector; the action recorded is ACTIONS_FOR_ENV,
@@ -350,9 +359,67 @@ def _discrete(env_id: str) -> bool:
     return isinstance(gym.make(env_id).action_space, gym.spaces.Discrete)
 
 
+ENV_ID = 0  # what the connectors key an episode's trajectory by (one env, one agent)
+
+
+def _connector_actor(policy) -> tuple[Callable[[Any, bool], Any], Callable[[], None]]:
+    """`act(obs, first)` as the env runner (EnvRunnerV2) computes the action the env gets:
+    RLlib's `local_policy_inference` runs the policy's agent connectors (preprocessor,
+    MeanStdFilter, state buffer, view requirements), `compute_actions_from_input_dict` and
+    the action connectors (NormalizeActions / ClipActions). The connectors are in eval mode
+    (a MeanStdFilter keeps the checkpoint's statistics) and reset at each episode start, as
+    EnvRunnerV2 resets them for a new episode. Also returns an undo for the Ray 2.3 patch."""
+    import inspect
+
+    from ray.rllib.env.base_env import _DUMMY_AGENT_ID
+    from ray.rllib.utils.policy import local_policy_inference
+
+    policy.agent_connectors.in_eval()
+    policy.action_connectors.in_eval()
+    kwargs: dict[str, Any] = {}
+    patched = "explore" not in inspect.signature(local_policy_inference).parameters
+    if patched:  # Ray 2.3: no explore argument (the policy's config would decide: True)
+        original = policy.compute_actions_from_input_dict
+
+        def greedy(*args, **kw):
+            kw["explore"] = False
+            return original(*args, **kw)
+
+        policy.compute_actions_from_input_dict = greedy
+    else:
+        kwargs["explore"] = False
+
+    def undo() -> None:
+        if patched:
+            del policy.compute_actions_from_input_dict
+
+    def act(obs, first: bool):
+        if first:  # EnvRunnerV2 resets the agent connectors (action ones have no state)
+            policy.agent_connectors.reset(ENV_ID)
+        outputs = local_policy_inference(policy, ENV_ID, _DUMMY_AGENT_ID, obs, **kwargs)
+        actions, _state_out, _fetches = outputs[0]
+        return actions
+
+    return act, undo
+
+
+def _play_connectors(policy, env_id: str) -> dict[str, np.ndarray]:
+    act, undo = _connector_actor(policy)
+    try:
+        return _play(env_id, act, _discrete(env_id))
+    finally:
+        undo()
+
+
 def truth_old_stack(algo, env_id: str) -> dict[str, np.ndarray]:
-    """`compute_single_action(explore=False)` with the env runner's unsquash/clip: both passed
-    explicitly (with the defaults compute_single_action skips clip_actions)."""
+    """The env runner's path through the policy's connectors (see `_connector_actor`).
+    A policy without connectors (enable_connectors=False, never the default of the Rays
+    here): `compute_single_action`, whose no-connector branch runs the worker's preprocessor
+    and filter (update=False) itself, with the env runner's unsquash/clip passed explicitly
+    (with the defaults compute_single_action skips clip_actions)."""
+    policy = algo.get_policy(POLICY_ID)
+    if policy.agent_connectors is not None:
+        return _play_connectors(policy, env_id)
     kwargs = {
         "policy_id": POLICY_ID,
         "explore": False,
@@ -367,8 +434,13 @@ def truth_old_stack(algo, env_id: str) -> dict[str, np.ndarray]:
 
 
 def truth_policy(policy, env_id: str, normalize: bool, clip: bool) -> dict[str, np.ndarray]:
-    """A restored Policy checkpoint's own `compute_single_action(explore=False)`."""
+    """A restored Policy checkpoint: through its own restored connectors as the env runner
+    would run them; without connectors (and so without a filter, which lives in them), its
+    `compute_single_action(explore=False)` plus the unsquash/clip."""
     from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
+
+    if policy.agent_connectors is not None:
+        return _play_connectors(policy, env_id)
 
     def act(obs, first: bool):
         action = policy.compute_single_action(obs, explore=False)[0]
@@ -523,10 +595,7 @@ def run_policy(case: Case, out: Path) -> tuple[Path, int, dict[str, np.ndarray],
     policy = Policy.from_checkpoint(str(checkpoint))
     truth = truth_policy(policy, case.env_id, normalize, clip)
     same = all(np.array_equal(truth[k], from_algo[k]) for k in truth)
-    note = (
-        "truth: Policy.from_checkpoint(...).compute_single_action(explore=False); "
-        f"identical to the exporting Algorithm's actions: {same}"
-    )
+    note = f"truth: {POLICY_TRUTH}; identical to the exporting Algorithm's actions: {same}"
     return checkpoint, int(result["training_iteration"]), truth, note
 
 
@@ -564,6 +633,53 @@ def run_tune(case: Case, out: Path) -> tuple[Path, int, dict[str, np.ndarray], s
 
 
 RUNNERS = {"algorithm": run_algorithm, "policy": run_policy, "tune": run_tune}
+POLICY_TRUTH = (
+    "Policy.from_checkpoint(...) through its restored connectors "
+    "(local_policy_inference, explore=False)"
+)
+RECORD_ONLY_NOTE = "truth re-recorded from this checkpoint (make_archive.py --record-only)"
+
+
+def record_only(case_dir: Path) -> None:
+    """Restore the checkpoint a case directory holds and record truth.npz again, without
+    training; manifest.json keeps everything but `steps` and gets a note saying so."""
+    import ray
+    from ray.rllib.policy.policy import Policy
+
+    manifest = json.loads((case_dir / "manifest.json").read_text())
+    if manifest["ray_version"] != ray.__version__:
+        raise SystemExit(
+            f"{case_dir} was made by Ray {manifest['ray_version']}, this is {ray.__version__}"
+        )
+    case = CASES[manifest["case"]]
+    checkpoint = (case_dir / manifest["checkpoint"]).resolve()
+    if case.framework == "tf2":
+        # As building a config does at training: RLlib's first import of TF turns v2
+        # behaviour off, then the tf2 config switches eager execution on; restoring first
+        # (Ray 2.55) makes TF ops before that and eager can no longer be switched on.
+        from ray.rllib.utils.framework import try_import_tf
+
+        tf1, _, _ = try_import_tf()
+        if not tf1.executing_eagerly():
+            tf1.enable_eager_execution()
+    if case.kind == "policy":
+        policy = Policy.from_checkpoint(str(checkpoint))
+        normalize = bool(policy.config.get("normalize_actions"))
+        clip = bool(policy.config.get("clip_actions"))
+        truth = truth_policy(policy, case.env_id, normalize, clip)
+        notes = [case.notes, f"truth: {POLICY_TRUTH}"]
+    else:
+        restored = _restore(checkpoint)
+        try:
+            truth = _truth(restored, case)
+        finally:
+            restored.stop()
+        notes = [n for n in manifest["notes"].split("; ") if n != RECORD_ONLY_NOTE]
+    np.savez_compressed(case_dir / "truth.npz", **truth)
+    manifest["steps"] = int(len(truth[f"{POLICY_ID}/actions"]))
+    manifest["notes"] = "; ".join(n for n in (*notes, RECORD_ONLY_NOTE) if n)
+    (case_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"{case_dir}: truth re-recorded, {manifest['steps']} steps")
 
 
 def make_case(name: str, out_root: Path) -> None:
@@ -597,7 +713,9 @@ def make_case(name: str, out_root: Path) -> None:
     print(f"{name}: {manifest['checkpoint']} iteration {iteration}, {manifest['steps']} steps")
 
 
-def main(out: str, names: list[str]) -> None:
+def main(out: str, names: list[str], record: list[str] | None = None) -> None:
+    """Train and record the cases `names` under `out`, or (record) re-record the truth
+    of the existing case directories `record` from their checkpoints."""
     if importlib.util.find_spec("tf_keras"):  # Ray >= 2.40 old-stack TF2 wants Keras 2
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import ray
@@ -615,6 +733,8 @@ def main(out: str, names: list[str]) -> None:
     try:
         for name in names:
             make_case(name, Path(out))
+        for case_dir in record or []:
+            record_only(Path(case_dir))
     finally:
         ray.shutdown()
 
@@ -643,5 +763,7 @@ def table(archive: str) -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "--table":  # make_archive.py --table tests/archive
         print(table(sys.argv[2]))
+    elif sys.argv[1] == "--record-only":  # make_archive.py --record-only CASE_DIR...
+        main("", [], record=sys.argv[2:])
     else:
         main(sys.argv[1], sys.argv[2:])

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from rllib_mlflow.errors import ParityError
@@ -61,9 +62,22 @@ def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> 
 
 
 def _raw_samples(snapshot: PolicySnapshot, count: int, seed: int) -> list:
-    space = space_from_json(snapshot.observation_space)
+    space = _finite_samples(space_from_json(snapshot.observation_space))
     space.seed(seed)
     return [space.sample() for _ in range(count)]
+
+
+def _finite_samples(space: Any) -> Any:
+    """`space` with bounds at float32's limit (how gymnasium before 1.0 wrote "unbounded",
+    e.g. CartPole's velocities) as infinite: sampled uniformly there, they overflow to NaN
+    in any network; gymnasium samples an unbounded side from a normal distribution."""
+    if isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating):
+        huge = np.finfo(np.float32).max / 2
+        low = np.where(space.low <= -huge, -np.inf, space.low)
+        high = np.where(space.high >= huge, np.inf, space.high)
+        dtype: Any = space.dtype  # gymnasium's stubs take a scalar type, not a dtype
+        return gym.spaces.Box(low, high, space.shape, dtype)
+    return space
 
 
 def check_parity(

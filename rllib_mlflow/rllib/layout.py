@@ -144,14 +144,14 @@ def _refuse_pickled_checkpoint(root: Path) -> None:
 
 
 def read_training_iteration(checkpoint_dir: str) -> int | None:
-    """The training iteration an Algorithm checkpoint recorded, if any."""
-    if old_stack_policy_dirs(Path(checkpoint_dir)) is not None:
-        prepare_for_old_stack()
-    _tensorflow_before_rllib()
-    state = Path(checkpoint_dir) / "algorithm_state.pkl"
-    if not state.exists():
-        return None
-    iteration = _load_pickle(state).get("training_iteration")
+    """The training iteration an Algorithm checkpoint recorded, if any: in its state, or
+    (Ray 2.3 to 2.9) in the `.tune_metadata` that Ray's Trainable wrote beside it."""
+    root = Path(checkpoint_dir)
+    old_stack_policy_dirs(root)  # refuses Ray 1.x's pickled checkpoints by name
+    state = root / "algorithm_state.pkl"
+    iteration = _load_pickle(state).get("training_iteration") if state.exists() else None
+    if iteration is None and (root / ".tune_metadata").is_file():
+        iteration = _load_pickle(root / ".tune_metadata").get("iteration")
     return None if iteration is None else int(iteration)
 
 
@@ -249,7 +249,7 @@ def _read_algorithm_info(root: Path) -> dict[str, Any]:
     }
     if (root / "rllib_checkpoint.json").exists() and (root / _CLASS_FILE).exists():
         algo = _load_pickle(root / _CLASS_FILE)
-        info["algorithm"] = algo["class"].__name__
+        info["algorithm"] = pickles.class_name(algo["class"])
         config = algo["ctor_args_and_kwargs"][0][0] if algo["ctor_args_and_kwargs"][0] else {}
         env = config.get("env") if isinstance(config, dict) else None
         info["env_id"] = env if isinstance(env, str) else getattr(env, "__name__", None)

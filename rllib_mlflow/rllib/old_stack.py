@@ -27,14 +27,14 @@ from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib import pickles
 from rllib_mlflow.rllib.connectors import _rule_for_space
-from rllib_mlflow.rllib.layout import _POLICY_STATE, written_by
+from rllib_mlflow.rllib.layout import written_by
 from rllib_mlflow.rllib.old_lstm import lstm_prev_actions_rewards, lstm_state
 from rllib_mlflow.rllib.old_models import (
     distribution_name,
     old_stack_network,
     refuse_unsupported_model,
 )
-from rllib_mlflow.rllib.old_state import read_policy_state
+from rllib_mlflow.rllib.old_state import config_dict, read_policy_state
 from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
 
 OLD_STACK = "old"
@@ -110,11 +110,11 @@ def _algorithm_info(root: Path) -> dict[str, Any]:
     if not state_path.is_file():  # a Policy checkpoint
         return {}
     state = pickles.load(state_path)
-    config = state.get("config") or {}
+    config = config_dict(state.get("config"))
     env = config.get("env")
     algo_class = state.get("algorithm_class")
     return {
-        "algorithm": getattr(algo_class, "__name__", None),
+        "algorithm": None if algo_class is None else pickles.class_name(algo_class),
         "env_id": env if isinstance(env, str) else getattr(env, "__name__", None),
         "training_iteration": state.get("training_iteration"),
         "metrics": _counter_metrics(state.get("counters") or {}),
@@ -129,7 +129,7 @@ def _counter_metrics(counters: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str):
-    trained_with = pickles.load(policy_dir / _POLICY_STATE)["policy_spec"]["config"]
+    trained_with = read_policy_state(policy_dir)["policy_spec"]["config"]
     if trained_with.get("framework") not in ("tf2", "torch"):
         raise UnsupportedModuleError(
             f"The old-stack policy {policy_id!r} uses framework="

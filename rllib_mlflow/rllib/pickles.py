@@ -66,12 +66,28 @@ _REAL = {
 }  # fmt: skip
 
 
+# Ray's classes that moved since a release wrote them: old dotted name -> this Ray's.
+MOVED = {
+    "ray.rllib.algorithms.sac.torch.sac_torch_rl_module.SACTorchRLModule":
+        "ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module.DefaultSACTorchRLModule",
+    "ray.rllib.core.rl_module.rl_module.SingleAgentRLModuleSpec":
+        "ray.rllib.core.rl_module.rl_module.RLModuleSpec",
+    "ray.rllib.core.rl_module.marl_module.MultiAgentRLModuleSpec":
+        "ray.rllib.core.rl_module.multi_rl_module.MultiRLModuleSpec",
+}  # fmt: skip
+
+
 class StandIn:
     """What a pickle named but was not allowed to build: `standin_for` is its dotted name;
     `args`, `kwargs`, `state`, `items` and `listitems` what the pickle gave it. Attributes
     set by the pickle's state dict are readable as attributes."""
 
     standin_for = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    listitems: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         # __new__, not __init__: pickle's NEWOBJ calls only __new__.
@@ -124,6 +140,17 @@ def is_stand_in(value: Any) -> bool:
 def stand_in_name(value: Any) -> str:
     """The dotted name of what a StandIn replaced (of an instance: its class)."""
     return value.standin_for
+
+
+def class_name(value: Any) -> str:
+    """The name of a class a pickle named: real, a StandIn, or one pickled by value
+    (cloudpickle's `_make_skeleton_class(type, name, ...)`, e.g. Tune's wrapper of an
+    Algorithm or the eager TF policies RLlib makes at run time)."""
+    if isinstance(value, StandIn) and value.standin_for.endswith("._make_skeleton_class"):
+        return str(value.args[1]) if len(value.args) > 1 else "?"
+    if is_stand_in(value):
+        return stand_in_name(value).rpartition(".")[2]
+    return getattr(value, "__name__", type(value).__name__)
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -189,11 +216,11 @@ def load(path: Path) -> Any:
 
 def real_class(value: Any, *, what: str, path: Path) -> type:
     """The class a pickle named, imported for real: Ray's own (found where it moved to, see
-    `moved`), one of a module this process already imported, or of a trusted module;
+    `MOVED`), one of a module this process already imported, or of a trusted module;
     CheckpointError saying how to trust it otherwise."""
     if not is_stand_in(value):
         return value
-    dotted = stand_in_name(value)
+    dotted = MOVED.get(stand_in_name(value), stand_in_name(value))
     module, _, name = dotted.rpartition(".")
     if not (module.split(".")[0] == "ray" or module in sys.modules or _trusted(module)):
         raise CheckpointError(
@@ -232,7 +259,7 @@ def rebuild(value: Any, path: Path) -> Any:
         return real_class(value, what="class", path=path)
     if not isinstance(value, StandIn):
         return value
-    cls = real_class(type(value), what="class", path=path)
+    cls: Any = real_class(type(value), what="class", path=path)
     args, kwargs, state = value.args, value.kwargs, value.state
     instance = cls(*rebuild(args, path), **rebuild(kwargs, path)) if args or kwargs else None
     if instance is None:

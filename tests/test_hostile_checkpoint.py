@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,39 @@ def test_export_of_a_hostile_checkpoint_names_the_call_and_runs_nothing(tmp_path
         assert "posix.system" in result.stderr and "refused" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert not marker.exists(), kind
+
+
+ARCHIVE = Path(__file__).parent / "archive"
+
+
+def test_a_payload_where_ray_itself_would_run_it_is_never_read(tmp_path):
+    """RLlib's own `Policy.from_checkpoint` cloudpickle.loads the StateBufferConnector's
+    bytes inside policy_state.pkl; rllib-mlflow rebuilds the policy without them, so a real
+    checkpoint (Ray 2.30's, which Ray 2.60 unpickles as it is) carrying a payload there
+    exports, and the payload never runs."""
+    marker = tmp_path / "marker"
+    source = ARCHIVE / "ray-2.30.0/appo_torch_cartpole/checkpoint"
+    checkpoint = shutil.copytree(source, tmp_path / "checkpoint")
+    state_file = checkpoint / "policies/default_policy/policy_state.pkl"
+    state = pickle.loads(state_file.read_bytes())
+    name, connectors = state["connector_configs"]["agent"]
+    assert "StateBufferConnector" in dict(connectors)
+    poisoned = [(c, pickle.dumps(_Payload(marker)) if c == "StateBufferConnector" else p)
+                for c, p in connectors]  # fmt: skip
+    state["connector_configs"]["agent"] = (name, poisoned)
+    state_file.write_bytes(pickle.dumps(state))
+    result = subprocess.run(
+        [sys.executable, "-m", "rllib_mlflow.cli", "export", str(checkpoint), "-o",
+         str(tmp_path / "out"), "--formats", "onnx"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    assert json.loads((tmp_path / "out/policy.json").read_text())["parity"]["passed"]
+    # What the test guards against: RLlib's own restore runs the payload.
+    restore = (
+        "import sys; from ray.rllib.policy.policy import Policy; "
+        "Policy.from_checkpoint(sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", restore, str(state_file.parent)], timeout=600)
+    assert marker.exists()

@@ -29,10 +29,10 @@ from rllib_mlflow.tune.worker import THREAD_LIMITS
 # The versions registered ({"name", "version"} each), or why the task failed (one line).
 Outcome = list[dict[str, str]] | str
 # Registers one task against a tracking URI: a module-level function (the pool pickles it).
-Register = Callable[[RegistrationTask, str | None], list[dict[str, str]]]
+Registrar = Callable[[RegistrationTask, str | None], list[dict[str, str]]]
 
 
-def attempt(register: Register, task: RegistrationTask, tracking_uri: str | None) -> Outcome:
+def attempt(register: Registrar, task: RegistrationTask, tracking_uri: str | None) -> Outcome:
     """`register(task, tracking_uri)`, or the one-line cause of its failure."""
     try:
         return register(task, tracking_uri)
@@ -42,7 +42,7 @@ def attempt(register: Register, task: RegistrationTask, tracking_uri: str | None
 
 def registered_in_processes(
     tasks: list[RegistrationTask],
-    register: Register,
+    register: Registrar,
     tracking_uri: str | None,
     workers: int,
 ) -> Iterator[tuple[RegistrationTask, Outcome]]:

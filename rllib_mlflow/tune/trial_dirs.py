@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,13 +68,13 @@ def tasks_under(
     folders: dict[Path, list[Path]] = {}
     for checkpoint in find_checkpoints(root):
         folders.setdefault(checkpoint.parent, []).append(checkpoint)
-    names_seen = [folder.name for folder in folders]
+    names_seen = Counter(folder.name for folder in folders)
+    journals: dict[Path, tuple[dict[str, dict[str, Any]], TrialIds]] = {}
     tasks: dict[str, RegistrationTask] = {}
     for folder, checkpoints in sorted(folders.items()):
-        entries = Journal(folder.parent).entries()
-        runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
-        trial_id = TrialIds(entries).of(folder.name)
-        if trial_id is None and names_seen.count(folder.name) > 1:  # e.g. ppo/seed_0, sac/seed_0
+        runs, trial_ids = _journal_of(folder.parent, journals)
+        trial_id = trial_ids.of(folder.name)
+        if trial_id is None and names_seen[folder.name] > 1:  # e.g. ppo/seed_0, sac/seed_0
             trial_id = _directory_trial_id(folder, relative_to=root)
         found = _trial_tasks(
             folder, _experiment_name(folder, root), runs, tracking_uri, settings, failed,
@@ -87,6 +88,18 @@ def tasks_under(
                 )  # fmt: skip
             tasks.setdefault(task.key, task)
     return list(tasks.values())
+
+
+def _journal_of(
+    experiment: Path, read: dict[Path, tuple[dict[str, dict[str, Any]], TrialIds]]
+) -> tuple[dict[str, dict[str, Any]], TrialIds]:
+    """The runs and trial ids a folder's journal holds (none for a folder without one), read
+    once per folder: a sweep's journal is long, and it has a trial folder per trial."""
+    if experiment not in read:
+        entries = Journal(experiment).entries()
+        runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
+        read[experiment] = runs, TrialIds(entries)
+    return read[experiment]
 
 
 def _experiment_name(folder: Path, root: Path) -> str:

@@ -68,8 +68,11 @@ def test_unknown_module_id_exits_1_with_one_line(trained_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_needing_unimportable_code_exits_1_with_one_line(trained_checkpoint, tmp_path):
+def test_checkpoint_naming_code_that_is_not_here_still_exports(trained_checkpoint, tmp_path):
+    """Its config names the test suite's env and policy_mapping_fn, which the command's
+    process cannot import: RLlib's own restore would fail on them, but inference needs none
+    of them, and the checkpoint's pickles are read as data (rllib/pickles.py)."""
     tc = trained_checkpoint("ppo_multiagent")
     proc = run_cli("export", tc.path, "-o", str(tmp_path / "out"), "--module-id", "p0")
-    assert_one_line_error(proc, "No module named 'tests'", "PYTHONPATH")
-    assert not (tmp_path / "out").exists()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out" / "policy.json").read_text())["parity"]["passed"]

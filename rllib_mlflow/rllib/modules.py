@@ -1,8 +1,8 @@
 """Rebuild a new-API-stack RLModule from its checkpoint directory, as RLlib's
 `RLModule.from_checkpoint` does, but from the plain data `pickles.load` reads: the class and
 its constructor arguments from `class_and_ctor_args.pkl` (the class imported only where
-`pickles.real_class` allows it), the weights from `module_state.pkl` (Ray 2.41 on) or
-`module_state.pt` (Ray 2.40 and before: a torch.save file of numpy arrays).
+`pickles.real_class` allows it), the weights from `module_state.pkl` or `module_state.pt`
+(Ray 2.40's: a torch.save file of numpy arrays).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def restore_module(module_dir: Path) -> Any:
         from ray.rllib.core.rl_module.rl_module import RLModule
 
         return RLModule.from_checkpoint(str(module_dir.resolve()))
+    state = read_module_state(module_dir)  # first: a missing one says "incomplete"
     info = pickles.load(module_dir / CLASS_FILE)
     cls = pickles.real_class(info["class"], what="RLModule class", path=module_dir)
     args, kwargs = pickles.rebuild(info["ctor_args_and_kwargs"], module_dir)
-    state = read_module_state(module_dir)
     try:
         module = cls(*args, **kwargs)
         module.set_state(state)

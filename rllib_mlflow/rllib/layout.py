@@ -135,11 +135,12 @@ def _refuse_pickled_checkpoint(root: Path) -> None:
     if is_pickle:
         raise CheckpointError(
             f"Checkpoint {root} is in the pickled `checkpoint-N` format of Ray 1.x and 2.0, "
-            "which neither Ray 2.10+ nor rllib-mlflow reads. Convert it once with Ray 2.3 to "
-            "2.9, which read it and write the directory format (in a virtualenv: `pip install "
-            "'ray[rllib]==2.9.3'`): `algo = config.build()` with the config you trained with, "
-            f"`algo.restore('{root}')`, `print(algo.save())`; rllib-mlflow reads the "
-            "directory that prints (Ray 2.3 to 2.60 checkpoints are read and tested)."
+            "which neither Ray 2.10+ nor rllib-mlflow reads, and Ray 2.3 to 2.9's "
+            "`algo.restore()` cannot either (the file names Ray 1.x's classes and gym's "
+            "spaces). Convert it once with Ray 2.3 to 2.9, as the README's section 'Ray 1.x "
+            "and 2.0 checkpoints' shows (checked on a Ray 1.13 checkpoint): load its weights and "
+            "filters as data into `config.build()`, then `algo.save()`; rllib-mlflow reads "
+            "the directory that writes."
         )
 
 

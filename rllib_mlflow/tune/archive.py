@@ -10,8 +10,9 @@ class_and_ctor_args.pkl) and skips hidden folders (the callback's staged copies 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from rllib_mlflow.rllib import layout
 
 # `rllib-mlflow register ~/ray_results` reaches ray_results/<experiment>/<trial>/<checkpoint>.
 MAX_DEPTH = 3
@@ -65,11 +66,5 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def written_by(checkpoint: str | Path) -> str | None:
-    """The Ray version that wrote a local checkpoint, when its rllib_checkpoint.json says
-    (Ray 2.x records it there); None otherwise."""
-    try:
-        meta = json.loads((Path(checkpoint) / "rllib_checkpoint.json").read_text())
-    except (OSError, ValueError):
-        return None
-    version = meta.get("ray_version") if isinstance(meta, dict) else None
-    return str(version) if version else None
+    """The Ray version that wrote a local checkpoint, where its rllib_checkpoint.json says."""
+    return layout.written_by(Path(checkpoint))

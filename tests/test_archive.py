@@ -175,6 +175,48 @@ def test_a_tune_experiment_of_an_older_ray_is_backfilled(backfilled, name):
     _assert_like_ray(want, policy.compute_actions(obs), True, f"{name} load_policy")
 
 
+@pytest.fixture(scope="module")
+def whole_archive(tmp_path_factory) -> dict[str, Any]:
+    """Every algo.save() checkpoint of the archive, one folder per case, registered by one
+    `rllib-mlflow register` of the folder above them (two at a time)."""
+    root = tmp_path_factory.mktemp("whole_archive")
+    folders = {}
+    for name, manifest in CHECKPOINTS.items():
+        if manifest["kind"] == "algorithm":  # a Policy checkpoint records no iteration
+            folder = name.replace("/", "__").replace(".", "-")
+            shutil.copytree(_checkpoint(manifest), root / "archive" / folder / "checkpoint")
+            folders[folder] = name
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    proc = subprocess.run(
+        [CLI, "register", str(root / "archive"), "--name", "whole-archive", "--tracking-uri",
+         uri, "--formats", "onnx", "--workers", "2"],
+        capture_output=True, text=True, env=_fresh_env(), timeout=1500, check=False,
+    )  # fmt: skip
+    return {"uri": uri, "proc": proc, "folders": folders}
+
+
+def test_one_register_backfills_every_release_and_each_version_acts_as_it_did(whole_archive):
+    """A folder of algo.save() checkpoints of five Ray releases, both stacks: one version
+    each, and each loaded by `load_policy` acts as the Ray that wrote it did."""
+    from mlflow import MlflowClient
+
+    from rllib_mlflow import load_policy
+
+    proc, uri = whole_archive["proc"], whole_archive["uri"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name='whole-archive'")
+    assert len(versions) == len(whole_archive["folders"])
+    for version in versions:
+        folder = client.get_run(version.run_id).info.run_name
+        manifest = CHECKPOINTS[whole_archive["folders"][folder]]
+        assert version.tags["training_iteration"] == str(manifest["training_iteration"])
+        policy = load_policy(f"models:/whole-archive/{version.version}", tracking_uri=uri)
+        obs, want = _truth(manifest, "default_policy")
+        discrete = np.issubdtype(want.dtype, np.integer)
+        _assert_like_ray(want, policy.compute_actions(obs), discrete, f"{folder} load_policy")
+
+
 def test_a_served_version_of_an_older_ray_acts_as_it_did(backfilled, tmp_path):
     """`mlflow models serve` of a version backfilled from Ray 2.3's Tune experiment."""
     from mlflow import MlflowClient

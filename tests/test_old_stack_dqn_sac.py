@@ -25,7 +25,7 @@ import rllib_mlflow._tensorflow_first  # noqa: F401, I001
 from rllib_mlflow.policy.actions import deterministic_actions
 from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.serving import Policy
-from tests.old_stack import DQN_SAC, old_stack_checkpoints  # noqa: F401
+from tests.old_stack import DQN_SAC, dqn_sac_checkpoints  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +48,11 @@ print(json.dumps(done))
 
 
 @pytest.fixture(scope="session")
-def dqn_sac_exports(old_stack_checkpoints, tmp_path_factory):  # noqa: F811
+def dqn_sac_exports(dqn_sac_checkpoints, tmp_path_factory):  # noqa: F811
     """{name: export directory of its default_policy}, exported in a fresh process that sets
     nothing (the library arranges TF_USE_LEGACY_KERAS for the TF2 policies itself)."""
     root = tmp_path_factory.mktemp("dqn_sac_exports")
-    jobs = {name: (old_stack_checkpoints[name].path, str(root / name)) for name in DQN_SAC}
+    jobs = {name: (dqn_sac_checkpoints[name].path, str(root / name)) for name in DQN_SAC}
     proc = subprocess.run(
         [sys.executable, "-c", _EXPORT_ALL, json.dumps(jobs)],
         capture_output=True,
@@ -79,13 +79,13 @@ def _assert_same_actions(want: np.ndarray, got: np.ndarray, discrete: bool, wher
 
 @pytest.mark.parametrize("name", sorted(DQN_SAC))
 def test_every_format_acts_like_rllib_on_real_episodes(
-    old_stack_checkpoints,  # noqa: F811
+    dqn_sac_checkpoints,  # noqa: F811
     dqn_sac_exports,
     name,
 ):
     import keras
 
-    checkpoint = old_stack_checkpoints[name]
+    checkpoint = dqn_sac_checkpoints[name]
     assert checkpoint.training_iteration == 1  # trained, not only built
     export_dir = dqn_sac_exports[name]
     metadata = json.loads(Path(export_dir, "policy.json").read_text())
@@ -110,7 +110,7 @@ def test_every_format_acts_like_rllib_on_real_episodes(
 
 
 def test_snapshot_holds_the_q_network_and_the_policy_network(
-    old_stack_checkpoints,  # noqa: F811
+    dqn_sac_checkpoints,  # noqa: F811
 ):
     """What the reader makes of each model, read in a process with legacy Keras: DQN's
     fcnet, advantage head and (dueling) value head; SAC's policy network alone."""
@@ -126,7 +126,7 @@ for name, path in json.loads(sys.argv[1]).items():
                  "module_class": snap.module_class}
 print(json.dumps(out))
 """
-    paths = {name: old_stack_checkpoints[name].path for name in DQN_SAC}
+    paths = {name: dqn_sac_checkpoints[name].path for name in DQN_SAC}
     proc = subprocess.run(
         [sys.executable, "-c", script, json.dumps(paths)],
         capture_output=True,

@@ -174,3 +174,24 @@ def test_a_payload_where_ray_itself_would_run_it_is_never_read(tmp_path):
     )
     subprocess.run([sys.executable, "-c", restore, str(state_file.parent)], timeout=600)
     assert marker.exists()
+
+
+def test_a_class_outside_rllib_is_never_built_with_the_pickles_arguments(tmp_path):
+    """`logging` is imported in every process, and FileHandler(path, "w") empties a file:
+    named as a module's class, it is refused, not constructed."""
+    import logging
+
+    from rllib_mlflow.rllib.modules import restore_module
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    module = tmp_path / "module"
+    ctor = ((str(target), "w"), {})
+    _hostile(
+        module / "class_and_ctor_args.pkl",
+        {"class": logging.FileHandler, "ctor_args_and_kwargs": ctor},
+    )
+    _hostile(module / "module_state.pkl", {})
+    with pytest.raises(UnsafeCheckpointError, match="logging.FileHandler"):
+        restore_module(module)
+    assert target.read_text() == "keep me"

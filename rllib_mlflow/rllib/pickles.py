@@ -215,9 +215,11 @@ def load(path: Path) -> Any:
 
 
 def real_class(value: Any, *, what: str, path: Path) -> type:
-    """The class a pickle named, imported for real: Ray's own (found where it moved to, see
-    `MOVED`), one of a module this process already imported, or of a trusted module;
-    CheckpointError saying how to trust it otherwise."""
+    """The class a pickle named, imported for real: RLlib's own (found where it moved to,
+    see `MOVED`), a subclass of one in a module this process already imported (a custom
+    RLModule), or a class of a trusted module; CheckpointError saying how to trust it
+    otherwise. Only classes: the caller constructs them with the pickle's arguments, which
+    a function, or a class of the standard library (a file handler), must never get."""
     if not is_stand_in(value):
         return value
     dotted = MOVED.get(stand_in_name(value), stand_in_name(value))
@@ -230,12 +232,24 @@ def real_class(value: Any, *, what: str, path: Path) -> type:
             "of module prefixes) and make it importable."
         )
     try:
-        return getattr(importlib.import_module(module), name)
+        found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
         raise CheckpointError(
             f"Checkpoint {path} needs the {what} {dotted}, which cannot be imported here "
             f"({type(error).__name__}: {error})."
         ) from error
+    if not (isinstance(found, type) and _may_build(found)):
+        raise UnsafeCheckpointError(
+            f"Checkpoint {path} names {dotted} as its {what}: not one of RLlib's classes "
+            "nor of a trusted module, so it is not built (set RLLIB_MLFLOW_TRUSTED_MODULES "
+            "to its module if you trust it)."
+        )
+    return found
+
+
+def _may_build(cls: type) -> bool:
+    rllib = [c for c in cls.__mro__ if c.__module__.startswith("ray.rllib.")]
+    return bool(rllib) or _trusted(cls.__module__)
 
 
 def _trusted(module: str) -> bool:

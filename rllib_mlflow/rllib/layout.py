@@ -25,10 +25,10 @@ import numpy as np
 
 from rllib_mlflow.errors import CheckpointError
 from rllib_mlflow.rllib import pickles
+from rllib_mlflow.rllib.modules import CLASS_FILE as _CLASS_FILE
 from rllib_mlflow.rllib.modules import module_state_file
 
 _MODULES_SUBDIR = Path("learner_group", "learner", "rl_module")
-_CLASS_FILE = "class_and_ctor_args.pkl"
 _POLICY_STATE = "policy_state.pkl"
 
 
@@ -150,9 +150,9 @@ def read_training_iteration(checkpoint_dir: str) -> int | None:
     root = Path(checkpoint_dir)
     old_stack_policy_dirs(root)  # refuses Ray 1.x's pickled checkpoints by name
     state = root / "algorithm_state.pkl"
-    iteration = _load_pickle(state).get("training_iteration") if state.exists() else None
+    iteration = pickles.load(state).get("training_iteration") if state.exists() else None
     if iteration is None and (root / ".tune_metadata").is_file():
-        iteration = _load_pickle(root / ".tune_metadata").get("iteration")
+        iteration = pickles.load(root / ".tune_metadata").get("iteration")
     return None if iteration is None else int(iteration)
 
 
@@ -237,10 +237,6 @@ def _single_module_id(root: Path) -> str:
     )
 
 
-def _load_pickle(path: Path) -> Any:
-    return pickles.load(path)
-
-
 def _read_algorithm_info(root: Path) -> dict[str, Any]:
     """Algorithm name, env id, iteration, metrics and connectors, where recorded."""
     info: dict[str, Any] = {
@@ -249,28 +245,28 @@ def _read_algorithm_info(root: Path) -> dict[str, Any]:
         "module_to_env": [],
     }
     if (root / "rllib_checkpoint.json").exists() and (root / _CLASS_FILE).exists():
-        algo = _load_pickle(root / _CLASS_FILE)
+        algo = pickles.load(root / _CLASS_FILE)
         info["algorithm"] = pickles.class_name(algo["class"])
         config = algo["ctor_args_and_kwargs"][0][0] if algo["ctor_args_and_kwargs"][0] else {}
         env = config.get("env") if isinstance(config, dict) else None
         info["env_id"] = env if isinstance(env, str) else getattr(env, "__name__", None)
         state_path = root / "algorithm_state.pkl"
         if state_path.exists():
-            state = _load_pickle(state_path)
+            state = pickles.load(state_path)
             info["training_iteration"] = state.get("training_iteration")
             info["metrics"] = _metrics_from_logger_state(state.get("metrics_logger", {}))
     runner = root / "env_runner"
     for name in ("env_to_module", "module_to_env"):
         pipeline = runner / f"{name}_connector"
         if (pipeline / _CLASS_FILE).exists():
-            args, kwargs = _load_pickle(pipeline / _CLASS_FILE)["ctor_args_and_kwargs"]
+            args, kwargs = pickles.load(pipeline / _CLASS_FILE)["ctor_args_and_kwargs"]
             info[name] = [(cls.__name__, kw) for cls, _, kw in kwargs["connectors"]]
             if name == "env_to_module" and args:
                 info["env_observation_space"] = args[0]
             if name == "env_to_module":
                 # Each connector with state keeps it in a sub-directory named after it.
                 info["env_to_module_state"] = {
-                    sub.name: _load_pickle(sub / "state.pkl")
+                    sub.name: pickles.load(sub / "state.pkl")
                     for sub in pipeline.iterdir()
                     if (sub / "state.pkl").exists()
                 }

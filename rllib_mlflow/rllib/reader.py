@@ -66,7 +66,8 @@ def read_snapshots(
         snapshots = [
             _read_module(m, d, local, algorithm, source) for m, d in sorted(modules.items())
         ]
-    return [replace(s, written_by_ray=written_by(local)) for s in snapshots]
+    writer = written_by(local)
+    return [replace(s, written_by_ray=writer) for s in snapshots]
 
 
 def _read_module(

@@ -15,15 +15,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import mlflow.artifacts
-import numpy as np
 from mlflow import pyfunc
 from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
-from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.utils.file_utils import write_to
 
 from rllib_mlflow.mlflow.internals import (
@@ -35,20 +33,15 @@ from rllib_mlflow.mlflow.internals import (
     _process_pip_requirements,
     _PythonEnv,
 )
+from rllib_mlflow.mlflow.signature import input_example, policy_signature
 from rllib_mlflow.paths import inside
 from rllib_mlflow.policy import serving
-from rllib_mlflow.policy.flatten import flatten_observation
-from rllib_mlflow.policy.observations import served_observation_keys
-
-if TYPE_CHECKING:
-    from mlflow.models import ModelSignature
 
 FLAVOR_NAME = "rllib_mlflow"
 DATA_DIR = "data"
 CODE_DIR = "code"
 CODE_PACKAGE = "rllib_mlflow_policy"  # `rllib_mlflow.policy`, as a served model imports it
 LOADER_MODULE = f"{CODE_PACKAGE}.pyfunc"
-_EXAMPLE_ROWS = 2
 
 
 def get_default_pip_requirements(backend: str = "onnxruntime") -> list[str]:
@@ -88,7 +81,7 @@ def save_model(
     mlflow_model.signature = policy_signature(policy)
     if metadata is not None:
         mlflow_model.metadata = metadata
-    _save_example(mlflow_model, _input_example(policy), str(path))
+    _save_example(mlflow_model, input_example(policy), str(path))
     pyfunc.add_to_model(
         mlflow_model,
         loader_module=LOADER_MODULE,
@@ -198,102 +191,6 @@ def _load_pyfunc(path: str):
     from rllib_mlflow.policy.pyfunc import _load_pyfunc
 
     return _load_pyfunc(path)
-
-
-def policy_signature(policy: dict[str, Any]) -> ModelSignature:
-    """Tensor signature: raw observations in (one tensor, or one per Dict key), actions out;
-    a stateful policy's state as `state_<name>` tensors in and out; explore/seed as params."""
-    from mlflow.models import ModelSignature
-
-    rule = policy["action_rule"]
-    discrete = rule["distribution"] in ("categorical", "multi_categorical")
-    action_type = np.dtype(np.int64) if discrete else np.dtype(np.float32)
-    inputs = _observation_specs(policy)
-    outputs = [TensorSpec(action_type, (-1, *rule["action_shape"]), "actions")]
-    if policy.get("stateful"):
-        for name, width in _served_state(policy):
-            inputs.append(TensorSpec(np.dtype(np.float32), (-1, width), f"state_{name}"))
-            outputs.append(TensorSpec(np.dtype(np.float32), (-1, width), f"state_{name}"))
-        if _reads_rewards(policy):
-            inputs.append(TensorSpec(np.dtype(np.float32), (-1,), "prev_rewards"))
-    return ModelSignature(
-        inputs=Schema([*inputs]),  # a list of the union Schema takes
-        outputs=Schema([*outputs]),
-        params=ParamSchema(
-            [
-                ParamSpec("explore", "boolean", False),
-                ParamSpec("seed", "long", None),
-                ParamSpec("return_dist_inputs", "boolean", False),
-            ]
-        ),
-    )
-
-
-def _observation_specs(policy: dict[str, Any]) -> list[TensorSpec]:
-    keys = served_observation_keys(policy)
-    named = policy.get("stateful", False)
-    if keys is None:
-        shape = tuple(-1 if d is None else d for d in policy["input"]["shape"])
-        return [TensorSpec(np.dtype(np.float32), shape, "observations" if named else None)]
-    specs = []
-    for key in keys:
-        sub = policy["observation_space"]["spaces"][key]
-        if sub["type"] == "Box":
-            specs.append(TensorSpec(np.dtype(np.float32), (-1, *sub["shape"]), key))
-        elif sub["type"] == "Discrete":
-            specs.append(TensorSpec(np.dtype(np.int64), (-1,), key))
-        else:
-            width = len(sub["nvec"]) if sub["type"] == "MultiDiscrete" else sub["n"]
-            specs.append(TensorSpec(np.dtype(np.int64), (-1, width), key))
-    return specs
-
-
-def _served_state(policy: dict[str, Any]) -> list[tuple[str, int]]:
-    """(name, width) of every state tensor: recurrent state, then history windows."""
-    state = [(s["name"], s["shape"][1]) for s in policy.get("state", [])]
-    return state + [(h["name"], h["width"]) for h in policy.get("history", [])]
-
-
-def _initial_state(policy: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Every state tensor at an episode's start, one row (as `Policy.initial_state`)."""
-    values = {s["name"]: s["initial"] for s in policy.get("state", [])}
-    for window in policy.get("history", []):
-        values[window["name"]] = window.get("initial") or np.zeros(window["width"])
-    return {name: np.asarray(value, np.float32) for name, value in values.items()}
-
-
-def _reads_rewards(policy: dict[str, Any]) -> bool:
-    return any(h["push"] == "reward" for h in policy.get("history", []))
-
-
-def _input_example(policy: dict[str, Any]):
-    """Two raw observations (with the initial state, for a stateful policy)."""
-    from rllib_mlflow.policy.spaces import space_from_json
-
-    space = space_from_json(policy["observation_space"])
-    space.seed(0)
-    samples = [space.sample() for _ in range(_EXAMPLE_ROWS)]
-    keys = served_observation_keys(policy)
-    if keys is not None:
-        example = {k: np.stack([np.asarray(s[k]) for s in samples]) for k in keys}
-        example = {
-            k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64) for k, v in example.items()
-        }
-    else:
-        shape = tuple(policy["input"]["shape"][1:])
-        if any(step["type"] == "flatten" for step in policy["preprocessing"]):
-            rows = [flatten_observation(policy["observation_space"], s) for s in samples]
-        else:
-            rows = [np.clip(s, -1e3, 1e3) for s in samples]
-        example = np.asarray(rows, dtype=np.float32).reshape(_EXAMPLE_ROWS, *shape)
-    if not policy.get("stateful"):
-        return example
-    example = example if isinstance(example, dict) else {"observations": example}
-    for name, initial in _initial_state(policy).items():
-        example[f"state_{name}"] = np.tile(initial, (_EXAMPLE_ROWS, 1))
-    if _reads_rewards(policy):
-        example["prev_rewards"] = np.zeros(_EXAMPLE_ROWS, np.float32)
-    return example
 
 
 def _write_environment(

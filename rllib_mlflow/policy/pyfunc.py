@@ -17,6 +17,11 @@ from .serving import Policy
 class _PyfuncPolicy:
     """What `mlflow.pyfunc.load_model` returns for an rllib-mlflow model.
 
+    It takes the observations the env returns, in every form `Policy` does, and checks them
+    itself: MLflow does not enforce its signature (`rllib_mlflow/mlflow/signature.py`), so
+    a request MLflow's server passes on may be a list or dict straight from the JSON, and a
+    wrong one gets a 400 that names the shape expected.
+
     A stateful policy takes its state as named tensors `state_<name>` (and `prev_rewards`
     when it reads past rewards) beside the observations, and returns `actions` with the
     next `state_<name>` tensors: send those back with the next observations."""
@@ -78,16 +83,21 @@ def _has_named_inputs(metadata: dict[str, Any]) -> bool:
 
 
 def _observations(named: dict[str, Any], policy: Policy) -> Any:
-    """The raw observations within a request: one tensor, or one tensor per Dict key."""
-    keys = served_observation_keys(policy.metadata)
-    if keys is not None:
+    """The raw observations within a request: one input (a batch, a list of Dict or Tuple
+    observations, flattened rows), or one input per key of a Dict observation."""
+    space = policy.metadata["observation_space"]
+    if space["type"] == "Dict" and list(named) != ["observations"]:
+        keys = list(space["spaces"])
         missing = [k for k in keys if k not in named]
         if missing:
-            raise ValueError(f"Observation input(s) {missing} are missing; send {keys}.")
-        return {k: np.asarray(named.pop(k)) for k in keys}
-    if len(named) != 1 or ("observations" not in named and len(named) > 1):
+            raise ValueError(
+                f"Observation input(s) {missing} are missing; send one input per key of the "
+                f"Dict observation, {keys}, or a list of observation dicts."
+            )
+        return {k: named.pop(k) for k in keys}
+    if len(named) != 1:
         raise ValueError(
-            f"Send one tensor of observations (input name 'observations'); got inputs "
+            f"Send one input of observations (named 'observations', or unnamed); got inputs "
             f"{sorted(named)}."
         )
     return next(iter(named.values()))

@@ -80,8 +80,11 @@ class Policy:
     ) -> np.ndarray:
         """Actions for a batch of raw observations; `explore` samples instead of argmax.
 
-        Observations are an array (one observation or a batch), or for Dict observation
-        spaces one dict, a list of dicts, or a dict of batched arrays."""
+        Observations are what the env returns, one or a batch: a Box in its own shape,
+        Discrete values as ints ([N] or [N, 1]), MultiDiscrete values [N, len(nvec)], for
+        Dict spaces one dict, a list of dicts or a dict of batched arrays, for Tuple spaces
+        one tuple or a list of them. Rows already one-hot or flattened are taken too (see
+        docs/raw-observations.md)."""
         if self.is_stateful:
             raise TypeError(
                 "This policy is stateful (its actions depend on earlier steps), so "

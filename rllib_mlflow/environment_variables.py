@@ -3,9 +3,9 @@ place that resolves the tracking and registry URIs and the credentials from them
 
 Like MLflow's own `mlflow.environment_variables`, each variable is read when asked for, not
 at import: tests and `stores.bounded_http_retries` change the environment at run time. The
-README's table of environment variables is `readme_table()` (tests/test_client_contract.py
-holds the two equal). MLflow's variables keep MLflow's meaning and defaults, except where
-the meaning says otherwise.
+documentation's table of environment variables (docs/reference/environment-variables.md) is
+`readme_table()`, put there when the site is built (scripts/mkdocs_hooks.py). MLflow's
+variables keep MLflow's meaning and defaults, except where the meaning says otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ DEFAULT_MAX_FILE_BYTES = 2 << 30
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: `default` is what an unset or empty value means in code
-    (None: no value), `shown_default` what the README says when the default is computed."""
+    (None: no value), `shown_default` what the documentation says when the default is computed."""
 
     name: str
     default: str | None
@@ -235,7 +235,7 @@ def _credentials_file() -> dict[str, str]:
 
 
 def readme_table() -> str:
-    """The README's table of environment variables, one row per variable."""
+    """The documentation's table of environment variables, one row per variable."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{v.name}` | {v.readme_default()} | {v.meaning} |" for v in VARIABLES]
     return "\n".join(rows)

@@ -71,8 +71,10 @@ def log_checkpoint(
 
     Args:
         checkpoint: checkpoint directory, URI (s3://...) or ``ray.tune.Checkpoint``.
-        registered_model_name, formats, best_metric, best_mode, log_rllib_checkpoint,
-            verify, video, min_int8_agreement: the settings, documented on
+        registered_model_name: the registered model each module's version joins
+            (``NAME-<module_id>`` for several modules). It and ``formats``,
+            ``best_metric``, ``best_mode``, ``log_rllib_checkpoint``, ``verify``, ``video``
+            and ``min_int8_agreement`` are the settings documented on
             `RegistrationSettings`.
         settings: all the settings at once instead of those keywords; then its ``retries``
             and retention apply too (with the keywords, a failure is reported at once).
@@ -82,13 +84,15 @@ def log_checkpoint(
         run_id: the run to log into; default: the active run, else a new run.
         tags: extra version tags.
         module_id: one module of a multi-module checkpoint; default: every module.
-        trial_id, trial_name: recorded as version tags; one version per trial, iteration
-            and module, so logging the same checkpoint twice returns the first version.
+        trial_id: recorded as a version tag, as ``trial_name``; one version per trial,
+            iteration and module, so logging the same checkpoint twice returns the first
+            version.
+        trial_name: Tune's trial name, recorded as a version tag.
         checkpoint_uri: where the checkpoint lives, to record when ``checkpoint`` is a
             local copy of it (default: ``checkpoint`` itself).
         metrics_logged: the metrics are already in the run at this step (Tune callback).
-        tracking_uri, registry_uri: default MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI
-            (else the tracking store).
+        tracking_uri: default MLFLOW_TRACKING_URI.
+        registry_uri: default MLFLOW_REGISTRY_URI, else the tracking store.
 
     Returns:
         The registered ``ModelVersion`` of each module.

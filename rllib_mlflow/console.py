@@ -108,7 +108,8 @@ def print_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> None:
     """Aligned plain-text columns (`columns`: key -> header), like the mlflow CLI's tables."""
     cells = [[_cell(row.get(key)) for key in columns] for row in rows]
     headers = list(columns.values())
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    # No row (nothing matched a filter): the headers alone.
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())

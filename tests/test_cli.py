@@ -154,7 +154,7 @@ def test_prune_shows_a_progress_bar_and_reports_json(trained_checkpoint, tmp_pat
     # The same checkpoint each time: `best` stays on version 1, which keeps it.
     assert report["deleted"] == [{"version": 2, "training_iteration": 2}]
     assert report["kept"] == [
-        {"version": 3, "training_iteration": 3, "reason": "among the last 1"},
+        {"version": 3, "training_iteration": 3, "reason": "among the newest 1"},
         {"version": 1, "training_iteration": 1, "reason": "alias best"},
     ]
     assert "prune to-prune" in result.stderr and "1/1" in result.stderr and "ETA" in result.stderr

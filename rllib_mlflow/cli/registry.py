@@ -62,8 +62,10 @@ def versions(
     logger.info("%s in %s: %d version(s) listed", name, stores.shown(uri), len(records))
     if as_json:
         console.print_json(records)
-    else:
-        console.print_table(records, _VERSION_COLUMNS)
+        return
+    console.print_table(records, _VERSION_COLUMNS)
+    if not records:
+        click.echo(f"No version of {name} matches.", err=True)
 
 
 _VERSION_COLUMNS = {
@@ -82,7 +84,8 @@ _VERSION_COLUMNS = {
 @click.command(context_settings=options.CONTEXT)
 @click.argument("name")
 @click.option("--keep-last", type=click.IntRange(0), metavar="N",
-              help="Keep the N highest training iterations.")  # fmt: skip
+              help="Keep the N newest versions (the last registered, whatever their "
+              "training iteration or trial).")  # fmt: skip
 @click.option("--keep-best", type=click.IntRange(0), metavar="K",
               help="Keep the K best by the model's best metric.")  # fmt: skip
 @click.option("--delete-artifacts", is_flag=True, help="Delete their files too.")

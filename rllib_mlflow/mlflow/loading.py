@@ -44,7 +44,8 @@ def load_policy(
         model: ``models:/NAME/3``, ``models:/NAME@best``, ``models:/NAME@iter-20``, or a
             registered model name together with ``training_iteration``.
         training_iteration: pick the version registered for this iteration.
-        trial: trial id or name, when several trials registered that iteration.
+        trial: trial id or name, when several trials registered that iteration; ``""``
+            for the version of no trial (registered by `log_checkpoint` outside Tune).
         backend: ``"onnxruntime"``, ``"tensorflow"``, ``"litert"`` (model.tflite, through
             ``ai-edge-litert``) or ``"litert_int8"`` (model_int8.tflite); default: ONNX
             Runtime if installed, else TensorFlow.

@@ -1,10 +1,11 @@
 """Which registered versions to keep, and deleting the rest.
 
-A version is kept when it is among the `keep_last` highest training iterations, among the
-`keep_best` best by the model's best metric, or holds an alias a person or a tool set
-(`best`, `eval-best`, anything but the per-iteration `iter-N` aliases, which go with their
-version). Everything else is deleted from the registry, and optionally its artifacts; the
-registered model's card is then rewritten.
+A version is kept when it is among the `keep_last` newest versions (the last registered: the
+highest version numbers, whatever their training iteration or trial), among the `keep_best`
+best by the model's best metric, or holds an alias a person or a tool set (`best`,
+`eval-best`, anything but the per-iteration `iter-N` aliases, which go with their version).
+Everything else is deleted from the registry, and optionally its artifacts; the registered
+model's card is then rewritten.
 
 The plan reads the versions once, in pages by version number (over HTTP two at a time), and
 keeps of each only what it decides by (number, iteration, score): tens of thousands of
@@ -78,9 +79,11 @@ def plan_prune(
         if protected:
             reasons[version.version] = f"alias {', '.join(sorted(protected))}"
     if keep_last:
-        by_iteration = sorted(versions, key=_iteration_order, reverse=True)
-        for version in by_iteration[:keep_last]:
-            reasons.setdefault(version.version, f"among the last {keep_last}")
+        # The last registered, as the name says: a newer version of a lower iteration (a
+        # second trial, a backfill) is kept before an older one of a higher iteration.
+        newest = sorted(versions, key=lambda v: int(v.version), reverse=True)
+        for version in newest[:keep_last]:
+            reasons.setdefault(version.version, f"among the newest {keep_last}")
     if keep_best:
         scored = [v for v in versions if v.score is not None]
         mode = "min" if {v.mode for v in versions} == {"min"} else "max"
@@ -161,11 +164,6 @@ def _pruned(version) -> PrunedVersion:
         mode=tags.get(names.VERSION_TAG_BEST_MODE, "max"),
         model_id=logged_model_id(version),
     )
-
-
-def _iteration_order(version: PrunedVersion) -> tuple[int, int]:
-    iteration = -1 if version.training_iteration is None else version.training_iteration
-    return iteration, int(version.version)
 
 
 def _delete_logged_model(mlflow_client: MlflowClient, version: PrunedVersion) -> None:

@@ -74,13 +74,8 @@ def find_versions(
         for v in iter_versions(mlflow_client, filters)
         if module_id is None or v.tags.get(names.VERSION_TAG_MODULE_ID) == module_id
     ]
-    if trial is not None:
-        versions = [
-            v
-            for v in versions
-            if trial
-            in (v.tags.get(names.VERSION_TAG_TRIAL_ID), v.tags.get(names.VERSION_TAG_TRIAL_NAME))
-        ]
+    if trial is not None:  # "": the versions of no trial (log_checkpoint outside Tune)
+        versions = [v for v in versions if trial in _trial_names(v)]
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
 
@@ -201,9 +196,17 @@ def resolve_version(
     if len(trials) > 1:
         raise RegistryError(
             f"Several trials registered training_iteration={training_iteration} in {name!r}: "
-            f"{sorted(t or '' for t in trials)}. Pass trial=<trial id or name>."
+            f"{sorted(t or '' for t in trials)}. Pass trial=<trial id or name> (trial='' for "
+            "the version registered outside Tune)."
         )
     return matches[0]
+
+
+def _trial_names(version) -> tuple[str, str]:
+    """The trial id and name a version is picked by; '' for a version of no trial."""
+    tags = version.tags
+    trial_id = tags.get(names.VERSION_TAG_TRIAL_ID) or ""
+    return trial_id, tags.get(names.VERSION_TAG_TRIAL_NAME) or trial_id
 
 
 def version_tags(**tags: Any) -> dict[str, str]:

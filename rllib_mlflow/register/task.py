@@ -39,7 +39,8 @@ class RegistrationSettings:
         retries: how often a transient failure (an unreachable server, HTTP 429 or 5xx) is
             retried, with backoff; a permanent one fails at once.
         keep_last, keep_best: the retention policy applied after each registration:
-            versions outside the last ``keep_last`` and the best ``keep_best`` are deleted
+            versions outside the ``keep_last`` newest (the last registered) and the
+            ``keep_best`` best are deleted
             (see `rllib_mlflow.mlflow.retention`); versions holding ``best`` or any alias a
             person set are never deleted. None: keep all.
         min_int8_agreement: with ``"tflite_int8"`` in formats, the share of observations it

@@ -37,3 +37,16 @@ class UnsafePathError(RLlibMLflowError, ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint's pickle asks to run code that no RLlib checkpoint needs; refused."""
+
+
+def module_refusal(
+    module_class: str, module_id: str, step: str, cause: BaseException | str, todo: str
+) -> str:
+    """The one line saying which module could not be exported, at which step, why, and what
+    to do; `cause` (an error of torch, numpy or a converter) only as a short reason."""
+    if isinstance(cause, BaseException):
+        first = " ".join(str(cause).split("\n", 1)[0].split())
+        cause = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+    cause = cause if len(cause) <= 200 else cause[:197] + "..."
+    name = module_class.rsplit(".", 1)[-1]
+    return f"{name} (module {module_id!r}, {module_class}): {step} failed ({cause}). {todo}"

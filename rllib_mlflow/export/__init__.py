@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.errors import RLlibMLflowError, UnsupportedModuleError
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
 from rllib_mlflow.export.policy_file import FORMAT_FILES, policy_json
+from rllib_mlflow.export.refusals import naming_the_others, parity_refusal
 from rllib_mlflow.policy.serving import POLICY_FILE
 from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
@@ -103,17 +104,17 @@ def export_checkpoint(
         _check_target(target, overwrite)
     for snapshot in snapshots:
         check_supported(snapshot, formats)
-    return [
-        export_snapshot(
-            s,
-            targets[s.module_id],
-            formats,
-            verify,
-            parity_observations,
-            min_int8_agreement=min_int8_agreement,
-        )
-        for s in snapshots
-    ]
+    exported = []
+    for s in snapshots:
+        try:
+            target = targets[s.module_id]
+            args = (s, target, formats, verify, parity_observations)
+            exported.append(export_snapshot(*args, min_int8_agreement=min_int8_agreement))
+        except UnsupportedModuleError as error:
+            if len(snapshots) == 1:
+                raise
+            raise naming_the_others(error, s, snapshots) from error
+    return exported
 
 
 def export_snapshot(
@@ -160,7 +161,12 @@ def _verify(
     from rllib_mlflow.export.parity import DEFAULT_OBSERVATIONS, check_parity, refusal
 
     count = observations or DEFAULT_OBSERVATIONS
-    parity = check_parity(snapshot, str(staging), list(formats), count)
+    try:
+        parity = check_parity(snapshot, str(staging), list(formats), count)
+    except RLlibMLflowError:
+        raise
+    except Exception as error:  # RLlib's module, its connectors or a format's runtime
+        raise parity_refusal(snapshot, error) from error
     for fmt, result in parity["failed"].items():
         refused[fmt] = refusal(result, count)
         logger.warning("Module %r: no %s: it %s", snapshot.module_id, fmt, refused[fmt])

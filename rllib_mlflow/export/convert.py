@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.errors import UnsupportedModuleError, module_refusal
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def converter_missing() -> str | None:
 def write_saved_model_from_onnx(snapshot: PolicySnapshot, onnx_path: str, path: str) -> None:
     """Convert the full ONNX graph into a SavedModel directory at `path`."""
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_onnx2tf_") as work:
-        _convert(onnx_path, work, h5=False)
+        _convert(snapshot, onnx_path, work, h5=False)
         Path(path).mkdir(parents=True)
         for name in ("saved_model.pb", "variables", "assets", "fingerprint.pb"):
             source = Path(work, name)
@@ -61,11 +61,11 @@ def write_h5_from_onnx(snapshot: PolicySnapshot, path: str) -> None:
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_onnx2tf_") as work:
         network = os.path.join(work, "network.onnx")
         write_onnx(snapshot, network, dist_inputs_only=True)
-        _convert(network, os.path.join(work, "out"), h5=True)
+        _convert(snapshot, network, os.path.join(work, "out"), h5=True)
         shutil.copy(os.path.join(work, "out", "network_float32.h5"), path)
 
 
-def _convert(onnx_path: str, output_dir: str, *, h5: bool) -> None:
+def _convert(snapshot: PolicySnapshot, onnx_path: str, output_dir: str, *, h5: bool) -> None:
     reason = converter_missing()
     if reason:
         raise UnsupportedModuleError(reason)
@@ -80,8 +80,14 @@ def _convert(onnx_path: str, output_dir: str, *, h5: bool) -> None:
         )
     except (Exception, SystemExit) as error:  # onnx2tf exits on ops it cannot convert
         raise UnsupportedModuleError(
-            f"onnx2tf could not convert this module's ONNX graph to TensorFlow "
-            f"({type(error).__name__}: {error})."
+            module_refusal(
+                snapshot.module_class,
+                snapshot.module_id,
+                "converting its ONNX graph to TensorFlow (onnx2tf)",
+                error,
+                "The ONNX file is exported all the same (formats=['onnx'], --formats onnx); "
+                "the TF formats need operators onnx2tf converts.",
+            )
         ) from error
 
 

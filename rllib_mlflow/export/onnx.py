@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllib_mlflow.errors import RLlibMLflowError
+from rllib_mlflow.export.refusals import tracing_refusal
+from rllib_mlflow.export.tracing import onnx_additions
 from rllib_mlflow.rllib.networks import lstm_actor_encoder
 from rllib_mlflow.rllib.reader import flatten_state, unflatten_state
 from rllib_mlflow.rllib.reference import module_dist_inputs, restore_rl_module
@@ -32,7 +35,7 @@ def write_onnx(snapshot: PolicySnapshot, path: str, *, dist_inputs_only: bool = 
     policy.outputs = outputs
     examples = tuple(torch.zeros((2, *shape), dtype=torch.float32) for _, shape in inputs)
     names = [name for name, _ in inputs]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), onnx_additions(OPSET):
         # The tracer warns about RLlib's shape assertions and the LSTM's batch size; the
         # parity check, not the tracer, decides whether the graph is right.
         warnings.filterwarnings(
@@ -40,7 +43,12 @@ def write_onnx(snapshot: PolicySnapshot, path: str, *, dist_inputs_only: bool = 
             category=torch.jit.TracerWarning,  # pyright: ignore[reportPrivateImportUsage]  # torch exports it, its stubs' __all__ does not
         )
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
-        _export(policy, examples, path, names, outputs)
+        try:
+            _export(policy, examples, path, names, outputs)
+        except RLlibMLflowError:
+            raise
+        except Exception as error:  # the module's forward pass or the tracer: one line
+            raise tracing_refusal(snapshot, error) from error
 
 
 def _export(policy, examples, path: str, names: list[str], outputs: list[str]) -> None:

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow.errors import CheckpointError
+from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError, module_refusal
 from rllib_mlflow.rllib import pickles
 
 CLASS_FILE = "class_and_ctor_args.pkl"
@@ -49,7 +49,11 @@ def restore_module(module_dir: Path) -> Any:
     if pickles.trusts_everything():  # the user vouches for the checkpoint's code
         from ray.rllib.core.rl_module.rl_module import RLModule
 
-        return RLModule.from_checkpoint(str(module_dir.resolve()))
+        return _torch_only(RLModule.from_checkpoint(str(module_dir.resolve())), module_dir)
+    return _torch_only(_rebuild(module_dir), module_dir)
+
+
+def _rebuild(module_dir: Path) -> Any:
     state = read_module_state(module_dir)  # first: a missing one says "incomplete"
     info = pickles.load(module_dir / CLASS_FILE)
     cls = pickles.real_class(info["class"], what="RLModule class", path=module_dir)
@@ -64,3 +68,45 @@ def restore_module(module_dir: Path) -> Any:
             "class may take other arguments in this Ray release."
         ) from error
     return module
+
+
+def _torch_only(module: Any, module_dir: Path) -> Any:
+    """`module`, if it is a torch RLModule: any other (Ray's RandomRLModule, its
+    rock-paper-scissors heuristics) acts in Python without a network to export."""
+    from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+    if isinstance(module, TorchRLModule):
+        return module
+    cls = type(module)
+    others = [
+        d.name for d in sorted(module_dir.parent.iterdir()) if _is_torch_module(d, module_dir)
+    ]
+    todo = "Only modules with a torch network are exported" + (
+        f"; export the checkpoint's others with --module-id (module_id=): {', '.join(others)}."
+        if others
+        else "."
+    )
+    raise UnsupportedModuleError(
+        module_refusal(
+            f"{cls.__module__}.{cls.__qualname__}",
+            module_dir.name,
+            "reading the module",
+            "it is not a torch RLModule: it computes its actions in Python, with no network",
+            todo,
+        )
+    )
+
+
+def _is_torch_module(directory: Path, besides: Path) -> bool:
+    """Whether `directory` is another module of the checkpoint with a torch network (or
+    one whose class cannot be looked at without importing it: the export will tell)."""
+    if directory == besides or not (directory / CLASS_FILE).is_file():
+        return False
+    from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+    try:
+        info = pickles.load(directory / CLASS_FILE)
+        cls = pickles.real_class(info["class"], what="RLModule class", path=directory)
+    except Exception:  # the export of that module names its own problem
+        return True
+    return isinstance(cls, type) and issubclass(cls, TorchRLModule)

@@ -162,7 +162,11 @@ def _layers(torch_module) -> tuple[Layer, ...]:
 
 
 def _numpy(tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy().astype(np.float32)
+    """A torch tensor, or any array a module hands out (Ray's LSTMContainingRLModule's
+    initial state is numpy), as float32 numpy."""
+    if hasattr(tensor, "detach"):
+        tensor = tensor.detach().cpu().numpy()
+    return np.asarray(tensor).astype(np.float32)
 
 
 def _linear_weights(linear) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,58 @@
+"""What torch's ONNX tracer needs to trace RLlib modules as users write them.
+
+Ray's own `TinyAtariCNN` squeezes two dims at once (`torch.squeeze(x, dim=[-1, -2])`),
+which torch's TorchScript exporter reads as one int and fails on ("only one element tensors
+can be converted to Python scalars"): `onnx_additions` adds that case while we export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.onnx import symbolic_helper, symbolic_opset11
+
+# Public in torch (documented), missing from its stubs' __all__.
+_register = torch.onnx.register_custom_op_symbolic  # pyright: ignore[reportPrivateImportUsage]
+_unregister = torch.onnx.unregister_custom_op_symbolic  # pyright: ignore[reportPrivateImportUsage]
+_torch_squeeze = symbolic_opset11.squeeze  # pyright: ignore[reportPrivateImportUsage]
+
+
+@contextmanager
+def onnx_additions(opset: int) -> Iterator[None]:
+    """Symbolics the TorchScript exporter lacks, registered only while one export runs (the
+    registry is process-wide; other exports in the process keep torch's own)."""
+    _register("aten::squeeze", _squeeze, opset)
+    try:
+        yield
+    finally:
+        _unregister("aten::squeeze", opset)
+
+
+def _squeeze(g, self, dim=None):
+    """aten::squeeze over several dims as torch does it: only the dims of size 1 go."""
+    dims = _constant_dims(dim)
+    rank = symbolic_helper._get_tensor_rank(self)
+    if dims is None or rank is None:  # no dim, one dim, or dims known only at run time
+        return _torch_squeeze(g, self, dim)
+    dims = sorted({d % rank for d in dims}, reverse=True)
+    sizes = symbolic_helper._get_tensor_sizes(self) or [None] * rank
+    if all(sizes[d] is not None for d in dims):
+        axes = sorted(d for d in dims if sizes[d] == 1)
+        return symbolic_helper._squeeze_helper(g, self, axes) if axes else self
+    # A size unknown when tracing (behind a dynamic batch axis): torch's one-dim squeeze,
+    # which checks at run time, the last dim first so that the others keep their index.
+    for d in dims:
+        self = _torch_squeeze(g, self, g.op("Constant", value_t=torch.tensor(d)))
+    return self
+
+
+def _constant_dims(dim) -> list[int] | None:
+    """The dims of `squeeze(x, dim=[...])` when there are several and they are constants."""
+    if dim is None or not symbolic_helper._is_constant(dim):
+        return None
+    value = symbolic_helper._get_const(dim, "t", "dim")
+    if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.numel() < 2:
+        return None
+    return [int(d) for d in value.tolist()]

@@ -290,3 +290,41 @@ def test_the_docs_curl_examples_run_as_written(served):
         else:  # the doc quotes the answer's code and message whole
             quoted = json.loads(response)
             assert {key: answer.get(key) for key in quoted} == quoted, (command, answer)
+
+
+TUPLE = gym.spaces.Tuple(
+    (
+        gym.spaces.Discrete(3),
+        gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+        gym.spaces.Dict(b=gym.spaces.MultiDiscrete([2, 3]), a=gym.spaces.Box(0.0, 1.0, (1,))),
+    )
+)
+
+
+def test_tuple_observations_as_the_env_returns_them_or_as_json_lists():
+    """A Tuple observation (a Dict inside) as the env returns it, one or a list, and as JSON
+    sends it (lists): flattened as RLlib's own flatten_inputs_to_1d_tensor does."""
+    import tree
+    from ray.rllib.utils.numpy import flatten_inputs_to_1d_tensor
+    from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
+
+    from rllib_mlflow.policy.flatten import flat_size
+    from rllib_mlflow.policy.observations import ObservationConverter
+    from rllib_mlflow.policy.spaces import space_to_json
+
+    space = space_to_json(TUPLE)
+    width = flat_size(space)
+    converter = ObservationConverter(
+        {"observation_space": space, "inputs": [{"name": "observations", "shape": [None, width]}]}
+    )
+    TUPLE.seed(0)
+    samples = [TUPLE.sample() for _ in range(5)]
+    batch = tree.map_structure(lambda *parts: np.stack(parts), *samples)
+    want = flatten_inputs_to_1d_tensor(batch, get_base_struct_from_space(TUPLE), batch_axis=True)
+    np.testing.assert_array_equal(converter.feeds(samples)["observations"], want)
+    np.testing.assert_array_equal(converter.feeds(samples[0])["observations"], want[:1])
+    as_json = json.loads(json.dumps(tree.map_structure(lambda x: np.asarray(x).tolist(), samples)))
+    np.testing.assert_array_equal(converter.feeds(as_json)["observations"], want)
+    np.testing.assert_array_equal(converter.feeds(want)["observations"], want)  # flat rows
+    with pytest.raises(ValueError, match="Observation 1 of the batch does not fit the Tuple"):
+        converter.feeds([as_json[0], as_json[1][:2]])

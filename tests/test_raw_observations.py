@@ -1,12 +1,14 @@
 """What the env returns goes in, RLlib's own actions come out (issue 35): Discrete (Taxi-v3),
-MultiDiscrete and Box (2, 3) observations through `Policy` on both backends, `mlflow.pyfunc`
-and the real `mlflow models serve`, against the actions RLlib's restored EnvRunner sent the env
-on real episodes (explore=False). A request in the wrong shape (or an empty one) gets a 400
-naming the shape expected, and the curl examples of docs/raw-observations.md run as written.
+MultiDiscrete, Box (2, 3) and Dict-with-a-Tuple observations through `Policy` (both backends
+for Taxi and the Box), `mlflow.pyfunc` and the real `mlflow models serve` (Taxi, the Box),
+against the actions RLlib's restored EnvRunner sent the env on real episodes (explore=False).
+A request in the wrong shape (or an empty one) gets a 400 naming the shape expected, and the
+curl examples of docs/raw-observations.md run as written.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -26,7 +28,13 @@ pytestmark = pytest.mark.slow
 BOX_23 = "rllib_mlflow_tests/Box23-v0"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "raw-observations.md"
 # kind -> env id; every one reaches the module through RLlib's FlattenObservations
-ENVS = {"taxi": "Taxi-v3", "multidiscrete": envs.GRID_XY, "box": BOX_23}
+ENVS = {
+    "taxi": "Taxi-v3",
+    "multidiscrete": envs.GRID_XY,
+    "box": BOX_23,
+    "nested": envs.NESTED_DICT,  # a Dict holding a Tuple holding a Dict
+}
+BOTH_BACKENDS = ("taxi", "box")  # the others export ONNX only: less time
 STEPS = 300  # recorded env steps per policy
 
 
@@ -61,7 +69,7 @@ class Recorder(gym.Wrapper):
         return self._last, info
 
     def step(self, action):
-        Recorder.steps.append((np.array(self._last), np.array(action)))
+        Recorder.steps.append((copy.deepcopy(self._last), np.array(action)))
         self._last, *rest = self.env.step(action)
         return (self._last, *rest)
 
@@ -71,7 +79,7 @@ class Trained:
     kind: str
     checkpoint: str
     export_dir: Path
-    observations: np.ndarray  # raw, as the env returned them
+    observations: Any  # raw, as the env returned them (a list of them for Dicts)
     actions: np.ndarray  # what RLlib's restored EnvRunner sent the env for them
 
 
@@ -115,10 +123,11 @@ def _train_and_record(kind: str, out: Path) -> Trained:
     finally:
         algo.stop()
     # Compared with the actions RLlib sent the env below, not with the parity check's reference.
-    (exported,) = export_checkpoint(
-        checkpoint, out / f"{kind}-export", formats=("onnx", "saved_model"), verify=False
-    )
-    observations = np.stack([obs for obs, _ in steps])
+    formats = ("onnx", "saved_model") if kind in BOTH_BACKENDS else ("onnx",)
+    (exported,) = export_checkpoint(checkpoint, out / f"{kind}-export", formats, verify=False)
+    observations = [obs for obs, _ in steps]
+    if not isinstance(observations[0], dict):
+        observations = np.stack(observations)
     return Trained(kind, checkpoint, exported.path, observations, np.stack([a for _, a in steps]))
 
 
@@ -132,7 +141,7 @@ def trained(ray_session, tmp_path_factory) -> dict[str, Trained]:
 def test_policy_takes_what_the_env_returns(trained, backend):
     from rllib_mlflow.policy.serving import Policy
 
-    taxi, grid, box = trained["taxi"], trained["multidiscrete"], trained["box"]
+    taxi, box = trained["taxi"], trained["box"]
     assert taxi.observations.shape == (STEPS,) and box.observations.shape == (STEPS, 2, 3)
     policy = Policy(str(taxi.export_dir), backend=backend)
     values = taxi.observations
@@ -140,13 +149,23 @@ def test_policy_takes_what_the_env_returns(trained, backend):
     for form in (values, values[:, None], values.astype(np.float64), values.tolist(), one_hot):
         np.testing.assert_array_equal(policy.compute_actions(form), taxi.actions)
     assert policy.compute_actions(int(values[0])).tolist() == [taxi.actions[0]]
-    policy = Policy(str(grid.export_dir), backend=backend)
-    np.testing.assert_array_equal(policy.compute_actions(grid.observations), grid.actions)
     policy = Policy(str(box.export_dir), backend=backend)
     np.testing.assert_array_equal(policy.compute_actions(box.observations), box.actions)
     flat = box.observations.reshape(STEPS, 6)  # rows flattened by the client: still taken
     np.testing.assert_array_equal(policy.compute_actions(flat), box.actions)
     assert policy.compute_actions(box.observations[0]).tolist() == [box.actions[0]]
+
+
+def test_policy_takes_multidiscrete_dict_and_tuple_observations(trained):
+    from rllib_mlflow.policy.serving import Policy
+
+    grid, nested = trained["multidiscrete"], trained["nested"]
+    assert grid.observations.shape == (STEPS, 2)
+    policy = Policy(str(grid.export_dir))
+    np.testing.assert_array_equal(policy.compute_actions(grid.observations), grid.actions)
+    policy = Policy(str(nested.export_dir))
+    np.testing.assert_array_equal(policy.compute_actions(nested.observations), nested.actions)
+    assert policy.compute_actions(nested.observations[0]).tolist() == [nested.actions[0]]
 
 
 def test_policy_names_the_shape_it_expected(trained):
@@ -186,15 +205,24 @@ def test_signature_describes_the_raw_observation(models):
         "taxi": ("int64", (-1,)),
         "multidiscrete": ("int64", (-1, 2)),
         "box": ("float32", (-1, 2, 3)),
+        "nested": ("float32", (-1, 10)),  # no tensor holds a Tuple: RLlib's flattened rows
     }
 
 
 def test_pyfunc_predict_takes_what_the_env_returns(trained, models):
     import mlflow
 
-    for kind, policy in trained.items():
+    for kind in ("taxi", "multidiscrete", "box"):
         model = mlflow.pyfunc.load_model(models[kind])
-        np.testing.assert_array_equal(model.predict(policy.observations), policy.actions)
+        np.testing.assert_array_equal(
+            model.predict(trained[kind].observations), trained[kind].actions
+        )
+    nested = trained["nested"]
+    model = mlflow.pyfunc.load_model(models["nested"])
+    as_json = json.loads(json.dumps(nested.observations, default=lambda a: np.asarray(a).tolist()))
+    np.testing.assert_array_equal(model.predict(as_json), nested.actions)  # a list of dicts
+    columns = {key: [o[key] for o in as_json] for key in as_json[0]}
+    np.testing.assert_array_equal(model.predict(columns), nested.actions)  # a batch per key
     taxi = mlflow.pyfunc.load_model(models["taxi"])
     values = trained["taxi"].observations
     np.testing.assert_array_equal(taxi.predict(values[:, None]), trained["taxi"].actions)

@@ -330,6 +330,12 @@ CONFIGS: dict[str, tuple[str, str, Callable[[], Any], int]] = {
         1,
     ),
     "appo_pixels_255": ("APPO", envs.PIXELS_255, _appo_pixels_255, 1),
+    "ppo_partly_bounded": (
+        "PPO",
+        envs.PARTLY_BOUNDED,
+        lambda: _ppo(envs.PARTLY_BOUNDED).environment(normalize_actions=True, clip_actions=True),
+        1,
+    ),
     "ppo_tuple_actions": ("PPO", envs.TUPLE_ACTIONS, lambda: _ppo(envs.TUPLE_ACTIONS), 0),
 }
 

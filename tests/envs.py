@@ -31,6 +31,7 @@ TUPLE_ACTIONS = "rllib_mlflow_tests/TupleActions-v0"
 MULTI_AGENT = "rllib_mlflow_tests_multiagent"
 GRID_CELL = "rllib_mlflow_tests/GridCell-v0"  # Discrete observations
 GRID_XY = "rllib_mlflow_tests/GridXY-v0"  # MultiDiscrete observations
+PARTLY_BOUNDED = "rllib_mlflow_tests/PartlyBounded-v0"  # Box actions bounded on one side
 
 WIDE_BOX_LOW = np.array([-2.0, 0.0, -10.0], dtype=np.float32)
 WIDE_BOX_HIGH = np.array([1.0, 5.0, 10.0], dtype=np.float32)
@@ -450,6 +451,37 @@ def _action_mask_env(config: dict | None = None):
     return ActionMaskEnv({**ACTION_MASK_CONFIG, **(config or {})})
 
 
+class PartlyBounded(gym.Env):
+    """Box actions bounded on the first dimension only: [-0.2, 0.2] x (-inf, inf), where
+    RLlib's normalize_actions leaves every action alone (issue 35), clip_actions or not.
+
+    Observation: Box(-5, 5, (3,)), wide, so an untrained policy's means pass 0.2. Reward:
+    minus the distance of the action from (obs[0] / 5, obs[1]). 20-step episodes."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: dict | None = None):
+        self.observation_space = spaces.Box(-5.0, 5.0, shape=(3,), dtype=np.float32)
+        self.action_space = spaces.Box(
+            np.array([-0.2, -np.inf], np.float32), np.array([0.2, np.inf], np.float32)
+        )
+        self._obs = np.zeros(3, np.float32)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._obs = self.np_random.uniform(-5.0, 5.0, 3).astype(np.float32)
+        return self._obs, {}
+
+    def step(self, action):
+        target = np.array([self._obs[0] / 5.0, self._obs[1]], np.float32)
+        reward = -float(np.abs(np.asarray(action, np.float32) - target).sum())
+        self._t += 1
+        self._obs = self.np_random.uniform(-5.0, 5.0, 3).astype(np.float32)
+        return self._obs, reward, False, self._t >= 20, {}
+
+
 def make_env(env_id: str, config: dict | None = None) -> gym.Env | MultiAgentEnv:
     """Create an environment by the id a test checkpoint was trained on (gymnasium ids, and
     the Tune-registered multi-agent name, which gymnasium does not know)."""
@@ -476,6 +508,7 @@ def register_test_envs() -> None:
         (TUPLE_ACTIONS, TupleActions),
         (GRID_CELL, GridWalk),
         (GRID_XY, functools.partial(GridWalk, xy=True)),
+        (PARTLY_BOUNDED, PartlyBounded),
     ):
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=cls)

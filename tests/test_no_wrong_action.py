@@ -29,7 +29,7 @@ from tests.mlflow_server import mlflow_server, post_json, start_model_server  # 
 pytestmark = pytest.mark.slow
 
 DICT_CASES = ["ppo_keyword_dict", "ppo_nested_dict"]
-CASES = [*DICT_CASES, "ppo_free_log_std", "appo_pixels_255"]
+CASES = [*DICT_CASES, "ppo_free_log_std", "appo_pixels_255", "ppo_partly_bounded"]
 EPISODE_STEPS = 100
 RELATIVE = 1e-5
 
@@ -284,3 +284,30 @@ def test_tuple_actions_are_refused_saying_what_to_do(trained_checkpoint, tmp_pat
     assert message.startswith("Tuple action spaces are not exported yet")
     assert "DistributionPartial" not in message and "Discrete" in message
     assert not (tmp_path / "out").exists()
+
+
+# -- the parity check is RLlib's, not a copy of our rules (issue 35) -------------------------
+
+
+def test_a_box_bounded_on_one_side_is_left_alone_as_rllib_leaves_it(case):
+    """normalize_actions=True and clip_actions=True on [-0.2, 0.2] x R: RLlib's
+    NormalizeAndClipActions only unsquashes, and leaves a not fully bounded Box alone, so
+    the env receives actions past 0.2; the export once clipped them."""
+    c = case("ppo_partly_bounded")
+    assert np.max(np.abs(c.rllib_actions[:, 0])) > 0.2, "RLlib's actions must pass the bound"
+    rule = c.policy_json["action_rule"]
+    assert (rule["normalize_actions"], rule["clip_actions"]) == (False, False)
+
+
+def test_parity_refuses_a_wrong_action_rule(case, tmp_path, monkeypatch):
+    """A rule planted in the reader (clip where RLlib does not) must fail the parity check:
+    its reference takes RLlib's actions from the checkpoint's own connector pipelines."""
+    from rllib_mlflow.errors import ParityError
+    from rllib_mlflow.rllib import connectors
+
+    c = case("ppo_partly_bounded")
+    monkeypatch.setattr(connectors, "_box_postprocessing", lambda space, settings: (False, True))
+    (wrong,) = read_snapshots(c.tc.path)
+    assert wrong.action_rule.clip_actions, "the planted rule is in the snapshot"
+    with pytest.raises(ParityError, match="does not match RLlib"):
+        export_checkpoint(c.tc.path, tmp_path / "wrong", formats=["onnx"])

@@ -82,6 +82,7 @@ def _job_command(storage: Path, uri: str, iterations: int, **kwargs) -> list[str
         "num_to_keep": None,
         "learning_rates": kwargs.pop("learning_rates", [1e-3]),
         "seconds_per_iteration": kwargs.pop("seconds_per_iteration", 0),
+        "stop_file": kwargs.pop("stop_file", None),
         "callback_kwargs": {"formats": ["onnx"], **kwargs.pop("callback_kwargs", {})},
     }
     assert not kwargs, kwargs
@@ -557,16 +558,18 @@ def test_served_version_loads_no_pickle_and_answers_4xx_to_bad_requests(four_tri
 
 # -- 6. the object store killed in the middle of training, restarted on the same ports --
 
-OBJECT_STORE_ITERATIONS = 20
+# At most: the trial stops 3 iterations after the store is back (tune_job.StopAfterSignal).
+OBJECT_STORE_ITERATIONS = 60
 
 
 @pytest.fixture(scope="module")
 def object_store_outage(tmp_path_factory):
     """A production stack of its own (PostgreSQL, SeaweedFS, `mlflow server` proxying the
     artifacts to the bucket), so that the session's stack never sees an outage. One trial
-    of 20 iterations of 4 s, checkpoints on local disk. SeaweedFS gets SIGKILL after the
+    of iterations of 4 s, checkpoints on local disk. SeaweedFS gets SIGKILL after the
     first registration and is started again 10 s later on the same ports and data; its
-    Raft master takes another 15-20 s to elect itself and serve S3 again."""
+    Raft master takes another 15-20 s (more on a loaded machine) to elect itself and serve
+    S3 again. The trial trains 3 iterations past that moment, then stops."""
     root = tmp_path_factory.mktemp("object_store_outage")
     experiment = root / "results" / tune_job.EXPERIMENT
     journal = experiment / JOURNAL_FILE
@@ -576,6 +579,7 @@ def object_store_outage(tmp_path_factory):
             stack.tracking_uri,
             OBJECT_STORE_ITERATIONS,
             seconds_per_iteration=4.0,
+            stop_file=str(root / "store-is-back"),
         )
         log = root / "job.log"
         process = _start_job(command, log)
@@ -587,6 +591,7 @@ def object_store_outage(tmp_path_factory):
             assert process.poll() is None, "the job ended during the outage"
             stack.restart_object_store()  # returns once the bucket answers again
             up_at = time.time()
+            (root / "store-is-back").touch()
             returncode = _finish(process, timeout=400)
         finally:
             if process.poll() is None:
@@ -611,7 +616,7 @@ def test_object_store_outage_neither_fails_nor_stalls_training(object_store_outa
     assert up_at - down_at >= 20
     (result,) = outage["experiment"].glob("*/result.json")
     stamps = [json.loads(line)["timestamp"] for line in result.read_text().splitlines()]
-    assert len(stamps) == OBJECT_STORE_ITERATIONS
+    assert len(stamps) < OBJECT_STORE_ITERATIONS
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert max(gaps) < 15, gaps
     # Iterations went on at their pace while the store was down, and after it came back.
@@ -628,7 +633,8 @@ def test_object_store_outage_held_up_registrations_without_losing_any(object_sto
     assert [e for e in registered if queued[e["key"]] < outage["up_at"] < e["time"]]
     assert not [e for e in outage["journal"] if e["event"] == "failed"], outage["journal"]
     expected = _persisted(outage["experiment"])
-    assert len(expected) == OBJECT_STORE_ITERATIONS
+    (result,) = outage["experiment"].glob("*/result.json")
+    assert len(expected) == len(result.read_text().splitlines())
     # The job itself registers every checkpoint once, and nothing twice.
     after_job = outage["after_job"]
     assert len(after_job) == len(set(after_job)), collections.Counter(after_job)

@@ -57,6 +57,22 @@ def ppo_config(
     )
 
 
+class StopAfterSignal:
+    """Tune stopper: a trial stops `after` iterations past the moment `signal_file` exists,
+    or at `iterations`. Lets a test keep training going until an outage it caused is over,
+    however long the outage takes on a loaded machine."""
+
+    def __init__(self, signal_file: str, iterations: int, after: int = 3):
+        self.signal_file, self.iterations, self.after = signal_file, iterations, after
+        self.last: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        iteration = result["training_iteration"]
+        if trial_id not in self.last and os.path.exists(self.signal_file):
+            self.last[trial_id] = iteration + self.after
+        return iteration >= min(self.iterations, self.last.get(trial_id, self.iterations))
+
+
 def run(
     storage: str,
     tracking_uri: str,
@@ -68,6 +84,7 @@ def run(
     seconds_per_iteration: float = 0,
     callback_kwargs: dict | None = None,
     with_callback: bool = True,
+    stop_file: str | None = None,
 ):
     from ray import tune
 
@@ -79,7 +96,9 @@ def run(
     run_config = tune.RunConfig(
         name=EXPERIMENT,
         storage_path=storage,
-        stop={"training_iteration": iterations},
+        stop=StopAfterSignal(stop_file, iterations)
+        if stop_file
+        else {"training_iteration": iterations},
         callbacks=[callback] if with_callback else [],
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=num_to_keep),
         verbose=0,

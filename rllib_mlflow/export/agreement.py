@@ -68,11 +68,14 @@ def measure_int8_agreement(
     (episodes `act`, the float export, plays in the env from reset seed `seed`, else samples
     of the observation space)."""
     from rllib_mlflow.export.litert import met_observations
-    from rllib_mlflow.export.parity import format_runner
+    from rllib_mlflow.export.parity import format_runner, raw_observations
     from rllib_mlflow.rllib.reference import rllib_reference
 
     observations, source = met_observations(snapshot, act, AGREEMENT_OBSERVATIONS, seed)
-    want, _ = rllib_reference(snapshot)(observations)
+    raw = observations  # a Box observation is played in the env as the graph takes it
+    if snapshot.flatten_observations or snapshot.observation_inputs is not None:
+        raw = raw_observations(snapshot, AGREEMENT_OBSERVATIONS, seed)  # what was sampled
+    want, _ = rllib_reference(snapshot)(raw)
     feeds = observations if isinstance(observations, dict) else {"observations": observations}
     got = format_runner("tflite_int8", export_dir, snapshot)(feeds)["actions"]
     report = {

@@ -1,11 +1,11 @@
 """Prove that every written export acts like RLlib's own policy.
 
-RLlib's restored torch module, action distribution and connector logic
+RLlib's restored torch module between the EnvRunner's own connector pipelines
 (`reference.rllib_reference`) and each export, loaded back from disk, receive the same
-observations sampled from the observation space. A stateful policy plays sequences instead,
-its state (and previous actions and rewards) carried from step to step on both sides
-(`reference.rllib_sequence_reference`). Dict observations reach the exports raw, through
-the policy package's ObservationConverter, and RLlib flattened by its own function. Discrete
+observations sampled from the observation space: RLlib raw, as an env returns them. A
+stateful policy plays sequences instead, its state (and previous actions and rewards)
+carried from step to step on both sides (`reference.rllib_sequence_reference`). Dict
+observations reach the exports raw too, through the policy package's ObservationConverter. Discrete
 actions must be identical; continuous actions and action_dist_inputs must agree within the
 tolerance, relative to the magnitudes float32 rounding grows with (TOLERANCE_RULE). A format
 that fails is refused alone.
@@ -50,7 +50,7 @@ def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> 
     """`count` observations from the snapshot's observation space as the graphs take them
     (a dict of batched arrays for a module that reads Dict observations; RLlib's own
     flattening for the observations RLlib flattens)."""
-    samples = _raw_samples(snapshot, count, seed)
+    samples = raw_observations(snapshot, count, seed)
     if snapshot.observation_inputs is not None:
         return {
             key: np.asarray([s[key] for s in samples], np.float32).reshape(count, *shape)
@@ -61,7 +61,8 @@ def sample_observations(snapshot: PolicySnapshot, count: int, seed: int = 0) -> 
     return np.asarray(samples, dtype=np.float32).reshape(count, *snapshot.input_shape)
 
 
-def _raw_samples(snapshot: PolicySnapshot, count: int, seed: int) -> list:
+def raw_observations(snapshot: PolicySnapshot, count: int, seed: int) -> list:
+    """The `count` raw observations `sample_observations` prepares for the graphs."""
     space = _finite_samples(space_from_json(snapshot.observation_space))
     space.seed(seed)
     return [space.sample() for _ in range(count)]
@@ -130,16 +131,17 @@ def refusal(result: dict[str, Any], observations: int) -> str:
 
 
 _REFERENCES = {
-    "new": "RLlib torch module + inference distribution + connectors",
+    "new": "RLlib torch module between the EnvRunner's connector pipelines restored from "
+    "the checkpoint (explore=False)",
     "old": "RLlib old-stack Policy.compute_actions(explore=False) + its MeanStdFilter "
     "(update=False) + unsquash/clip, as Algorithm.compute_single_action",
 }
 
 
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
-    batch, feeds = _batch_and_feeds(snapshot, observations, seed)
-    want_actions, want_inputs = rllib_reference(snapshot)(batch)
-    scale = rllib_activation_scale(snapshot, batch)
+    raw, feeds = _raw_and_feeds(snapshot, observations, seed)
+    want_actions, want_inputs = rllib_reference(snapshot)(raw)
+    scale = rllib_activation_scale(snapshot, raw)
     results = {}
     for fmt in formats:
         out = format_runner(fmt, export_dir, snapshot)(feeds)
@@ -154,28 +156,32 @@ def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[st
     return results
 
 
-def _batch_and_feeds(snapshot: PolicySnapshot, count: int, seed: int):
-    """RLlib's module input and the exported graphs' feeds for the same observations.
+def _raw_and_feeds(snapshot: PolicySnapshot, count: int, seed: int):
+    """Raw observations (what RLlib's env-to-module pipeline receives) and the exported
+    graphs' feeds for the same observations.
 
     A Dict observation RLlib flattens reaches the graphs as users send it: raw dicts through
     the policy package's ObservationConverter (what Policy and the served model call), so
     that flattening it any other way than RLlib does fails parity."""
+    raw = raw_observations(snapshot, count, seed)
     batch = sample_observations(snapshot, count, seed)
     converter = ObservationConverter(observation_metadata(snapshot))
     if isinstance(batch, dict):  # a module that reads the dict: one graph input per key
-        return batch, converter.feeds(batch)
+        return raw, converter.feeds(batch)
     raw_kinds = ("Dict", "Discrete", "MultiDiscrete")  # what the converter flattens
     if snapshot.flatten_observations and snapshot.observation_space["type"] in raw_kinds:
-        return batch, converter.feeds(_raw_samples(snapshot, count, seed))
-    return batch, {"observations": batch}
+        return raw, converter.feeds(raw)
+    return raw, {"observations": batch}
 
 
 def _compare_sequences(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
     steps = max(1, observations // SEQUENCES)
     flat = sample_observations(snapshot, steps * SEQUENCES, seed)
     sequences = flat.reshape(steps, SEQUENCES, *flat.shape[1:])
+    raw = raw_observations(snapshot, steps * SEQUENCES, seed)
+    raw_steps = [raw[t * SEQUENCES : (t + 1) * SEQUENCES] for t in range(steps)]
     rewards = np.random.default_rng(seed).normal(size=(steps, SEQUENCES)).astype(np.float32)
-    want_actions, want_inputs = rllib_sequence_reference(snapshot)(sequences, rewards)
+    want_actions, want_inputs = rllib_sequence_reference(snapshot)(raw_steps, rewards)
     results = {}
     for fmt in formats:
         run = format_runner(fmt, export_dir, snapshot)

@@ -220,13 +220,12 @@ def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]])
         return ActionRule(name, tuple(int(n) for n in act_space.nvec), action_shape=act_space.shape)
     if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
         size = int(act_space.shape[0])
+        unsquash, clip = _box_postprocessing(act_space, settings)
         return ActionRule(
             name,
             (size, size),
-            # RLlib unsquashes only fully bounded boxes (space_utils.unsquash_action).
-            normalize_actions=bool(settings.get("normalize_actions", False))
-            and bool(np.all(act_space.bounded_below) and np.all(act_space.bounded_above)),
-            clip_actions=bool(settings.get("clip_actions", False)),
+            normalize_actions=unsquash,
+            clip_actions=clip,
             low=act_space.low.astype(np.float32),
             high=act_space.high.astype(np.float32),
             action_shape=act_space.shape,
@@ -235,3 +234,19 @@ def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]])
         f"Action space {act_space} is not supported; supported: Discrete, MultiDiscrete "
         "and 1-D Box."
     )
+
+
+def _box_postprocessing(act_space, settings: dict) -> tuple[bool, bool]:
+    """(unsquash, clip) as RLlib's NormalizeAndClipActions does them: with normalize_actions
+    it unsquashes (and clips) only a fully bounded float Box, and leaves any other Box
+    alone, clip_actions or not (space_utils.unsquash_action); else clip_actions clips."""
+    normalize = bool(settings.get("normalize_actions", False))
+    clip = bool(settings.get("clip_actions", False))
+    bounded = bool(np.all(act_space.bounded_below) and np.all(act_space.bounded_above))
+    if normalize and bounded and act_space.dtype not in (np.float32, np.float64):
+        raise UnsupportedModuleError(
+            f"normalize_actions on the {act_space.dtype} action space {act_space} shifts "
+            "actions by `low` (RLlib's unsquash of integer boxes); exporting it is not "
+            "supported. Train with a float Box, or with normalize_actions=False."
+        )
+    return normalize and bounded, clip and not normalize

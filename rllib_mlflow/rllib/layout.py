@@ -256,6 +256,8 @@ def _read_algorithm_info(root: Path) -> dict[str, Any]:
             info["training_iteration"] = state.get("training_iteration")
             info["metrics"] = _metrics_from_logger_state(state.get("metrics_logger", {}))
     runner = root / "env_runner"
+    if (runner / "env_to_module_connector" / _CLASS_FILE).exists():
+        info["env_runner_dir"] = str(runner.resolve())
     for name in ("env_to_module", "module_to_env"):
         pipeline = runner / f"{name}_connector"
         if (pipeline / _CLASS_FILE).exists():

@@ -3,7 +3,8 @@
 The restored Policy acts as `Algorithm.compute_single_action(obs, explore=False)` does:
 its MeanStdFilter connector (statistics not updated), `compute_actions(explore=False)`,
 then RLlib's unsquash (normalize_actions) or clip (clip_actions) of each action. It gets
-observations as the graphs take them, i.e. after RLlib's preprocessor.
+raw observations, which RLlib's old-stack preprocessor (one-hot, flatten) turns into the
+model's input.
 """
 
 from __future__ import annotations
@@ -21,16 +22,30 @@ if TYPE_CHECKING:
 
 
 def old_stack_reference(snapshot: PolicySnapshot) -> Callable[[Any], tuple[Any, np.ndarray]]:
-    """Raw (preprocessed) observations -> (actions, action_dist_inputs), as RLlib acts."""
+    """Raw observations -> (actions, action_dist_inputs), as RLlib acts."""
     step = _policy_step(restore_policy(snapshot.module_dir))
-    return lambda observations: step(observations, [])[:2]
+    return lambda observations: step(old_stack_inputs(snapshot, observations), [])[:2]
+
+
+def old_stack_inputs(snapshot: PolicySnapshot, observations: Any) -> np.ndarray:
+    """Raw observations (a list, a batched array or a dict of batched arrays) as RLlib's
+    old-stack preprocessor turns them into the model's input."""
+    from ray.rllib.models.preprocessors import get_preprocessor
+
+    from rllib_mlflow.policy.spaces import space_from_json
+    from rllib_mlflow.rllib.pipelines import unbatched
+
+    space = space_from_json(snapshot.observation_space)
+    preprocessor = get_preprocessor(space)(space, snapshot.model_config)
+    rows = [preprocessor.transform(o) for o in unbatched(observations)]
+    return np.stack(rows).astype(np.float32)
 
 
 def old_stack_sequence_reference(
     snapshot: PolicySnapshot,
-) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """A recurrent policy over whole sequences: observations [T, B, ...] and the rewards
-    each step's action earned [T, B] -> (actions [T, B, ...], dist inputs [T, B, ...]). The
+) -> Callable[[list, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A recurrent policy over whole sequences: raw observations (T batches of B) and the
+    rewards each step's action earned [T, B] -> (actions [T, B, ...], dist inputs). The
     state starts at the model's `get_initial_state()` and is carried from step to step, as
     `Algorithm.compute_single_action(obs, state=state, prev_action=..., prev_reward=...,
     explore=False)` carries it; the previous action and reward (read by an LSTM with
@@ -44,14 +59,14 @@ def old_stack_sequence_reference(
         "prev_rewards": bool(model.get("lstm_use_prev_reward")),
     }
 
-    def run(observations: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = observations.shape[1]
+    def run(observations: list, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = rewards.shape[1]
         state = [np.tile(s, (batch, 1)) for s in initial]
         prev = {"prev_actions": np.zeros(batch, np.int64), "prev_rewards": np.zeros(batch)}
         all_actions, all_inputs = [], []
         for obs, reward in zip(observations, rewards):
             extra = {k: v for k, v in prev.items() if reads[k]}
-            actions, dist_inputs, state = step(obs, state, extra)
+            actions, dist_inputs, state = step(old_stack_inputs(snapshot, obs), state, extra)
             prev = {"prev_actions": actions, "prev_rewards": np.asarray(reward, np.float32)}
             all_actions.append(actions)
             all_inputs.append(dist_inputs)

@@ -112,6 +112,7 @@ def _read_module(
         action_rule=rule,
         module_dir=str(module_dir.resolve()),
         module_class=f"{type(module).__module__}.{type(module).__name__}",
+        env_runner_dir=algorithm.get("env_runner_dir"),
         algorithm=algorithm.get("algorithm"),
         env_id=algorithm.get("env_id"),
         source_checkpoint=source,

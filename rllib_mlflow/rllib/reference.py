@@ -1,7 +1,9 @@
 """RLlib's own inference path for a snapshot, which parity checks compare the exports against.
 
-It restores the torch RLModule and acts as an EnvRunner with explore=False does: RLlib's
-MeanStdFilter, the module's inference distribution and RLlib's unsquash/clip functions.
+It restores the torch RLModule and runs it between the EnvRunner's own connector pipelines,
+restored from the checkpoint (`pipelines.EnvRunnerReplay`): RLlib's flattening, filters and
+history windows before the module, its action sampling, unsquashing and clipping after,
+exactly as an EnvRunner with explore=False. Nothing of the exports' own rules is used.
 The ONNX exporter traces the same module through `module_dist_inputs`.
 """
 
@@ -14,7 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from rllib_mlflow.rllib.modules import restore_module
-from rllib_mlflow.rllib.snapshot import MeanStdFilter, PolicySnapshot
+from rllib_mlflow.rllib.pipelines import EnvRunnerReplay, unbatched
+from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
 if TYPE_CHECKING:
     from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
@@ -31,28 +34,23 @@ def rllib_reference(
 ) -> Callable[[Any], tuple[Any, np.ndarray]]:
     """RLlib's own inference path for `snapshot`: raw observations -> (actions, dist inputs).
 
-    Uses the restored torch module, its inference action distribution, RLlib's
-    MeanStdFilter and RLlib's unsquash/clip functions, exactly as an EnvRunner with
-    explore=False does. Observations are one array, or a dict of arrays (one per key) for
-    a module that reads Dict observations. An old-API-stack snapshot is compared with its
-    restored Policy instead (`old_reference`).
+    Observations are what the env returns: a list of them, a batched array, or a dict of
+    batched arrays. Each starts an episode that RLlib's env-to-module pipeline turns into
+    the module's input; the module-to-env pipeline turns the module's output into the
+    actions an EnvRunner with explore=False sends the env. An old-API-stack snapshot is
+    compared with its restored Policy instead (`old_reference`).
     """
     if snapshot.api_stack == "old":
         from rllib_mlflow.rllib.old_reference import old_stack_reference
 
         return old_stack_reference(snapshot)
-    import torch
-
     module = restore_rl_module(snapshot)
     module.eval()
-    obs_filter = _rllib_filter(snapshot.mean_std_filter)
 
     def act(observations: Any) -> tuple[Any, np.ndarray]:
-        obs = _module_input(observations, obs_filter)
-        with torch.no_grad():
-            dist_inputs = _dist_inputs(module, obs)
-            actions = _rllib_actions(module, snapshot, dist_inputs)
-        return actions, dist_inputs.numpy()
+        replay = EnvRunnerReplay(snapshot, module)
+        replay.reset(unbatched(observations))
+        return replay.act()
 
     return act
 
@@ -63,12 +61,17 @@ def rllib_activation_scale(snapshot: PolicySnapshot, observations: Any) -> np.nd
     another float32 implementation by more than 1e-5 in absolute terms)."""
     import torch
 
-    obs = _module_input(observations, _rllib_filter(snapshot.mean_std_filter))
-    scales = [_row_magnitude(t) for t in (obs.values() if isinstance(obs, dict) else [obs])]
     if snapshot.api_stack == "old":  # no RLModule to hook: the input's magnitude alone
-        return np.max(np.stack(scales), axis=0)
+        from rllib_mlflow.rllib.old_reference import old_stack_inputs
+
+        return _row_magnitude(torch.from_numpy(old_stack_inputs(snapshot, observations)))
+    from ray.rllib.core.columns import Columns
+
     module = restore_rl_module(snapshot)
     module.eval()
+    to_module = EnvRunnerReplay(snapshot, module).reset(unbatched(observations))
+    obs = to_module[Columns.OBS]
+    scales = [_row_magnitude(t) for t in (obs.values() if isinstance(obs, dict) else [obs])]
     rows = scales[0].shape[0]
 
     def record(_layer, _inputs, output):
@@ -92,114 +95,37 @@ def _row_magnitude(tensor) -> np.ndarray:
     return values.max(dim=1).values.numpy() if values.shape[1] else np.zeros(values.shape[0])
 
 
-def _module_input(observations: Any, obs_filter):
-    """Raw observations as the module receives them: RLlib's MeanStdFilter (without updating
-    it), as torch tensors; a dict of arrays for a module that reads Dict observations."""
-    import torch
-
-    if isinstance(observations, dict):
-        return {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in observations.items()}
-    obs = np.asarray(observations, dtype=np.float32)
-    if obs_filter is not None:
-        obs = obs_filter(obs, update=False)
-    return torch.from_numpy(np.asarray(obs, np.float32))
-
-
 def rllib_sequence_reference(
     snapshot: PolicySnapshot,
-) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+) -> Callable[[list, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """RLlib's own inference path for a stateful module over whole sequences.
 
-    observations [T, B, ...] and rewards [T, B] (the reward each step's action earned) ->
-    (actions [T, B, ...], dist inputs [T, B, ...]). The module's full state starts at
-    `get_initial_state()` and is carried from step to step by `forward_inference`, as an
-    EnvRunner does; PrevActionsPrevRewards' and FrameStacking's history starts as zeros.
+    observations (T lists of B raw observations) and rewards [T, B] (the reward each step's
+    action earned) -> (actions [T, B, ...], dist inputs [T, B, ...]). B episodes start at
+    the first observations and take a step per row, as an EnvRunner steps them: RLlib's
+    connectors carry the module's state and build the history windows (previous actions
+    and rewards, stacked frames) from the episodes.
     """
     if snapshot.api_stack == "old":
         from rllib_mlflow.rllib.old_reference import old_stack_sequence_reference
 
         return old_stack_sequence_reference(snapshot)
-    import torch
-    from ray.rllib.core.columns import Columns
-
     module = restore_rl_module(snapshot)
     module.eval()
 
-    def run(observations: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        steps, batch = observations.shape[:2]
-        state = _batched(module.get_initial_state(), batch)
-        windows = _ReferenceWindows(snapshot, batch)
+    def run(observations: list, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        replay = EnvRunnerReplay(snapshot, module)
+        replay.reset(unbatched(observations[0]))
         all_actions, all_inputs = [], []
-        for t in range(steps):
-            obs = windows.module_observations(np.asarray(observations[t], np.float32))
-            with torch.no_grad():
-                batch_in: dict[str, Any] = {Columns.OBS: torch.from_numpy(obs)}
-                if snapshot.state:  # a recurrent module takes [batch, time=1, ...]
-                    batch_in = {Columns.OBS: batch_in[Columns.OBS][:, None]}
-                    batch_in[Columns.STATE_IN] = state
-                out = module.forward_inference(batch_in)
-                dist_inputs = out[Columns.ACTION_DIST_INPUTS]
-                dist_inputs = dist_inputs[:, 0] if dist_inputs.dim() > 2 else dist_inputs
-                actions = _rllib_actions(module, snapshot, dist_inputs)
-            state = out.get(Columns.STATE_OUT, state)
-            windows.advance(observations[t], actions, rewards[t])
+        for t in range(len(observations)):
+            if t:
+                replay.step(unbatched(observations[t]), rewards[t - 1])
+            actions, dist_inputs = replay.act()
             all_actions.append(actions)
-            all_inputs.append(dist_inputs.numpy())
+            all_inputs.append(dist_inputs)
         return np.stack(all_actions), np.stack(all_inputs)
 
     return run
-
-
-class _ReferenceWindows:
-    """What RLlib's PrevActionsPrevRewards + FlattenObservations and FrameStacking
-    connectors make of an episode's history, kept with plain numpy for the reference."""
-
-    def __init__(self, snapshot: PolicySnapshot, batch: int):
-        self.prev = snapshot.prev_actions_rewards
-        self.frames = snapshot.frame_stack
-        shape = (batch, *snapshot.input_shape)
-        self.past_frames = [np.zeros(shape, np.float32)] * max(self.frames - 1, 0)
-        if self.prev is not None:
-            self.actions = np.zeros((batch, self.prev.n_prev_actions * self.prev.num_actions))
-            self.rewards = np.zeros((batch, self.prev.n_prev_rewards))
-
-    def module_observations(self, obs: np.ndarray) -> np.ndarray:
-        if self.frames > 1:  # stacked on the last axis, the current frame last
-            obs = np.concatenate([*self.past_frames, obs], axis=-1)
-        if self.prev is not None:
-            obs = np.concatenate([obs, self.actions, self.rewards], axis=-1)
-        return obs.astype(np.float32)
-
-    def advance(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
-        if self.frames > 1:
-            self.past_frames = [*self.past_frames[1:], np.asarray(obs, np.float32)]
-        if self.prev is not None:
-            one_hot = np.eye(self.prev.num_actions)[actions]
-            self.actions = np.concatenate([self.actions, one_hot], -1)[:, self.prev.num_actions :]
-            self.rewards = np.concatenate([self.rewards, rewards[:, None]], -1)[:, 1:]
-
-
-def _batched(state: dict, batch: int) -> dict:
-    return {
-        k: _batched(v, batch) if isinstance(v, dict) else v[None].repeat(batch, *[1] * v.dim())
-        for k, v in state.items()
-    }
-
-
-def _rllib_actions(module, snapshot: PolicySnapshot, dist_inputs) -> np.ndarray:
-    """The action an EnvRunner with explore=False sends, from the module's distribution
-    inputs. The distribution gets a copy: custom ones may change their input in place."""
-    from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
-
-    dist_cls = module.get_inference_action_dist_cls()
-    actions = dist_cls.from_logits(dist_inputs.clone()).to_deterministic().sample().numpy()
-    rule = snapshot.action_rule
-    action_space = _gym_space(snapshot.action_space)
-    if rule.normalize_actions:
-        actions = np.stack([np.asarray(unsquash_action(a, action_space)) for a in actions])
-    elif rule.clip_actions:
-        actions = np.stack([np.asarray(clip_action(a, action_space)) for a in actions])
-    return actions
 
 
 def module_dist_inputs(module: Any, observations: Any) -> Any:
@@ -238,23 +164,6 @@ def rllib_flattened(space: dict[str, Any], samples: list) -> np.ndarray:
     # Ray types the struct it returns wider than the one it takes back.
     flat = flatten_inputs_to_1d_tensor(batch, struct, batch_axis=True)  # pyright: ignore[reportArgumentType]
     return np.asarray(flat, np.float32)
-
-
-def _rllib_filter(spec: MeanStdFilter | None):
-    """RLlib's own MeanStdFilter, restored from the checkpointed running statistics."""
-    if spec is None:
-        return None
-    from ray.rllib.utils.filter import MeanStdFilter as RLlibMeanStdFilter
-    from ray.rllib.utils.filter import RunningStat
-
-    obs_filter = RLlibMeanStdFilter(
-        spec.mean.shape,
-        demean=spec.demean,
-        destd=spec.destd,
-        clip=spec.clip,  # pyright: ignore[reportArgumentType]  # RLlib takes None: no clipping
-    )
-    obs_filter.running_stats = RunningStat.from_state(spec.rllib_state)
-    return obs_filter
 
 
 def _gym_space(data: dict[str, Any]):

@@ -259,6 +259,8 @@ class PolicySnapshot:
     action_rule: ActionRule
     module_dir: str  # local directory of the RLlib module checkpoint (for ONNX/parity)
     module_class: str
+    # The checkpoint's `env_runner/`: RLlib's connector pipelines, the parity reference's.
+    env_runner_dir: str | None = None
     algorithm: str | None = None
     env_id: str | None = None
     source_checkpoint: str | None = None

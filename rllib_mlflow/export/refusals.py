@@ -15,6 +15,11 @@ def tracing_refusal(snapshot: PolicySnapshot, error: BaseException) -> Unsupport
             "The module does not implement inference (forward_inference), as a training-only "
             "module such as a curiosity model: it has no policy to export."
         )
+    elif isinstance(error, KeyError) and error.args == ("action_dist_inputs",):
+        todo = (
+            "Its forward_inference returns no action_dist_inputs (an encoder, or a module that "
+            "returns actions itself): there is no action distribution to export."
+        )
     elif isinstance(error, KeyError):
         todo = (
             f"Its forward pass reads {error}, which RLlib's EnvRunner does not give a module "

@@ -73,10 +73,13 @@ def _convert(snapshot: PolicySnapshot, onnx_path: str, output_dir: str, *, h5: b
 
     try:
         onnx2tf.convert(
-            input_onnx_file_path=onnx_path,
+            input_onnx_file_path=_folded(onnx_path, output_dir),
             output_folder_path=output_dir,
             output_h5=h5,
             non_verbose=True,
+            # Our inputs are the observations as the env gives them (images NHWC), not
+            # NCHW tensors for onnx2tf to transpose.
+            keep_shape_absolutely_input_names=[name for name, _ in snapshot.graph_inputs()],
         )
     except (Exception, SystemExit) as error:  # onnx2tf exits on ops it cannot convert
         raise UnsupportedModuleError(
@@ -89,6 +92,22 @@ def _convert(snapshot: PolicySnapshot, onnx_path: str, output_dir: str, *, h5: b
                 "the TF formats need operators onnx2tf converts.",
             )
         ) from error
+
+
+def _folded(onnx_path: str, work: str) -> str:
+    """The graph with its constant subgraphs folded by ONNX Runtime's basic (standard-ONNX)
+    optimizations: torch computes a ZeroPad2d's pads with a chain of ops onnx2tf lays out
+    wrongly, folded they become the convolution's own pads."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # Same file name: onnx2tf names its outputs after it (network.onnx -> network_float32.h5).
+    folded = os.path.join(work, "folded", os.path.basename(onnx_path))
+    os.makedirs(os.path.dirname(folded), exist_ok=True)
+    options.optimized_model_filepath = folded
+    onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    return folded
 
 
 def _import_onnx2tf():

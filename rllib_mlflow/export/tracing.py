@@ -41,11 +41,14 @@ def _squeeze(g, self, dim=None):
     if all(sizes[d] is not None for d in dims):
         axes = sorted(d for d in dims if sizes[d] == 1)
         return symbolic_helper._squeeze_helper(g, self, axes) if axes else self
-    # A size unknown when tracing (behind a dynamic batch axis): torch's one-dim squeeze,
-    # which checks at run time, the last dim first so that the others keep their index.
-    for d in dims:
-        self = _torch_squeeze(g, self, g.op("Constant", value_t=torch.tensor(d)))
-    return self
+    if 0 in dims:  # the batch axis, whose size varies: torch's check at run time
+        for d in dims:  # the last first, so that the others keep their index
+            self = _torch_squeeze(g, self, g.op("Constant", value_t=torch.tensor(d)))
+        return self
+    # Sizes unknown only because the tracer lost them (behind a padding it computes, as in
+    # TinyAtariCNN): fixed by the observation shape, so a plain Squeeze, without the If node
+    # onnx2tf cannot convert. Were one not 1, ONNX Runtime would raise and parity refuse.
+    return symbolic_helper._squeeze_helper(g, self, sorted(dims))
 
 
 def _constant_dims(dim) -> list[int] | None:

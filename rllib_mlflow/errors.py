@@ -48,5 +48,6 @@ def module_refusal(
         first = " ".join(str(cause).split("\n", 1)[0].split())
         cause = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
     cause = cause if len(cause) <= 200 else cause[:197] + "..."
+    because = f" ({cause})" if cause else ""
     name = module_class.rsplit(".", 1)[-1]
-    return f"{name} (module {module_id!r}, {module_class}): {step} failed ({cause}). {todo}"
+    return f"{name} (module {module_id!r}, {module_class}): {step} failed{because}. {todo}"

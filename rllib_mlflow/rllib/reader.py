@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import gymnasium as gym
 
-from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
+from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError, module_refusal
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib.connectors import (
     _action_rule,
@@ -99,7 +99,7 @@ def _read_module(
             "MeanStdFilter together with PrevActionsPrevRewards or FrameStacking cannot be "
             "exported yet."
         )
-    rule, custom_distribution = _action_rule(module, act_space, algorithm["module_to_env"])
+    rule, custom_distribution = _module_action_rule(module, module_id, algorithm)
     return PolicySnapshot(
         module_id=module_id,
         observation_space=space_to_json(raw_space),
@@ -125,6 +125,28 @@ def _read_module(
         frame_stack=frames,
         custom_distribution=custom_distribution,
     )
+
+
+def _module_action_rule(module, module_id: str, algorithm: dict):
+    """`_action_rule`, its refusal (Tuple actions, ...) naming the module's class, and a
+    module without an inference distribution refused in one line, not with RLlib's error."""
+    cls = f"{type(module).__module__}.{type(module).__qualname__}"
+    try:
+        return _action_rule(module, module.action_space, algorithm["module_to_env"])
+    except UnsupportedModuleError as error:
+        message = module_refusal(cls, module_id, "reading its action space", "", str(error))
+        raise UnsupportedModuleError(message) from error
+    except Exception as error:  # e.g. NotImplementedError: no inference distribution
+        raise UnsupportedModuleError(
+            module_refusal(
+                cls,
+                module_id,
+                "reading its action distribution",
+                error,
+                "Its get_inference_action_dist_cls() must return the distribution its "
+                "action_dist_inputs are meant for.",
+            )
+        ) from error
 
 
 def _state_tensors(module, network: Network | None) -> tuple[StateTensor, ...]:

@@ -11,6 +11,7 @@ OUT="$(realpath -m "${1:-$ROOT/site}")"
 python -c "import mkdocs, mkdocstrings, mkdocs_click" 2>/dev/null || source "$ROOT/scripts/_setup.sh"
 cd "$ROOT"
 # The hooks and mkdocs-click import rllib_mlflow (the light part only): this checkout's.
+# Never --quiet: it drops the warnings that --strict counts, and a broken link then passes.
 NO_MKDOCS_2_WARNING=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m mkdocs build --strict \
     --config-file mkdocs.yml --site-dir "$OUT"
 echo "Documentation site: $OUT/index.html"

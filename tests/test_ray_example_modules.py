@@ -190,16 +190,17 @@ def test_load_policy_of_the_registered_version_acts_like_rllib(trained, tmp_path
 # -- refused, in one line ------------------------------------------------------------------
 
 
+SPACES = {
+    "observation_space": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
+    "action_space": gym.spaces.Discrete(2),
+}
+
+
 def _saved_module(module_class, tmp_path, **model_config) -> str:
     """An RLModule checkpoint of `module_class` as RLlib writes it (`save_to_path`)."""
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    spec = RLModuleSpec(
-        module_class=module_class,
-        observation_space=gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
-        action_space=gym.spaces.Discrete(2),
-        model_config=model_config,
-    )
+    spec = RLModuleSpec(module_class=module_class, model_config=model_config, **SPACES)
     path = str(tmp_path / module_class.__name__)
     spec.build().save_to_path(path)
     return path
@@ -213,13 +214,26 @@ def _refusal(checkpoint: str, tmp_path) -> str:
     return message
 
 
-def test_a_module_without_a_network_is_refused_in_one_line(tmp_path):
+def test_a_module_without_a_network_is_refused_in_one_line_naming_the_others(tmp_path):
+    """A MultiRLModule of Ray's RandomRLModule (as custom_heuristic_policy.py's opponent)
+    beside Ray's VPGTorchRLModule, as RLlib saves it."""
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.examples.rl_modules.classes.random_rlm import RandomRLModule
+    from ray.rllib.examples.rl_modules.classes.vpg_torch_rlm import VPGTorchRLModule
 
-    message = _refusal(_saved_module(RandomRLModule, tmp_path), tmp_path)
-    assert message.startswith("RandomRLModule (module ")
+    learned = RLModuleSpec(module_class=VPGTorchRLModule, model_config={"hidden_dim": 8}, **SPACES)
+    specs = {"random": RLModuleSpec(module_class=RandomRLModule, **SPACES), "learned": learned}
+    checkpoint = str(tmp_path / "multi")
+    MultiRLModuleSpec(rl_module_specs=specs).build().save_to_path(checkpoint)
+    message = _refusal(checkpoint, tmp_path)
+    assert message.startswith("RandomRLModule (module 'random', ")
     assert "reading the module failed (it is not a torch RLModule" in message
-    assert "Only modules with a torch network are exported" in message
+    assert message.endswith("others with --module-id (module_id=): learned.")
+    (exported,) = export_checkpoint(
+        checkpoint, tmp_path / "learned", formats=["onnx"], module_id="learned"
+    )
+    assert exported.metadata["parity"]["passed"]
 
 
 def test_a_training_only_module_is_refused_in_one_line_at_the_tracer(tmp_path):

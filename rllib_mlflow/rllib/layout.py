@@ -137,8 +137,9 @@ def _refuse_pickled_checkpoint(root: Path) -> None:
             f"Checkpoint {root} is in the pickled `checkpoint-N` format of Ray 1.x and 2.0, "
             "which neither Ray 2.10+ nor rllib-mlflow reads, and Ray 2.3 to 2.9's "
             "`algo.restore()` cannot either (the file names Ray 1.x's classes and gym's "
-            "spaces). Convert it once with Ray 2.3 to 2.9, as the README's section 'Ray 1.x "
-            "and 2.0 checkpoints' shows (checked on a Ray 1.13 checkpoint): load its weights and "
+            "spaces). Convert it once with Ray 2.3 to 2.9, as the section 'Ray 1.x and 2.0 "
+            "checkpoints' of the archives guide (docs/guides/archives.md) shows (checked on a "
+            "Ray 1.13 checkpoint): load its weights and "
             "filters as data into `config.build()`, then `algo.save()`; rllib-mlflow reads "
             "the directory that writes."
         )
@@ -226,8 +227,10 @@ def _checkpoints_in(folder: Path) -> list[Path]:
 
 def _is_single_module(root: Path) -> bool:
     """A module's own directory (its weights beside its class file), not a MultiRLModule's
-    (a directory of modules) nor an Algorithm's."""
-    return module_state_file(root).is_file()
+    (a directory of modules, which `save_to_path` also gives weights and a class file) nor
+    an Algorithm's."""
+    modules = (c for c in root.iterdir() if c.is_dir() and (c / _CLASS_FILE).exists())
+    return module_state_file(root).is_file() and next(modules, None) is None
 
 
 def _single_module_id(root: Path) -> str:

@@ -11,7 +11,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError, module_refusal
+from rllib_mlflow.errors import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedModuleError,
+    module_refusal,
+)
 from rllib_mlflow.rllib import pickles
 
 CLASS_FILE = "class_and_ctor_args.pkl"
@@ -57,7 +62,12 @@ def _rebuild(module_dir: Path) -> Any:
     state = read_module_state(module_dir)  # first: a missing one says "incomplete"
     info = pickles.load(module_dir / CLASS_FILE)
     cls = pickles.real_class(info["class"], what="RLModule class", path=module_dir)
-    args, kwargs = pickles.rebuild(info["ctor_args_and_kwargs"], module_dir)
+    try:
+        args, kwargs = pickles.rebuild(info["ctor_args_and_kwargs"], module_dir)
+    except UnsafeCheckpointError:
+        raise  # an attack says so itself
+    except CheckpointError as error:  # e.g. ModelV2ToRLModule's old-stack AlgorithmConfig
+        raise CheckpointError(_arguments_refusal(cls, module_dir, error)) from error
     try:
         module = cls(*args, **kwargs)
         module.set_state(state)
@@ -110,3 +120,14 @@ def _is_torch_module(directory: Path, besides: Path) -> bool:
     except Exception:  # the export of that module names its own problem
         return True
     return isinstance(cls, type) and issubclass(cls, TorchRLModule)
+
+
+def _arguments_refusal(cls: type, module_dir: Path, error: CheckpointError) -> str:
+    return module_refusal(
+        f"{cls.__module__}.{cls.__qualname__}",
+        module_dir.name,
+        "reading its constructor arguments",
+        str(error).replace(f"Checkpoint {module_dir} needs", "needs"),
+        "They hold more than data: for a checkpoint you trust, "
+        "RLLIB_MLFLOW_TRUSTED_MODULES='*' lets RLlib restore it itself.",
+    )

@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -89,7 +90,19 @@ def one_line(error: BaseException, limit: int = 600) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     if not isinstance(error, RLlibMLflowError | FileExistsError | ValueError):
         text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0] + "..."  # whole words: never "889 mo..."
+
+
+def how_it_ended(exit_code: int | str) -> str:
+    """A process's end in words: "died (SIGKILL)" for a signal, else "exited (CODE)"."""
+    if isinstance(exit_code, int) and exit_code < 0:
+        try:
+            return f"died ({signal.Signals(-exit_code).name})"
+        except ValueError:
+            return f"died (signal {-exit_code})"
+    return f"exited ({exit_code})"
 
 
 def print_json(value: Any) -> None:

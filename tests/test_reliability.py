@@ -25,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rllib_mlflow.tune.journal import JOURNAL_FILE
+from rllib_mlflow.tune.staging import STAGING_DIR
 from tests import tune_job
 from tests.mlflow_server import (
     VENV_BIN,
@@ -260,6 +261,17 @@ def test_server_outage_neither_fails_nor_stalls_training(outage):
         assert max(gaps) < 15, gaps  # iterations go on at their pace while the server is down
 
 
+def test_server_outage_is_told_when_it_begins_and_ends_in_one_line_each(outage):
+    """Not a line per retry of every call, no traceback, no doubled prefix (issue 37)."""
+    output = outage["output"]
+    begun = output.count("cannot reach the tracking server or artifact store")
+    assert 1 <= begun <= 2, output[-4000:]  # once per outage a process sees (and a blip)
+    assert output.count("reachable again after") == begun, output[-4000:]
+    assert "retrying in" not in output, output[-4000:]  # the per-retry lines: debug only
+    assert "rllib-mlflow: rllib-mlflow:" not in output
+    assert "Traceback" not in output, output[-4000:]
+
+
 def test_server_outage_loses_and_duplicates_no_checkpoint(outage):
     expected = _persisted(outage["experiment"])
     assert len(expected) == 16
@@ -376,9 +388,12 @@ def test_sigkill_of_the_driver_then_sync_registers_every_checkpoint_once(tmp_pat
     expected = _persisted(experiment)
     assert len(expected) >= 4
     assert set(registered_before_sync) < expected  # the kill left work for sync
+    staged = experiment / STAGING_DIR
+    assert list(staged.rglob("checkpoint_*")), "the kill left staged copies"
     sync = _sync(experiment, uri)
     assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-3000:]
     _assert_exactly_once(uri, expected)
+    assert not staged.exists(), list(staged.rglob("*"))  # sync removed what it registered
     time.sleep(2)  # nothing registers behind sync's back
     _assert_exactly_once(uri, expected)
 
@@ -408,6 +423,10 @@ def test_a_killed_worker_is_restarted_and_loses_nothing(tmp_path):
     assert run.info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "training_iteration")}
     assert steps == set(range(1, 9))
+    # Told once, in our words: no crash dump for a worker that was killed (issue 37).
+    output = (tmp_path / "job.log").read_text(errors="replace")
+    assert re.search(r"export worker 1 died \(SIGKILL\); (restarted|a new one)", output), output
+    assert "Traceback" not in output and "BrokenPipeError" not in output, output[-4000:]
 
 
 # -- 3. Ctrl-C twice while the experiment end waits for registrations --------------------
@@ -492,6 +511,10 @@ def test_full_temporary_disk_fails_clearly_training_goes_on_and_sync_recovers(tm
     failed = [e for e in entries if e["event"] == "failed"]
     assert {e["key"].rsplit("/", 1)[1] for e in failed} == {"1", "2", "3"}, entries
     assert all("No space left on device" in e["error"] for e in failed), failed
+    # One line that names the directory's variable, not h5py's dump with a memory address.
+    assert all("RLLIB_MLFLOW_TMPDIR" in e["error"] for e in failed), failed
+    assert all("\n" not in e["error"] and "buf = 0x" not in e["error"] for e in failed), failed
+    assert "Traceback" not in output, output[-4000:]
     assert "could not register" in output and "No space left on device" in output
     assert "rllib-mlflow sync" in output
     assert not Path(f"{tmp_path}/mlflow.db").exists() or not _versions(uri)

@@ -99,3 +99,46 @@ def test_past_the_bound_checkpoints_are_exported_in_place_and_all_registered(
     assert "staging is full" in caplog.text
     leftovers = [p for p in (experiment / STAGING_DIR).rglob("checkpoint_*")]
     assert leftovers == []
+
+
+# -- nothing left behind (issue 37) ---------------------------------------------------------
+
+
+def test_registered_staged_copies_are_removed_and_nothing_else(tmp_path):
+    from rllib_mlflow.tune.journal import QUEUED, REGISTERED, Journal
+    from rllib_mlflow.tune.staging import remove_registered_copies
+
+    journal = Journal(tmp_path)
+    staged = {i: tmp_path / STAGING_DIR / "t1" / f"checkpoint_{i:06d}" for i in (1, 2)}
+    in_place = tmp_path / "t1" / "checkpoint_000003"  # past the bound: never staged
+    for i, path in [*staged.items(), (3, in_place)]:
+        path.mkdir(parents=True)
+        (path / "weights.bin").write_bytes(b"x" * 100)
+        journal.record(QUEUED, f"t1/{i}", checkpoint=str(path), checkpoint_uri=str(path),
+                       training_iteration=i)  # fmt: skip
+    for i in (1, 3):
+        journal.record(REGISTERED, f"t1/{i}", versions=[])
+    freed = remove_registered_copies(tmp_path, journal.registered_checkpoints())
+    assert freed == 100
+    assert not staged[1].exists() and staged[2].exists(), "only the registered copy goes"
+    assert in_place.exists(), "a checkpoint outside the staging directory is never deleted"
+
+
+def test_exports_of_stopped_processes_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from rllib_mlflow.scratch import EXPORT_PREFIX, sweep_orphaned_exports
+
+    monkeypatch.setenv("RLLIB_MLFLOW_TMPDIR", str(tmp_path))
+    stopped = subprocess.Popen([sys.executable, "-c", "pass"])
+    stopped.wait()
+    orphan = tmp_path / f"{EXPORT_PREFIX}{stopped.pid}_a1b2" / "p0"
+    live = tmp_path / f"{EXPORT_PREFIX}{os.getpid()}_c3d4" / "p0"
+    unowned = tmp_path / f"{EXPORT_PREFIX}e5f6"  # an older release's name: not ours to judge
+    for directory in (orphan, live, unowned):
+        directory.mkdir(parents=True)
+        (directory / "model.onnx").write_bytes(b"x" * 50)
+    assert sweep_orphaned_exports() == 50
+    assert not orphan.parent.exists()
+    assert live.exists() and unowned.exists()

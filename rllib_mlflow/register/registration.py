@@ -11,13 +11,11 @@ same at the 10,000th version as at the 10th (see `mlflow.versions` and `mlflow.f
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rllib_mlflow import environment_variables as env
 from rllib_mlflow import names
 from rllib_mlflow.export import FORMATS, check_supported, export_snapshot
 from rllib_mlflow.export.agreement import DEFAULT_MIN_AGREEMENT
@@ -34,6 +32,7 @@ from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 from rllib_mlflow.rllib.uris import CheckpointLike
 from rllib_mlflow.rllib.uris import checkpoint_uri as source_uri
+from rllib_mlflow.scratch import export_scratch
 from rllib_mlflow.validation import validate_tags
 
 if TYPE_CHECKING:
@@ -174,9 +173,7 @@ def _register_once(
         run_id, created_run = _resolve_run(mlflow_client, task.run_id)
         try:
             snapshots = read_snapshots(source, task.module_id)
-            # RLLIB_MLFLOW_TMPDIR: where exports are written before upload (default TMPDIR).
-            scratch = env.RLLIB_MLFLOW_TMPDIR.value()
-            with tempfile.TemporaryDirectory(prefix="rllib_mlflow_export_", dir=scratch) as workdir:
+            with export_scratch() as workdir:  # in RLLIB_MLFLOW_TMPDIR (default TMPDIR)
                 return [
                     _log_and_register(
                         mlflow_client,

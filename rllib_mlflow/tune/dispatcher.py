@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rllib_mlflow import environment_variables as env
+from rllib_mlflow.console import how_it_ended, one_line
 from rllib_mlflow.mlflow.runs import TrialInfo
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.task import RegistrationTask
@@ -134,6 +135,7 @@ class ExportDispatcher:
         self._progress = threading.Condition(self._lock)  # notified as work gets done
         self._ids = itertools.count()
         self._stopping = False
+        self._flushing = False  # the experiment has ended: training no longer goes on
         self._journals: dict[str, Journal] = {}
         self.flush_timeout_s = 600.0
         for index, lane in enumerate(self._lanes):  # idle until a message comes
@@ -188,14 +190,17 @@ class ExportDispatcher:
         """Wait (bounded) for queued work, showing progress; leave the rest to `sync`."""
         if self._stopping:  # flushed already (atexit after the experiment end, or Ctrl-C)
             return
+        self._flushing = True
         deadline = time.monotonic() + self.flush_timeout_s
-        last_report = 0.0
+        last_report, reported = 0.0, 0
         try:
             with self._progress:
                 while self._busy() and time.monotonic() < deadline:
-                    if self._registrations and time.monotonic() - last_report > 5:
-                        logger.info("registering %d checkpoint(s)...", len(self._registrations))
-                        last_report = time.monotonic()
+                    waiting = len(self._registrations)
+                    # When the count changes, else every 30 s: an outage is told by retries.
+                    if waiting and (waiting != reported or time.monotonic() - last_report > 30):
+                        logger.info("registering %d checkpoint(s)...", waiting)
+                        last_report, reported = time.monotonic(), waiting
                     self._progress.wait(min(5.0, max(0.0, deadline - time.monotonic())))
         except KeyboardInterrupt:
             logger.warning("interrupted while registering checkpoints.")
@@ -243,8 +248,8 @@ class ExportDispatcher:
             message = lane.outbox.get()
             try:
                 lane.deliver(message, self._lock)
-            except Exception:  # a dead worker is restarted, and resent this, by _on_reply
-                logger.warning("could not reach the worker", exc_info=True)
+            except Exception as error:  # a dead worker is restarted, and resent this, by _on_reply
+                _unreachable(error)
             finally:
                 with self._progress:
                     lane.outbox.task_done()
@@ -267,7 +272,7 @@ class ExportDispatcher:
         if registration is not None and answered:
             self._record_registration(*registration, reply)
         elif isinstance(reply, Failed):
-            logger.error("%s failed: %s; training goes on.", key, reply.error)
+            logger.error("%s failed: %s; %s.", key, reply.error, self._what_next())
         with self._progress:  # only now: the flush must not end before the journal has it
             lane.unanswered.pop(key, None)
             self._progress.notify_all()
@@ -280,18 +285,49 @@ class ExportDispatcher:
         error = reply.error if isinstance(reply, Failed) else f"unexpected reply {reply}"
         journal.record(FAILED, task.key, error=error)
         logger.error(
-            "could not register %s: %s. It stays in the journal for "
-            "`rllib-mlflow sync`; training goes on.",
+            "could not register %s: %s. It stays in the journal for `rllib-mlflow sync`; %s.",
             task.key,
             error,
+            self._what_next(),
         )
+
+    def _what_next(self) -> str:
+        return "the experiment is ending" if self._flushing else "training goes on"
 
     def _restart_after_crash(self, lane: _Lane, exit_code: int | str) -> None:
         with self._lock:
-            if self._stopping or not lane.unanswered:
+            if self._stopping:
                 return
-        logger.warning("the worker exited (%s); restarting it.", exit_code)
-        lane.deliver(None, self._lock)
+            resent = len(lane.unanswered)
+        number = self._lanes.index(lane) + 1
+        if not resent:  # nothing in its hands: the next request starts a new one
+            logger.warning("export worker %d %s; a new one starts with the next request.",
+                           number, how_it_ended(exit_code))  # fmt: skip
+            return
+        logger.warning(
+            "export worker %d %s; restarted, %d request(s) resent.",
+            number,
+            how_it_ended(exit_code),
+            resent,
+        )
+        try:
+            lane.deliver(None, self._lock)
+        except Exception as error:  # this runs in the reply thread: nothing may escape it
+            logger.error(
+                "export worker %d could not be restarted (%s); the journal keeps its "
+                "checkpoints for `rllib-mlflow sync`.",
+                number,
+                one_line(error),
+            )
+            logger.debug("restart failed", exc_info=True)
+
+
+def _unreachable(error: Exception) -> None:
+    """A worker that died breaks its pipe: its end is reported once, by `_restart_after_crash`
+    when its replies stop; anything else is one line (the traceback at debug level)."""
+    if not isinstance(error, OSError | ValueError | RuntimeError):  # a broken or closed pipe
+        logger.warning("could not send to the export worker: %s", one_line(error))
+    logger.debug("could not reach the export worker", exc_info=True)
 
 
 def local_experiment_dir(trial) -> str:

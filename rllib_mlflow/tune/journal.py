@@ -90,6 +90,17 @@ class Journal:
         """That the trial `trial_id` keeps its checkpoints in `directory_name`."""
         self.record(TRIAL, trial_id, trial_name=trial_name, directory=directory_name)
 
+    def registered_checkpoints(self) -> list[str]:
+        """The checkpoint paths (staged copies, where staged) of the tasks registered."""
+        latest: dict[str, str] = {}
+        queued: dict[str, str] = {}
+        for entry in self.entries():
+            if entry["event"] != TRIAL:
+                latest[entry["key"]] = entry["event"]
+            if entry["event"] == QUEUED:
+                queued[entry["key"]] = entry["checkpoint"]
+        return [queued[k] for k, event in latest.items() if event == REGISTERED and k in queued]
+
     def pending(self) -> list[dict[str, Any]]:
         """Queued tasks with no `registered` line (failed ones are retried too)."""
         latest: dict[str, dict[str, Any]] = {}

@@ -102,6 +102,31 @@ class Staging:
         return f"{count} checkpoint(s), {size / 2**20:.1f} MiB"
 
 
+def remove_registered_copies(journal_dir: Path, registered: list[str]) -> int:
+    """Delete the staged copies among `registered` (the journal's registered checkpoints):
+    the callback deletes each once registered, unless it was killed first or `sync`
+    registered it. Returns the bytes freed; a copy that cannot be deleted stays."""
+    staging = (journal_dir / STAGING_DIR).resolve()
+    freed = 0
+    for path in map(Path, registered):
+        if path.resolve().parent.parent != staging or not path.is_dir():
+            continue  # not a staged copy: the checkpoint itself, never ours to delete
+        size = _tree_size(path)
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            freed += size
+            _remove_if_empty(path.parent)
+    _remove_if_empty(staging)
+    return freed
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:  # not empty, or gone
+        pass
+
+
 def _copy(checkpoint, target: Path) -> None:
     """Hard links when the checkpoint is on this machine's disk: instant, no extra space, and
     the files live on when Tune deletes its own names. A real copy otherwise."""

@@ -25,9 +25,11 @@ from rllib_mlflow.mlflow.client import check_tracking_server, client
 from rllib_mlflow.redaction import get_logger, mask_urls
 from rllib_mlflow.register.registration import register_task
 from rllib_mlflow.register.task import RegistrationTask
+from rllib_mlflow.scratch import sweep_orphaned_exports
 from rllib_mlflow.tune.archive import MAX_DEPTH, WHAT_IS_RECOGNISED, written_by
 from rllib_mlflow.tune.journal import FAILED, REGISTERED, Journal
 from rllib_mlflow.tune.processes import Outcome, attempt, registered_in_processes
+from rllib_mlflow.tune.staging import remove_registered_copies
 from rllib_mlflow.tune.trial_dirs import Failures, tasks_on_disk, tasks_under, trial_run
 from rllib_mlflow.validation import validate_registered_model_name
 
@@ -45,10 +47,14 @@ class SyncReport:
     registered: list[str] = field(default_factory=list)  # "trial/iteration" keys
     failed: Failures = field(default_factory=dict)  # checkpoint path: one-line cause
     written_by: dict[str, str] = field(default_factory=dict)  # failed path: its Ray version
+    freed_bytes: int = 0  # staged copies and orphaned exports removed
 
     def summary(self) -> str:
         done, failed = len(self.registered), len(self.failed)
-        return f"{done} checkpoint(s) registered or already there, {failed} failed"
+        line = f"{done} checkpoint(s) registered or already there, {failed} failed"
+        if self.freed_bytes:
+            line += f"; {self.freed_bytes / 1e6:.1f} MB of staged copies and exports removed"
+        return line
 
 
 def sync_experiment(
@@ -90,7 +96,12 @@ def sync_experiment(
     for task in tasks_on_disk(Path(experiment_dir), entries, tracking_uri, settings, failed):
         tasks.setdefault(task.key, task)
     tasks = _resolve_runs(tasks, Path(experiment_dir).name, tracking_uri)
-    return _register_all(tasks, tracking_uri, journal, on_progress, failed=failed)
+    report = _register_all(tasks, tracking_uri, journal, on_progress, failed=failed)
+    report.freed_bytes = (
+        remove_registered_copies(Path(experiment_dir), journal.registered_checkpoints())
+        + sweep_orphaned_exports()
+    )
+    return report
 
 
 def _resolve_runs(
@@ -185,7 +196,8 @@ def _register_all(
     report = SyncReport(failed=dict(failed or {}))
     report.written_by = {path: ray for path in report.failed if (ray := written_by(path))}
     progress = on_progress or (lambda done, total, key: None)
-    ordered = [tasks[key] for key in sorted(tasks)]
+    # Trial by trial, in the order of their iterations (not "1, 10, 2").
+    ordered = sorted(tasks.values(), key=lambda t: (t.trial_id or "", t.training_iteration or 0))
     progress(0, len(ordered), "")
     for done, (task, outcome) in enumerate(_outcomes(ordered, tracking_uri, workers), start=1):
         if isinstance(outcome, str):

@@ -26,10 +26,12 @@ from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 from rllib_mlflow import environment_variables as env
+from rllib_mlflow.console import one_line
 from rllib_mlflow.legacy_keras import ENVIRONMENT as LEGACY_KERAS
 from rllib_mlflow.legacy_keras import use_legacy_keras
 from rllib_mlflow.redaction import RedactingFilter, get_logger, redact_text
 from rllib_mlflow.retries import with_retries
+from rllib_mlflow.scratch import sweep_orphaned_exports
 from rllib_mlflow.tune.messages import (
     Configure,
     Done,
@@ -135,13 +137,21 @@ class WorkerProcess:
         return process
 
     def _read_replies(self, process: subprocess.Popen[str]) -> None:
-        for line in _pipe(process.stdout):
-            try:
-                reply = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            self._on_reply(self, reply["key"], reply)
-        self._on_reply(self, "", WorkerExited(exit=process.wait()).to_json())
+        try:
+            for line in _pipe(process.stdout):
+                try:
+                    reply = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self._on_reply(self, reply["key"], reply)
+        except Exception as error:  # nothing may escape a thread (it would print a traceback)
+            logger.warning("lost the export worker's replies: %s", one_line(error))
+            logger.debug("reading replies failed", exc_info=True)
+        try:
+            self._on_reply(self, "", WorkerExited(exit=process.wait()).to_json())
+        except Exception as error:
+            logger.error("could not handle the export worker's exit: %s", one_line(error))
+            logger.debug("handling the exit failed", exc_info=True)
 
 
 def _kill_unless_gone(process: subprocess.Popen[str], timeout_s: float = 10) -> None:
@@ -303,6 +313,7 @@ def _lowest_priority() -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare_worker_process()
+    sweep_orphaned_exports()  # left by a worker killed mid-export (one is restarting now)
     replies = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     driver = os.getppid()

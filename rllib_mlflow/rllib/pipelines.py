@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow.rllib import pickles
+from rllib_mlflow.rllib.modules import CLASS_FILE
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 
-CLASS_FILE = "class_and_ctor_args.pkl"
 # A multi-agent pipeline routes agents to modules; one module's episodes need no routing.
 _ROUTING = {"AgentToModuleMapping", "ModuleToAgentUnmapping"}
 

@@ -45,7 +45,7 @@ MEASURE = textwrap.dedent(
         "RLlib": ["ray.rllib.core", "ray.rllib.algorithms"],
         "the rest of _prewarm's list": ["rllib_mlflow.register.registration",
             "rllib_mlflow.export.parity", "onnx", "onnxruntime", "rllib_mlflow.mlflow.card",
-            "rllib_mlflow.evaluate.replay"],
+            "rllib_mlflow.play.replay"],
     }
     total = time.process_time()
     print("imports:")

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from rllib_mlflow import log_checkpoint
-from rllib_mlflow.evaluate.replay import MAX_FRAMES, WIDTH
+from rllib_mlflow.play.replay import MAX_FRAMES, WIDTH
 from tests import envs
 from tests.cards import assert_card, assert_card_and_replay
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rllib_mlflow import load_policy, log_checkpoint
-from rllib_mlflow.evaluate.evaluation import EVAL_EXPERIMENT
+from rllib_mlflow.play.evaluation import EVAL_EXPERIMENT
 from tests.cards import assert_card_and_replay
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_evaluate_carries_a_stateful_policys_state_through_each_episode(
 ):
     """An LSTM policy is played with `initial_state`/`step` (compute_actions refuses it),
     and its replay is recorded the same way."""
-    from rllib_mlflow.evaluate.evaluation import evaluate
+    from rllib_mlflow.play.evaluation import evaluate
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     checkpoint = trained_checkpoint("ppo_lstm")

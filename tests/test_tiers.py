@@ -276,7 +276,7 @@ from rllib_mlflow import __version__, errors
 from rllib_mlflow.mlflow import card
 from rllib_mlflow.export import FORMATS
 from . import stores
-from ..evaluate.replay import Replay
+from ..play.replay import Replay
 from .. import paths
 
 def lazy():
@@ -290,7 +290,7 @@ def lazy():
         "rllib_mlflow.mlflow.card",
         "rllib_mlflow.export",
         "rllib_mlflow.mlflow.stores",
-        "rllib_mlflow.evaluate.replay",
+        "rllib_mlflow.play.replay",
         "rllib_mlflow.paths",
         "rllib_mlflow.register.registration",
         "rllib_mlflow.rllib.checkpoint",
@@ -298,8 +298,8 @@ def lazy():
     assert imported_modules("from . import card", "rllib_mlflow.mlflow", is_package=True) == {
         "rllib_mlflow.mlflow.card"
     }
-    assert violations("rllib_mlflow.mlflow.card", {"rllib_mlflow.evaluate.replay"}) == [
-        "rllib_mlflow.mlflow.card -> rllib_mlflow.evaluate.replay (tier evaluate above tier mlflow)"
+    assert violations("rllib_mlflow.mlflow.card", {"rllib_mlflow.play.replay"}) == [
+        "rllib_mlflow.mlflow.card -> rllib_mlflow.play.replay (tier play above tier mlflow)"
     ]
     assert violations("rllib_mlflow.rllib.checkpoint", {"rllib_mlflow.mlflow.runs"}) == [
         "rllib_mlflow.rllib.checkpoint -> rllib_mlflow.mlflow.runs "

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from playwright.sync_api import sync_playwright
 
 from rllib_mlflow import log_checkpoint
-from rllib_mlflow.evaluate.evaluation import EVAL_EXPERIMENT, evaluate
+from rllib_mlflow.play.evaluation import EVAL_EXPERIMENT, evaluate
 from tests.mlflow_server import start_tracking_server
 
 pytestmark = pytest.mark.slow

@@ -13,12 +13,12 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),
     "policy": set(),  # copied standalone into logged models: only itself, relatively
     "mlflow": {"core", "policy"},
-    "evaluate": {"core", "policy", "mlflow"},
+    "play": {"core", "policy", "mlflow"},
     "rllib": {"core", "policy"},
     "export": {"core", "policy", "rllib"},
-    "register": {"core", "policy", "mlflow", "evaluate", "rllib", "export"},
-    "tune": {"core", "policy", "mlflow", "evaluate", "rllib", "export", "register"},
-    "top": {"core", "policy", "mlflow", "evaluate", "rllib", "export", "register", "tune"},
+    "register": {"core", "policy", "mlflow", "play", "rllib", "export"},
+    "tune": {"core", "policy", "mlflow", "play", "rllib", "export", "register"},
+    "top": {"core", "policy", "mlflow", "play", "rllib", "export", "register", "tune"},
 }
 ORDER = list(MAY_IMPORT)  # for the messages: which of two tiers stands higher
 LIGHT_TIERS = ("core", "policy", "mlflow")  # what `pip install rllib-mlflow` imports

@@ -53,8 +53,8 @@ def evaluate(
 ) -> None:
     """Play seeded episodes with each version of NAME (no Ray) and record the results as
     version tags, an evaluation run with a plot, and the versions' cards."""
-    from rllib_mlflow.evaluate.evaluation import evaluate as run_evaluation
     from rllib_mlflow.mlflow import stores
+    from rllib_mlflow.play.evaluation import evaluate as run_evaluation
 
     uri = stores.resolve(tracking_uri)
     stores.require_model(stores.check(uri, must_exist=True), name, uri)

@@ -215,8 +215,8 @@ def _log_and_register(
     export_dir: Path,
 ) -> ModelVersion:
     """Register one module's checkpoint unless this trial's iteration already is."""
-    from rllib_mlflow.evaluate import replay
     from rllib_mlflow.mlflow import card
+    from rllib_mlflow.play import replay
 
     settings = task.settings
     iteration = _iteration(task.training_iteration, snapshot)

@@ -273,7 +273,7 @@ def _prewarm(formats: tuple[str, ...]) -> None:
     modules += ["rllib_mlflow.export.onnx", "rllib_mlflow.export.parity", "ray.rllib.core"]
     # and what the first registration imported lazily (measured: 1.3 s of it, while training)
     modules += ["ray.rllib.algorithms", "torch.onnx", "onnx", "onnxruntime", "mlflow.pyfunc"]
-    modules += ["rllib_mlflow.mlflow.card", "rllib_mlflow.evaluate.replay"]
+    modules += ["rllib_mlflow.mlflow.card", "rllib_mlflow.play.replay"]
     for module in modules:
         try:
             importlib.import_module(module)

@@ -26,12 +26,12 @@ import numpy as np
 
 from rllib_mlflow import names
 from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.evaluate import plot
-from rllib_mlflow.evaluate.replay import Replay, record_replay
 from rllib_mlflow.mlflow import card, loading, runs
 from rllib_mlflow.mlflow.client import check_tracking_server, client
 from rllib_mlflow.mlflow.registry_client import RegistryClient
 from rllib_mlflow.mlflow.versions import find_version, find_versions
+from rllib_mlflow.play import plot
+from rllib_mlflow.play.replay import Replay, record_replay
 from rllib_mlflow.policy.episode import EpisodeActor
 
 if TYPE_CHECKING:

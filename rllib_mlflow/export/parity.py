@@ -1,7 +1,7 @@
 """Prove that every written export acts like RLlib's own policy.
 
 RLlib's restored torch module between the EnvRunner's own connector pipelines
-(`reference.rllib_reference`) and each export, loaded back from disk, receive the same
+(`reference.rllib_batch_reference`) and each export, loaded back from disk, receive the same
 observations sampled from the observation space: RLlib raw, as an env returns them. A
 stateful policy plays sequences instead, its state (and previous actions and rewards)
 carried from step to step on both sides (`reference.rllib_sequence_reference`). Dict
@@ -27,9 +27,8 @@ from rllib_mlflow.policy.actions import deterministic_actions
 from rllib_mlflow.policy.observations import ObservationConverter
 from rllib_mlflow.policy.spaces import space_from_json
 from rllib_mlflow.rllib.reference import (
-    rllib_activation_scale,
+    rllib_batch_reference,
     rllib_flattened,
-    rllib_reference,
     rllib_sequence_reference,
 )
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
@@ -140,8 +139,7 @@ _REFERENCES = {
 
 def _compare_batch(snapshot, export_dir, formats, observations, seed) -> dict[str, Any]:
     raw, feeds = _raw_and_feeds(snapshot, observations, seed)
-    want_actions, want_inputs = rllib_reference(snapshot)(raw)
-    scale = rllib_activation_scale(snapshot, raw)
+    want_actions, want_inputs, scale = rllib_batch_reference(snapshot, raw)
     results = {}
     for fmt in formats:
         out = format_runner(fmt, export_dir, snapshot)(feeds)

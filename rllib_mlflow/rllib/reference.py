@@ -55,22 +55,35 @@ def rllib_reference(
     return act
 
 
-def rllib_activation_scale(snapshot: PolicySnapshot, observations: Any) -> np.ndarray:
-    """Per batch row, the largest magnitude among the module's input and the outputs of
-    each of its layers: float32 rounding grows with it (a CNN on 0-255 pixels differs from
-    another float32 implementation by more than 1e-5 in absolute terms)."""
+def rllib_batch_reference(
+    snapshot: PolicySnapshot, observations: Any
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """`rllib_reference` on one batch, with each row's activation scale: the largest
+    magnitude among the module's input and the outputs of each of its layers. float32
+    rounding grows with it (a CNN on 0-255 pixels differs from another float32
+    implementation by more than 1e-5 in absolute terms). One restore serves both."""
     import torch
 
     if snapshot.api_stack == "old":  # no RLModule to hook: the input's magnitude alone
         from rllib_mlflow.rllib.old_reference import old_stack_inputs
 
-        return _row_magnitude(torch.from_numpy(old_stack_inputs(snapshot, observations)))
+        actions, dist_inputs = rllib_reference(snapshot)(observations)
+        inputs = torch.from_numpy(old_stack_inputs(snapshot, observations))
+        return actions, dist_inputs, _row_magnitude(inputs)
     from ray.rllib.core.columns import Columns
 
     module = restore_rl_module(snapshot)
     module.eval()
-    to_module = EnvRunnerReplay(snapshot, module).reset(unbatched(observations))
-    obs = to_module[Columns.OBS]
+    replay = EnvRunnerReplay(snapshot, module)
+    obs = replay.reset(unbatched(observations))[Columns.OBS]
+    scale = _activation_scale(module, obs)
+    actions, dist_inputs = replay.act()
+    return actions, dist_inputs, scale
+
+
+def _activation_scale(module: Any, obs: Any) -> np.ndarray:
+    import torch
+
     scales = [_row_magnitude(t) for t in (obs.values() if isinstance(obs, dict) else [obs])]
     rows = scales[0].shape[0]
 

@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -83,11 +84,15 @@ class _CurrentStderr(logging.StreamHandler):
         super().emit(record)
 
 
+_OBJECT_AT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:? ?")
+
+
 def one_line(error: BaseException, limit: int = 600) -> str:
     """An exception as one line: its first line, with the type when it is not ours."""
     from rllib_mlflow.errors import RLlibMLflowError
 
     text = " ".join(str(error).split()) or type(error).__name__
+    text = _OBJECT_AT.sub("", text)  # urllib3 names its connection object, address and all
     if not isinstance(error, RLlibMLflowError | FileExistsError | ValueError):
         text = f"{type(error).__name__}: {text}"
     if len(text) <= limit:

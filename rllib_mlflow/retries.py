@@ -10,16 +10,13 @@ from __future__ import annotations
 import errno
 import http.client
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from rllib_mlflow.console import one_line
 from rllib_mlflow.errors import RLlibMLflowError, TrackingError
-from rllib_mlflow.redaction import get_logger
+from rllib_mlflow.outage import OUTAGE, watch_http_retries
 
-logger = get_logger(__name__)
 T = TypeVar("T")
 
 _TRANSIENT_ERRNOS = {
@@ -65,69 +62,28 @@ def _retryable(status: int) -> bool:
 def with_retries(fn: Callable[[], T], attempts: int = 6, first_delay: float = 2.0) -> T:
     """`fn()`, retried on transient faults with exponential backoff; permanent ones raise
     at once. The defaults wait 2 + 4 + 8 + 16 + 32 = 62 s in all, so that a tracking server
-    restarted within a minute loses nothing."""
+    restarted within a minute loses nothing; each attempt may also wait on MLflow's own HTTP
+    retries, which `outage` tells as they happen."""
+    watch_http_retries()
     delay = first_delay
-    for attempt in range(attempts):
-        try:
-            result = fn()
-        except Exception as error:
-            if attempt == attempts - 1 or not is_transient(error):
-                raise
-            OUTAGE.failed(error, delay)
-        else:
-            OUTAGE.ended()
-            return result
-        time.sleep(delay)
-        delay = min(delay * 2, 60.0)
+    with OUTAGE.watching():
+        for attempt in range(attempts):
+            try:
+                result = fn()
+            except Exception as error:
+                if not is_transient(error):
+                    if not isinstance(error, OSError):  # an answer: the server is back
+                        OUTAGE.ended()
+                    raise
+                if attempt == attempts - 1:
+                    raise
+                OUTAGE.failed(error, delay)
+            else:
+                OUTAGE.ended()
+                return result
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
     raise AssertionError("unreachable")
-
-
-class Outage:
-    """Whether the services retried here are unreachable: told once when that begins, every
-    30 s while it lasts (MLflow's own retries may hold one attempt for minutes), and once
-    when it ends; never once per retry of every call."""
-
-    REPORT_EVERY_S = 30.0
-
-    def __init__(self) -> None:
-        self.since: float | None = None
-        self._lock = threading.Lock()
-
-    def failed(self, error: BaseException, delay: float) -> None:
-        with self._lock:
-            begins = self.since is None
-            if begins:
-                self.since = time.monotonic()
-        if not begins:
-            logger.debug("%s; retrying in %.0f s", one_line(error), delay)
-            return
-        logger.warning(
-            "cannot reach the tracking server or artifact store (%s); retrying, next attempt "
-            "in %.0f s.",
-            one_line(error, limit=300),
-            delay,
-        )
-        threading.Thread(target=self._remind, name="rllib-mlflow-outage", daemon=True).start()
-
-    def ended(self) -> None:
-        with self._lock:
-            if self.since is None:
-                return
-            lasted, self.since = time.monotonic() - self.since, None
-        logger.warning("reachable again after %.0f s of retrying; carrying on.", lasted)
-
-    def _remind(self) -> None:
-        since = self.since
-        while True:
-            time.sleep(self.REPORT_EVERY_S)
-            with self._lock:
-                if self.since != since:  # ended (and maybe begun again: its own reminder)
-                    return
-            assert since is not None
-            logger.warning("still unreachable, for %.0f s now; retrying.", time.monotonic() - since)
-
-
-OUTAGE = Outage()  # one per process: every call retried here sees the same servers
 
 
 def _http_status(error: BaseException) -> int | None:

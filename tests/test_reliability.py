@@ -261,16 +261,59 @@ def test_server_outage_neither_fails_nor_stalls_training(outage):
         assert max(gaps) < 15, gaps  # iterations go on at their pace while the server is down
 
 
-def test_server_outage_output_has_no_traceback_and_an_end_for_each_begin(outage):
-    """No traceback, no doubled prefix, no line per retry; an outage our retries see is told
-    when it begins and when it ends (issue 37). A short one that MLflow's own HTTP retries
-    absorb never reaches ours, and is not told at all: that part of issue 37 is open."""
+def test_server_outage_is_told_when_it_begins_and_ends_and_without_a_traceback(outage):
+    """A 20 s outage, which MLflow's own HTTP retries absorb (our retries never see a
+    failure), is told all the same: once when its first request fails, once when the
+    server answers again (issue 37); no traceback, no doubled prefix, no line per retry."""
     output = outage["output"]
     begun = output.count("cannot reach the tracking server or artifact store")
+    assert begun >= 1, output[-4000:]
     assert output.count("reachable again after") == begun, output[-4000:]
     assert "retrying in" not in output, output[-4000:]  # the per-retry lines: debug only
     assert "rllib-mlflow: rllib-mlflow:" not in output
     assert "Traceback" not in output, output[-4000:]
+
+
+def test_mlflow_http_retries_are_told_as_an_outage(monkeypatch, caplog):
+    """MLflow's REST client retries a 503 itself and succeeds: our retries never see the
+    fault, and the outage is still told, begin and end, each once (a real HTTP server
+    that answers 503 twice)."""
+    import http.server
+    import threading
+
+    from rllib_mlflow.retries import with_retries
+
+    answers = iter([503, 503])
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = next(answers, 200)
+            body = json.dumps({"experiments": []} if status == 200 else {}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET  # MLflow searches with POST
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with caplog.at_level("INFO", logger="rllib_mlflow"):
+            assert with_retries(lambda: _client(uri).search_experiments()) == []
+    finally:
+        server.shutdown()
+    told = [r.getMessage() for r in caplog.records if r.name.startswith("rllib_mlflow")]
+    assert len(told) == 2, told
+    assert told[0].startswith("cannot reach the tracking server or artifact store (HTTP 503")
+    assert told[1].startswith("reachable again after"), told
 
 
 def test_server_outage_loses_and_duplicates_no_checkpoint(outage):

@@ -19,11 +19,16 @@ Exporting and registering, with `[tune]`:
     log_checkpoint(checkpoint, registered_model_name, *, training_iteration=None, ...)
     MLflowLoggerCallback, MLflowCheckpointCallback   (Ray Tune callbacks)
 
+Evaluating, with `[evaluate]` (no Ray):
+
+    evaluate(name, *, env=None, env_config=None, episodes=10, versions=None, seed=0, ...)
+        -> EvaluationReport   (VersionEvaluation per version)
+
 Errors (each message says what to do next):
 
     RLlibMLflowError   (the base of all below)
     CheckpointError, UnsupportedModuleError, ParityError, RegistryError, TrackingError,
-    UnsafePathError, MissingExtraError
+    UnsafePathError, EnvCreationError, MissingExtraError
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from rllib_mlflow._version import __version__ as __version__
 from rllib_mlflow.errors import (
     CheckpointError,
+    EnvCreationError,
     ParityError,
     RegistryError,
     RLlibMLflowError,
@@ -46,6 +52,7 @@ if TYPE_CHECKING:  # what tools see; at run time `__getattr__` imports them on f
     from rllib_mlflow.export import ALL_FORMATS, FORMATS, ExportedPolicy, export_checkpoint
     from rllib_mlflow.mlflow.loading import download_checkpoint, load_policy
     from rllib_mlflow.mlflow.versions import find_version
+    from rllib_mlflow.play.evaluation import EvaluationReport, VersionEvaluation, evaluate
     from rllib_mlflow.policy.serving import Policy
     from rllib_mlflow.register.registration import log_checkpoint
     from rllib_mlflow.tune.callbacks import MLflowCheckpointCallback, MLflowLoggerCallback
@@ -62,12 +69,19 @@ _LAZY = {
     "Policy": "rllib_mlflow.policy.serving",
     "MLflowLoggerCallback": "rllib_mlflow.tune.callbacks",
     "MLflowCheckpointCallback": "rllib_mlflow.tune.callbacks",
+    "evaluate": "rllib_mlflow.play.evaluation",
+    "EvaluationReport": "rllib_mlflow.play.evaluation",
+    "VersionEvaluation": "rllib_mlflow.play.evaluation",
 }
+# The extra to install when a name's module cannot be imported: the export side's, else this.
+_EXTRA = {"evaluate": "evaluate", "EvaluationReport": "evaluate", "VersionEvaluation": "evaluate"}
 
 __all__ = [
     "ALL_FORMATS",
     "FORMATS",
     "CheckpointError",
+    "EnvCreationError",
+    "EvaluationReport",
     "ExportedPolicy",
     "MLflowCheckpointCallback",
     "MLflowLoggerCallback",
@@ -79,7 +93,9 @@ __all__ = [
     "TrackingError",
     "UnsafePathError",
     "UnsupportedModuleError",
+    "VersionEvaluation",
     "download_checkpoint",
+    "evaluate",
     "export_checkpoint",
     "find_version",
     "load_policy",
@@ -91,8 +107,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         from rllib_mlflow.extras import import_feature
 
-        # Only the export side can be missing: loading is in the light install.
-        value = getattr(import_feature(_LAZY[name], f"rllib_mlflow.{name}", "tune"), name)
+        # Loading is in the light install: only the export side and evaluate can be missing.
+        extra = _EXTRA.get(name, "tune")
+        value = getattr(import_feature(_LAZY[name], f"rllib_mlflow.{name}", extra), name)
         globals()[name] = value  # imported once; tools that read __dict__ (pdoc) see it
         return value
     raise AttributeError(f"module 'rllib_mlflow' has no attribute {name!r}")

@@ -51,3 +51,8 @@ def module_refusal(
     because = f" ({cause})" if cause else ""
     name = module_class.rsplit(".", 1)[-1]
     return f"{name} (module {module_id!r}, {module_class}): {step} failed{because}. {todo}"
+
+
+class EnvCreationError(RLlibMLflowError, ValueError):
+    """The environment to play a policy in cannot be made from what the version records
+    (or what was passed): the message says what was tried and what to pass instead."""

@@ -18,6 +18,11 @@ VERSION_TAG_CHECKPOINT_URI = "checkpoint_uri"
 VERSION_TAG_CHECKPOINT_ARTIFACT = "rllib_checkpoint_artifact"
 VERSION_TAG_ALGORITHM = "algorithm"
 VERSION_TAG_ENV_ID = "env_id"
+# How to make the env again (policy.json's `env`): what `make_env` takes, and env_config as
+# JSON (secrets masked). See `rllib_mlflow.envs`.
+VERSION_TAG_ENV_MAKE = "env.make"
+VERSION_TAG_ENV_CONFIG = "env.config"
+VERSION_TAG_ENV_AGENT_TO_MODULE = "env.agent_to_module"  # JSON, where the mapping is data
 VERSION_TAG_FORMATS = "formats"  # comma-separated, as in policy.json
 VERSION_TAG_PARITY = "parity_max_abs_diff"
 VERSION_TAG_INT8_AGREEMENT = "int8_agreement"  # tflite_int8's share of RLlib's actions
@@ -31,6 +36,9 @@ VERSION_TAG_EVAL_RETURN_STD = "eval.episode_return_std"
 VERSION_TAG_EVAL_EPISODES = "eval.episodes"
 VERSION_TAG_EVAL_ENV_ID = "eval.env_id"
 VERSION_TAG_EVAL_SEED = "eval.seed"
+VERSION_TAG_EVAL_ENV_CONFIG = "eval.env_config"  # when evaluate was given another config
+# A multi-agent evaluation: the return of each agent the module played, eval.agent.<id>.
+VERSION_TAG_EVAL_AGENT_PREFIX = "eval.agent."
 # The family summary (JSON) counted through this version: see `mlflow.family`.
 VERSION_TAG_FAMILY = "rllib_mlflow.family"
 

@@ -97,7 +97,7 @@ def test_evaluate_carries_a_stateful_policys_state_through_each_episode(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     checkpoint = trained_checkpoint("ppo_lstm")
     log_checkpoint(checkpoint.path, "stateful", formats=["onnx"], tracking_uri=uri)
-    report = evaluate("stateful", "CartPole-v1", episodes=2, seed=3, tracking_uri=uri,
+    report = evaluate("stateful", env="CartPole-v1", episodes=2, seed=3, tracking_uri=uri,
                       workers=1, video=True)  # fmt: skip
     policy = load_policy("models:/stateful/1", tracking_uri=uri)
     env, expected = gym.make("CartPole-v1"), []

@@ -50,7 +50,7 @@ def ui_server(trained_checkpoint, tmp_path_factory):
                 tracking_uri=server.uri, video=iteration == 1,
             )  # fmt: skip
         evaluate(
-            MODEL, "CartPole-v1", episodes=3, tracking_uri=server.uri, workers=1,
+            MODEL, env="CartPole-v1", episodes=3, tracking_uri=server.uri, workers=1,
             move_alias=True, video=True,
         )  # fmt: skip
         yield server

@@ -26,8 +26,15 @@ class _EvaluateCommand(click.Command):
 
 @click.command(cls=_EvaluateCommand, context_settings=options.CONTEXT)
 @click.argument("name")
-@click.option("--env", "env_id", metavar="ENV_ID",
-              help="Gymnasium env id. [default: the versions' env_id tag]")  # fmt: skip
+@click.option("--env", "env", metavar="ENV",
+              help="A gymnasium id, or module:callable (an env class or a factory, called with "
+              "the env config). [default: how the versions record their env]")  # fmt: skip
+@click.option("--env-config", "env_config", metavar="JSON", callback=options.json_object,
+              help="The env config, a JSON object. [default: the recorded one]")  # fmt: skip
+@click.option("--agent-module", "agent_modules", multiple=True, metavar="AGENT=MODULE",
+              callback=options.key_values,
+              help="Multi-agent: the module an agent acts with, where the mapping used in "
+              "training was a function and agent ids are not module ids. Repeatable.")  # fmt: skip
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(1),
               help="Seeded episodes per version.")  # fmt: skip
 @click.option("--versions", "wanted", multiple=True, metavar="V[,V...]",
@@ -41,7 +48,9 @@ class _EvaluateCommand(click.Command):
 @options.common
 def evaluate(
     name: str,
-    env_id: str | None,
+    env: str | None,
+    env_config: dict[str, Any] | None,
+    agent_modules: dict[str, str],
     episodes: int,
     wanted: tuple[str, ...],
     seed: int,
@@ -52,30 +61,38 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Play seeded episodes with each version of NAME (no Ray) and record the results as
-    version tags, an evaluation run with a plot, and the versions' cards."""
+    version tags, an evaluation run with a plot, and the versions' cards. NAME may be a
+    multi-agent family (its modules registered as NAME-<module_id>): each checkpoint plays
+    in its multi-agent env, every agent with its module's version."""
     from rllib_mlflow.mlflow import stores
     from rllib_mlflow.play.evaluation import evaluate as run_evaluation
 
     uri = stores.resolve(tracking_uri)
-    stores.require_model(stores.check(uri, must_exist=True), name, uri)
+    stores.check(uri, must_exist=True)
     versions = [v.strip() for item in wanted for v in item.split(",") if v.strip()]
     with console.progress_bar(f"evaluate {name}", options.show_progress()) as progress:
         report = run_evaluation(
-            name, env_id, episodes=episodes, versions=versions or None, seed=seed,
-            tracking_uri=uri, workers=workers, move_alias=move_alias, video=video,
+            name, env=env, env_config=env_config, episodes=episodes,
+            versions=versions or None, seed=seed, tracking_uri=uri, workers=workers,
+            move_alias=move_alias, video=video, agent_modules=agent_modules or None,
             on_progress=progress,
         )  # fmt: skip
     records = [_evaluation_record(e) for e in report.versions]
     if as_json:
         console.print_json({"registered_model": name, "env_id": report.env_id,
                             "tracking_uri": stores.shown(uri), "run_id": report.run_id,
-                            "best_version": report.best_version, "versions": records})  # fmt: skip
+                            "best_version": report.best_version, "best": report.best,
+                            "versions": records})  # fmt: skip
         return
-    console.print_table(records, _EVALUATION_COLUMNS)
-    click.echo(f"best: version {report.best_version}; evaluation run {report.run_id} "
-               f"in {stores.shown(uri)}")  # fmt: skip
+    family = len(report.best) > 1
+    console.print_table(records, {**_FAMILY_COLUMNS, **_EVALUATION_COLUMNS} if family
+                        else _EVALUATION_COLUMNS)  # fmt: skip
+    for model, best in report.best.items():
+        click.echo(f"best: {model} version {best}; evaluation run {report.run_ids[model]} "
+                   f"in {stores.shown(uri)}")  # fmt: skip
 
 
+_FAMILY_COLUMNS = {"registered_model": "model", "agents": "agents"}
 _EVALUATION_COLUMNS = {
     "version": "version",
     "training_iteration": "iteration",
@@ -89,7 +106,12 @@ _EVALUATION_COLUMNS = {
 
 def _evaluation_record(evaluation) -> dict[str, Any]:
     summary = evaluation.summary()
+    agents = {agent: sum(returns) / len(returns) for agent, returns in evaluation.agents.items()}
     return {
+        "registered_model": evaluation.registered_model,
+        "module_id": evaluation.module_id,
+        "agents": ", ".join(f"{a}: {r:.4g}" for a, r in agents.items()) or None,
+        "eval.agents": agents,
         "version": evaluation.version,
         "training_iteration": evaluation.training_iteration,
         "trial_name": evaluation.trial,

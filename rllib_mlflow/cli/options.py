@@ -4,6 +4,7 @@ and the verbosity they set, kept in click's context so that the group's error ha
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,30 @@ video = click.option(
     help="Record one seeded episode per version from the env's rgb_array render (no Ray) "
     "as replay.gif, linked from the version's card.",
 )
+
+
+def json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A JSON object option (`--env-config '{"length": 8}'`), parsed; None when not given."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("a JSON object is expected, e.g. '{\"length\": 8}'")
+    return parsed
+
+
+def key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    """Repeated KEY=VALUE options (`--agent-module a0=p0`) as a dict."""
+    pairs = {}
+    for item in value:
+        key, sep, val = item.partition("=")
+        if not sep or not key or not val:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        pairs[key] = val
+    return pairs
 
 
 def formats(default: str | None) -> Callable:

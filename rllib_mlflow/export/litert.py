@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rllib_mlflow import _tensorflow_first  # noqa: F401 - before Keras builds anything
+from rllib_mlflow.envs import is_multi_agent, make_env, recorded
 from rllib_mlflow.errors import UnsupportedModuleError
 from rllib_mlflow.policy.serving import SAVED_MODEL_DIR, TFLITE_INT8_FILE
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
@@ -97,15 +98,16 @@ def env_observations(
 ) -> tuple[np.ndarray | None, str]:
     """Observations of episodes the export `act` plays in the snapshot's env (reset with
     `seed`, `seed + 1`, ...), or (None, why not) when that env cannot be played here."""
-    env_id = snapshot.env_id
-    if env_id is None or not _plays_plain_observations(snapshot):
+    make, config = recorded(snapshot.env, snapshot.env_id)
+    if make is None or not _plays_plain_observations(snapshot):
         return None, "the policy's inputs are not one raw observation"
-    try:
-        import gymnasium as gym
-
-        env = gym.make(env_id)
-    except Exception as error:  # any env id the registry here does not know
-        return None, f"{snapshot.env_id!r} cannot be made here ({type(error).__name__})"
+    try:  # as evaluate and the replays make it: a class, a registered name, a gymnasium id
+        env = make_env(make, config)
+    except Exception as error:  # e.g. a name registered in another process only
+        return None, f"{make!r} cannot be made here ({type(error).__name__})"
+    if is_multi_agent(env):  # its observations are per agent, of several modules
+        env.close()
+        return None, f"{make!r} is a multi-agent env"
     try:
         seen = []
         obs, _ = env.reset(seed=seed)
@@ -120,7 +122,7 @@ def env_observations(
                 obs, _ = env.reset(seed=seed + episode)
     finally:
         env.close()
-    return np.asarray(seen, np.float32), f"{snapshot.env_id} episodes (reset seed {seed}...)"
+    return np.asarray(seen, np.float32), f"{make} episodes (reset seed {seed}...)"
 
 
 def _plays_plain_observations(snapshot: PolicySnapshot) -> bool:

@@ -40,6 +40,7 @@ def policy_json(
         "module_id": snapshot.module_id,
         "algorithm": snapshot.algorithm,
         "env_id": snapshot.env_id,
+        "env": snapshot.env,  # how to make it again: rllib_mlflow.rllib.env_record
         "source_checkpoint": snapshot.source_checkpoint,
         "written_by_ray": snapshot.written_by_ray,
         "training_iteration": snapshot.training_iteration,

@@ -24,6 +24,7 @@ import tempfile
 from typing import Any
 
 from rllib_mlflow import names
+from rllib_mlflow.mlflow import card_format as fmt
 from rllib_mlflow.mlflow import family
 from rllib_mlflow.mlflow.client import registry_writer
 from rllib_mlflow.mlflow.versions import iter_versions, logged_model_id
@@ -132,17 +133,21 @@ def version_card(version, policy: dict[str, Any], *, image_url: str) -> str:
     env_id = tags.get(names.VERSION_TAG_ENV_ID, "?")
     trial = tags.get(names.VERSION_TAG_TRIAL_NAME) or tags.get(names.VERSION_TAG_TRIAL_ID)
     rows = [
-        ("trial", _code(trial)),
+        ("trial", fmt.code(trial)),
         ("training iteration", iteration),
-        ("env steps", _count(tags.get("num_env_steps_sampled_lifetime"))),
-        ("training return", _number(tags.get("episode_return_mean"))),
+        ("env steps", fmt.count(tags.get("num_env_steps_sampled_lifetime"))),
+        ("training return", fmt.number(tags.get("episode_return_mean"))),
         ("evaluation return", _evaluation(tags, name, number)),
         ("parity with RLlib", _parity(tags, policy)),
         ("int8 agreement", _int8_agreement(policy)),
-        ("formats", ", ".join(f"`{f}`" for f in _split(tags.get(names.VERSION_TAG_FORMATS)))),
-        ("observation space", _code(_space(policy.get("observation_space")))),
-        ("action space", _code(_space(policy.get("action_space")))),
-        ("module", _code(tags.get(names.VERSION_TAG_MODULE_ID))),
+        (
+            "formats",
+            ", ".join(f"`{f}`" for f in fmt.split_list(tags.get(names.VERSION_TAG_FORMATS))),
+        ),
+        ("observation space", fmt.code(fmt.space_text(policy.get("observation_space")))),
+        ("action space", fmt.code(fmt.space_text(policy.get("action_space")))),
+        ("module", fmt.code(tags.get(names.VERSION_TAG_MODULE_ID))),
+        ("environment", fmt.env_text(tags)),
     ]
     lines = [
         _headline(algorithm, env_id, iteration, tags),
@@ -163,7 +168,7 @@ def _headline(algorithm: str, env_id: str, iteration: str, tags: dict[str, str])
     """Plain text: the UI's list of versions shows the description's first characters."""
     parts = [f"{algorithm} on {env_id}, training iteration {iteration}"]
     if tags.get("episode_return_mean") is not None:
-        parts.append(f"training return {_number(tags['episode_return_mean'])}")
+        parts.append(f"training return {fmt.number(tags['episode_return_mean'])}")
     evaluation = _evaluation(tags, None, None)
     if evaluation:
         parts.append(f"evaluation return {evaluation}")
@@ -198,7 +203,7 @@ def family_card(name: str, versions: list, aliases: dict[str, Any]) -> str:
         tags = version.tags
         lines.append(
             f"| {alias} | {number} | {tags.get(names.VERSION_TAG_ITERATION, _MISSING)} | "
-            f"{_number(tags.get('episode_return_mean')) or _MISSING} | "
+            f"{fmt.number(tags.get('episode_return_mean')) or _MISSING} | "
             f"{_evaluation(tags, None, None) or _MISSING} |"
         )
     lines += [
@@ -262,7 +267,7 @@ def _evaluation(tags: dict[str, str], name: str | None, number) -> str | None:
     mean = tags.get(names.VERSION_TAG_EVAL_RETURN_MEAN)
     if mean is None:
         return None if name is None else "not evaluated yet"
-    text = f"{_number(mean)} ± {_number(tags.get(names.VERSION_TAG_EVAL_RETURN_STD, '0'))}"
+    text = f"{fmt.number(mean)} ± {fmt.number(tags.get(names.VERSION_TAG_EVAL_RETURN_STD, '0'))}"
     episodes = tags.get(names.VERSION_TAG_EVAL_EPISODES)
     return f"{text} ({episodes} episodes)" if episodes else text
 
@@ -307,44 +312,3 @@ def _litert_snippet(policy: dict[str, Any]) -> list[str]:
         'actions = act(observations=observations)["actions"]  # float32 [batch, ...]',
         "```",
     ]
-
-
-def _space(space: dict[str, Any] | None) -> str | None:
-    if not space:
-        return None
-    kind = space.get("type")
-    if kind == "Box":
-        return f"Box(shape={tuple(space['shape'])}, {space['dtype']})"
-    if kind == "Discrete":
-        return f"Discrete({space['n']})"
-    if kind == "MultiDiscrete":
-        return f"MultiDiscrete({space['nvec']})"
-    if kind in ("Dict", "Tuple"):
-        inner = space["spaces"]
-        items = inner.items() if kind == "Dict" else enumerate(inner)
-        return f"{kind}({', '.join(f'{k}: {_space(s)}' for k, s in items)})"
-    return str(kind)
-
-
-def _split(value: str | None) -> list[str]:
-    return [v for v in (value or "").split(",") if v]
-
-
-def _code(value: str | None) -> str | None:
-    return f"`{value}`" if value else None
-
-
-def _number(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return f"{float(value):.4g}"
-    except ValueError:
-        return value
-
-
-def _count(value: str | None) -> str | None:
-    try:
-        return None if value is None else f"{int(float(value)):,}"
-    except ValueError:
-        return value

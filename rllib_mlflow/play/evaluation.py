@@ -1,55 +1,65 @@
 """Evaluate registered versions in their environment, without Ray, and compare them.
 
-Each selected version is loaded with `load_policy` and plays N seeded episodes in
-gymnasium (episode i of every version uses seed `seed + i`, so versions face the same
-starts), in parallel across the machine's cores. Results become version tags
-(`eval.episode_return_mean`, ...), metrics of an evaluation run at
-step = training iteration, and a plot of evaluation and training return against the
-training iteration. With `video`, the first episode of each version is also recorded as
-a replay (replay.gif with the version's LoggedModel). The versions' cards and the
-registered model's card are rewritten with the new facts.
+Each selected version is loaded with `load_policy` and plays N seeded episodes (episode i of
+every version uses seed `seed + i`, so versions face the same starts), in parallel across
+the machine's cores. The env is made as the version records it (`rllib_mlflow.envs`: a
+gymnasium id, an env class or factory with its env_config, a Tune-registered name's creator),
+unless `env` / `env_config` say otherwise. A multi-agent family (``NAME-<module_id>``) plays
+each checkpoint in its MultiAgentEnv, every agent with its module's version of the same
+trial and iteration (`play.family`). Results become version tags (`eval.episode_return_mean`,
+...), metrics of an evaluation run at step = training iteration, and a plot
+(`play.recording`). With `video`, the first episode of each version is also recorded as a
+replay. The versions' cards and the registered model's card are rewritten.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import logging
+import json
 import multiprocessing
 import os
+import pickle
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rllib_mlflow import names
-from rllib_mlflow.errors import RegistryError
-from rllib_mlflow.mlflow import card, loading, runs
-from rllib_mlflow.mlflow.client import check_tracking_server, client
+from rllib_mlflow.envs import EnvLike, describe, is_multi_agent, make_env
+from rllib_mlflow.errors import EnvCreationError, RegistryError
+from rllib_mlflow.mlflow.client import check_tracking_server, client, registered_model_exists
 from rllib_mlflow.mlflow.registry_client import RegistryClient
+from rllib_mlflow.mlflow.stores import shown
 from rllib_mlflow.mlflow.versions import find_version, find_versions
-from rllib_mlflow.play import plot
-from rllib_mlflow.play.replay import Replay, record_replay
-from rllib_mlflow.policy.episode import EpisodeActor
+from rllib_mlflow.play import family, recording
+from rllib_mlflow.play.episodes import Played, PlayJob, module_of, play
+from rllib_mlflow.play.recording import EVAL_EXPERIMENT as EVAL_EXPERIMENT
+from rllib_mlflow.play.replay import Replay
+from rllib_mlflow.redaction import get_logger
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-logger = logging.getLogger(__name__)
-
-EVAL_EXPERIMENT = "rllib-mlflow-evaluation"
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class VersionEvaluation:
+    """One version's episodes: its returns (a module's: the sum of its agents' rewards) and,
+    in a multi-agent env, each of its agents' returns."""
+
     version: int
     training_iteration: int | None
     trial: str | None
     training_return: float | None
     returns: tuple[float, ...]
     replay: str | None = None  # the `replay` tag: "replay.gif" or "skipped: <why>"
+    registered_model: str | None = None
+    module_id: str | None = None
+    agents: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -67,23 +77,27 @@ class VersionEvaluation:
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """What `evaluate` did: each version's results, the evaluation run, the best version."""
+    """What `evaluate` did: each version's results, the evaluation run, the best version
+    (of a multi-agent family: `best` and `run_ids` per module's registered model)."""
 
     registered_model: str
     env_id: str
     run_id: str
     best_version: int
     versions: list[VersionEvaluation] = field(default_factory=list)
+    best: dict[str, int] = field(default_factory=dict)
+    run_ids: dict[str, str] = field(default_factory=dict)
 
 
-# Called with (done, total, what) before the first and after each version.
+# Called with (done, total, what) before the first and after each checkpoint.
 Progress = Callable[[int, int, str], None]
 
 
 def evaluate(
     name: str,
-    env_id: str | None = None,
     *,
+    env: EnvLike | None = None,
+    env_config: Mapping[str, Any] | None = None,
     episodes: int = 10,
     versions: list[str] | None = None,
     seed: int = 0,
@@ -92,85 +106,78 @@ def evaluate(
     move_alias: bool = False,
     max_steps: int | None = None,
     video: bool = False,
+    agent_modules: Mapping[str, str] | None = None,
     on_progress: Progress | None = None,
 ) -> EvaluationReport:
-    """Evaluate versions of `name` (all, or the given numbers/aliases) in `env_id`.
+    """Play seeded episodes with versions of `name` and record the results.
 
-    With `video`, each version's first episode (seed `seed`) is recorded from the env's
-    rgb_array render as replay.gif with its LoggedModel; envs that cannot render are
-    skipped, and the card says why."""
+    Args:
+        name: a registered model, or the ``NAME`` of a multi-agent family whose modules
+            were registered as ``NAME-<module_id>``.
+        env: where to play: a gymnasium id, ``"module:callable"`` or a callable (an env
+            class or factory, called with the env config); default: how the versions
+            record their env.
+        env_config: the config to make the env with; default: the recorded one (its
+            secrets were masked when recorded: pass them here).
+        episodes: episodes per version; episode i starts from ``env.reset(seed=seed + i)``.
+        versions: version numbers or aliases (of a family: of its first module's model);
+            default: all.
+        agent_modules: agent id -> module id, for a multi-agent env whose mapping was a
+            function at training (and where agent ids are not module ids).
+        video: record each version's first episode as replay.gif (single-agent envs).
+        move_alias: point ``eval-best`` at the version that plays best.
+        workers: processes (default: one per core); max_steps: cut episodes at this length.
+        tracking_uri: default ``MLFLOW_TRACKING_URI``.
+
+    Returns:
+        The per-version results, the evaluation run and the best version, as
+        ``rllib-mlflow evaluate`` prints them.
+    """
     mlflow_client = client(tracking_uri)
     check_tracking_server(mlflow_client)
-    selected = _select(mlflow_client, name, versions)
-    env_id = env_id or selected[0].tags.get(names.VERSION_TAG_ENV_ID)
-    if not env_id:
-        raise RegistryError("Pass --env ENV_ID: the versions do not record their env.")
+    models = _models(mlflow_client, name)
+    chosen = _select(mlflow_client, next(iter(models.values())), versions)
+    groups = family.checkpoints(mlflow_client, models, chosen) if len(models) > 1 else [
+        {next(iter(models)): version} for version in chosen
+    ]  # fmt: skip
+    make, config, recorded_mapping = _env_to_play(name, chosen[0], env, env_config)
+    agents = _agents_if_multi_agent(make, config)
+    mapping = {} if agents is None else family.agent_mapping(
+        agents, list(models), recorded_mapping, dict(agent_modules or {}))  # fmt: skip
     progress = on_progress or (lambda done, total, what: None)
     with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replays_") as replays:
         jobs = [
-            (name, int(v.version), env_id, episodes, seed, tracking_uri, max_steps)
-            + ((str(Path(replays, str(v.version))),) if video else (None,))
-            for v in selected
-        ]
-        results = _play_all(jobs, workers, progress)
-        if video:
-            _attach_replays(mlflow_client, name, results, seed)
-    evaluations = [_evaluation(v, *results[int(v.version)]) for v in selected]
-    run_id, best = _record(mlflow_client, name, env_id, episodes, seed, evaluations, move_alias)
-    _rewrite_cards(mlflow_client, name, evaluations)
-    return EvaluationReport(name, env_id, run_id, best.version, evaluations)
+            PlayJob({module: f"models:/{v.name}/{v.version}" for module, v in group.items()},
+                    make, config, episodes, seed, tracking_uri, max_steps, mapping,
+                    str(Path(replays, str(i))) if video and agents is None else None)
+            for i, group in enumerate(groups)
+        ]  # fmt: skip
+        played = _play_all(jobs, [_label(g) for g in groups], workers, progress)
+        report = _record_models(mlflow_client, models, groups, played, agents, mapping,
+                                make, env_config, episodes, seed, move_alias)  # fmt: skip
+    return replace(report, registered_model=name)
 
 
-def _play_all(jobs: list[tuple], workers: int | None, progress: Progress) -> dict[int, tuple]:
-    """Run `_play` for each job in a pool of processes; results by version number."""
-    context = multiprocessing.get_context("spawn")
-    results: dict[int, tuple] = {}
-    progress(0, len(jobs), "")
-    with concurrent.futures.ProcessPoolExecutor(
-        workers or os.cpu_count(), mp_context=context
-    ) as pool:
-        futures = {pool.submit(_play, *job): job[1] for job in jobs}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-            number = futures[future]
-            results[number] = future.result()
-            returns = results[number][0]
-            logger.info(
-                "[%d/%d] version %s: return %.1f ± %.1f",
-                done,
-                len(jobs),
-                number,
-                np.mean(returns),
-                np.std(returns),
-            )
-            progress(done, len(jobs), f"version {number}")
-    return results
-
-
-def _attach_replays(
-    mlflow_client: MlflowClient, name: str, results: dict[int, tuple], seed: int
-) -> None:
-    for number, (_, replay) in sorted(results.items()):
-        card.attach_replay(mlflow_client, name, number, replay, seed=seed)
-
-
-def _rewrite_cards(
-    mlflow_client: MlflowClient, name: str, evaluations: list[VersionEvaluation]
-) -> None:
-    """The evaluation changed the facts: rewrite the evaluated versions' and the family card."""
-    try:
-        for evaluation in evaluations:
-            card.publish_version_card(mlflow_client, name, evaluation.version)
-        card.publish_family_card(mlflow_client, name)
-    except Exception as error:  # the results are recorded; a stale card is not fatal
-        logger.warning("Could not rewrite the model cards of %s: %s", name, error)
+def _models(mlflow_client: Any, name: str) -> dict[str, str]:
+    """Module id -> registered model: `name` itself (its versions' module), else the
+    multi-agent family ``NAME-<module_id>``; one line when there is neither."""
+    if registered_model_exists(mlflow_client, name):
+        found = find_versions(mlflow_client, name)
+        if not found:
+            raise RegistryError(f"{name!r} has no registered versions.")
+        return {found[0].tags.get(names.VERSION_TAG_MODULE_ID) or "default_policy": name}
+    members = family.members(mlflow_client, name)
+    if not members:
+        raise RegistryError(
+            f"No registered model {name!r} in {shown(mlflow_client.tracking_uri)}, nor a "
+            f"multi-agent family {name}-<module_id>: see `rllib-mlflow versions`."
+        )
+    return members
 
 
 def _select(mlflow_client: RegistryClient, name: str, wanted: list[str] | None) -> list:
     if not wanted:
-        found = find_versions(mlflow_client, name)
-        if not found:
-            raise RegistryError(f"{name!r} has no registered versions.")
-        return sorted(found, key=lambda v: int(v.version))
+        return sorted(find_versions(mlflow_client, name), key=lambda v: int(v.version))
     chosen = []
     for item in wanted:
         uri = f"models:/{name}@{item}" if not str(item).isdigit() else f"models:/{name}/{item}"
@@ -178,61 +185,101 @@ def _select(mlflow_client: RegistryClient, name: str, wanted: list[str] | None) 
     return chosen
 
 
-def _play(
-    name: str,
-    version: int,
-    env_id: str,
-    episodes: int,
-    seed: int,
-    tracking_uri: str | None,
-    max_steps: int | None,
-    replay_dir: str | None = None,
-) -> tuple[tuple[float, ...], Replay | None]:
-    """Runs in a worker process: load the version without Ray and play seeded episodes
-    (and record the first one in `replay_dir`, if given)."""
-    import gymnasium as gym
-
-    policy = loading.load_policy(f"models:/{name}/{version}", tracking_uri=tracking_uri)
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        observation, _ = env.reset(seed=seed + episode)
-        actor = EpisodeActor(policy)
-        total, steps, done = 0.0, 0, False
-        while not done and (max_steps is None or steps < max_steps):
-            action = actor.act(observation, env.observation_space)
-            observation, reward, terminated, truncated, _ = env.step(action)
-            actor.rewarded(float(reward))
-            total += float(reward)
-            steps += 1
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    if replay_dir is None:
-        return tuple(returns), None
-    return tuple(returns), _replay(policy, env_id, replay_dir, seed, max_steps or 1000)
+def _env_to_play(
+    name: str, version: Any, env: EnvLike | None, env_config: Mapping[str, Any] | None
+) -> tuple[EnvLike, dict[str, Any], dict[str, str]]:
+    """(env, env_config, agent-to-module mapping): the given ones over the recorded ones."""
+    tags = version.tags
+    make = env if env is not None else tags.get(names.VERSION_TAG_ENV_MAKE)
+    make = make or tags.get(names.VERSION_TAG_ENV_ID)  # versions of earlier releases
+    if not make:
+        raise EnvCreationError(
+            f"The versions of {name!r} record no env: pass --env module:callable (or a "
+            "gymnasium id), or env= in Python."
+        )
+    recorded = json.loads(tags.get(names.VERSION_TAG_ENV_CONFIG) or "{}")
+    config = dict(env_config) if env_config is not None else recorded
+    mapping = json.loads(tags.get(names.VERSION_TAG_ENV_AGENT_TO_MODULE) or "{}")
+    return make, config, mapping
 
 
-def _replay(policy, env_id: str, directory: str, seed: int, max_steps: int) -> Replay:
-    """The replay of episode 0; a failure to record it fails only the replay."""
-    os.makedirs(directory, exist_ok=True)
+def _agents_if_multi_agent(env: EnvLike, config: dict[str, Any]) -> list[str] | None:
+    """Make the env once here, before any worker starts: an env that cannot be made fails
+    in one line at once; a multi-agent env's agents are mapped to modules up front."""
+    made = make_env(env, config)
     try:
-        return record_replay(policy, env_id, directory, seed=seed, max_steps=max_steps)
-    except Exception as error:
-        return Replay(None, skipped=f"recording failed ({type(error).__name__}: {error})")
+        return family.agent_ids(made) if is_multi_agent(made) else None
+    finally:
+        made.close()
 
 
-def _evaluation(version, returns: tuple[float, ...], replay: Replay | None) -> VersionEvaluation:
+def _play_all(
+    jobs: list[PlayJob], labels: list[str], workers: int | None, progress: Progress
+) -> list[Played]:
+    """Run `play` for each job in a pool of processes (in this process when the env is a
+    callable that cannot be sent to another: a lambda, a local function)."""
+    results: list[Played | None] = [None] * len(jobs)
+    progress(0, len(jobs), "")
+    if not _picklable(jobs[0].env):
+        for i, job in enumerate(jobs):
+            results[i] = _done(play(job), i, len(jobs), labels[i], progress)
+        return [r for r in results if r is not None]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers or os.cpu_count(), mp_context=context
+    ) as pool:
+        futures = {pool.submit(play, job): i for i, job in enumerate(jobs)}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            i = futures[future]
+            results[i] = _done(future.result(), done, len(jobs), labels[i], progress)
+    return [r for r in results if r is not None]
+
+
+def _done(played: Played, done: int, total: int, label: str, progress: Progress) -> Played:
+    logger.info("[%d/%d] %s: return %.1f ± %.1f", done, total, label,
+                np.mean(played.returns), np.std(played.returns))  # fmt: skip
+    progress(done, total, label)
+    return played
+
+
+def _record_models(mlflow_client: MlflowClient, models, groups, played, agents, mapping,
+                   env, env_config, episodes, seed, move_alias) -> EvaluationReport:  # fmt: skip
+    """Record each module's registered model with its versions' results."""
+    shown_env = describe(env)
+    config = None if env_config is None else dict(env_config)
+    report = EvaluationReport("", shown_env, "", 0)
+    for module, model in models.items():
+        mine = [a for a in agents or [] if module_of(a, mapping, list(models)) == module]
+        evaluations = [
+            _evaluation(group[module], result, mine) for group, result in zip(groups, played)
+        ]
+        replays = {e.version: r.replay for e, r in zip(evaluations, played) if r.replay}
+        recording.attach_replays(mlflow_client, model, replays, seed)
+        run_id, best = recording.record(mlflow_client, model, shown_env, config, episodes,
+                                        seed, evaluations, move_alias)  # fmt: skip
+        recording.rewrite_cards(mlflow_client, model, evaluations)
+        report.versions.extend(evaluations)
+        report.best[model], report.run_ids[model] = best.version, run_id
+    first = next(iter(models.values()))
+    return replace(report, run_id=report.run_ids[first], best_version=report.best[first])
+
+
+def _evaluation(version: Any, played: Played, agents: list[str]) -> VersionEvaluation:
     tags = version.tags
     iteration = tags.get(names.VERSION_TAG_ITERATION)
     training_return = tags.get("episode_return_mean")
+    mine = {agent: played.agents[agent] for agent in agents if agent in played.agents}
+    returns = tuple(map(sum, zip(*mine.values(), strict=True))) if mine else played.returns
     return VersionEvaluation(
         version=int(version.version),
         training_iteration=None if iteration is None else int(iteration),
         trial=tags.get(names.VERSION_TAG_TRIAL_NAME) or tags.get(names.VERSION_TAG_TRIAL_ID),
         training_return=None if training_return is None else float(training_return),
         returns=returns,
-        replay=None if replay is None else _replay_tag(replay),
+        replay=None if played.replay is None else _replay_tag(played.replay),
+        registered_model=version.name,
+        module_id=tags.get(names.VERSION_TAG_MODULE_ID),
+        agents=mine,
     )
 
 
@@ -240,69 +287,16 @@ def _replay_tag(replay: Replay) -> str:
     return names.REPLAY_FILE if replay.path is not None else f"skipped: {replay.skipped}"
 
 
-def _record(mlflow_client: MlflowClient, name, env_id, episodes, seed, evaluations, move_alias):
-    """Version tags, an evaluation run with metrics and the plot, and the eval-best alias."""
-    from mlflow.entities import Metric
-
-    for evaluation in evaluations:
-        number = str(evaluation.version)
-        for key, value in evaluation.summary().items():
-            tag = f"{names.VERSION_TAG_EVAL_PREFIX}{key}"
-            mlflow_client.set_model_version_tag(name, number, tag, f"{value:.6g}")
-        mlflow_client.set_model_version_tag(
-            name, number, names.VERSION_TAG_EVAL_EPISODES, str(episodes)
-        )
-        mlflow_client.set_model_version_tag(name, number, names.VERSION_TAG_EVAL_ENV_ID, env_id)
-        mlflow_client.set_model_version_tag(name, number, names.VERSION_TAG_EVAL_SEED, str(seed))
-    run = mlflow_client.create_run(
-        runs.experiment_id(mlflow_client, EVAL_EXPERIMENT),
-        run_name=f"evaluate-{name}",
-        tags={"registered_model": name},
-    )
-    run_id = run.info.run_id
-    mlflow_client.log_batch(run_id, params=_params(name, env_id, episodes, seed))
-    metrics = []
-    for evaluation in evaluations:
-        step = evaluation.training_iteration or 0
-        for key, value in evaluation.summary().items():
-            metrics.append(Metric(f"eval/{key}", value, 0, step))
-    runs.log_metric_batches(mlflow_client, run_id, metrics)
-    best = max(evaluations, key=lambda e: e.mean)
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, f"evaluation_{name}.png")
-        plot.plot_returns(
-            evaluations,
-            name,
-            env_id,
-            path,
-            best_version=_alias_version(mlflow_client, name, names.ALIAS_BEST),
-        )
-        mlflow_client.log_artifact(run_id, path)
-        with open(os.path.join(directory, "evaluation.json"), "w") as stream:
-            import json
-
-            json.dump([{**asdict(e), **e.summary()} for e in evaluations], stream, indent=2)
-        mlflow_client.log_artifact(run_id, os.path.join(directory, "evaluation.json"))
-    mlflow_client.set_terminated(run_id)
-    if move_alias:
-        mlflow_client.set_registered_model_alias(name, names.ALIAS_EVAL_BEST, str(best.version))
-    logger.info(
-        "best version %s (return %.1f); evaluation run %s in experiment %r",
-        best.version,
-        best.mean,
-        run_id,
-        EVAL_EXPERIMENT,
-    )
-    return run_id, best
+def _label(group: dict[str, Any]) -> str:
+    versions = list(group.values())
+    if len(versions) == 1:
+        return f"version {versions[0].version}"
+    return f"iteration {versions[0].tags.get(names.VERSION_TAG_ITERATION)}"
 
 
-def _params(name, env_id, episodes, seed) -> list:
-    from mlflow.entities import Param
-
-    values = {"registered_model": name, "env_id": env_id, "episodes": episodes, "seed": seed}
-    return [Param(k, str(v)) for k, v in values.items()]
-
-
-def _alias_version(mlflow_client: RegistryClient, name: str, alias: str) -> int | None:
-    aliases = mlflow_client.get_registered_model(name).aliases
-    return int(aliases[alias]) if alias in aliases else None
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:  # lambdas, local functions, objects holding them
+        return False

@@ -1,8 +1,9 @@
 """A replay: one seeded episode of a policy, rendered by its environment, as a small GIF.
 
 Plays without Ray: the policy is an exported one (`rllib_mlflow.policy.serving.Policy`, from
-`load_policy` or an export directory), the environment a gymnasium one made with
-``render_mode="rgb_array"``. Environments that cannot render that way (no such mode, or a
+`load_policy` or an export directory), the environment made as `evaluate` makes it
+(`rllib_mlflow.envs.make_env`: a gymnasium id, an env class or factory with its env_config)
+with ``render_mode="rgb_array"``. Environments that cannot render that way (no such mode, or a
 missing renderer such as pygame for the classic-control envs) are skipped, and the
 reason is returned for the model card. `record_and_attach` does the same for a version just
 registered, so that the mlflow tier only attaches replays and never plays an environment.
@@ -13,13 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rllib_mlflow import names
+from rllib_mlflow.envs import EnvLike, describe, is_multi_agent, make_env, recorded
+from rllib_mlflow.errors import EnvCreationError
 from rllib_mlflow.mlflow import card
 from rllib_mlflow.policy.episode import EpisodeActor
 
@@ -46,22 +50,24 @@ class Replay:
 
 def record_replay(
     policy: Policy,
-    env_id: str,
+    env: EnvLike,
     directory: str | os.PathLike,
     *,
+    env_config: Mapping[str, Any] | None = None,
     seed: int = 0,
     max_steps: int = 1000,
 ) -> Replay:
-    """Play one episode from `env.reset(seed=seed)` and write it to `directory`/replay.gif."""
-    env, reason = _rendering_env(env_id)
-    if env is None:
-        logger.warning("No replay for %s: %s", env_id, reason)
+    """Play one episode from `env.reset(seed=seed)` in `env` (what `make_env` takes, with
+    `env_config`) and write it to `directory`/replay.gif."""
+    made, reason = _rendering_env(env, env_config)
+    if made is None:
+        logger.warning("No replay for %s: %s", describe(env), reason)
         return Replay(None, skipped=reason)
     try:
-        frames, stride, total, steps = _play(policy, env, seed, max_steps)
-        fps = float(env.metadata.get("render_fps") or 30)
+        frames, stride, total, steps = _play(policy, made, seed, max_steps)
+        fps = float(made.metadata.get("render_fps") or 30)
     finally:
-        env.close()
+        made.close()
     path = Path(directory) / names.REPLAY_FILE
     _write_gif(frames, path, frame_ms=1000.0 * stride / fps)
     return Replay(path, episode_return=total, steps=steps)
@@ -83,30 +89,41 @@ def record_and_attach(
 
         policy = Policy(str(export_dir))
         with tempfile.TemporaryDirectory(prefix="rllib_mlflow_replay_") as directory:
-            replay = record_replay(policy, policy.metadata["env_id"], directory, seed=seed)
+            env, config = recorded(policy.metadata.get("env"), policy.metadata["env_id"])
+            if env is None:
+                raise EnvCreationError("the checkpoint records no env")
+            replay = record_replay(policy, env, directory, env_config=config, seed=seed)
             card.attach_replay(mlflow_client, name, number, replay, seed=seed)
     except Exception as error:
         logger.warning("No replay for %s version %s: %s", name, number, error)
 
 
-def _rendering_env(env_id: str):
-    """(env, None) when `env_id` renders RGB frames, else (None, why not)."""
+def _rendering_env(env: EnvLike, env_config: Mapping[str, Any] | None):
+    """(env, None) when `env` renders RGB frames, else (None, why not)."""
     # pygame (the classic-control renderer) greets on import and opens an audio device.
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    import gymnasium as gym
-
+    name = describe(env)
     try:
-        env = gym.make(env_id, render_mode="rgb_array")
-        env.reset(seed=0)
-        frame = env.render()
-    except Exception as error:  # unknown env, no rgb_array mode, renderer not installed
-        return None, f"{env_id} cannot render rgb_array frames ({type(error).__name__}: {error})"
+        made = make_env(env, env_config, render_mode="rgb_array")
+    except EnvCreationError as error:  # its message says what to pass
+        return None, str(error)
+    except Exception as error:  # the env's own failure, e.g. a renderer not installed
+        return None, f"{name} cannot be made ({type(error).__name__}: {error})"
+    if is_multi_agent(made):
+        made.close()
+        return None, f"{name} is a multi-agent env (replays are of single-agent envs)"
+    try:
+        made.reset(seed=0)
+        frame = made.render()
+    except Exception as error:  # no rgb_array mode, renderer not installed
+        made.close()
+        return None, f"{name} cannot render rgb_array frames ({type(error).__name__}: {error})"
     if not isinstance(frame, np.ndarray) or frame.ndim != 3:
-        env.close()
-        return None, f"{env_id} renders no RGB image (got {type(frame).__name__})"
-    return env, None
+        made.close()
+        return None, f"{name} renders no RGB image (got {type(frame).__name__})"
+    return made, None
 
 
 def _play(policy, env, seed: int, max_steps: int):

@@ -3,6 +3,7 @@ register it with its tags, and keep the key's first version when two hosts race.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from rllib_mlflow.mlflow.versions import find_versions, logged_model_id, version
 from rllib_mlflow.redaction import get_logger
 from rllib_mlflow.register.metrics import TAGGED_METRICS, find_metric
 from rllib_mlflow.register.task import RegistrationSettings
+from rllib_mlflow.validation import MAX_TAG_VALUE_LENGTH
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -142,7 +144,21 @@ def policy_version_tags(
         best_metric=settings.best_metric,
         best_mode=settings.best_mode,
     )
-    return tags | metric_tags(metrics, settings.best_metric)
+    return tags | env_tags(meta.get("env")) | metric_tags(metrics, settings.best_metric)
+
+
+def env_tags(env: dict[str, Any] | None) -> dict[str, str]:
+    """How to make the version's env again (policy.json's `env`), for `evaluate` to read
+    without downloading policy.json."""
+    if not env or not env.get("make"):
+        return {}
+    config = json.dumps(env.get("config") or {}, sort_keys=True, separators=(",", ":"))
+    tags = {names.VERSION_TAG_ENV_MAKE: str(env["make"])}
+    if len(config) <= MAX_TAG_VALUE_LENGTH:  # beyond, policy.json alone holds it
+        tags[names.VERSION_TAG_ENV_CONFIG] = config
+    if env.get("agent_to_module"):
+        tags[names.VERSION_TAG_ENV_AGENT_TO_MODULE] = json.dumps(env["agent_to_module"])
+    return tags
 
 
 def metric_tags(metrics: dict[str, float], best_metric: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from rllib_mlflow.errors import CheckpointError
 from rllib_mlflow.rllib import pickles
+from rllib_mlflow.rllib.env_record import env_record
 from rllib_mlflow.rllib.modules import CLASS_FILE as _CLASS_FILE
 from rllib_mlflow.rllib.modules import module_state_file
 
@@ -253,6 +254,7 @@ def _read_algorithm_info(root: Path) -> dict[str, Any]:
         config = algo["ctor_args_and_kwargs"][0][0] if algo["ctor_args_and_kwargs"][0] else {}
         env = config.get("env") if isinstance(config, dict) else None
         info["env_id"] = env if isinstance(env, str) else getattr(env, "__name__", None)
+        info["env"] = env_record(config) if isinstance(config, dict) else None
         state_path = root / "algorithm_state.pkl"
         if state_path.exists():
             state = pickles.load(state_path)

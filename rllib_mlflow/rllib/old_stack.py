@@ -27,6 +27,7 @@ from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.policy.spaces import space_to_json
 from rllib_mlflow.rllib import pickles
 from rllib_mlflow.rllib.connectors import _rule_for_space
+from rllib_mlflow.rllib.env_record import env_record
 from rllib_mlflow.rllib.layout import written_by
 from rllib_mlflow.rllib.old_lstm import lstm_prev_actions_rewards, lstm_state
 from rllib_mlflow.rllib.old_models import (
@@ -116,6 +117,7 @@ def _algorithm_info(root: Path) -> dict[str, Any]:
     return {
         "algorithm": None if algo_class is None else pickles.class_name(algo_class),
         "env_id": env if isinstance(env, str) else getattr(env, "__name__", None),
+        "env": env_record(config),
         "training_iteration": state.get("training_iteration"),
         "metrics": _counter_metrics(state.get("counters") or {}),
     }
@@ -168,6 +170,7 @@ def _read_policy(policy_id: str, policy_dir: Path, algorithm: dict, source: str)
         module_class=f"{type(model).__module__}.{type(model).__name__}",
         algorithm=algorithm.get("algorithm"),
         env_id=algorithm.get("env_id") or _env_id(config),
+        env=algorithm.get("env") or env_record(config),
         source_checkpoint=source,
         training_iteration=algorithm.get("training_iteration"),
         metrics=dict(algorithm.get("metrics", {})),

@@ -83,6 +83,7 @@ class StandIn:
     set by the pickle's state dict are readable as attributes."""
 
     standin_for = "?"
+    standin_import: str | None = None  # "module:QualName" of a class or function by reference
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     state: Any
@@ -185,7 +186,11 @@ class _DataUnpickler(pickle.Unpickler):
             return _reconstructor
         if name in _REAL.get(module, ()):
             return getattr(importlib.import_module(module), name)
-        return _stand_in(f"{module}.{name}")
+        stand_in = _stand_in(f"{module}.{name}")
+        # The pickle named it by module and qualified name: how to import it again (an
+        # env class); the dotted name alone does not say where a nested class starts.
+        stand_in.standin_import = f"{module}:{name}"
+        return stand_in
 
     def persistent_load(self, pid: Any) -> Any:
         return _stand_in(f"persistent_id.{type(pid).__name__}")(pid)

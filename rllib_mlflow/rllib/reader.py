@@ -115,6 +115,7 @@ def _read_module(
         env_runner_dir=algorithm.get("env_runner_dir"),
         algorithm=algorithm.get("algorithm"),
         env_id=algorithm.get("env_id"),
+        env=algorithm.get("env"),
         source_checkpoint=source,
         training_iteration=algorithm.get("training_iteration"),
         metrics=dict(algorithm.get("metrics", {})),

@@ -265,6 +265,7 @@ class PolicySnapshot:
     env_id: str | None = None
     source_checkpoint: str | None = None
     training_iteration: int | None = None
+    env: dict[str, Any] | None = None  # how to make the env again: `rllib.env_record`
     metrics: dict[str, float] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
     # A Dict observation that reaches the module as a dict: one graph input per key.

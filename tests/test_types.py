@@ -33,6 +33,9 @@ reveal_type(rllib_mlflow.MLflowCheckpointCallback)
 reveal_type(rllib_mlflow.MLflowLoggerCallback)
 reveal_type(rllib_mlflow.log_checkpoint)
 reveal_type(rllib_mlflow.log_checkpoint("checkpoint", "cartpole"))
+report = rllib_mlflow.evaluate("cartpole", env="my_envs:Corridor", env_config={"width": 8})
+reveal_type(report)
+reveal_type(report.versions[0].returns)
 try:
     pass
 except rllib_mlflow.RegistryError as error:
@@ -54,6 +57,8 @@ EXPECTED = [
     "type[MLflowLoggerCallback]",
     "(checkpoint",  # a function with its real signature
     "list[ModelVersion]",
+    "EvaluationReport",
+    "tuple[float, ...]",
     "RegistryError",
     "RLlibMLflowError",
 ]

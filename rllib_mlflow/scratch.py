@@ -35,8 +35,8 @@ def export_scratch() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix=f"{EXPORT_PREFIX}{os.getpid()}_", dir=parent) as d:
         try:
             yield d
-        except OSError as error:
-            if not _disk_full(error):
+        except Exception as error:
+            if isinstance(error, DiskFullError) or not _disk_full(error):
                 raise
             raise DiskFullError(
                 f"No space left on device in {os.path.dirname(d)} (RLLIB_MLFLOW_TMPDIR, where "
@@ -51,13 +51,22 @@ class DiskFullError(RLlibMLflowError, OSError):
     """The scratch disk filled up while exporting."""
 
 
-def _disk_full(error: OSError) -> bool:
-    # h5py and TensorFlow report ENOSPC inside their own messages, with no errno.
-    return (
-        error.errno == errno.ENOSPC
-        or "No space left on device" in str(error)
-        or ("[Errno 28]" in str(error))
-    )
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC in `error` or in what it was raised from: exporters wrap what they meet (the
+    ONNX tracer's refusal holds the OSError it got). Only OSErrors count: a server's answer
+    about its own full disk is not ours."""
+    cause: BaseException | None = error
+    for _ in range(10):  # a chain is short; a cycle must not hang us
+        if cause is None:
+            return False
+        # h5py and TensorFlow report ENOSPC inside their own messages, with no errno.
+        text = str(cause)
+        if isinstance(cause, OSError) and (
+            cause.errno == errno.ENOSPC or "No space left on device" in text or "[Errno 28]" in text
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _size(directory: Path) -> int:

@@ -313,13 +313,15 @@ class ExportDispatcher:
         try:
             lane.deliver(None, self._lock)
         except Exception as error:  # this runs in the reply thread: nothing may escape it
+            logger.debug("restart failed", exc_info=True)
+            if isinstance(error, OSError | ValueError):  # the new one died in turn: its
+                return  # end is told, and it restarted, when its own replies stop
             logger.error(
                 "export worker %d could not be restarted (%s); the journal keeps its "
                 "checkpoints for `rllib-mlflow sync`.",
                 number,
                 one_line(error),
             )
-            logger.debug("restart failed", exc_info=True)
 
 
 def _unreachable(error: Exception) -> None:

@@ -141,7 +141,7 @@ def vpg_no_shared():
     return two_agent_vpg({"rl_module_specs": specs})
 
 
-def random_opponent():
+def random_opponent(opponent=None, **opponent_config):
     from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
     from ray.rllib.examples.rl_modules.classes.random_rlm import RandomRLModule
 
@@ -149,7 +149,9 @@ def random_opponent():
     specs = MultiRLModuleSpec(
         rl_module_specs={
             "learnable_policy": RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=[16])),
-            "random": RLModuleSpec(module_class=RandomRLModule),
+            "random": RLModuleSpec(
+                module_class=opponent or RandomRLModule, model_config=opponent_config or None
+            ),
         }
     )
     return ppo("ma_cartpole", specs).multi_agent(
@@ -157,6 +159,32 @@ def random_opponent():
         policy_mapping_fn=lambda aid, *a, **k: ["learnable_policy", "random"][aid % 2],
         policies_to_train=["learnable_policy"],
     )
+
+
+def stateful_random_opponent():
+    """random_opponent with RandomRLModule's stateful subclass (random_rlm.py)."""
+    from ray.rllib.examples.rl_modules.classes.random_rlm import StatefulRandomRLModule
+
+    # RLlib's learner connector asks every stateful module for max_seq_len, trained or not.
+    return random_opponent(StatefulRandomRLModule, max_seq_len=10)
+
+
+def deterministic():
+    """Ray's TorchDeterministic as a module's inference distribution (no Ray example uses
+    it): PPO's default module acting with the Gaussian's mean on Pendulum."""
+    from tests.custom_modules import DeterministicPPOTorchRLModule
+
+    config = {"fcnet_hiddens": [16], "head_fcnet_hiddens": []}
+    spec = RLModuleSpec(module_class=DeterministicPPOTorchRLModule, model_config=config)
+    return ppo("Pendulum-v1", spec)
+
+
+def mobilenet():
+    """mobilenet_rlm.py's own config (PPO on 3x224x224 RandomEnv images): importing the file
+    builds and trains it (module-level code), with torchvision and its ImageNet weights."""
+    from ray.rllib.examples.rl_modules.classes import mobilenet_rlm
+
+    return mobilenet_rlm.config
 
 
 def rps():
@@ -321,12 +349,15 @@ CASES = {
         vpg_shared,
         vpg_no_shared,
         random_opponent,
+        stateful_random_opponent,
         rps,
         icm,
         modelv2,
         custom_dist,
         action_masking,
         lstm_appo,
+        deterministic,
+        mobilenet,
     ]
 }
 

@@ -8,9 +8,11 @@ environments; `register_test_envs()` is idempotent and may be called again.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -488,6 +490,55 @@ def make_env(env_id: str, config: dict | None = None) -> gym.Env | MultiAgentEnv
     if env_id == MULTI_AGENT:
         return TwoAgentBalance(config)
     return gym.make(env_id)
+
+
+# (raw observation, action the env received, reward it returned) for one env step
+Step = tuple[Any, np.ndarray, float]
+
+
+class RecordingEnv(gym.Wrapper):
+    """Keeps what RLlib's EnvRunner sends the env it wraps: per episode (one list per reset),
+    every step's raw observation, action and reward. A class attribute, not the instance's:
+    RLlib builds the env itself (num_env_runners=0: in the test's process), so the test
+    reads the recording from here."""
+
+    episodes: ClassVar[list[list[Step]]] = []
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        RecordingEnv.episodes.append([])
+        self._last = copy.deepcopy(obs)  # RLlib's connectors may change it in place
+        return obs, info
+
+    def step(self, action):
+        obs, reward, *rest = self.env.step(action)
+        step = (self._last, np.array(action, copy=True), float(np.asarray(reward)))
+        RecordingEnv.episodes[-1].append(step)
+        self._last = copy.deepcopy(obs)
+        return (obs, reward, *rest)
+
+
+def rllib_episodes(
+    config: Any, checkpoint: str, make: Callable[[], gym.Env], num_timesteps: int
+) -> list[list[Step]]:
+    """The episodes RLlib's EnvRunner plays with explore=False, restored from `checkpoint`
+    (new API stack; `config` is the checkpoint's) around `make()`'s env: what users' code
+    must match. Observation filters are frozen, as the exports freeze them at the checkpoint."""
+    from ray.tune.registry import register_env
+
+    name = f"recording:{config.env}"
+    register_env(name, lambda _: RecordingEnv(make()))
+    algo = config.copy(copy_frozen=False).environment(name).build_algo()
+    try:
+        algo.restore_from_path(checkpoint)
+        for connector in algo.env_runner._env_to_module.connectors:
+            if hasattr(connector, "_update_stats"):  # MeanStdFilter
+                connector._update_stats = False
+        RecordingEnv.episodes.clear()
+        algo.env_runner.sample(num_timesteps=num_timesteps, explore=False, random_actions=False)
+        return [episode for episode in RecordingEnv.episodes if episode]
+    finally:
+        algo.stop()
 
 
 def register_test_envs() -> None:

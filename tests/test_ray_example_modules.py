@@ -1,17 +1,18 @@
-"""Ray's own example RLModules (`ray/rllib/examples/rl_modules/classes/`) through the export.
+"""Ray's own example RLModules (`ray/rllib/examples/rl_modules/classes/`) and the action
+distributions Ray ships, through the export.
 
-TinyAtariCNN (a CNN squeezing two dims at once) and LSTMContainingRLModule (a stateful module
-whose initial state is numpy) are trained briefly as Ray's example scripts configure them,
-exported, and then RLlib's restored EnvRunner plays real episodes with explore=False: the
-exported policy (`Policy` on each backend it has, and `load_policy` of the registered
-version) must send the env the same actions. Modules that cannot be exported are refused
-with one line naming the class, the step and what to do. docs/ray-example-modules.md has the
-table for every example module.
+TinyAtariCNN (a CNN squeezing two dims at once), LSTMContainingRLModule (a stateful module
+whose initial state is numpy) and a PPO module acting through Ray's TorchDeterministic
+(tests/custom_modules.py) are trained briefly as Ray's example scripts configure them,
+exported, registered, and then RLlib's restored EnvRunner plays real episodes with
+explore=False: the exported policy (`Policy` on each backend it has, `load_policy` of the
+registered version and the real `mlflow models serve` of it) must send the env the same
+actions. Modules that cannot be exported are refused with one line naming the class, the
+step and what to do. docs/ray-example-modules.md has the table for every example module.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,31 +20,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rllib_mlflow.errors import UnsupportedModuleError
+from rllib_mlflow.errors import CheckpointError, UnsupportedModuleError
 from rllib_mlflow.export import export_checkpoint
 from rllib_mlflow.policy.serving import Policy
 from tests import envs
+from tests.mlflow_server import post_json, start_model_server
 
 pytestmark = pytest.mark.slow
 
 EPISODE_STEPS = 40
-RECORDED: list[list[tuple[Any, int, float]]] = []  # per episode: (raw obs, action, reward)
-
-
-class RecordingEnv(gym.Wrapper):
-    """Keeps what the env received from RLlib's EnvRunner: (observation, action, reward)."""
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        RECORDED.append([])
-        self._last = copy.deepcopy(obs)
-        return obs, info
-
-    def step(self, action):
-        obs, reward, *rest = self.env.step(action)
-        RECORDED[-1].append((self._last, int(action), float(reward)))
-        self._last = copy.deepcopy(obs)
-        return (obs, reward, *rest)
+RELATIVE = 1e-5  # continuous actions: float32 rounding, relative to max(1, |action|)
 
 
 def _tiny_atari_cnn():
@@ -52,7 +38,7 @@ def _tiny_atari_cnn():
     from ray.rllib.examples.rl_modules.classes.tiny_atari_cnn_rlm import TinyAtariCNN
 
     filters = [[4, 4, 2, "same"], [8, 4, 2, "same"], [16, 4, 1, "valid"]]
-    return envs.make_env(envs.TINY_IMAGE), TinyAtariCNN, {"conv_filters": filters}
+    return lambda: envs.make_env(envs.TINY_IMAGE), TinyAtariCNN, {"conv_filters": filters}
 
 
 def _lstm_containing():
@@ -63,13 +49,33 @@ def _lstm_containing():
     )
 
     config = {"lstm_cell_size": 16, "dense_layers": [16], "max_seq_len": 10}
-    return StatelessCartPole(), LSTMContainingRLModule, config
+    return StatelessCartPole, LSTMContainingRLModule, config
 
 
-MODULES = {"TinyAtariCNN": _tiny_atari_cnn, "LSTMContainingRLModule": _lstm_containing}
-# What each exports: onnx2tf converts the CNN (the .h5 comes the same way, left out for
-# time); it does not convert the ONNX LSTM operator torch writes, so the LSTM is ONNX only.
-FORMATS = {"TinyAtariCNN": ["saved_model", "onnx"], "LSTMContainingRLModule": ["onnx"]}
+def _deterministic():
+    """PPO's default module acting through (a from_logits-giving subclass of) Ray's
+    TorchDeterministic, on Pendulum's Box actions (unsquashed to [-2, 2] by RLlib)."""
+    from tests.custom_modules import DeterministicPPOTorchRLModule
+
+    config = {"fcnet_hiddens": [16], "head_fcnet_hiddens": []}
+    return lambda: gym.make("Pendulum-v1"), DeterministicPPOTorchRLModule, config
+
+
+MODULES = {
+    "TinyAtariCNN": _tiny_atari_cnn,
+    "LSTMContainingRLModule": _lstm_containing,
+    "DeterministicPPOTorchRLModule": _deterministic,
+}
+# What each exports: onnx2tf converts the CNN and the traced distribution (the .h5 comes the
+# same way, left out for time); it does not convert the ONNX LSTM operator torch writes, so
+# the LSTM is ONNX only.
+FORMATS = {
+    "TinyAtariCNN": ["saved_model", "onnx"],
+    "LSTMContainingRLModule": ["onnx"],
+    "DeterministicPPOTorchRLModule": ["saved_model", "onnx"],
+}
+BACKENDS = {"saved_model": "tensorflow", "onnx": "onnxruntime"}
+CASES = [(name, BACKENDS[fmt]) for name in MODULES for fmt in FORMATS[name]]
 
 
 @dataclass
@@ -77,11 +83,27 @@ class Trained:
     checkpoint: str
     export_dir: str
     policy_json: dict
-    episodes: list[list[tuple[Any, int, float]]]
+    episodes: list[list[envs.Step]]
 
     @property
     def rllib_actions(self) -> np.ndarray:
-        return np.array([action for episode in self.episodes for _, action, _ in episode])
+        return np.stack([action for episode in self.episodes for _, action, _ in episode])
+
+    @property
+    def observations(self) -> list:
+        return [obs for episode in self.episodes for obs, _, _ in episode]
+
+
+def assert_rllib_actions(actions, t: Trained, what: str) -> None:
+    """Discrete actions identical, Box actions within float32 rounding."""
+    want = t.rllib_actions
+    got = np.asarray(actions).reshape(want.shape)
+    if np.issubdtype(want.dtype, np.integer):
+        mismatches = int(np.sum(got != want))
+        assert mismatches == 0, f"{what}: {mismatches} of {len(want)} actions differ from RLlib"
+        return
+    worst = float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
+    assert worst <= RELATIVE, f"{what}: relative difference {worst} from RLlib"
 
 
 def _config(name: str, env_name: str):
@@ -104,12 +126,13 @@ def _config(name: str, env_name: str):
 
 
 def _train_export_and_play(name: str, root) -> Trained:
-    """One training iteration, `algo.save()`, the ONNX export (parity checked), then RLlib's
+    """One training iteration, `algo.save()`, the export (parity checked), then RLlib's
     EnvRunner, restored from the checkpoint, plays episodes with explore=False."""
     from ray.tune.registry import register_env
 
+    make_env = MODULES[name]()[0]
     env_name = f"ray-example-{name}"
-    register_env(env_name, lambda _: RecordingEnv(MODULES[name]()[0]))
+    register_env(env_name, lambda _: make_env())
     config = _config(name, env_name)
     algo = config.build_algo()
     try:
@@ -121,14 +144,7 @@ def _train_export_and_play(name: str, root) -> Trained:
     (exported,) = export_checkpoint(
         checkpoint, root / name / "export", formats=FORMATS[name], parity_observations=200
     )
-    algo = config.copy(copy_frozen=False).build_algo()
-    try:
-        algo.restore_from_path(checkpoint)
-        RECORDED.clear()
-        algo.env_runner.sample(num_timesteps=EPISODE_STEPS, explore=False, random_actions=False)
-        episodes = [episode for episode in RECORDED if episode]
-    finally:
-        algo.stop()
+    episodes = envs.rllib_episodes(config, checkpoint, make_env, EPISODE_STEPS)
     return Trained(checkpoint, str(exported.path), exported.metadata, episodes)
 
 
@@ -149,14 +165,14 @@ def trained(ray_session, tmp_path_factory):
 def _act(policy, trained: Trained) -> np.ndarray:
     """The policy's actions on RLlib's episodes, the state carried through each episode."""
     if not policy.is_stateful:
-        return policy.compute_actions([obs for e in trained.episodes for obs, _, _ in e])
+        return policy.compute_actions(trained.observations)
     actions = []
     for episode in trained.episodes:
         state = policy.initial_state(1)
         for obs, _, _ in episode:
             action, state = policy.step(obs, state)
-            actions.append(int(action[0]))
-    return np.array(actions)
+            actions.append(action[0])
+    return np.stack(actions)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -164,9 +180,9 @@ def test_exported_policy_acts_like_rllibs_env_runner(trained, name):
     t = trained(name)
     assert t.policy_json["formats"] == FORMATS[name] and t.policy_json["parity"]["passed"]
     assert sum(map(len, t.episodes)) >= EPISODE_STEPS
-    for backend in ["onnxruntime", "tensorflow"][: len(FORMATS[name])]:
-        policy = Policy(t.export_dir, backend=backend)
-        np.testing.assert_array_equal(_act(policy, t), t.rllib_actions, err_msg=backend)
+    for fmt in FORMATS[name]:
+        policy = Policy(t.export_dir, backend=BACKENDS[fmt])
+        assert_rllib_actions(_act(policy, t), t, fmt)
 
 
 def test_the_lstm_modules_numpy_initial_state_is_the_graphs_state(trained):
@@ -176,15 +192,82 @@ def test_the_lstm_modules_numpy_initial_state_is_the_graphs_state(trained):
     assert [s["name"] for s in t.policy_json["state"]] == ["h", "c"]
 
 
-def test_load_policy_of_the_registered_version_acts_like_rllib(trained, tmp_path):
-    from rllib_mlflow import load_policy, log_checkpoint
+def test_torch_deterministic_acts_with_its_inputs_traced(trained):
+    t = trained("DeterministicPPOTorchRLModule")
+    assert t.policy_json["action_rule"]["distribution"] == "deterministic"
+    assert t.policy_json["action_rule"]["input_lens"] == [1]  # no log std
+    assert t.policy_json["custom_distribution"].endswith("custom_modules.DeterministicMean")
+    assert "distribution's deterministic sample" in t.policy_json["how"]["onnx"]
+    actions = t.rllib_actions
+    assert np.all(np.abs(actions) <= 2.0) and len(np.unique(actions)) > 1
 
-    t = trained("LSTMContainingRLModule")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Parity was checked by the export above; this is about what load_policy serves.
-    log_checkpoint(t.checkpoint, "ray-lstm", formats=["onnx"], verify=False, tracking_uri=uri)
-    policy = load_policy("models:/ray-lstm/1", tracking_uri=uri)
-    np.testing.assert_array_equal(_act(policy, t), t.rllib_actions)
+
+# -- registered: load_policy and mlflow models serve -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registered(trained, tmp_path_factory) -> str:
+    """Each module registered as version 1 of `ray-<name>` in one SQLite store."""
+    from rllib_mlflow import log_checkpoint
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('ray_example_registry') / 'mlflow.db'}"
+    for name in MODULES:  # parity was checked by the export above
+        path, formats = trained(name).checkpoint, FORMATS[name]
+        log_checkpoint(path, f"ray-{name}", formats=formats, verify=False, tracking_uri=uri)
+    return uri
+
+
+@pytest.mark.parametrize("name, backend", CASES)
+def test_load_policy_of_the_registered_version_acts_like_rllib(trained, registered, name, backend):
+    from rllib_mlflow import load_policy
+
+    policy = load_policy(f"models:/ray-{name}/1", backend=backend, tracking_uri=registered)
+    assert policy.backend == backend
+    assert_rllib_actions(_act(policy, trained(name)), trained(name), f"load_policy {backend}")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_served_model_acts_like_rllib(trained, registered, name, tmp_path):
+    t = trained(name)
+    server = start_model_server(f"models:/ray-{name}/1", registered, tmp_path / "serve.log")
+    try:
+        url = f"{server.uri}/invocations"
+        stateful = bool(t.policy_json["state"])
+        actions = _served_stateful(url, t) if stateful else _served_stateless(url, t)
+    finally:
+        server.stop()
+    assert_rllib_actions(actions, t, "served")
+
+
+def _served_stateless(url: str, t: Trained) -> np.ndarray:
+    """The episodes' raw observations in one request; then the first as a request alone."""
+    observations = np.asarray(t.observations)
+    actions = _predictions(url, {"inputs": observations.tolist()})
+    assert _predictions(url, {"inputs": observations[:1].tolist()}).tolist() == [
+        actions[0].tolist()
+    ]
+    return actions
+
+
+def _served_stateful(url: str, t: Trained) -> np.ndarray:
+    """As docs/guides/loading-and-serving.md says: one request per step, the policy.json's
+    initial state (`state_<name>`) on an episode's first step, then the last response's."""
+    initial = {f"state_{s['name']}": [s["initial"]] for s in t.policy_json["state"]}
+    actions = []
+    for episode in t.episodes:
+        state = initial
+        for obs, _, _ in episode:
+            inputs = {"observations": [np.asarray(obs).tolist()], **state}
+            predictions = _predictions(url, {"inputs": inputs}, many=True)
+            actions.append(predictions["actions"][0])
+            state = {name: predictions[name] for name in initial}
+    return np.asarray(actions)
+
+
+def _predictions(url: str, payload, many: bool = False) -> Any:
+    status, body = post_json(url, payload)
+    assert status == 200, body
+    return body["predictions"] if many else np.asarray(body["predictions"])
 
 
 # -- refused, in one line ------------------------------------------------------------------
@@ -246,3 +329,65 @@ def test_a_training_only_module_is_refused_in_one_line_at_the_tracer(tmp_path):
     assert message.startswith("IntrinsicCuriosityModel (module ")
     assert "tracing to ONNX failed (NotImplementedError: " in message
     assert "does not implement inference" in message
+
+
+def test_the_stateful_random_module_is_refused_in_one_line(tmp_path):
+    """StatefulRandomRLModule (random_rlm.py) keeps a numpy state beside its random actions:
+    refused as RandomRLModule, before its state is looked at."""
+    from ray.rllib.examples.rl_modules.classes.random_rlm import StatefulRandomRLModule
+
+    message = _refusal(_saved_module(StatefulRandomRLModule, tmp_path), tmp_path)
+    assert message.startswith("StatefulRandomRLModule (module ")
+    assert "reading the module failed (it is not a torch RLModule" in message
+
+
+def test_torch_deterministic_as_shipped_is_refused_saying_what_to_add(tmp_path):
+    """Ray 2.60's TorchDeterministic has no from_logits: RLlib itself cannot act with it."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from tests.custom_modules import BareDeterministicPPOTorchRLModule
+
+    box = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    spec = RLModuleSpec(
+        module_class=BareDeterministicPPOTorchRLModule,
+        model_config={"fcnet_hiddens": [8]},
+        observation_space=SPACES["observation_space"],
+        action_space=box,
+    )
+    checkpoint = str(tmp_path / "bare")
+    spec.build().save_to_path(checkpoint)
+    message = _refusal(checkpoint, tmp_path)
+    assert message.startswith("BareDeterministicPPOTorchRLModule (module ")
+    assert "reading its action distribution failed. Its inference distribution " in message
+    assert "TorchDeterministic has no from_logits" in message
+    assert message.endswith("returns cls(loc=logits)) and train again.")
+
+
+def test_mobilenet_without_torchvision_is_refused_in_one_line(ray_session, tmp_path):
+    """MobileNetTorchPPORLModule (mobilenet_rlm.py) needs torchvision, not installed here.
+    Its checkpoint is written with a stand-in of the class under the real name (importing
+    mobilenet_rlm.py runs Ray's example: it builds and trains a PPO at import, which fails
+    without torchvision); the export then imports the real file, and refuses in one line."""
+    import sys
+    import types
+
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import (
+        DefaultPPOTorchRLModule,
+    )
+
+    name = "ray.rllib.examples.rl_modules.classes.mobilenet_rlm"
+    stand_in = types.ModuleType(name)
+    cls = type("MobileNetTorchPPORLModule", (DefaultPPOTorchRLModule,), {"__module__": name})
+    stand_in.MobileNetTorchPPORLModule = cls  # pyright: ignore[reportAttributeAccessIssue]
+    sys.modules[name] = stand_in
+    try:
+        checkpoint = _saved_module(cls, tmp_path, fcnet_hiddens=[8])
+    finally:
+        del sys.modules[name]
+    with pytest.raises(CheckpointError) as refused:
+        export_checkpoint(checkpoint, tmp_path / "out", formats=["onnx"])
+    message = str(refused.value)
+    assert "\n" not in message and not (tmp_path / "out").exists()
+    assert f"needs the RLModule class {name}.MobileNetTorchPPORLModule" in message
+    assert "No module named 'torchvision'" in message
+    assert "pip install torchvision" in message

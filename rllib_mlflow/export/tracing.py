@@ -2,7 +2,10 @@
 
 Ray's own `TinyAtariCNN` squeezes two dims at once (`torch.squeeze(x, dim=[-1, -2])`),
 which torch's TorchScript exporter reads as one int and fails on ("only one element tensors
-can be converted to Python scalars"): `onnx_additions` adds that case while we export.
+can be converted to Python scalars"); RLlib's Gaussian heads (`clip_log_std`) and modules
+splitting mean from log std `chunk` their output, which the exporter writes as slices at
+offsets computed from the tensor's shape at run time, and onnx2tf converts to empty tensors.
+`onnx_additions` adds both cases while we export.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch.onnx import symbolic_helper, symbolic_opset11
 _register = torch.onnx.register_custom_op_symbolic  # pyright: ignore[reportPrivateImportUsage]
 _unregister = torch.onnx.unregister_custom_op_symbolic  # pyright: ignore[reportPrivateImportUsage]
 _torch_squeeze = symbolic_opset11.squeeze  # pyright: ignore[reportPrivateImportUsage]
+_torch_chunk = symbolic_opset11.prim_constant_chunk  # pyright: ignore[reportPrivateImportUsage]
 
 
 @contextmanager
@@ -24,10 +28,12 @@ def onnx_additions(opset: int) -> Iterator[None]:
     """Symbolics the TorchScript exporter lacks, registered only while one export runs (the
     registry is process-wide; other exports in the process keep torch's own)."""
     _register("aten::squeeze", _squeeze, opset)
+    _register("prim::ConstantChunk", _constant_chunk, opset)
     try:
         yield
     finally:
         _unregister("aten::squeeze", opset)
+        _unregister("prim::ConstantChunk", opset)
 
 
 def _squeeze(g, self, dim=None):
@@ -49,6 +55,22 @@ def _squeeze(g, self, dim=None):
     # TinyAtariCNN): fixed by the observation shape, so a plain Squeeze, without the If node
     # onnx2tf cannot convert. Were one not 1, ONNX Runtime would raise and parity refuse.
     return symbolic_helper._squeeze_helper(g, self, sorted(dims))
+
+
+def _constant_chunk(g, self, chunks: int, dim: int):
+    """torch.chunk of a dim whose size the trace knows (a layer's width, not the batch) as
+    slices at constant offsets, as torch cuts it: pieces of ceil(size / chunks)."""
+    rank = symbolic_helper._get_tensor_rank(self)
+    size = None if rank is None else symbolic_helper._get_tensor_dim_size(self, dim % rank)
+    if rank is None or size is None:
+        return _torch_chunk(g, self, chunks, dim)
+    step, axis = -(-size // chunks), dim % rank
+    return [
+        symbolic_helper._slice_helper(
+            g, self, axes=[axis], starts=[i * step], ends=[min((i + 1) * step, size)]
+        )
+        for i in range(chunks)
+    ]
 
 
 def _constant_dims(dim) -> list[int] | None:

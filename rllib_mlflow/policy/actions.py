@@ -36,6 +36,8 @@ def sample_actions(
         parts = np.split(dist_inputs, np.cumsum(lens)[:-1], axis=-1)
         picks = np.stack([_sample_categorical(p, rng) for p in parts], axis=-1)
         return picks[:, 0] if kind == "categorical" else picks
+    if kind == "deterministic":  # TorchDeterministic samples its inputs
+        return _postprocess(dist_inputs.astype(np.float32), rule)
     mean, log_std = dist_inputs[:, : lens[0]], dist_inputs[:, lens[0] :]
     squashed = kind in ("squashed_gaussian", "tanh_squashed_gaussian")
     if squashed:

@@ -30,6 +30,9 @@ _DISTRIBUTIONS = {
     "TorchMultiCategorical": "multi_categorical",
     "TorchDiagGaussian": "diag_gaussian",
     "TorchSquashedGaussian": "squashed_gaussian",
+    # Its action is the action_dist_inputs: what every distribution's to_deterministic()
+    # gives RLlib, and a module's own inference distribution when subclassed (see below).
+    "TorchDeterministic": "deterministic",
 }
 
 
@@ -198,6 +201,25 @@ def _action_rule(
     return _rule_for_space(name, act_space, module_to_env), custom
 
 
+def missing_from_logits(module) -> str | None:
+    """Why RLlib itself cannot act with `module`, if its inference distribution has no
+    `from_logits` (Ray 2.60's TorchDeterministic: Distribution's raises NotImplementedError),
+    which RLlib's EnvRunner calls (GetActions): then there is nothing to be equal to."""
+    from ray.rllib.core.distribution.distribution import Distribution
+
+    dist_cls = module.get_inference_action_dist_cls()
+    dist_cls = getattr(dist_cls, "func", dist_cls)  # a functools.partial
+    own = getattr(dist_cls, "from_logits", None)
+    if getattr(own, "__func__", own) is not Distribution.from_logits.__func__:
+        return None
+    return (
+        f"Its inference distribution {dist_cls.__name__} has no from_logits, so RLlib's own "
+        f"EnvRunner cannot act with {type(module).__name__} either (NotImplementedError in "
+        "GetActions). Give the distribution one (e.g. a subclass whose from_logits returns "
+        "cls(loc=logits)) and train again."
+    )
+
+
 def _refuse_composite_actions(act_space) -> None:
     """Tuple and Dict actions (RLlib's TorchMultiDistribution) would need one output per
     part: refused before the distribution, whose generated class name says nothing."""
@@ -214,6 +236,10 @@ def _refuse_composite_actions(act_space) -> None:
 
 def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]]) -> ActionRule:
     settings = dict(module_to_env).get("NormalizeAndClipActions", {})
+    if name == "deterministic" and not isinstance(act_space, gym.spaces.Box):
+        raise UnsupportedModuleError(
+            f"TorchDeterministic acts in Box spaces (its actions are its inputs), not {act_space}."
+        )
     if isinstance(act_space, gym.spaces.Discrete):
         return ActionRule(name, (int(act_space.n),))
     if isinstance(act_space, gym.spaces.MultiDiscrete):
@@ -223,7 +249,7 @@ def _rule_for_space(name: str, act_space, module_to_env: list[tuple[str, dict]])
         unsquash, clip = _box_postprocessing(act_space, settings)
         return ActionRule(
             name,
-            (size, size),
+            (size,) if name == "deterministic" else (size, size),  # no log std
             normalize_actions=unsquash,
             clip_actions=clip,
             low=act_space.low.astype(np.float32),

@@ -239,9 +239,18 @@ def real_class(value: Any, *, what: str, path: Path) -> type:
     try:
         found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
+        # A package the class's file imports (Ray's MobileNet example: torchvision) is
+        # missing where the export runs, not where training ran: say which to install.
+        missing = getattr(error, "name", None) if isinstance(error, ImportError) else None
+        missing = None if missing and module.startswith(missing) else missing  # the file itself
+        todo = (
+            f" Install it where you export (pip install {missing.split('.')[0]})."
+            if missing
+            else ""
+        )
         raise CheckpointError(
             f"Checkpoint {path} needs the {what} {dotted}, which cannot be imported here "
-            f"({type(error).__name__}: {error})."
+            f"({type(error).__name__}: {error}).{todo}"
         ) from error
     if not (isinstance(found, type) and _may_build(found)):
         raise UnsafeCheckpointError(

@@ -25,6 +25,7 @@ from rllib_mlflow.rllib.connectors import (
     _mean_std_filter,
     _prev_actions_rewards,
     _raw_observation_space,
+    missing_from_logits,
 )
 from rllib_mlflow.rllib.layout import (
     _module_dirs,
@@ -132,22 +133,22 @@ def _module_action_rule(module, module_id: str, algorithm: dict):
     """`_action_rule`, its refusal (Tuple actions, ...) naming the module's class, and a
     module without an inference distribution refused in one line, not with RLlib's error."""
     cls = f"{type(module).__module__}.{type(module).__qualname__}"
+    step = "reading its action distribution"
     try:
-        return _action_rule(module, module.action_space, algorithm["module_to_env"])
+        reason = missing_from_logits(module)
+        if reason is None:
+            return _action_rule(module, module.action_space, algorithm["module_to_env"])
     except UnsupportedModuleError as error:
         message = module_refusal(cls, module_id, "reading its action space", "", str(error))
         raise UnsupportedModuleError(message) from error
     except Exception as error:  # e.g. NotImplementedError: no inference distribution
-        raise UnsupportedModuleError(
-            module_refusal(
-                cls,
-                module_id,
-                "reading its action distribution",
-                error,
-                "Its get_inference_action_dist_cls() must return the distribution its "
-                "action_dist_inputs are meant for.",
-            )
-        ) from error
+        todo = (
+            "Its get_inference_action_dist_cls() must return the distribution its "
+            "action_dist_inputs are meant for."
+        )
+        raise UnsupportedModuleError(module_refusal(cls, module_id, step, error, todo)) from error
+    # RLlib cannot act with it: nothing to compare the export with.
+    raise UnsupportedModuleError(module_refusal(cls, module_id, step, "", reason))
 
 
 def _state_tensors(module, network: Network | None) -> tuple[StateTensor, ...]:

@@ -200,7 +200,8 @@ class ActionRule:
     `input_lens`), "diag_gaussian" (mean = first half), "squashed_gaussian"
     (deterministic: the pre-tanh mean, as RLlib 2.60's new stack; sampled: tanh of a
     sample), "tanh_squashed_gaussian" (the old stack's SquashedGaussian, SAC's: tanh of the
-    mean, in [-1, 1]; sampled: tanh of a sample).
+    mean, in [-1, 1]; sampled: tanh of a sample), "deterministic" (TorchDeterministic: the
+    inputs themselves, sampled too).
     Then, for Box actions, RLlib's NormalizeAndClipActions connector: `normalize_actions`
     unsquashes from [-1, 1] to [low, high] (and clips to them), else `clip_actions` clips
     to [low, high].
@@ -241,6 +242,7 @@ _DETERMINISTIC_RULES = {
     # The old stack's SquashedGaussian.deterministic_sample() squashes its mean into
     # [low, high] = [-1, 1] (SAC's), which normalize_actions then unsquashes to the bounds.
     "tanh_squashed_gaussian": "tanh(mean), mean = first half of action_dist_inputs",
+    "deterministic": "action_dist_inputs themselves (TorchDeterministic)",
 }
 
 

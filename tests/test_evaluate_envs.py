@@ -66,6 +66,11 @@ def registered(ray_session, tmp_path_factory):
     return uri
 
 
+@pytest.fixture(scope="module")
+def lambda_checkpoint(registered) -> str:
+    return str(Path(registered.removeprefix("sqlite:///")).parent / "lambda")
+
+
 @pytest.mark.slow
 def test_a_class_env_is_recorded_and_evaluated_with_no_flag(registered):
     uri = registered
@@ -130,6 +135,27 @@ def test_int8_calibrates_on_the_registered_envs_observations(registered):
 
 
 @pytest.mark.slow
+def test_a_task_of_tunes_driver_records_the_registered_creator(registered, lambda_checkpoint):
+    """Tune's driver knows a register_env name's creator, which its export workers do not:
+    the callback's task carries it (`env_make`), and evaluate then needs no flag."""
+    from rllib_mlflow.register.registration import register_task
+    from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask
+
+    task = RegistrationTask(
+        settings=RegistrationSettings(registered_model_name="corridor-by-task", formats=("onnx",)),
+        checkpoint=lambda_checkpoint, checkpoint_uri=lambda_checkpoint, training_iteration=1,
+        env_make="tests.custom_envs:make_corridor",
+    )  # fmt: skip
+    register_task(task, registered)
+    client = MlflowClient(tracking_uri=registered, registry_uri=registered)
+    tags = client.get_model_version("corridor-by-task", "1").tags
+    assert tags["env.make"] == "tests.custom_envs:make_corridor"
+    report = rllib_mlflow.evaluate("corridor-by-task", episodes=1, tracking_uri=registered,
+                                   workers=1)  # fmt: skip
+    assert report.env_id == "tests.custom_envs:make_corridor"
+
+
+@pytest.mark.slow
 def test_the_python_api_evaluates_with_a_factory_or_a_lambda(registered):
     report = rllib_mlflow.evaluate("corridor-lambda", env=make_corridor, episodes=2, seed=1,
                                    tracking_uri=registered, workers=1)  # fmt: skip
@@ -163,10 +189,9 @@ def test_a_two_module_multi_agent_family_plays_in_its_env(ray_session, tmp_path)
     )
     log_checkpoint(_train(config, tmp_path / "duo"), "duo", formats=["onnx"], tracking_uri=uri)
 
-    failed = _cli("duo", "--episodes", "1", "-q", "--tracking-uri", uri)  # the mapping is code
-    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
-    assert "--agent-module 'a0'" not in failed.stderr
-    assert "--agent-module a0=MODULE --agent-module a1=MODULE" in failed.stderr
+    with pytest.raises(EnvCreationError) as caught:  # the mapping is code: not run
+        rllib_mlflow.evaluate("duo", episodes=1, tracking_uri=uri)
+    assert "--agent-module a0=MODULE --agent-module a1=MODULE" in str(caught.value)
 
     done = _cli("duo", "--agent-module", "a0=m0", "--agent-module", "a1=m1", "--episodes", "2",
                 "--json", "--tracking-uri", uri)  # fmt: skip

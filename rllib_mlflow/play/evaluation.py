@@ -216,11 +216,12 @@ def _agents_if_multi_agent(env: EnvLike, config: dict[str, Any]) -> list[str] | 
 def _play_all(
     jobs: list[PlayJob], labels: list[str], workers: int | None, progress: Progress
 ) -> list[Played]:
-    """Run `play` for each job in a pool of processes (in this process when the env is a
-    callable that cannot be sent to another: a lambda, a local function)."""
+    """Run `play` for each job in a pool of processes; in this process when there is one job
+    (a worker would only add its start: imports, and Ray's for a multi-agent env) or when
+    the env is a callable that cannot be sent to another (a lambda, a local function)."""
     results: list[Played | None] = [None] * len(jobs)
     progress(0, len(jobs), "")
-    if not _picklable(jobs[0].env):
+    if len(jobs) == 1 or not _picklable(jobs[0].env):
         for i, job in enumerate(jobs):
             results[i] = _done(play(job), i, len(jobs), labels[i], progress)
         return [r for r in results if r is not None]

@@ -28,6 +28,7 @@ from rllib_mlflow.register import model_version
 from rllib_mlflow.register.metrics import DEFAULT_BEST_METRIC, flatten_metrics, metric_key
 from rllib_mlflow.register.task import RegistrationSettings, RegistrationTask, resolve_settings
 from rllib_mlflow.retries import with_retries
+from rllib_mlflow.rllib.env_record import with_creator
 from rllib_mlflow.rllib.reader import read_snapshots
 from rllib_mlflow.rllib.snapshot import PolicySnapshot
 from rllib_mlflow.rllib.uris import CheckpointLike
@@ -230,6 +231,7 @@ def _log_and_register(
             )
             return _complete(mlflow_client, existing[0], metrics, settings)
         check_supported(snapshot, settings.formats)
+        snapshot = dataclasses.replace(snapshot, env=with_creator(snapshot.env, task.env_make))
         policy = export_snapshot(
             snapshot,
             export_dir,

@@ -89,6 +89,9 @@ class RegistrationTask:
     metrics_logged: bool = False
     module_id: str | None = None  # one module of a multi-module checkpoint, else all
     tags: dict[str, str] = field(default_factory=dict)  # extra version tags
+    # A register_env name's creator (module:function), found in Tune's driver, whose
+    # registry the export workers lack: how to make the env again (`rllib.env_record`).
+    env_make: str | None = None
 
     @property
     def key(self) -> str:

@@ -50,14 +50,28 @@ def env_record(config: Mapping[str, Any]) -> dict[str, Any] | None:
 def _name_and_make(env: Any) -> tuple[str | None, str | None]:
     """(what the env is called, what `make_env` takes to make it again)."""
     if isinstance(env, str):
-        creator = tune_registered(env)
-        return env, (importable_path(creator) if creator is not None else None) or env
+        return env, creator_path(env) or env
     path = getattr(env, "standin_import", None) if pickles.is_stand_in(env) else None
     path = path or importable_path(env)  # a real class: the old stack's configs may hold one
     if path is not None and "<" not in path and not path.startswith("__main__:"):
         return path, path
     # A class pickled by value (defined in __main__ or a notebook): only its name is known.
     return getattr(env, "__name__", None) or pickles.stand_in_name(env), None
+
+
+def creator_path(env: Any) -> str | None:
+    """``module:function`` of the creator `register_env` registered for the name `env` in
+    this process, None for a lambda or a name it does not know. Tune's driver knows it where
+    its export workers do not: the callback passes it on (`RegistrationTask.env_make`)."""
+    creator = tune_registered(env) if isinstance(env, str) else None
+    return None if creator is None else importable_path(creator)
+
+
+def with_creator(record: dict[str, Any] | None, creator: str | None) -> dict[str, Any] | None:
+    """`record` of an env known only by its registered name, made by `creator` instead."""
+    if not record or not creator or record.get("make") != record.get("id"):
+        return record
+    return {**record, "make": creator}
 
 
 def _agent_to_module(mapping_fn: Any) -> dict[str, str] | None:

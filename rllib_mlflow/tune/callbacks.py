@@ -289,6 +289,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             logger.exception("could not queue checkpoint %s", checkpoint.path)
 
     def _queue_checkpoint(self, trial, checkpoint) -> None:
+        from rllib_mlflow.rllib.env_record import creator_path
         from rllib_mlflow.rllib.uris import checkpoint_uri
 
         dispatcher, info = self._ensure_setup(), TrialInfo.of(trial)
@@ -308,6 +309,7 @@ class MLflowCheckpointCallback(MLflowLoggerCallback):
             trial_id=info.trial_id,
             trial_name=info.name,
             metrics_logged=True,  # the logger sent them before this, in the trial's order
+            env_make=creator_path((trial.config or {}).get("env")),
         )
         # The journal never holds the tracking URI (it may carry credentials); the worker
         # adds it, and the run id of the trial.

@@ -136,11 +136,9 @@ def evaluate(
     mlflow_client = client(tracking_uri)
     check_tracking_server(mlflow_client)
     models = _models(mlflow_client, name)
-    chosen = _select(mlflow_client, next(iter(models.values())), versions)
-    groups = family.checkpoints(mlflow_client, models, chosen) if len(models) > 1 else [
-        {next(iter(models)): version} for version in chosen
-    ]  # fmt: skip
-    make, config, recorded_mapping = _env_to_play(name, chosen[0], env, env_config)
+    groups = _checkpoints(mlflow_client, name, models, versions)
+    first = next(iter(groups[0].values()))
+    make, config, recorded_mapping = _env_to_play(name, first, env, env_config)
     agents = _agents_if_multi_agent(make, config)
     mapping = {} if agents is None else family.agent_mapping(
         agents, list(models), recorded_mapping, dict(agent_modules or {}))  # fmt: skip
@@ -173,6 +171,23 @@ def _models(mlflow_client: Any, name: str) -> dict[str, str]:
             f"multi-agent family {name}-<module_id>: see `rllib-mlflow versions`."
         )
     return members
+
+
+def _checkpoints(
+    mlflow_client: Any, name: str, models: dict[str, str], wanted: list[str] | None
+) -> list[dict[str, Any]]:
+    """The checkpoints to play, each as module id -> version: a family's versions of one
+    trial and iteration together."""
+    chosen = _select(mlflow_client, next(iter(models.values())), wanted)
+    if len(models) == 1:
+        return [{next(iter(models)): version} for version in chosen]
+    groups = family.checkpoints(mlflow_client, models, chosen)
+    if not groups:
+        raise RegistryError(
+            f"No checkpoint of {name!r} has a version of every module ({', '.join(models)}) "
+            "of the same trial and iteration: see `rllib-mlflow versions NAME-<module_id>`."
+        )
+    return groups
 
 
 def _select(mlflow_client: RegistryClient, name: str, wanted: list[str] | None) -> list:

@@ -9,12 +9,10 @@ same discrete actions, continuous ones within 1e-5 relative.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -32,40 +30,6 @@ DICT_CASES = ["ppo_keyword_dict", "ppo_nested_dict"]
 CASES = [*DICT_CASES, "ppo_free_log_std", "appo_pixels_255", "ppo_partly_bounded"]
 EPISODE_STEPS = 100
 RELATIVE = 1e-5
-
-
-# -- RLlib playing real episodes ----------------------------------------------------------
-
-STEPS: list[tuple[Any, np.ndarray]] = []  # (raw observation, action the env received)
-
-
-class RecordingEnv(gym.Wrapper):
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        self._last = copy.deepcopy(obs)
-        return obs, info
-
-    def step(self, action):
-        STEPS.append((self._last, np.array(action, copy=True)))
-        obs, *rest = self.env.step(action)
-        self._last = copy.deepcopy(obs)
-        return (obs, *rest)
-
-
-def play_rllib(tc) -> list[tuple[Any, np.ndarray]]:
-    """What RLlib's restored EnvRunner sends the env with explore=False."""
-    from ray.tune.registry import register_env
-
-    name = f"recording-steps:{tc.env_id}"
-    register_env(name, lambda config: RecordingEnv(envs.make_env(tc.env_id)))
-    algo = tc.config.copy(copy_frozen=False).environment(name).build_algo()
-    try:
-        algo.restore_from_path(tc.path)
-        STEPS.clear()
-        algo.env_runner.sample(num_timesteps=EPISODE_STEPS, explore=False, random_actions=False)
-        return list(STEPS)
-    finally:
-        algo.stop()
 
 
 @dataclass
@@ -109,7 +73,10 @@ def case(trained_checkpoint, tmp_path_factory):
             (exported,) = export_checkpoint(tc.path, root / name)
             (snapshot,) = read_snapshots(tc.path)
             cache[name] = Case(name, tc, exported.path, snapshot, exported.metadata)
-            cache[name].steps = play_rllib(tc)
+            episodes = envs.rllib_episodes(
+                tc.config, tc.path, lambda: envs.make_env(tc.env_id), EPISODE_STEPS
+            )
+            cache[name].steps = [(obs, action) for e in episodes for obs, action, _ in e]
             assert len(cache[name].steps) >= EPISODE_STEPS
         return cache[name]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rllib_mlflow.tune.journal import QUEUED, Journal, TrialIds
+from rllib_mlflow.tune.trial_dirs import JournaledTrials
 
 TRIAL_DIR = "PPO_CartPole-v1_64b1c_00001_1_lr=0.0003_2026-12-03_16-01-41"
 
@@ -46,3 +47,20 @@ def test_trial_entries_are_not_pending_work_and_bad_ones_are_skipped(tmp_path):
         stream.write(json.dumps({"event": "trial", "key": "64b1c_00002"}) + "\n")
     assert [e["key"] for e in journal.pending()] == ["64b1c_00001/1"]
     assert journal.skipped == [(3, "a trial entry without its directory")]
+
+
+def test_the_callbacks_settings_reach_every_trial_a_sync_finds(tmp_path):
+    """A trial none of whose checkpoints was queued before Ctrl-C still gets the callback's
+    best_metric (one callback, one setting), not sync's default, which would move @best."""
+    journal = Journal(tmp_path)
+    journal.record_trial("64b1c_00000", "PPO_CartPole-v1_64b1c_00000", "dir-0")
+    journal.record_trial("64b1c_00001", "PPO_CartPole-v1_64b1c_00001", TRIAL_DIR)
+    settings = {"best_metric": "my_score", "best_mode": "min", "formats": ["onnx"]}
+    queued = _queued("64b1c_00000", "PPO_CartPole-v1_64b1c_00000") | settings | {"run_id": None}
+    journal.record(QUEUED, "64b1c_00000/1", **queued)
+    journal.record(QUEUED, "64b1c_00000/2", **(queued | {"run_id": "run-0"}))
+    trials = JournaledTrials(journal.entries())
+    for trial_id in ("64b1c_00000", "64b1c_00001", "never-journaled"):
+        assert {k: trials.of(trial_id)[k] for k in settings} == settings, trial_id
+    assert trials.of("64b1c_00000")["run_id"] == "run-0"
+    assert "run_id" not in trials.of("64b1c_00001")  # a run is made for it

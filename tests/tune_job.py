@@ -1,6 +1,7 @@
 """A small Tune job with the checkpoint callback, runnable in-process or as a script.
 
     python -m tests.tune_job --storage DIR --tracking-uri URI [--iterations N] [--restore]
+        [--best-metric NAME]
 
 Tests run it in a subprocess to interrupt it with SIGINT and to restore it.
 """
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--restore", action="store_true")
     parser.add_argument("--seconds-per-iteration", type=float, default=1.0)
+    parser.add_argument("--best-metric", help="the callback's best_metric (default: its own)")
     args = parser.parse_args()
     import ray
 
@@ -134,6 +136,7 @@ def main() -> None:
         restore=args.restore,
         num_to_keep=None,
         seconds_per_iteration=args.seconds_per_iteration,
+        callback_kwargs={"best_metric": args.best_metric} if args.best_metric else None,
     )
     ray.shutdown()
     if results.errors:

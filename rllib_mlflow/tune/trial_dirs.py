@@ -37,6 +37,25 @@ Failures = dict[str, str]
 _TRIAL_SETTINGS = ("formats", "best_metric", "best_mode", "log_rllib_checkpoint")
 
 
+class JournaledTrials:
+    """What a journal says of each trial: its run, once one was made, and the callback's
+    settings. Those are one for the whole experiment (one callback), so a trial whose
+    entries lack them (none of its checkpoints was queued yet) takes its siblings'."""
+
+    def __init__(self, entries: list[dict[str, Any]]):
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.settings: dict[str, Any] = {}
+        for entry in entries:
+            if not entry.get("trial_id"):
+                continue
+            said = {k: v for k, v in entry.items() if v is not None}
+            self.trials.setdefault(entry["trial_id"], {}).update(said)
+            self.settings.update({k: said[k] for k in _TRIAL_SETTINGS if k in said})
+
+    def of(self, trial_id: str) -> dict[str, Any]:
+        return self.settings | self.trials.get(trial_id, {})
+
+
 def tasks_on_disk(
     experiment: Path,
     entries: list[dict[str, Any]],
@@ -45,7 +64,7 @@ def tasks_on_disk(
     failed: Failures,
 ) -> list[RegistrationTask]:
     """A task per checkpoint of each trial directory of `experiment`."""
-    runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
+    runs = JournaledTrials(entries)
     trial_ids = TrialIds(entries)
     tasks = []
     # Not only trial directories with a result.json: Tune copies it there later than the
@@ -69,7 +88,7 @@ def tasks_under(
     for checkpoint in find_checkpoints(root):
         folders.setdefault(checkpoint.parent, []).append(checkpoint)
     names_seen = Counter(folder.name for folder in folders)
-    journals: dict[Path, tuple[dict[str, dict[str, Any]], TrialIds]] = {}
+    journals: dict[Path, tuple[JournaledTrials, TrialIds]] = {}
     tasks: dict[str, RegistrationTask] = {}
     for folder, checkpoints in sorted(folders.items()):
         runs, trial_ids = _journal_of(folder.parent, journals)
@@ -91,14 +110,13 @@ def tasks_under(
 
 
 def _journal_of(
-    experiment: Path, read: dict[Path, tuple[dict[str, dict[str, Any]], TrialIds]]
-) -> tuple[dict[str, dict[str, Any]], TrialIds]:
+    experiment: Path, read: dict[Path, tuple[JournaledTrials, TrialIds]]
+) -> tuple[JournaledTrials, TrialIds]:
     """The runs and trial ids a folder's journal holds (none for a folder without one), read
     once per folder: a sweep's journal is long, and it has a trial folder per trial."""
     if experiment not in read:
         entries = Journal(experiment).entries()
-        runs = {e["trial_id"]: e for e in entries if e.get("trial_id") and e.get("run_id")}
-        read[experiment] = runs, TrialIds(entries)
+        read[experiment] = JournaledTrials(entries), TrialIds(entries)
     return read[experiment]
 
 
@@ -113,7 +131,7 @@ def _experiment_name(folder: Path, root: Path) -> str:
 def _trial_tasks(
     trial_dir: Path,
     experiment_name: str,
-    runs: dict[str, dict[str, Any]],
+    runs: JournaledTrials,
     tracking_uri: str | None,
     settings: dict[str, Any],
     failed: Failures,
@@ -135,7 +153,7 @@ def _trial_tasks(
     iterations = _iterations(checkpoints, failed)
     if not iterations:
         return []
-    known = runs.get(trial_id, {})
+    known = runs.of(trial_id)
     run_id, run_existed = known.get("run_id"), True
     if run_id is None:
         run_id, run_existed = trial_run(trial_id, trial_dir, experiment_name, tracking_uri)

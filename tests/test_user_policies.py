@@ -10,11 +10,9 @@ actions exactly (all of these policies have discrete actions).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -39,45 +37,6 @@ STATEFUL = {"ppo_lstm", "ppo_lstm_prev", "ppo_frame_stacking"}
 EPISODE_STEPS = 120
 
 
-# -- RLlib playing real episodes ----------------------------------------------------------
-
-EPISODES: list[list[tuple[Any, int, float]]] = []  # [(raw obs, action, reward), ...] each
-
-
-class RecordingEnv(gym.Wrapper):
-    """Starts a new episode at every reset; keeps (observation, action, reward) per step."""
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        EPISODES.append([])
-        self._last = copy.deepcopy(obs)
-        return obs, info
-
-    def step(self, action):
-        obs, reward, *rest = self.env.step(action)
-        EPISODES[-1].append((self._last, int(action), float(np.asarray(reward))))
-        self._last = copy.deepcopy(obs)
-        return (obs, reward, *rest)
-
-
-def play_rllib_episodes(tc) -> list[list[tuple[Any, int, float]]]:
-    from ray.tune.registry import register_env
-
-    name = f"recording-episodes:{tc.env_id}"
-    register_env(name, lambda config: RecordingEnv(envs.make_env(tc.env_id)))
-    algo = tc.config.copy(copy_frozen=False).environment(name).build_algo()
-    try:
-        algo.restore_from_path(tc.path)
-        for connector in algo.env_runner._env_to_module.connectors:
-            if hasattr(connector, "_update_stats"):  # the exports freeze the filter
-                connector._update_stats = False
-        EPISODES.clear()
-        algo.env_runner.sample(num_timesteps=EPISODE_STEPS, explore=False, random_actions=False)
-        return [episode for episode in EPISODES if episode]
-    finally:
-        algo.stop()
-
-
 @dataclass
 class Case:
     name: str
@@ -89,7 +48,7 @@ class Case:
 
     @property
     def rllib_actions(self) -> np.ndarray:
-        return np.array([action for episode in self.episodes for _, action, _ in episode])
+        return np.array([int(action) for episode in self.episodes for _, action, _ in episode])
 
     @property
     def observations(self) -> list:
@@ -108,7 +67,9 @@ def case(trained_checkpoint, tmp_path_factory):
             (exported,) = export_checkpoint(tc.path, root / name)
             (snapshot,) = read_snapshots(tc.path)
             cache[name] = Case(name, tc, exported.path, snapshot, exported.metadata)
-            cache[name].episodes = play_rllib_episodes(tc)
+            cache[name].episodes = envs.rllib_episodes(
+                tc.config, tc.path, lambda: envs.make_env(tc.env_id), EPISODE_STEPS
+            )
             assert sum(map(len, cache[name].episodes)) >= EPISODE_STEPS
         return cache[name]
 

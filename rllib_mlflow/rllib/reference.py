@@ -76,7 +76,9 @@ def rllib_batch_reference(
     module.eval()
     replay = EnvRunnerReplay(snapshot, module)
     obs = replay.reset(unbatched(observations))[Columns.OBS]
-    scale = _activation_scale(module, obs)
+    # On copies: a module may change its batch in place (Ray's ActionMaskingTorchRLModule
+    # pops the keys of its dict observation), and replay.act() reads the same batch next.
+    scale = _activation_scale(module, _copied(obs))
     actions, dist_inputs = replay.act()
     return actions, dist_inputs, scale
 
@@ -101,6 +103,13 @@ def _activation_scale(module: Any, obs: Any) -> np.ndarray:
         for hook in hooks:
             hook.remove()
     return np.max(np.stack(scales), axis=0)
+
+
+def _copied(obs: Any) -> Any:
+    """A torch batch (a tensor or a dict of them, nested) with its own containers and tensors."""
+    if isinstance(obs, dict):
+        return {key: _copied(value) for key, value in obs.items()}
+    return obs.clone()
 
 
 def _row_magnitude(tensor) -> np.ndarray:

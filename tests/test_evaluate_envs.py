@@ -271,7 +271,7 @@ def test_the_env_record_reads_the_config_as_data(ray_session, tmp_path):
 
 def test_agents_map_to_modules_by_data_or_by_their_own_id():
     assert family.agent_mapping(["m0", "m1"], ["m0", "m1"], {}, {}) == {}  # agent id = module id
-    assert family.agent_mapping(["a0", "a1"], ["default_policy"], {"*": "default_policy"}, {})
+    assert family.agent_mapping(["a0", "a1"], ["default_policy"], {}, {})  # one module: all
     assert family.agent_mapping(["a0"], ["m0", "m1"], {"a0": "m0"}, {"a0": "m1"}) == {"a0": "m1"}
     with pytest.raises(EnvCreationError, match="--agent-module a1=MODULE"):
         family.agent_mapping(["a0", "a1"], ["m0", "m1"], {"a0": "m0"}, {})

@@ -15,7 +15,7 @@ from typing import Any
 from rllib_mlflow import names
 from rllib_mlflow.errors import EnvCreationError
 from rllib_mlflow.mlflow.versions import find_versions
-from rllib_mlflow.play.episodes import module_of
+from rllib_mlflow.play.episodes import ANY_AGENT, module_of
 from rllib_mlflow.redaction import get_logger
 
 logger = get_logger(__name__)
@@ -70,7 +70,8 @@ def agent_mapping(
 ) -> dict[str, str]:
     """The agent-to-module mapping to play with (`given` over `recorded`); one line naming
     the agents no module is found for, and what to pass."""
-    mapping = {**recorded, **given}
+    only = {ANY_AGENT: modules[0]} if len(modules) == 1 else {}  # every agent: no choice
+    mapping = {**only, **recorded, **given}
     missing = [a for a in agents if module_of(a, mapping, modules) not in modules]
     if missing:
         flags = " ".join(f"--agent-module {agent}=MODULE" for agent in missing)

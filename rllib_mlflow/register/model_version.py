@@ -156,7 +156,7 @@ def env_tags(env: dict[str, Any] | None) -> dict[str, str]:
     tags = {names.VERSION_TAG_ENV_MAKE: str(env["make"])}
     if len(config) <= MAX_TAG_VALUE_LENGTH:  # beyond, policy.json alone holds it
         tags[names.VERSION_TAG_ENV_CONFIG] = config
-    if env.get("agent_to_module"):
+    if env.get("agent_to_module") and len(env.get("modules") or ()) > 1:  # one: no choice
         tags[names.VERSION_TAG_ENV_AGENT_TO_MODULE] = json.dumps(env["agent_to_module"])
     return tags
 

@@ -35,16 +35,26 @@ def env_record(config: Mapping[str, Any]) -> dict[str, Any] | None:
     if env is None:
         return None
     name, make = _name_and_make(env)
-    modules = sorted(str(m) for m in (config.get("policies") or {DEFAULT_MODULE_ID: None}))
+    policies = config.get("policies")
+    policies = policies if isinstance(policies, Mapping | list | tuple | set | frozenset) else ()
     mapping_fn = config.get("policy_mapping_fn")
     return {
         "id": name,
         "make": make,
-        "config": json_safe(redact(dict(config.get("env_config") or {}))),
-        "modules": modules,
+        "config": json_safe(redact(_plain(config.get("env_config")))),
+        "modules": sorted(str(m) for m in policies) or [DEFAULT_MODULE_ID],
         "agent_to_module": _agent_to_module(mapping_fn),
         "mapping_fn": _function_name(mapping_fn),
     }
+
+
+def _plain(env_config: Any) -> dict[str, Any]:
+    """The env_config as a dict: an EnvContext (a dict subclass) arrives as a StandIn that
+    kept the pickle's items; anything else unreadable is no config."""
+    if isinstance(env_config, Mapping):
+        return dict(env_config)
+    items = getattr(env_config, "items", None) if pickles.is_stand_in(env_config) else None
+    return dict(items) if isinstance(items, dict) else {}
 
 
 def _name_and_make(env: Any) -> tuple[str | None, str | None]:

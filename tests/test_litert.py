@@ -14,7 +14,7 @@ import pytest
 
 from rllib_mlflow.export import ALL_FORMATS, export_checkpoint, validate_formats
 from rllib_mlflow.policy.serving import Policy
-from tests import test_export, test_user_policies
+from tests import envs, test_export, test_user_policies
 from tests.mlflow_server import mlflow_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,9 @@ def test_a_stateful_policy_steps_through_litert_like_rllib(exported, trained_che
     assert "stateful" in policy_json["refused_formats"]["tflite_int8"]
     assert policy_json["parity"]["formats"]["tflite"]["passed"]
     tc = trained_checkpoint("ppo_lstm")
-    played = test_user_policies.play_rllib_episodes(tc)
+    played = envs.rllib_episodes(
+        tc.config, tc.path, lambda: envs.make_env(tc.env_id), test_user_policies.EPISODE_STEPS
+    )
     case = test_user_policies.Case("ppo_lstm", tc, out, None, policy_json, played)
     policy = Policy(str(out), backend="litert")
     assert policy.is_stateful

@@ -1,11 +1,13 @@
 """A multi-agent env class configured by env_config: two agents ("a0", "a1"), each walking its
 own `Corridor`; the episode ends when both have. Agents map to modules "m0" and "m1" by a
-function (`to_module`), as RLlib configs do: code, which evaluation does not run."""
+function (`to_module`), as RLlib configs do: code, which evaluation does not run. The same
+env as a PettingZoo ParallelEnv, as PettingZoo users have it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pettingzoo import ParallelEnv
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from tests.custom_envs import Corridor
@@ -43,6 +45,36 @@ class TwoCorridors(MultiAgentEnv):
         terminateds["__all__"] = len(self._done) == len(AGENTS)
         truncateds["__all__"] = False
         return observations, rewards, terminateds, truncateds, {}
+
+
+class ParallelTwoCorridors(ParallelEnv):
+    """The same two corridors as a PettingZoo ParallelEnv (what a PettingZoo user has):
+    `make_env` wraps it in RLlib's ParallelPettingZooEnv. Seeded alike, it plays the same
+    episodes as `TwoCorridors`."""
+
+    metadata: dict[str, Any] = {"name": "parallel_two_corridors_v0"}
+
+    def __init__(self, config: dict | None = None):
+        self._inner = TwoCorridors(config)
+        self.possible_agents = list(AGENTS)
+        self.agents = list(AGENTS)
+
+    def observation_space(self, agent):
+        return self._inner.observation_spaces[agent]
+
+    def action_space(self, agent):
+        return self._inner.action_spaces[agent]
+
+    def reset(self, seed=None, options=None):
+        observations, infos = self._inner.reset(seed=seed, options=options)
+        self.agents = list(self._inner.agents)
+        return observations, infos
+
+    def step(self, actions):
+        observations, rewards, terminateds, truncateds, _ = self._inner.step(actions)
+        del terminateds["__all__"], truncateds["__all__"]
+        self.agents = list(self._inner.agents)
+        return observations, rewards, terminateds, truncateds, {a: {} for a in rewards}
 
 
 def to_module(agent_id: str, episode: Any = None, **kwargs: Any) -> str:

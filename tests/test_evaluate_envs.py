@@ -177,7 +177,7 @@ def test_a_two_module_multi_agent_family_plays_in_its_env(ray_session, tmp_path)
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from tests.custom_multi_agent import TwoCorridors, to_module
+    from tests.custom_multi_agent import ParallelTwoCorridors, TwoCorridors, to_module
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     specs = {"m0": RLModuleSpec(), "m1": RLModuleSpec()}
@@ -208,6 +208,14 @@ def test_a_two_module_multi_agent_family_plays_in_its_env(ray_session, tmp_path)
         assert float(tags[f"eval.agent.{agent}.episode_return_mean"]) == pytest.approx(
             np.mean(expected[agent])
         )
+
+    # The same env as a PettingZoo ParallelEnv, wrapped in RLlib's wrapper: the same episodes.
+    report = rllib_mlflow.evaluate(
+        "duo", env=ParallelTwoCorridors, env_config=LAMBDA_CONFIG, episodes=2,
+        agent_modules={"a0": "m0", "a1": "m1"}, tracking_uri=uri,
+    )  # fmt: skip
+    played = {v.module_id: v.agents for v in report.versions}
+    assert played == {"m0": {"a0": tuple(expected["a0"])}, "m1": {"a1": tuple(expected["a1"])}}
 
 
 def _play_two_corridors(policies: dict, episodes: int) -> dict[str, list[float]]:

@@ -64,7 +64,7 @@ def tasks_on_disk(
     failed: Failures,
 ) -> list[RegistrationTask]:
     """A task per checkpoint of each trial directory of `experiment`."""
-    runs = JournaledTrials(entries)
+    journaled = JournaledTrials(entries)
     trial_ids = TrialIds(entries)
     tasks = []
     # Not only trial directories with a result.json: Tune copies it there later than the
@@ -72,7 +72,7 @@ def tasks_on_disk(
     for trial_dir in sorted({c.parent for c in experiment.glob("*/checkpoint_*")}):
         trial_id = trial_ids.of(trial_dir.name)
         tasks += _trial_tasks(
-            trial_dir, experiment.name, runs, tracking_uri, settings, failed, trial_id=trial_id
+            trial_dir, experiment.name, journaled, tracking_uri, settings, failed, trial_id=trial_id
         )
     return tasks
 
@@ -91,12 +91,12 @@ def tasks_under(
     journals: dict[Path, tuple[JournaledTrials, TrialIds]] = {}
     tasks: dict[str, RegistrationTask] = {}
     for folder, checkpoints in sorted(folders.items()):
-        runs, trial_ids = _journal_of(folder.parent, journals)
+        journaled, trial_ids = _journal_of(folder.parent, journals)
         trial_id = trial_ids.of(folder.name)
         if trial_id is None and names_seen[folder.name] > 1:  # e.g. ppo/seed_0, sac/seed_0
             trial_id = _directory_trial_id(folder, relative_to=root)
         found = _trial_tasks(
-            folder, _experiment_name(folder, root), runs, tracking_uri, settings, failed,
+            folder, _experiment_name(folder, root), journaled, tracking_uri, settings, failed,
             checkpoints, trial_id,
         )  # fmt: skip
         for task in found:
@@ -112,8 +112,8 @@ def tasks_under(
 def _journal_of(
     experiment: Path, read: dict[Path, tuple[JournaledTrials, TrialIds]]
 ) -> tuple[JournaledTrials, TrialIds]:
-    """The runs and trial ids a folder's journal holds (none for a folder without one), read
-    once per folder: a sweep's journal is long, and it has a trial folder per trial."""
+    """What a folder's journal says of its trials, and their ids (nothing for a folder
+    without one), read once per folder: a sweep's journal is long, with a folder per trial."""
     if experiment not in read:
         entries = Journal(experiment).entries()
         read[experiment] = JournaledTrials(entries), TrialIds(entries)
@@ -131,7 +131,7 @@ def _experiment_name(folder: Path, root: Path) -> str:
 def _trial_tasks(
     trial_dir: Path,
     experiment_name: str,
-    runs: JournaledTrials,
+    journaled: JournaledTrials,
     tracking_uri: str | None,
     settings: dict[str, Any],
     failed: Failures,
@@ -153,7 +153,7 @@ def _trial_tasks(
     iterations = _iterations(checkpoints, failed)
     if not iterations:
         return []
-    known = runs.of(trial_id)
+    known = journaled.of(trial_id)
     run_id, run_existed = known.get("run_id"), True
     if run_id is None:
         run_id, run_existed = trial_run(trial_id, trial_dir, experiment_name, tracking_uri)

@@ -66,7 +66,13 @@ def make_corridor(config: dict | None = None) -> Corridor:
 
 def play(policy, config: dict, episodes: int, seed: int) -> list[float]:
     """Each episode's return of `policy` (a loaded version) in Corridor(config)."""
-    env, returns = Corridor(config), []
+    return episode_returns(policy, Corridor(config), episodes, seed)
+
+
+def episode_returns(policy, env: gym.Env, episodes: int, seed: int) -> list[float]:
+    """Each episode's return of `policy` in `env`, reset with seed, seed + 1, ...: what
+    `evaluate` must report."""
+    returns = []
     for episode in range(episodes):
         observation, _ = env.reset(seed=seed + episode)
         total, done = 0.0, False

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from rllib_mlflow import load_policy, log_checkpoint
 from rllib_mlflow.play.evaluation import EVAL_EXPERIMENT
 from tests.cards import assert_card_and_replay
+from tests.custom_envs import episode_returns
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("rllib-mlflow"))
@@ -24,17 +25,7 @@ CLI = str(Path(sys.executable).with_name("rllib-mlflow"))
 
 def _returns(uri: str, name: str, version: int, episodes: int, seed: int) -> list[float]:
     policy = load_policy(f"models:/{name}/{version}", tracking_uri=uri)
-    env = gym.make("CartPole-v1")
-    returns = []
-    for episode in range(episodes):
-        observation, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            action = policy.compute_actions(np.asarray(observation)[None])[0]
-            observation, reward, terminated, truncated, _ = env.step(action)
-            total, done = total + reward, terminated or truncated
-        returns.append(total)
-    return returns
+    return episode_returns(policy, gym.make("CartPole-v1"), episodes, seed)
 
 
 def test_evaluate_tags_versions_logs_a_run_with_a_plot_and_moves_eval_best(

@@ -8,6 +8,7 @@ pass ``tracking_uri=mlflow_server.uri`` explicitly, so nothing depends on the en
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class PortTaken(RuntimeError):
+    """The free port a server was given was taken before it could bind it."""
+
+
+def on_a_free_port(start: Callable[[int], ServerProcess], tries: int = 3) -> ServerProcess:
+    """`start(port)` on a free port, again on another one if the port was taken meanwhile
+    (Ray's processes pick free ports the same way, and a CI run once answered our readiness
+    probe with a gRPC server's bytes)."""
+    for attempt in range(tries):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -94,14 +112,16 @@ def start_process(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"{command[0]} exited with {process.returncode}:\n{server.log_tail()}"
+            error = (
+                PortTaken if "address already in use" in server.log_tail().lower() else RuntimeError
             )
+            raise error(f"{command[0]} exited with {process.returncode}:\n{server.log_tail()}")
         try:
             with urllib.request.urlopen(url + ready_path, timeout=2) as response:
                 if response.status == 200:
                     return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        # An answer that is not HTTP is another process on the port: ours exits shortly.
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
             pass
         time.sleep(0.3)
     server.stop()
@@ -120,7 +140,17 @@ def start_tracking_server(
     """`mlflow server` on SQLite in `root`. Its artifacts go through the server's proxy, or
     with `proxy_artifacts=False` clients write and read them directly in `artifact_root`
     (default `root/artifacts`; e.g. s3://bucket/path, with the S3 settings in `env`)."""
-    port = port or free_port()
+    if port is None:
+        return on_a_free_port(
+            lambda free: start_tracking_server(
+                root,
+                free,
+                log_name,
+                proxy_artifacts=proxy_artifacts,
+                artifact_root=artifact_root,
+                env=env,
+            )
+        )
     root.mkdir(parents=True, exist_ok=True)
     artifact_root = artifact_root or str(root / "artifacts")
     artifacts = (
@@ -155,7 +185,19 @@ def start_model_server(
 ) -> ServerProcess:
     """`mlflow models serve -m model_uri --env-manager local` on a free port, run from the
     log's directory (uvicorn puts its working directory on sys.path)."""
-    port = free_port()
+    return on_a_free_port(
+        lambda port: _start_model_server(model_uri, tracking_uri, log, port, mlflow_executable, env)
+    )
+
+
+def _start_model_server(
+    model_uri: str,
+    tracking_uri: str,
+    log: Path,
+    port: int,
+    mlflow_executable: str | None,
+    env: dict[str, str] | None,
+) -> ServerProcess:
     command = [
         mlflow_executable or os.path.join(VENV_BIN, "mlflow"),
         "models",

@@ -557,13 +557,15 @@ def _kill_mid_export(scratch: Path, process: subprocess.Popen, tries: int = 5) -
 
 
 def _fill(directory: Path) -> None:
-    with open(directory / "filler", "wb") as filler:
-        try:
+    """Write a file until the disk is full. A disk the killed workers' scratch directories
+    already filled (a CI run) is left as it is: even the filler's name finds no room."""
+    try:
+        with open(directory / "filler", "wb") as filler:
             while True:
                 filler.write(b"\0" * (1 << 20))
                 filler.flush()
-        except OSError as error:
-            assert error.errno == errno.ENOSPC, error
+    except OSError as error:
+        assert error.errno == errno.ENOSPC, error
 
 
 def test_killed_workers_and_a_full_disk_then_sync_leave_nothing_behind(tmp_path):

@@ -28,6 +28,12 @@ import pytest
 VENV_BIN = str(Path(sys.executable).parent)
 
 
+# RLlib imports TensorFlow whenever it is installed: 8 of the 12 s `import ray.rllib` takes.
+# A process (and its Ray workers) that reads torch checkpoints only is spared it; our own TF
+# formats still work there (TensorFlow is imported for them, not through RLlib).
+TORCH_ONLY = {"RLLIB_TEST_NO_TF_IMPORT": "1"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from rllib_mlflow.tune.journal import JOURNAL_FILE
 from tests import tune_job
 from tests.cluster_export_job import ONE_FORMAT
-from tests.mlflow_server import subprocess_env
+from tests.mlflow_server import TORCH_ONLY, subprocess_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_ray_actors_on_two_nodes_register_in_order_once_each(tmp_path):
         + ["--tracking-uri", uri, "--output", str(output), "--trials", "3"]
         + ["--iterations", str(ITERATIONS)],
         cwd=ROOT,
-        env=subprocess_env(RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT)),
+        env=subprocess_env(RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT), **TORCH_ONLY),
         capture_output=True,
         text=True,
         timeout=600,

@@ -459,7 +459,7 @@ def test_journal_lines_that_are_not_entries_are_reported_and_skipped(
     ]
     (experiment / "rllib_mlflow_journal.jsonl").write_text("\n".join(lines) + "\n")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = _sync(experiment, uri, "--name", MODEL)
+    done = _sync(experiment, uri, "--name", MODEL, "--formats", "onnx")
     assert done.returncode == 0, done.stderr[-3000:]
     for number in (1, 2, 3, 4):
         assert f"line {number} skipped" in done.stderr, done.stderr[-3000:]
@@ -516,7 +516,7 @@ def test_trials_without_an_id_in_result_json_get_their_own_versions(
         lines = [json.loads(line) for line in result.read_text().splitlines()]
         result.write_text("".join(json.dumps({**r, "trial_id": ""}) + "\n" for r in lines))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = _sync(experiment, uri, "--name", "no-ids")
+    done = _sync(experiment, uri, "--name", "no-ids", "--formats", "onnx")
     assert done.returncode == 0, done.stderr[-3000:]
     versions = _versions_of(uri, "no-ids")
     keys = [(v.tags["trial_id"], v.tags["training_iteration"]) for v in versions]
@@ -602,7 +602,7 @@ def test_two_hosts_syncing_at_once_leave_one_version_per_key(unregistered_experi
         syncs = [
             subprocess.Popen(
                 [os.path.join(VENV_BIN, "rllib-mlflow"), "sync", str(unregistered_experiment)]
-                + ["--tracking-uri", server.uri, "--name", "two-hosts"],
+                + ["--tracking-uri", server.uri, "--name", "two-hosts", "--formats", "onnx"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

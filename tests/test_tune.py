@@ -21,6 +21,7 @@ from rllib_mlflow.mlflow.versions import find_version
 from rllib_mlflow.tune.journal import JOURNAL_FILE
 from tests import tune_job
 from tests.cards import assert_card, assert_card_and_replay
+from tests.mlflow_server import TORCH_ONLY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,11 +179,11 @@ UNKNOWN_BEST_METRIC = "episode_reward_mean"
 
 
 def _start_job(storage: Path, uri: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", **TORCH_ONLY}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.tune_job", "--storage", str(storage)]
         + ["--tracking-uri", uri, "--iterations", "8", "--best-metric", UNKNOWN_BEST_METRIC]
-        + list(extra),
+        + ["--formats", "onnx", *extra],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -223,7 +224,7 @@ def _run_sync(experiment: Path, uri: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", **TORCH_ONLY},
     )
 
 

@@ -1,7 +1,7 @@
 """A small Tune job with the checkpoint callback, runnable in-process or as a script.
 
     python -m tests.tune_job --storage DIR --tracking-uri URI [--iterations N] [--restore]
-        [--best-metric NAME]
+        [--best-metric NAME] [--formats LIST]
 
 Tests run it in a subprocess to interrupt it with SIGINT and to restore it.
 """
@@ -125,6 +125,9 @@ def main() -> None:
     parser.add_argument("--restore", action="store_true")
     parser.add_argument("--seconds-per-iteration", type=float, default=1.0)
     parser.add_argument("--best-metric", help="the callback's best_metric (default: its own)")
+    parser.add_argument(
+        "--formats", help="the callback's formats, comma-separated (default: its own)"
+    )
     args = parser.parse_args()
     import ray
 
@@ -136,7 +139,10 @@ def main() -> None:
         restore=args.restore,
         num_to_keep=None,
         seconds_per_iteration=args.seconds_per_iteration,
-        callback_kwargs={"best_metric": args.best_metric} if args.best_metric else None,
+        callback_kwargs={
+            **({"best_metric": args.best_metric} if args.best_metric else {}),
+            **({"formats": args.formats.split(",")} if args.formats else {}),
+        },
     )
     ray.shutdown()
     if results.errors:

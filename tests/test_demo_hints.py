@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -31,19 +32,22 @@ def _commands(text: str) -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.startswith("    ")]
 
 
-def _fresh_shell(command: str, cwd) -> subprocess.Popen:
+def _fresh_shell(command: str, cwd, output=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen(
         ["bash", "-c", command], cwd=cwd, env=FRESH_ENV, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=output, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
-def _serves(command: str, url: str, cwd, timeout: float = 120) -> None:
-    process = _fresh_shell(command, cwd)
+def _serves(command: str, url: str, cwd, log: Path, timeout: float = 300) -> None:
+    """The server answers `url`. Its output goes to `log`, not a pipe nobody reads (a full
+    pipe stalls it); the wait is start_process's: MLflow's servers start slowly under load."""
+    with open(log, "w") as output:
+        process = _fresh_shell(command, cwd, output)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
                     assert response.status == 200
@@ -53,7 +57,11 @@ def _serves(command: str, url: str, cwd, timeout: float = 120) -> None:
         pytest.fail(f"{command} did not answer {url} within {timeout} s")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def test_the_demo_hints_run_as_printed_from_a_fresh_shell(trained_checkpoint, tmp_path, capsys):
@@ -74,9 +82,9 @@ def test_the_demo_hints_run_as_printed_from_a_fresh_shell(trained_checkpoint, tm
 
     ui_port, serve_port = free_port(), free_port()
     _serves(ui.replace("--port 5000", f"--port {ui_port}"),
-            f"http://127.0.0.1:{ui_port}/health", elsewhere)  # fmt: skip
+            f"http://127.0.0.1:{ui_port}/health", elsewhere, tmp_path / "ui.log")  # fmt: skip
     _serves(serve.replace("-p 5001", f"-p {serve_port}"),
-            f"http://127.0.0.1:{serve_port}/ping", elsewhere)  # fmt: skip
+            f"http://127.0.0.1:{serve_port}/ping", elsewhere, tmp_path / "serve.log")  # fmt: skip
     for command, expected in ((versions, r"^1\s+best\s"), (load, r"^\[[01]\]$")):
         process = _fresh_shell(command, elsewhere)
         output, _ = process.communicate(timeout=300)

@@ -7,16 +7,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rllib_mlflow import log_checkpoint
-from tests.mlflow_server import free_port
+from tests.mlflow_server import free_port, start_process
 
 pytestmark = pytest.mark.slow
 FRESH_ENV = {
@@ -32,36 +29,17 @@ def _commands(text: str) -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.startswith("    ")]
 
 
-def _fresh_shell(command: str, cwd, output=subprocess.PIPE) -> subprocess.Popen:
+def _fresh_shell(command: str, cwd) -> subprocess.Popen:
     return subprocess.Popen(
         ["bash", "-c", command], cwd=cwd, env=FRESH_ENV, start_new_session=True,
-        stdout=output, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
-def _serves(command: str, url: str, cwd, log: Path, timeout: float = 300) -> None:
-    """The server answers `url`. Its output goes to `log`, not a pipe nobody reads (a full
-    pipe stalls it); the wait is start_process's: MLflow's servers start slowly under load."""
-    with open(log, "w") as output:
-        process = _fresh_shell(command, cwd, output)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    assert response.status == 200
-                    return
-            except OSError:
-                time.sleep(1)
-        pytest.fail(f"{command} did not answer {url} within {timeout} s")
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+def _serves(command: str, url: str, ready_path: str, cwd, log: Path) -> None:
+    """The server started from a fresh shell answers url + ready_path (start_process's wait,
+    its output in `log`), then is stopped."""
+    start_process(["bash", "-c", command], url, ready_path, log, env=FRESH_ENV, cwd=cwd).stop()
 
 
 def test_the_demo_hints_run_as_printed_from_a_fresh_shell(trained_checkpoint, tmp_path, capsys):
@@ -81,10 +59,10 @@ def test_the_demo_hints_run_as_printed_from_a_fresh_shell(trained_checkpoint, tm
     assert shutil.which("mlflow", path=FRESH_ENV["PATH"]) is None  # not there without the venv
 
     ui_port, serve_port = free_port(), free_port()
-    _serves(ui.replace("--port 5000", f"--port {ui_port}"),
-            f"http://127.0.0.1:{ui_port}/health", elsewhere, tmp_path / "ui.log")  # fmt: skip
-    _serves(serve.replace("-p 5001", f"-p {serve_port}"),
-            f"http://127.0.0.1:{serve_port}/ping", elsewhere, tmp_path / "serve.log")  # fmt: skip
+    _serves(ui.replace("--port 5000", f"--port {ui_port}"), f"http://127.0.0.1:{ui_port}",
+            "/health", elsewhere, tmp_path / "ui.log")  # fmt: skip
+    _serves(serve.replace("-p 5001", f"-p {serve_port}"), f"http://127.0.0.1:{serve_port}",
+            "/ping", elsewhere, tmp_path / "serve.log")  # fmt: skip
     for command, expected in ((versions, r"^1\s+best\s"), (load, r"^\[[01]\]$")):
         process = _fresh_shell(command, elsewhere)
         output, _ = process.communicate(timeout=300)

@@ -599,8 +599,8 @@ def test_killed_workers_and_a_full_disk_then_sync_leave_nothing_behind(tmp_path)
     expected = _persisted(experiment)
     assert len(expected) == 8
     by_the_job = set(_keys(_versions(f"sqlite:///{tmp_path}/before-sync.db")))
-    full_disk = {tuple(e["key"].rsplit("/", 1)) for e in failed}
-    assert by_the_job | {(t, int(i)) for t, i in full_disk} == expected, (by_the_job, failed)
+    full_disk = {(trial, int(i)) for trial, i in (e["key"].rsplit("/", 1) for e in failed)}
+    assert by_the_job | full_disk == expected, (by_the_job, failed)
     _assert_exactly_once(uri, expected)
     client = _client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(tune_job.EXPERIMENT).experiment_id])
